@@ -1,0 +1,3 @@
+from rmrun.cli import entry
+
+entry()

@@ -1,0 +1,138 @@
+"""Training checkpoints: everything a run needs to continue bit for bit.
+
+A checkpoint is a committed state ``ckpt/<step>`` in the store holding the model,
+optimizer and scheduler (through the booster; loss scale included where the plugin
+keeps one in its optimizer state), every rank's RNG streams, and the trainer state
+(epoch, absolute count of pairs consumed, optimizer step, meters, metrics and eval
+history). Nothing in it is a pickle that can run code: tensors are safetensors, the
+optimizer and scheduler files are loaded with ``torch.load(weights_only=True)``
+(forced for every load in the process), the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+from rmrun.collective import barrier, broadcast, gather_all
+from rmrun.faults import fault_point, restore_enabled
+
+PREFIX = "ckpt-"
+
+# Every torch.load in this process, ColossalAI's checkpoint I/O included, refuses
+# arbitrary pickles.
+os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+
+
+def checkpoint_key(step: int) -> str:
+    return f"{PREFIX}{step:010d}"
+
+
+# ---------------------------------------------------------------- RNG streams
+
+
+def capture_rng() -> dict:
+    """The process's random streams as JSON-safe data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | None:
+    """Commit ``ckpt/<step>`` (all ranks call this); returns the key, or None if it exists."""
+    step = trainer_state["step"]
+    key = checkpoint_key(step)
+    exists = broadcast(ctx.store.get(key) is not None if ctx.rank.is_main else None)
+    if exists:
+        return None
+    rng_states = gather_all(capture_rng())
+    # Sharded plugins write from every rank into one directory: it must be shared by
+    # the ranks (one node); rank 0 uploads it.
+    tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-ckpt-") if ctx.rank.is_main else None)
+    try:
+        boosted.save(tmp)
+        barrier()
+        if ctx.rank.is_main:
+            fault_point("checkpoint_write", step=step, rank=0)
+            staged = ctx.store.stage(
+                key,
+                lease=ctx.lease,
+                meta={
+                    "step": step,
+                    "epoch": trainer_state["epoch"],
+                    "pairs_consumed": trainer_state["pairs_consumed"],
+                    "world_size": ctx.rank.world_size,
+                    "fingerprint": ctx.identity["fingerprint"],
+                },
+            )
+            staged.put_dir(tmp, prefix="")
+            for rank, rng in enumerate(rng_states):
+                staged.write_bytes(f"rng/rank-{rank:05d}.json", json.dumps(rng).encode())
+            fault_point("checkpoint_before_commit", step=step, rank=0)
+            staged.write_bytes("trainer.json", json.dumps(trainer_state).encode())
+            staged.commit()
+            fault_point("retention", step=step, rank=0)
+            ctx.store.retain(PREFIX, keep=keep, lease=ctx.lease)
+        barrier()
+    finally:
+        if ctx.rank.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return key
+
+
+def latest_checkpoint_key(ctx) -> str | None:
+    """Rank 0 finds (and verifies) the newest valid checkpoint; every rank gets its key."""
+    key = None
+    if ctx.rank.is_main:
+        state = ctx.store.latest(PREFIX)
+        key = state.key if state is not None else None
+    return broadcast(key)
+
+
+def load_checkpoint(ctx, key: str, *, boosted) -> dict:
+    """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state."""
+    state = ctx.store.get(key)
+    if state is None:
+        raise RuntimeError(f"checkpoint {key} vanished from {ctx.store.root} while loading")
+    with tempfile.TemporaryDirectory(prefix="rmrun-load-") as tmp:
+        state.get_dir(tmp)
+        boosted.load(tmp)
+        trainer_state = json.loads(state.read_bytes("trainer.json"))
+        rng_name = f"rng/rank-{ctx.rank.rank:05d}.json"
+        if restore_enabled("rng") and rng_name in state.files and state.manifest["meta"]["world_size"] == ctx.rank.world_size:
+            restore_rng(json.loads(state.read_bytes(rng_name)))
+        else:
+            # A new world size has no stream for this rank: a fresh, still deterministic one.
+            seed_everything(trainer_state["seed"] + 1000 * trainer_state["step"] + ctx.rank.rank)
+    return trainer_state

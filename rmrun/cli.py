@@ -1,0 +1,107 @@
+"""The ``rmrun`` command: parse, load the recipe, plan, run, close on every path.
+
+This is the only place that calls ``sys.exit``. Exit codes: 0 done; 2 recipe or
+usage error; 75 preempted after a committed checkpoint (requeue me); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+
+COMMANDS = ("run", "check", "status", "explain", "verify-resume")
+
+
+def _recipe_keys_help() -> str:
+    from rmrun.recipe.explain import explain_text
+
+    return "recipe keys:\n" + explain_text()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmrun",
+        description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
+        epilog="Exit codes: 0 done, 2 recipe or usage error, 75 preempted after a committed checkpoint "
+        "(requeue), 1 anything else. `rmrun explain` lists every recipe key.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+    for name, text in (
+        ("run", "run the recipe's step graph (resumes from the state store if it has a checkpoint)"),
+        ("check", "validate the recipe and print the resolved plan; no training, no torch import"),
+    ):
+        p = sub.add_parser(name, help=text, description=text, epilog=_recipe_keys_help(), formatter_class=fmt)
+        p.add_argument("recipe", help="recipe TOML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set schedule.lr=1e-5 (repeatable)")
+    p = sub.add_parser("status", help="show the step graph and the state store of a run")
+    p.add_argument("target", help="recipe TOML file or state URL")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("explain", help="document every recipe key")
+    p = sub.add_parser("verify-resume", help="run a recipe uninterrupted and with SIGKILLs; compare bit for bit")
+    p.add_argument("recipe")
+    p.add_argument("--kills", type=int, default=2, help="number of SIGKILLs at random steps (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed choosing the kill steps")
+    p.add_argument("--workdir", default=None, help="where the two runs keep their state (default: a temp dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def _argv(argv: list[str]) -> list[str]:
+    # `rmrun RECIPE` is `rmrun run RECIPE`.
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        return ["run", *argv]
+    return argv
+
+
+def _fail(lines, code: int) -> int:
+    for line in lines:
+        print(f"rmrun: {line}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
+    from rmrun.recipe import RecipeError
+
+    try:
+        if args.command == "explain":
+            from rmrun.recipe.explain import explain_text
+
+            print(explain_text())
+            return EXIT_OK
+        if args.command == "check":
+            from rmrun.commands import check
+
+            return check(args.recipe, overrides=args.overrides)
+        if args.command == "status":
+            from rmrun.commands import status
+
+            return status(args.target, overrides=args.overrides)
+        if args.command == "verify-resume":
+            from rmrun.verify import verify_resume
+
+            return verify_resume(args.recipe, kills=args.kills, seed=args.seed, workdir=args.workdir,
+                                 overrides=args.overrides)
+        from rmrun.commands import run
+
+        return run(args.recipe, overrides=args.overrides)
+    except RecipeError as e:
+        return _fail(e.problems, EXIT_USAGE)
+    except KeyboardInterrupt:
+        return _fail(["interrupted"], EXIT_FAILED)
+
+
+def entry() -> None:
+    code = main()
+    sys.stdout.flush()
+    # Skip interpreter teardown of ColossalAI/torch threads after a clean close.
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,27 @@
+"""Preference data: reading pairs from files, chat templates, tokenizing and collating."""
+
+from rmrun.data.formats import BadRowReport, DataError, Message, PreferencePair, read_pairs
+from rmrun.data.template import (
+    ChatTemplate,
+    end_of_assistant_token,
+    load_chat_template,
+    render_conversations,
+    resolve_chat_template,
+)
+from rmrun.data.tokenize import TokenizedPairs, collate, tokenize_pairs
+
+__all__ = [
+    "BadRowReport",
+    "ChatTemplate",
+    "DataError",
+    "Message",
+    "PreferencePair",
+    "TokenizedPairs",
+    "collate",
+    "end_of_assistant_token",
+    "load_chat_template",
+    "read_pairs",
+    "render_conversations",
+    "resolve_chat_template",
+    "tokenize_pairs",
+]

@@ -1,0 +1,338 @@
+"""TOML → frozen, typed :class:`Recipe`, reporting every problem in one pass.
+
+Merge rules for ``extends = "base.toml"`` (a path relative to the extending file):
+the base is loaded first (recursively); then each table of the extending file is
+merged key by key into the base's table of the same name, so a recipe overrides
+single keys without repeating a table. Lists and scalars replace; tables merge.
+``--set section.key=value`` overrides apply last, typed by the schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from rmrun.recipe.schema import Recipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class RecipeError(ValueError):
+    """One or more problems with a recipe; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+URL_SCHEMES = ("://",)
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve_path(value: str, base_dir: str) -> str:
+    if _is_url(value) or os.path.isabs(value) or not value:
+        return value
+    if value.startswith("~"):
+        return os.path.expanduser(value)
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+# --------------------------------------------------------------------------- TOML
+
+
+def _read_toml(path: str, problems: list[str]) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        problems.append(f"{path}: file not found")
+    except IsADirectoryError:
+        problems.append(f"{path}: is a directory, not a recipe file")
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{path}: invalid TOML: {e}")
+    return None
+
+
+def _section_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _resolve_paths_in(raw: dict, cls, base_dir: str) -> dict:
+    """Resolve path fields of one file's raw tables against that file's directory."""
+    out = {}
+    fields = _section_fields(cls)
+    for key, value in raw.items():
+        f = fields.get(key)
+        if f is None:
+            out[key] = value
+            continue
+        sub = _dataclass_in(f.type if not isinstance(f.type, str) else _field_type(cls, key))
+        if sub is not None and isinstance(value, dict):
+            out[key] = _resolve_paths_in(value, sub, base_dir)
+        elif f.metadata.get("path") and isinstance(value, str):
+            out[key] = _resolve_path(value, base_dir)
+        elif f.metadata.get("path") and isinstance(value, list):
+            out[key] = [_resolve_path(v, base_dir) if isinstance(v, str) else v for v in value]
+        else:
+            out[key] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_raw(path: str, problems: list[str], seen: tuple[str, ...] = ()) -> dict:
+    real = os.path.realpath(path)
+    if real in seen:
+        problems.append(f"{path}: extends forms a cycle ({' -> '.join(seen + (real,))})")
+        return {}
+    raw = _read_toml(path, problems)
+    if raw is None:
+        return {}
+    base_dir = os.path.dirname(os.path.abspath(path))
+    parent = raw.pop("extends", None)
+    raw = _resolve_paths_in(raw, Recipe, base_dir)
+    if parent is None:
+        return {"__file__": path, **raw}
+    if not isinstance(parent, str):
+        problems.append(f"{path}: extends: expected a file name (string), got {type(parent).__name__}")
+        return {"__file__": path, **raw}
+    base = _load_raw(_resolve_path(parent, base_dir), problems, seen + (real,))
+    base.pop("__file__", None)
+    return {"__file__": path, **_merge(base, raw)}
+
+
+# ------------------------------------------------------------------- decoding
+
+
+def _field_type(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _dataclass_in(tp) -> type | None:
+    """The dataclass inside ``tp`` (``X`` or ``Optional[X]``), if any."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _type_name(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(f'"{a}"' for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _label(path: str) -> str:
+    """``schedule.lr`` → ``[schedule].lr``; a top-level name → ``[name]``."""
+    table, dot, key = path.rpartition(".")
+    if not dot:
+        return f"[{path}]"
+    return f"[{table}].{key}"
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+class _Decoder:
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {_label(where)}: {message}")
+
+    def value(self, where: str, tp, value):
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            options = [a for a in get_args(tp) if a is not type(None)]
+            if value is None:
+                return None
+            return self.value(where, options[0], value)
+        sub = _dataclass_in(tp)
+        if sub is not None:
+            if not isinstance(value, dict):
+                self.fail(where, f"expected a table, got {type(value).__name__}")
+                return None
+            return self.section(where, sub, value)
+        if origin is Literal:
+            allowed = get_args(tp)
+            if value not in allowed:
+                hint = _did_you_mean(str(value), [str(a) for a in allowed])
+                self.fail(where, f"{value!r} is not one of {', '.join(map(repr, allowed))}{hint}")
+                return None
+            return value
+        if origin is tuple:
+            if not isinstance(value, list):
+                if isinstance(value, str):
+                    value = [value]
+                else:
+                    self.fail(where, f"expected a list, got {type(value).__name__}")
+                    return None
+            item = get_args(tp)[0]
+            return tuple(self.value(f"{where}[{i}]", item, v) for i, v in enumerate(value))
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(where, f"expected true or false, got {value!r}")
+                return None
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(where, f"expected an integer, got {value!r}")
+                return None
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(where, f"expected a number, got {value!r}")
+                return None
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(where, f"expected a string, got {value!r}")
+                return None
+            return value
+        raise AssertionError(f"unsupported schema type {tp!r}")
+
+    def section(self, where: str, cls, raw: dict):
+        hints = typing.get_type_hints(cls)
+        fields = _section_fields(cls)
+        kwargs = {}
+        for key, value in raw.items():
+            path = f"{where}.{key}" if where else key
+            if key not in fields:
+                self.fail(path, f"unknown {'key' if where else 'table'}{_did_you_mean(key, fields)}")
+                continue
+            decoded = self.value(path, hints[key], value)
+            if decoded is not None or value is None:
+                kwargs[key] = decoded
+        for name, f in fields.items():
+            if f.metadata.get("required") and name not in kwargs:
+                self.fail(f"{where}.{name}" if where else name, "required key is missing")
+        return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | None:
+    if "=" not in text:
+        problems.append(f"--set {text}: expected KEY=VALUE, e.g. --set schedule.lr=1e-5")
+        return None
+    key, _, literal = text.partition("=")
+    parts = key.strip().split(".")
+    try:
+        value = tomllib.loads(f"v = {literal.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = literal.strip()  # bare strings need no quotes on the command line
+    return parts, value
+
+
+def _apply_override(raw: dict, parts: list[str], value, problems: list[str], text: str) -> None:
+    cls = Recipe
+    node = raw
+    for i, part in enumerate(parts):
+        fields = _section_fields(cls)
+        if part not in fields:
+            where = ".".join(parts[:i] + [part])
+            problems.append(f"--set {text}: unknown key {where}{_did_you_mean(part, fields)}")
+            return
+        if i == len(parts) - 1:
+            tp = _field_type(cls, part)
+            if _dataclass_in(tp) is not None:
+                problems.append(f"--set {text}: {'.'.join(parts)} is a table; set one of its keys")
+                return
+            if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
+                value = [value]
+            if fields[part].metadata.get("path"):
+                value = _resolve_path(value, os.getcwd()) if isinstance(value, str) else [
+                    _resolve_path(v, os.getcwd()) if isinstance(v, str) else v for v in value
+                ]
+            node[part] = value
+            return
+        sub = _dataclass_in(_field_type(cls, part))
+        if sub is None:
+            problems.append(f"--set {text}: {'.'.join(parts[: i + 1])} is not a table")
+            return
+        node = node.setdefault(part, {})
+        cls = sub
+
+
+# ------------------------------------------------------------------- public
+
+
+def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Load, merge, override, decode and statically validate a recipe file.
+
+    Raises :class:`RecipeError` holding every problem found, one line each.
+    """
+    problems: list[str] = []
+    raw = _load_raw(path, problems)
+    if problems:
+        raise RecipeError(problems)
+    raw.pop("__file__", None)
+    for text in overrides:
+        parsed = _parse_override(text, problems)
+        if parsed is not None:
+            _apply_override(raw, parsed[0], parsed[1], problems, text)
+    decoder = _Decoder(path)
+    recipe = decoder.section("", Recipe, raw)
+    problems += decoder.problems
+    if not problems:
+        from rmrun.recipe.validate import static_problems
+
+        problems += [f"{path}: {p}" for p in static_problems(recipe)]
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def recipe_to_dict(recipe) -> dict:
+    """The recipe as plain data (tuples become lists), for plans and fingerprints."""
+
+    def convert(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(recipe)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flatten(value, path))
+        else:
+            out[path] = value
+    return out

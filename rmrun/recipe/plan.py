@@ -1,0 +1,83 @@
+"""The resolved plan: values derived from a recipe and the world it runs in.
+
+The recipe file is never rewritten; what rmrun computed from it (step counts,
+warmup, world size, plugin arguments) lives here, is printed by ``rmrun check`` and
+is stored beside the run's state and in the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from rmrun.recipe.schema import Recipe
+
+DEFAULT_WARMUP_FRACTION = 0.025
+
+
+@dataclass(frozen=True)
+class Plan:
+    world_size: int
+    dp_size: int
+    num_pairs: int
+    num_pairs_exact: bool
+    pairs_per_micro_batch: int
+    pairs_per_step: int
+    steps_per_epoch: int
+    num_epochs: int
+    total_steps: int
+    warmup_steps: int
+    plugin_class: str
+    plugin_args: dict
+    booster_mixed_precision: str | None
+    state: str
+    export: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        return cls(**data)
+
+
+def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
+    return max(1, math.ceil(num_pairs / pairs_per_step))
+
+
+def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
+    from rmrun.plugins import booster_mixed_precision, plugin_call
+
+    p, s = recipe.plugin, recipe.schedule
+    dp_size = max(1, world_size // (p.tp * p.pp * p.sp))
+    per_micro = s.batch_size * dp_size
+    per_step = per_micro * s.accumulation_steps
+    per_epoch = steps_per_epoch(num_pairs, pairs_per_step=per_step)
+    total = per_epoch * s.max_epochs
+    if s.max_steps is not None:
+        total = min(total, s.max_steps)
+    num_epochs = min(s.max_epochs, math.ceil(total / per_epoch))
+    warmup = s.warmup_steps if s.warmup_steps is not None else math.ceil(DEFAULT_WARMUP_FRACTION * total)
+    class_name, args = plugin_call(p, s)
+    return Plan(
+        world_size=world_size,
+        dp_size=dp_size,
+        num_pairs=num_pairs,
+        num_pairs_exact=num_pairs_exact,
+        pairs_per_micro_batch=per_micro,
+        pairs_per_step=per_step,
+        steps_per_epoch=per_epoch,
+        num_epochs=num_epochs,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        plugin_class=class_name,
+        plugin_args=args,
+        booster_mixed_precision=booster_mixed_precision(p),
+        state=recipe.state_url,
+        export=recipe.export_url,
+    )

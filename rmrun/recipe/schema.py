@@ -1,0 +1,238 @@
+"""The recipe schema: one frozen dataclass per TOML table.
+
+Every field carries its documentation in ``metadata["doc"]``; ``rmrun explain`` and
+``--help`` print it, so the schema is the single place a key is described. Fields
+marked ``path=True`` hold file locations and are resolved against the directory of
+the recipe file that sets them.
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+def doc(text: str, default=None, *, factory=None, path: bool = False, required: bool = False):
+    """A dataclass field with its user-facing documentation attached."""
+    metadata = {"doc": text, "path": path, "required": required}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+PluginName = Literal["ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"]
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """[run]: identity of the run and where its state lives."""
+
+    name: str = doc("Name of the run; the default state directory is state/<name>.", "rmrun")
+    seed: int = doc("Seed for every random number generator and for the data order.", 42)
+    state: Optional[str] = doc(
+        "State root: a local path or any fsspec URL (s3://bucket/prefix, gs://..., memory://...). "
+        "Holds tokenized data, checkpoints, records and the run lease. Default: state/<name>.",
+        None,
+        path=True,
+    )
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """[data]: preference pairs and how they become token ids."""
+
+    train: tuple[str, ...] = doc(
+        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs.", factory=tuple, path=True,
+        required=True,
+    )
+    eval: tuple[str, ...] = doc("Held-out files evaluated at each epoch end.", factory=tuple, path=True)
+    format: Literal["colossalchat", "pairwise"] = doc(
+        '"colossalchat": {context, chosen, rejected} message lists with "from"/"content"; '
+        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists.',
+        "colossalchat",
+    )
+    max_length: int = doc("Longest sequence (prompt + response) in tokens.", 512)
+    overflow: Literal["truncate", "drop", "error"] = doc(
+        "A pair longer than max_length: truncate (drop prompt tokens from the start, keep the end of "
+        "each response where the reward is read), drop it, or stop with an error.",
+        "truncate",
+    )
+    chat_template: Optional[str] = doc(
+        "Chat template: a ColossalChat template JSON file or a .jinja file. "
+        "Default: the tokenizer's own chat_template.",
+        None,
+        path=True,
+    )
+    bad_rows: Literal["error", "skip"] = doc(
+        "A malformed row: stop with an error naming file and line, or skip it and report the count.",
+        "error",
+    )
+    group_by_length: bool = doc(
+        "Group pairs of similar length into the same batch (less padding); the order stays a pure "
+        "function of (seed, epoch).",
+        True,
+    )
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """[model.lora]: low-rank adapters; the score head always trains."""
+
+    r: int = doc("LoRA rank.", 8)
+    alpha: float = doc("LoRA alpha (scaling = alpha / r).", 16.0)
+    dropout: float = doc("Dropout on the LoRA branch.", 0.0)
+    target_modules: tuple[str, ...] = doc(
+        "Module names to adapt.", ("q_proj", "k_proj", "v_proj", "o_proj")
+    )
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """[model]: the backbone and the reward head built on it."""
+
+    pretrain: str = doc(
+        "Hugging Face model directory (or hub id already in the local cache).", "", path=True, required=True
+    )
+    tokenizer: Optional[str] = doc("Tokenizer directory. Default: model.pretrain.", None, path=True)
+    init: Literal["pretrained", "random"] = doc(
+        '"pretrained" loads the backbone weights; "random" builds the model from its config alone.',
+        "pretrained",
+    )
+    lora: Optional[LoraSection] = doc("LoRA adapters; absent means full fine-tuning.", None)
+
+
+@dataclass(frozen=True)
+class PluginSection:
+    """[plugin]: the ColossalAI plugin and its parallelism."""
+
+    name: PluginName = doc(
+        "ColossalAI plugin: ddp, zero2, zero2_cpu, gemini, gemini_auto or 3d. Only ddp runs without CUDA.",
+        "ddp",
+    )
+    mixed_precision: Precision = doc("Training precision: fp32, fp16 or bf16 (fp32 only on CPU).", "bf16")
+    tp: int = doc("Tensor-parallel size (3d only).", 1)
+    pp: int = doc("Pipeline-parallel size (3d only).", 1)
+    sp: int = doc("Sequence-parallel size (3d only).", 1)
+    sp_mode: Literal["split_gather", "ring", "all_to_all", "ring_attn"] = doc(
+        "Sequence-parallel mode (3d only, when sp > 1).", "split_gather"
+    )
+    zero_stage: int = doc("ZeRO stage inside the 3d plugin (0, 1 or 2).", 0)
+    zero_cpu_offload: bool = doc("Offload ZeRO optimizer state to CPU (3d only).", False)
+    grad_checkpoint: bool = doc("Recompute activations in backward to save memory.", False)
+    flash_attn: bool = doc("Use flash attention where the plugin offers it.", False)
+    microbatch_size: int = doc("Pipeline micro-batch size in pairs (3d with pp > 1).", 1)
+
+
+@dataclass(frozen=True)
+class LossSection:
+    """[loss]: the pairwise ranking loss."""
+
+    name: Literal["log_sig", "log_exp"] = doc(
+        "log_sig: -logsigmoid(r_c - r_r - margin); log_exp: log(1 + exp(r_r - r_c + margin)).", "log_sig"
+    )
+    margin: float = doc("Margin the chosen reward must exceed the rejected one by.", 0.0)
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    """[schedule]: optimisation and its length."""
+
+    max_epochs: int = doc("Passes over the training data.", 1)
+    batch_size: int = doc("Pairs per process per micro-batch.", 8)
+    accumulation_steps: int = doc("Micro-batches per optimizer step.", 1)
+    lr: float = doc("Peak learning rate.", 5e-6)
+    warmup_steps: Optional[int] = doc("Linear warmup steps. Default: 2.5% of the optimizer steps.", None)
+    weight_decay: float = doc("AdamW weight decay (never on biases and norms).", 0.1)
+    grad_clip: float = doc("Clip the global gradient norm to this value (0 turns clipping off).", 1.0)
+    max_steps: Optional[int] = doc("Stop after this many optimizer steps (a cap on max_epochs).", None)
+    nonfinite: Literal["error", "skip"] = doc(
+        "A non-finite loss: stop with an error naming the step, or skip that optimizer step.", "error"
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    """[checkpoint]: when training state is committed (always at epoch ends and on SIGTERM)."""
+
+    interval_steps: Optional[int] = doc("Commit a checkpoint every N optimizer steps.", 100)
+    interval_seconds: Optional[float] = doc("Commit a checkpoint when this many seconds have passed.", None)
+    keep: int = doc("Committed checkpoints to keep (at least 2).", 2)
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """[eval]: evaluation on data.eval (always at each epoch end)."""
+
+    interval_steps: Optional[int] = doc("Also evaluate every N optimizer steps.", None)
+    batch_size: Optional[int] = doc("Pairs per process per eval batch. Default: schedule.batch_size.", None)
+
+
+@dataclass(frozen=True)
+class LogSection:
+    """[log]: what the run reports while it trains."""
+
+    interval_steps: int = doc("Print a log line every N optimizer steps (metrics.jsonl gets every step).", 10)
+    tensorboard: bool = doc("Also write TensorBoard events under <state>/tensorboard.", False)
+    progress: Literal["auto", "bar", "lines", "off"] = doc(
+        "Progress display: a bar on a terminal and plain lines otherwise (auto).", "auto"
+    )
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    """[output]: where the trained reward model is exported."""
+
+    dir: Optional[str] = doc(
+        "Export directory (local path or fsspec URL): a Hugging Face model plus recipe, plan and metrics. "
+        "Default: <run.state>/export.",
+        None,
+        path=True,
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe: one section per TOML table."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    plugin: PluginSection = field(default_factory=PluginSection)
+    loss: LossSection = field(default_factory=LossSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    log: LogSection = field(default_factory=LogSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    @property
+    def state_url(self) -> str:
+        return self.run.state or f"state/{self.run.name}"
+
+    @property
+    def export_url(self) -> str:
+        import posixpath
+
+        return self.output.dir or posixpath.join(self.state_url, "export")
+
+
+# Keys whose values do not change what the run computes: they are left out of the
+# run fingerprint, so that changing them between a stop and a resume is allowed.
+NON_RESULT_KEYS = frozenset(
+    {
+        "run.name",
+        "run.state",
+        "checkpoint.interval_steps",
+        "checkpoint.interval_seconds",
+        "checkpoint.keep",
+        "eval.interval_steps",
+        "eval.batch_size",
+        "log.interval_steps",
+        "log.tensorboard",
+        "log.progress",
+        "output.dir",
+    }
+)

@@ -1,0 +1,85 @@
+"""The epoch order and the batches each rank takes from it.
+
+The order of an epoch is a pure function of (seed, epoch, pair lengths, batch size):
+it does not depend on the number of processes. A run's position is the absolute
+number of pairs of the epoch already consumed, so a resume, even with a different
+number of processes, continues with exactly the pairs not yet seen.
+
+With length grouping, pairs are shuffled, cut into mega-chunks, sorted by length
+inside each chunk, cut into blocks of ``batch_size`` and the blocks shuffled: each
+rank's micro-batch is one block of pairs of similar length, so padding stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+MEGA_CHUNK_BLOCKS = 64
+
+
+def epoch_order(*, seed: int, epoch: int, lengths: np.ndarray, batch_size: int, group_by_length: bool) -> np.ndarray:
+    """Indices of all pairs, in the order this epoch visits them."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if not group_by_length:
+        return order
+    chunk = batch_size * MEGA_CHUNK_BLOCKS
+    blocks = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        blocks += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    # Full blocks are shuffled; a short block (at most one per mega-chunk) goes last so
+    # every micro-batch but the epoch's final one is full.
+    full = [b for b in blocks if len(b) == batch_size]
+    short = [b for b in blocks if len(b) < batch_size]
+    shuffled = [full[i] for i in rng.permutation(len(full))]
+    return np.concatenate(shuffled + short) if blocks else order
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One rank's pairs for one micro-batch; ``global_pairs`` counts all ranks' pairs."""
+
+    indices: np.ndarray
+    global_pairs: int
+
+
+@dataclass(frozen=True)
+class OptimizerStep:
+    micro_batches: tuple[MicroBatch, ...]
+    pairs: int  # pairs consumed by this optimizer step, over all ranks
+
+
+def optimizer_steps(
+    order: np.ndarray, *, start: int, batch_size: int, dp_size: int, dp_rank: int, accumulation_steps: int
+) -> Iterator[OptimizerStep]:
+    """Optimizer steps from pair ``start`` of the epoch order to its end.
+
+    Each global micro-batch takes the next ``batch_size * dp_size`` pairs; rank r takes
+    the r-th block of ``batch_size``. The epoch's final micro-batch may be short, and
+    a rank may then get no pair (it still runs, with zero weight, so collectives match).
+    """
+    per_micro = batch_size * dp_size
+    position = start
+    while position < len(order):
+        micro = []
+        begin = position
+        for _ in range(accumulation_steps):
+            if position >= len(order):
+                break
+            window = order[position : position + per_micro]
+            mine = _rank_share(window, batch_size=batch_size, dp_size=dp_size, dp_rank=dp_rank)
+            micro.append(MicroBatch(indices=mine, global_pairs=len(window)))
+            position += len(window)
+        yield OptimizerStep(micro_batches=tuple(micro), pairs=position - begin)
+
+
+def _rank_share(window: np.ndarray, *, batch_size: int, dp_size: int, dp_rank: int) -> np.ndarray:
+    if len(window) == batch_size * dp_size:
+        return window[dp_rank * batch_size : (dp_rank + 1) * batch_size]
+    # A short final window: split as evenly as possible.
+    return np.array_split(window, dp_size)[dp_rank]

@@ -1,0 +1,72 @@
+"""The save step: the export directory, published by the lease holder once complete.
+
+It holds a Hugging Face model (``config.json``, safetensors weights, tokenizer files)
+that ``AutoModelForSequenceClassification.from_pretrained`` loads as is, plus the
+recipe as written, the resolved plan, ``metrics.jsonl`` and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+
+def _export_files(ctx, directory: str, trainer) -> None:
+    from rmrun.train import metrics_jsonl
+
+    with open(os.path.join(directory, "recipe.toml"), "w") as f:
+        f.write(ctx.recipe_text)
+    with open(os.path.join(directory, "plan.json"), "w") as f:
+        f.write(ctx.plan.to_json())
+    with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
+        f.write(metrics_jsonl(trainer.state))
+    evaluation = ctx.store.get("eval-final")
+    if evaluation is not None:
+        with open(os.path.join(directory, "eval.json"), "wb") as f:
+            f.write(evaluation.read_bytes("eval.json"))
+
+
+def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
+    from rmrun.model import export_reward_model
+
+    if boosted.sharded:
+        # Every rank takes part in gathering the sharded weights.
+        boosted.booster.save_model(boosted.model, directory, shard=True, use_safetensors=True)
+        if ctx.rank.is_main:
+            boosted.unwrap().config.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+    elif ctx.rank.is_main:
+        export_reward_model(boosted.unwrap(), tokenizer, directory)
+
+
+def _upload(local_dir: str, url: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path, exist_ok=True)
+    for name in sorted(os.listdir(local_dir)):
+        fs.put_file(os.path.join(local_dir, name), f"{path.rstrip('/')}/{name}")
+
+
+def run(ctx, step, *, output) -> None:
+    from rmrun.collective import barrier, broadcast
+
+    trainer = ctx.artifacts["trainer"]
+    tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
+    try:
+        _write_model(ctx, tmp, ctx.artifacts["boosted"], ctx.artifacts["tokenizer"])
+        barrier()
+        if ctx.rank.is_main:
+            _export_files(ctx, tmp, trainer)
+            ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
+            _upload(tmp, ctx.plan.export)
+            staged = ctx.store.stage(step.produces, lease=ctx.lease, meta={"url": ctx.plan.export, "step": trainer.state.step})
+            staged.put_dir(tmp)
+            staged.commit()
+            ctx.say(f"exported the reward model to {ctx.plan.export}")
+        barrier()
+    finally:
+        if ctx.rank.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""The tokenize step: preference files → compact token arrays in the state store.
+
+Written once per data fingerprint (file contents, tokenizer files, template,
+max_length, overflow and bad-row policy), reused on resume and by later runs in the
+same state root. Rank 0 tokenizes and commits; the other ranks load what it committed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rmrun.recipe.schema import DataSection, ModelSection
+
+ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
+
+
+def data_fingerprint(data: DataSection, model: ModelSection) -> str:
+    from rmrun.fingerprint import digest, directory_digest, file_digest
+
+    return digest(
+        {
+            "train": [file_digest(u) for u in data.train],
+            "eval": [file_digest(u) for u in data.eval],
+            "format": data.format,
+            "max_length": data.max_length,
+            "overflow": data.overflow,
+            "bad_rows": data.bad_rows,
+            "template": file_digest(data.chat_template) if data.chat_template else None,
+            "tokenizer": directory_digest(model.tokenizer or model.pretrain),
+        }
+    )
+
+
+def tokenize_key(data: DataSection, model: ModelSection) -> str:
+    return f"tokenize-{data_fingerprint(data, model)[:20]}"
+
+
+def _tokenize_split(urls, *, data: DataSection, tokenizer, template, say):
+    from rmrun.data import BadRowReport, read_pairs, tokenize_pairs
+
+    report = BadRowReport()
+    pairs = read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report)
+    tokenized = tokenize_pairs(pairs, tokenizer, max_length=data.max_length, overflow=data.overflow, template=template)
+    if report.total:
+        say(f"skipped {report.total} bad rows: {report.summary()}")
+    stats = dict(tokenized.stats, bad_rows_skipped=report.total)
+    return tokenized, stats
+
+
+def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
+    from safetensors.numpy import save
+
+    from rmrun.data import load_chat_template
+
+    template = load_chat_template(data.chat_template)
+    staged = ctx.store.stage(step.produces, lease=ctx.lease, meta={"step": "tokenize"})
+    stats = {}
+    for split, urls in (("train", data.train), ("eval", data.eval)):
+        if not urls:
+            continue
+        tokenized, stats[split] = _tokenize_split(urls, data=data, tokenizer=tokenizer, template=template, say=ctx.say)
+        staged.write_bytes(ARRAY_FILES[split], save(tokenized.to_arrays()))
+        s = stats[split]
+        ctx.say(
+            f"tokenize {split}: {s['pairs']} pairs ({s['truncated']} truncated, {s['dropped']} dropped, "
+            f"{s['bad_rows_skipped']} bad rows skipped), {s['pairs_per_second']:.0f} pairs/s"
+        )
+    staged.write_bytes("stats.json", json.dumps(stats, indent=2).encode())
+    staged.commit()
+
+
+def _load(state) -> dict:
+    from safetensors.numpy import load
+
+    from rmrun.data import TokenizedPairs
+
+    stats = json.loads(state.read_bytes("stats.json"))
+    out = {}
+    for split, name in ARRAY_FILES.items():
+        if name in state.files:
+            out[split] = TokenizedPairs.from_arrays(load(state.read_bytes(name)), stats[split])
+    return out
+
+
+def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
+    from rmrun.collective import barrier
+    from rmrun.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    if ctx.rank.is_main and ctx.store.get(step.produces) is None:
+        _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
+    barrier()
+    state = ctx.store.get(step.produces)
+    if state is None:
+        raise RuntimeError(f"tokenized data {step.produces} is missing from {ctx.store.root}")
+    ctx.artifacts["tokenizer"] = tokenizer
+    ctx.artifacts["data"] = _load(state)

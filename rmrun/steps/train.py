@@ -1,0 +1,55 @@
+"""One train-epoch step of the graph."""
+
+from __future__ import annotations
+
+from rmrun.graph import epoch_key
+
+
+def _trainer(ctx, *, schedule, loss, data, eval):
+    from rmrun.train import Trainer
+
+    if "trainer" not in ctx.artifacts:
+        tokenized = ctx.artifacts["data"]
+        ctx.artifacts["trainer"] = Trainer(
+            boosted=ctx.artifacts["boosted"], data=tokenized["train"], eval_data=tokenized.get("eval"),
+            tokenizer=ctx.artifacts["tokenizer"], plan=ctx.plan, schedule=schedule, loss=loss, rank=ctx.rank,
+            state=ctx.artifacts["train_state"], group_by_length=data.group_by_length,
+            eval_batch_size=eval.batch_size or schedule.batch_size,
+        )
+    return ctx.artifacts["trainer"]
+
+
+def _hooks(ctx, trainer, *, checkpoint, eval, log):
+    import posixpath
+
+    from rmrun.train import CheckpointHook, EvalHook, LogHook, StopSignal
+
+    if "hooks" not in ctx.artifacts:
+        tb = None
+        if log.tensorboard and "://" not in ctx.store.root:
+            tb = posixpath.join(ctx.store.root, "tensorboard")
+        log_hook = LogHook(every=log.interval_steps, plan=ctx.plan, rank=ctx.rank, mode=log.progress,
+                           tensorboard_dir=tb, start_step=trainer.state.step)
+        ctx.artifacts["hooks"] = [
+            log_hook,
+            EvalHook(every=eval.interval_steps, log=log_hook),
+            CheckpointHook(ctx=ctx, every=checkpoint.interval_steps, seconds=checkpoint.interval_seconds,
+                           keep=checkpoint.keep, stop=StopSignal()),
+        ]
+    return ctx.artifacts["hooks"]
+
+
+def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) -> None:
+    from rmrun.collective import barrier
+    from rmrun.train import run_epoch as loop
+
+    epoch = step.params["epoch"]
+    trainer = _trainer(ctx, schedule=schedule, loss=loss, data=data, eval=eval)
+    if trainer.state.epoch <= epoch and not trainer.state.finished:
+        hooks = _hooks(ctx, trainer, checkpoint=checkpoint, eval=eval, log=log)
+        loop(trainer, epoch, hooks)
+    if ctx.rank.is_main and ctx.store.get(epoch_key(epoch)) is None:
+        staged = ctx.store.stage(epoch_key(epoch), lease=ctx.lease, meta={"epoch": epoch, "step": trainer.state.step})
+        staged.write_bytes("epoch.json", b"{}")
+        staged.commit()
+    barrier()

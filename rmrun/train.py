@@ -1,0 +1,345 @@
+"""The training loop, its state and its hooks.
+
+``run_epoch`` reads top to bottom: take the next optimizer step of the epoch, run
+it, advance the state, let the hooks do their periodic work. Logging, evaluation,
+checkpoints and preemption are hooks with a cadence, not branches in the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rmrun.collective import any_flag, sum_tensor
+from rmrun.faults import fault_point, trace_pairs
+from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
+from rmrun.model import RewardReader
+from rmrun.sampler import OptimizerStep, epoch_order, optimizer_steps
+
+LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
+
+
+class Preempted(Exception):
+    """A stop signal was honoured after a committed checkpoint; the run can be requeued."""
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """Everything about progress that a checkpoint must carry, as JSON."""
+
+    seed: int
+    step: int = 0
+    epoch: int = 0
+    pairs_consumed: int = 0  # of the current epoch, over all ranks
+    finished: bool = False
+    metrics: list = field(default_factory=list)  # one line per optimizer step
+    evals: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**data)
+
+
+class Trainer:
+    """One optimizer step at a time, and evaluation, on a boosted reward model."""
+
+    def __init__(self, *, boosted, data, eval_data, tokenizer, plan, schedule, loss, rank, state: TrainState,
+                 group_by_length: bool, eval_batch_size: int):
+        self.boosted = boosted
+        self.data = data
+        self.eval_data = eval_data
+        self.pad_id = tokenizer.pad_token_id
+        self.plan = plan
+        self.schedule = schedule
+        self.loss = loss
+        self.rank = rank
+        self.state = state
+        self.group_by_length = group_by_length
+        self.eval_batch_size = eval_batch_size
+        self.read_rewards = RewardReader(boosted.model)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if rank.cuda else torch.device("cpu")
+        dp_group = boosted.dp_group
+        self.dp_group = dp_group
+        self.dp_rank = _group_rank(dp_group)
+        self.lengths = data.lengths().max(axis=1)
+
+    # ------------------------------------------------------------- training
+    def steps_of_epoch(self, epoch: int):
+        order = epoch_order(
+            seed=self.state.seed, epoch=epoch, lengths=self.lengths,
+            batch_size=self.schedule.batch_size, group_by_length=self.group_by_length,
+        )
+        return optimizer_steps(
+            order, start=self.state.pairs_consumed, batch_size=self.schedule.batch_size,
+            dp_size=self.plan.dp_size, dp_rank=self.dp_rank, accumulation_steps=self.schedule.accumulation_steps,
+        )
+
+    def _forward(self, indices: np.ndarray, data):
+        from rmrun.data import collate
+
+        batch = collate(data, indices, pad_token_id=self.pad_id)
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        rewards = self.read_rewards(self.boosted.model, ids, mask).float()
+        half = len(indices)
+        return rewards[:half], rewards[half:], batch, int(mask.sum())
+
+    def optimizer_step(self, step: OptimizerStep) -> dict:
+        """Micro-batches with one concatenated chosen+rejected forward each, then one update."""
+        sums = torch.zeros(8)
+        tokens = 0
+        model_weight = self.plan.dp_size / step.pairs  # DDP averages over ranks: mean over all pairs
+        for i, micro in enumerate(step.micro_batches):
+            empty = len(micro.indices) == 0
+            indices = np.array([0]) if empty else micro.indices
+            with self.boosted.no_sync(i < len(step.micro_batches) - 1):
+                chosen, rejected, batch, n_tokens = self._forward(indices, self.data)
+                losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
+                self.boosted.backward(losses.sum() * (0.0 if empty else model_weight))
+            if not empty:
+                sums += pair_sums(chosen, rejected, losses).cpu()
+                tokens += n_tokens
+                trace_pairs(rank=self.rank.rank, epoch=self.state.epoch, step=self.state.step + 1,
+                            pair_ids=batch["pair_ids"].tolist())
+        sums = sum_tensor(sums, group=self.dp_group)
+        lr = self.boosted.optimizer.param_groups[0]["lr"]
+        finite = bool(torch.isfinite(sums[1]))
+        grad_norm = None
+        if finite:
+            grad_norm = self.boosted.clip(self.schedule.grad_clip)
+            self.boosted.optimizer.step()
+        elif self.schedule.nonfinite == "error":
+            raise NonFiniteLoss(
+                f"step {self.state.step + 1}: the loss is not finite; the last committed checkpoint is intact "
+                f"(lower schedule.lr, or set schedule.nonfinite = \"skip\")"
+            )
+        self.boosted.optimizer.zero_grad()
+        self.boosted.scheduler.step()
+        line = {"step": self.state.step + 1, "epoch": self.state.epoch, "lr": lr, **metrics_from_sums(sums),
+                "grad_norm": grad_norm, "tokens": int(sum_tensor(torch.tensor([tokens]), group=self.dp_group)),
+                "skipped": not finite}
+        return line
+
+    def advance(self, step: OptimizerStep, line: dict) -> bool:
+        """Move the position past ``step``; True at the end of an epoch."""
+        s = self.state
+        s.step += 1
+        s.pairs_consumed += step.pairs
+        line["pairs_consumed"] = s.pairs_consumed
+        s.metrics.append(line)
+        epoch_end = s.pairs_consumed >= len(self.data)
+        if epoch_end:
+            s.epoch += 1
+            s.pairs_consumed = 0
+        if s.step >= self.plan.total_steps:
+            s.finished = True
+        return epoch_end or s.finished
+
+    # ------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Eval metrics over all ranks; never touches the training RNG streams or data order."""
+        model = self.boosted.model
+        was_training = model.training
+        model.eval()
+        data = self.eval_data
+        n = len(data)
+        per_rank = -(-n // self.plan.dp_size)
+        mine = np.arange(self.dp_rank * per_rank, min(n, (self.dp_rank + 1) * per_rank))
+        num_batches = -(-per_rank // self.eval_batch_size)
+        sums = torch.zeros(8)
+        buckets = torch.zeros(len(LENGTH_BUCKETS) + 1, 2)  # (pairs, correct)
+        longer_wins = torch.zeros(1)
+        lengths = data.lengths()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for b in range(num_batches):
+                fault_point("eval", step=self.state.step, rank=self.rank.rank)
+                indices = mine[b * self.eval_batch_size : (b + 1) * self.eval_batch_size]
+                empty = len(indices) == 0
+                chosen, rejected, _, _ = self._forward(np.array([0]) if empty else indices, data)
+                if empty:
+                    continue
+                losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
+                sums += pair_sums(chosen, rejected, losses).cpu()
+                correct = (chosen > rejected).float().cpu()
+                longest = torch.from_numpy(lengths[indices].max(axis=1))
+                bucket = torch.bucketize(longest, torch.tensor(LENGTH_BUCKETS), right=True)
+                buckets.index_put_((bucket, torch.zeros_like(bucket)), torch.ones(len(indices)), accumulate=True)
+                buckets.index_put_((bucket, torch.ones_like(bucket)), correct, accumulate=True)
+                diff = torch.from_numpy(lengths[indices, 0].astype(np.int64) - lengths[indices, 1])
+                longer_wins += (diff > 0).float().sum() + 0.5 * (diff == 0).float().sum()
+        model.train(was_training)
+        sums = sum_tensor(sums, group=self.dp_group)
+        buckets = sum_tensor(buckets, group=self.dp_group)
+        longer_wins = sum_tensor(longer_wins, group=self.dp_group)
+        result = {"step": self.state.step, "epoch": self.state.epoch, "pairs": n, **metrics_from_sums(sums)}
+        result["longer_wins_accuracy"] = float(longer_wins) / n if n else None
+        edges = (0,) + LENGTH_BUCKETS + (None,)
+        result["accuracy_by_length"] = [
+            {"min_tokens": edges[i], "max_tokens": edges[i + 1], "pairs": int(c), "accuracy": float(k) / int(c)}
+            for i, (c, k) in enumerate(buckets.tolist()) if c
+        ]
+        return result
+
+
+def _group_rank(group) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank(group) if group is not None else dist.get_rank()
+
+
+# ----------------------------------------------------------------- hooks
+
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+class LogHook:
+    """metrics to the terminal: a progress bar on a TTY, plain lines every N steps otherwise."""
+
+    def __init__(self, *, every: int, plan, rank, mode: str, tensorboard_dir: str | None, start_step: int):
+        self.every = every
+        self.plan = plan
+        self.enabled = rank.is_main
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = None
+        self.lines = mode != "off" and not use_bar
+        self.started = time.monotonic()
+        self.start_step = start_step
+        self.pairs = 0
+        if self.enabled and use_bar and mode != "off":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=plan.total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self.writer = None
+        if self.enabled and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(tensorboard_dir)
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        if not self.enabled:
+            return
+        line = trainer.state.metrics[-1]
+        self.pairs += trainer.plan.pairs_per_step
+        elapsed = time.monotonic() - self.started
+        rate = self.pairs / elapsed if elapsed > 0 else 0.0
+        done = trainer.state.step - self.start_step
+        eta = (self.plan.total_steps - trainer.state.step) * elapsed / max(done, 1)
+        if self.writer is not None:
+            for key in ("loss", "accuracy", "margin", "lr"):
+                if line.get(key) is not None:
+                    self.writer.add_scalar(f"train/{key}", line[key], line["step"])
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", acc=f"{line.get('accuracy', 0):.3f}",
+                                 lr=f"{line['lr']:.2e}", pairs_s=f"{rate:.1f}")
+            self.bar.update(1)
+        elif self.lines and (line["step"] % self.every == 0 or boundary):
+            print(
+                f"step {line['step']}/{self.plan.total_steps} epoch {line['epoch']} loss {line.get('loss', 0):.4f} "
+                f"acc {line.get('accuracy', 0):.3f} lr {line['lr']:.3e} {rate:.1f} pairs/s eta {eta:.0f}s",
+                flush=True,
+            )
+
+    def log_eval(self, result: dict) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for key in ("loss", "accuracy", "margin"):
+                self.writer.add_scalar(f"eval/{key}", result[key], result["step"])
+        message = (f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
+                   f"(longer-wins baseline {result['longer_wins_accuracy']:.3f})")
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class EvalHook:
+    """Evaluate every N steps and at each epoch end (when there is eval data)."""
+
+    def __init__(self, *, every: int | None, log: LogHook):
+        self.every = every
+        self.log = log
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        if trainer.eval_data is None:
+            return
+        due = boundary or (self.every is not None and trainer.state.step % self.every == 0)
+        done = trainer.state.evals and trainer.state.evals[-1]["step"] == trainer.state.step
+        if due and not done:
+            result = trainer.evaluate()
+            trainer.state.evals.append(result)
+            self.log.log_eval(result)
+
+
+class CheckpointHook:
+    """Commit every N steps / seconds, at epoch ends, at the end, and on a stop signal (then exit 75)."""
+
+    def __init__(self, *, ctx, every: int | None, seconds: float | None, keep: int, stop: StopSignal):
+        self.ctx = ctx
+        self.every = every
+        self.seconds = seconds
+        self.keep = keep
+        self.stop = stop
+        self.last = time.monotonic()
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        from rmrun.checkpoint import save_checkpoint
+
+        step = trainer.state.step
+        by_time = self.ctx.rank.is_main and self.seconds is not None and time.monotonic() - self.last >= self.seconds
+        by_time, stop = any_flag(by_time, self.stop.requested)  # rank 0 decides time; any rank's signal counts
+        due = boundary or by_time or stop or (self.every is not None and step % self.every == 0)
+        if due:
+            save_checkpoint(self.ctx, boosted=trainer.boosted, trainer_state=trainer.state.to_dict(), keep=self.keep)
+            self.last = time.monotonic()
+        if stop:
+            raise Preempted(f"stopped by signal after committing the checkpoint at step {step}")
+
+
+def run_epoch(trainer: Trainer, epoch: int, hooks: list) -> None:
+    """Train until the end of ``epoch`` (or the run's last step), with hooks after each step."""
+    for step in trainer.steps_of_epoch(epoch):
+        line = trainer.optimizer_step(step)
+        boundary = trainer.advance(step, line)
+        fault_point("step", step=trainer.state.step, rank=trainer.rank.rank)
+        for hook in hooks:
+            hook.after_step(trainer, boundary=boundary)
+        if trainer.state.finished:
+            return
+
+
+def metrics_jsonl(state: TrainState) -> str:
+    return "".join(json.dumps(line, sort_keys=True) + "\n" for line in state.metrics)
