@@ -672,7 +672,12 @@ class StateStore:
     # ----------------------------------------------------------------- lease and fencing
 
     def acquire_lease(self, *, holder: str) -> Lease:
-        """Take the next lease generation (previous max + 1), superseding older holders."""
+        """Take the next lease generation (previous max + 1), superseding older holders.
+
+        On a local root this also takes a non-blocking flock on ``<root>/lease.lock``
+        that lives as long as this StateStore object (or until release()); a
+        second live process gets StoreError "... is in use by another process".
+        """
         if not isinstance(holder, str) or not holder:
             raise StoreError("lease holder must be a non-empty str")
         locked_here = self._lock_root()

@@ -506,6 +506,20 @@ def test_invalid_names_are_rejected_with_one_line_errors(store_root):
         store.latest("a/")
 
 
+# --------------------------------------------------------------------------- backend specifics
+
+
+def test_s3_create_only_is_enforced_by_the_server(s3_root):
+    """s3fs ``mode="create"`` sends ``If-None-Match: *``; the server (moto) must refuse a second PUT."""
+    root = s3_root("create-only")
+    assert StateStore(root)._backend.native_create
+    fs, path = fsspec.core.url_to_fs(root + "/probe")
+    fs.pipe_file(path, b"first", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.pipe_file(path, b"second", mode="create")
+    assert fs.cat_file(path) == b"first"
+
+
 # --------------------------------------------------------------------------- local filesystem only
 
 
