@@ -22,14 +22,15 @@ def _recipe_keys_help() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
-        epilog="Exit codes: 0 done, 2 recipe or usage error, 75 preempted after a committed checkpoint "
-        "(requeue), 1 anything else. `rmrun explain` lists every recipe key.",
+        epilog="Exit codes: 0 done, 2 recipe or usage error, 75 preempted after a committed checkpoint\n"
+        "(requeue), 1 anything else. `rmrun explain` prints the recipe keys below.\n\n" + _recipe_keys_help(),
+        formatter_class=fmt,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.RawDescriptionHelpFormatter
     for name, text in (
         ("run", "run the recipe's step graph (resumes from the state store if it has a checkpoint)"),
         ("check", "validate the recipe and print the resolved plan; no training, no torch import"),
@@ -64,6 +65,18 @@ def _fail(lines, code: int) -> int:
     return code
 
 
+def _preflight(recipe_path: str, overrides) -> None:
+    """Check the recipe and its environment before `run` imports torch and ColossalAI,
+    so a bad recipe fails in milliseconds (the run checks again after distributed start)."""
+    from rmrun.dist import world_from_env
+    from rmrun.recipe import RecipeError, environment_problems, load_recipe
+
+    recipe = load_recipe(recipe_path, overrides=overrides)
+    problems = environment_problems(recipe, world_from_env())
+    if problems:
+        raise RecipeError([f"{recipe_path}: {p}" for p in problems])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
     from rmrun.recipe import RecipeError
@@ -87,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return verify_resume(args.recipe, kills=args.kills, seed=args.seed, workdir=args.workdir,
                                  overrides=args.overrides)
+        _preflight(args.recipe, args.overrides)
         from rmrun.commands import run
 
         return run(args.recipe, overrides=args.overrides)

@@ -462,7 +462,8 @@ class _FsspecBackend:
 
 def _has_native_create(fs) -> bool:
     """True if ``fs`` performs a server-side create-only write (s3fs ``mode="create"``)."""
-    if "s3" not in tuple(fs.protocol if isinstance(fs.protocol, (tuple, list)) else [fs.protocol]):
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if "s3" not in protocols:
         return False
     pipe = getattr(fs, "_pipe_file", None)
     return pipe is not None and "mode" in inspect.signature(pipe).parameters

@@ -61,6 +61,10 @@ def _read_toml(path: str, problems: list[str]) -> dict | None:
         problems.append(f"{path}: is a directory, not a recipe file")
     except tomllib.TOMLDecodeError as e:
         problems.append(f"{path}: invalid TOML: {e}")
+    except UnicodeDecodeError as e:
+        problems.append(f"{path}: invalid TOML: not UTF-8 text (byte {e.start})")
+    except OSError as e:
+        problems.append(f"{path}: cannot read: {e.strerror}")
     return None
 
 
@@ -115,7 +119,11 @@ def _load_raw(path: str, problems: list[str], seen: tuple[str, ...] = ()) -> dic
     if not isinstance(parent, str):
         problems.append(f"{path}: extends: expected a file name (string), got {type(parent).__name__}")
         return {"__file__": path, **raw}
-    base = _load_raw(_resolve_path(parent, base_dir), problems, seen + (real,))
+    parent_path = _resolve_path(parent, base_dir)
+    if not os.path.exists(parent_path):
+        problems.append(f"{path}: extends: file not found: {parent_path}")
+        return {"__file__": path, **raw}
+    base = _load_raw(parent_path, problems, seen + (real,))
     base.pop("__file__", None)
     return {"__file__": path, **_merge(base, raw)}
 
@@ -166,9 +174,11 @@ class _Decoder:
     def __init__(self, source: str):
         self.source = source
         self.problems: list[str] = []
+        self.failed_tables: set[str] = set()  # top-level tables with a problem
 
     def fail(self, where: str, message: str) -> None:
         self.problems.append(f"{self.source}: {_label(where)}: {message}")
+        self.failed_tables.add(where.split(".")[0].split("[")[0])
 
     def value(self, where: str, tp, value):
         origin = get_origin(tp)
@@ -234,7 +244,11 @@ class _Decoder:
             if decoded is not None or value is None:
                 kwargs[key] = decoded
         for name, f in fields.items():
-            if f.metadata.get("required") and name not in kwargs:
+            sub = hints[name] if dataclasses.is_dataclass(hints[name]) else None
+            if sub is not None and name not in raw:
+                # An absent table still has required keys (Optional tables stay absent).
+                kwargs[name] = self.section(f"{where}.{name}" if where else name, sub, {})
+            if f.metadata.get("required") and name not in raw:
                 self.fail(f"{where}.{name}" if where else name, "required key is missing")
         return cls(**kwargs)
 
@@ -271,10 +285,10 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
                 return
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
-            if fields[part].metadata.get("path"):
-                value = _resolve_path(value, os.getcwd()) if isinstance(value, str) else [
-                    _resolve_path(v, os.getcwd()) if isinstance(v, str) else v for v in value
-                ]
+            if fields[part].metadata.get("path") and isinstance(value, str):
+                value = _resolve_path(value, os.getcwd())
+            elif fields[part].metadata.get("path") and isinstance(value, list):
+                value = [_resolve_path(v, os.getcwd()) if isinstance(v, str) else v for v in value]
             node[part] = value
             return
         sub = _dataclass_in(_field_type(cls, part))
@@ -282,6 +296,8 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
             problems.append(f"--set {text}: {'.'.join(parts[: i + 1])} is not a table")
             return
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            return  # the recipe has a non-table here; decoding reports it
         cls = sub
 
 
@@ -298,17 +314,26 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
     if problems:
         raise RecipeError(problems)
     raw.pop("__file__", None)
-    for text in overrides:
-        parsed = _parse_override(text, problems)
-        if parsed is not None:
-            _apply_override(raw, parsed[0], parsed[1], problems, text)
     decoder = _Decoder(path)
+    for text in overrides:
+        override_problems: list[str] = []
+        parsed = _parse_override(text, override_problems)
+        if parsed is not None:
+            _apply_override(raw, parsed[0], parsed[1], override_problems, text)
+            if override_problems:
+                decoder.failed_tables.add(parsed[0][0])
+        problems += [f"{path}: {p}" for p in override_problems]
     recipe = decoder.section("", Recipe, raw)
     problems += decoder.problems
-    if not problems:
-        from rmrun.recipe.validate import static_problems
+    from rmrun.recipe.validate import static_problems
 
-        problems += [f"{path}: {p}" for p in static_problems(recipe)]
+    # Every problem in one pass: cross-field checks run on the rest of the recipe too,
+    # but not on a table that failed to decode (its defaults would give false alarms).
+    problems += [
+        f"{path}: {p}"
+        for p in static_problems(recipe)
+        if p[1:].split("]")[0].split(".")[0] not in decoder.failed_tables
+    ]
     if problems:
         raise RecipeError(problems)
     return recipe

@@ -52,9 +52,10 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
 
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
     from rmrun.plugins import booster_mixed_precision, plugin_call
+    from rmrun.recipe.validate import model_parallel_size
 
     p, s = recipe.plugin, recipe.schedule
-    dp_size = max(1, world_size // (p.tp * p.pp * p.sp))
+    dp_size = max(1, world_size // model_parallel_size(p))
     per_micro = s.batch_size * dp_size
     per_step = per_micro * s.accumulation_steps
     per_epoch = steps_per_epoch(num_pairs, pairs_per_step=per_step)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rmrun.recipe.schema import Recipe
+from rmrun.recipe.schema import PluginSection, Recipe
 
 GEMINI_PLUGINS = ("gemini", "gemini_auto")
 CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
@@ -22,6 +22,13 @@ class World:
 
     size: int
     cuda: bool
+
+
+def model_parallel_size(p: PluginSection) -> int:
+    """Ranks one model replica spans. "split_gather" and "ring" sequence parallelism run
+    inside the tensor-parallel group (ColossalAI then sets its own sp size to 1)."""
+    sp = p.sp if p.sp_mode in ("all_to_all", "ring_attn") else 1
+    return p.tp * p.pp * sp
 
 
 def static_problems(recipe: Recipe) -> list[str]:
@@ -54,8 +61,9 @@ def static_problems(recipe: Recipe) -> list[str]:
         problems.append(f"[schedule].lr: must be positive, got {s.lr}")
     if s.warmup_steps is not None and s.warmup_steps < 0:
         problems.append(f"[schedule].warmup_steps: must be 0 or more, got {s.warmup_steps}")
-    if s.weight_decay < 0 or s.grad_clip < 0:
-        problems.append("[schedule]: weight_decay and grad_clip must be 0 or more")
+    for key in ("weight_decay", "grad_clip"):
+        if getattr(s, key) < 0:
+            problems.append(f"[schedule].{key}: must be 0 or more, got {getattr(s, key)}")
     if recipe.checkpoint.keep < 2:
         problems.append(
             f"[checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has a fallback, "
@@ -82,11 +90,15 @@ def static_problems(recipe: Recipe) -> list[str]:
         for key in ("tp", "pp", "sp"):
             if getattr(p, key) != 1:
                 problems.append(f'[plugin].{key}: only the "3d" plugin shards models; got {key}={getattr(p, key)}')
-        if p.zero_stage != 0 or p.zero_cpu_offload:
+        if p.zero_stage != 0:
             problems.append('[plugin].zero_stage: only applies to the "3d" plugin (zero2 is its own plugin)')
+        if p.zero_cpu_offload:
+            problems.append('[plugin].zero_cpu_offload: only applies to the "3d" plugin (zero2_cpu is its own plugin)')
     else:
         if p.zero_stage not in (0, 1, 2):
             problems.append(f"[plugin].zero_stage: must be 0, 1 or 2, got {p.zero_stage}")
+        if p.zero_cpu_offload and p.zero_stage == 0:
+            problems.append("[plugin].zero_cpu_offload: offloads ZeRO optimizer state, so it needs zero_stage 1 or 2")
         if p.pp > 1 and p.zero_stage > 1:
             problems.append("[plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)")
         if p.sp > 1 and p.sp_mode in ("split_gather", "ring") and p.tp == 1:
@@ -108,9 +120,11 @@ def environment_problems(recipe: Recipe, world: World) -> list[str]:
             problems.append(
                 f'[plugin].mixed_precision: "{p.mixed_precision}" needs CUDA; use "fp32" on CPU'
             )
-    model_parallel = p.tp * p.pp * p.sp
+    model_parallel = model_parallel_size(p)
     if world.size % model_parallel:
-        problems.append(
-            f"[plugin]: tp*pp*sp = {model_parallel} does not divide the world size {world.size}"
-        )
+        if p.sp > 1 and p.sp_mode in ("split_gather", "ring"):
+            what = f'tp*pp (sp_mode "{p.sp_mode}" runs inside the tp ranks)'
+        else:
+            what = "tp*pp*sp"
+        problems.append(f"[plugin]: {what} = {model_parallel} does not divide the world size {world.size}")
     return problems
