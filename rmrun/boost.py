@@ -82,7 +82,7 @@ class Boosted:
         return float(norm) if norm is not None else None
 
     def unwrap(self):
-        return self.model.unwrap()
+        return self.model.unwrap(unwrap_peft=False)
 
     # checkpoint I/O: local directories; the store moves them
     def save(self, directory: str) -> None:

@@ -103,10 +103,20 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def _load_raw(path: str, problems: list[str], seen: tuple[str, ...] = ()) -> dict:
+def _key_origins(raw: dict, path: str, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    out = {}
+    for key, value in raw.items():
+        out[prefix + (key,)] = path
+        if isinstance(value, dict):
+            out.update(_key_origins(value, path, prefix + (key,)))
+    return out
+
+
+def _load_raw(path: str, problems: list[str], origins: dict, seen: tuple[str, ...] = ()) -> dict:
+    """The merged tables of ``path`` and its bases; ``origins`` gets the file that set each key."""
     real = os.path.realpath(path)
     if real in seen:
-        problems.append(f"{path}: extends forms a cycle ({' -> '.join(seen + (real,))})")
+        problems.append(f"{path}: extends: forms a cycle ({' -> '.join(seen + (real,))})")
         return {}
     raw = _read_toml(path, problems)
     if raw is None:
@@ -114,18 +124,17 @@ def _load_raw(path: str, problems: list[str], seen: tuple[str, ...] = ()) -> dic
     base_dir = os.path.dirname(os.path.abspath(path))
     parent = raw.pop("extends", None)
     raw = _resolve_paths_in(raw, Recipe, base_dir)
+    merged = raw
     if parent is None:
-        return {"__file__": path, **raw}
-    if not isinstance(parent, str):
+        pass
+    elif not isinstance(parent, str):
         problems.append(f"{path}: extends: expected a file name (string), got {type(parent).__name__}")
-        return {"__file__": path, **raw}
-    parent_path = _resolve_path(parent, base_dir)
-    if not os.path.exists(parent_path):
+    elif not os.path.exists(parent_path := _resolve_path(parent, base_dir)):
         problems.append(f"{path}: extends: file not found: {parent_path}")
-        return {"__file__": path, **raw}
-    base = _load_raw(parent_path, problems, seen + (real,))
-    base.pop("__file__", None)
-    return {"__file__": path, **_merge(base, raw)}
+    else:
+        merged = _merge(_load_raw(parent_path, problems, origins, seen + (real,)), raw)
+    origins.update(_key_origins(raw, path))
+    return merged
 
 
 # ------------------------------------------------------------------- decoding
@@ -171,13 +180,21 @@ def _did_you_mean(name: str, options) -> str:
 
 
 class _Decoder:
-    def __init__(self, source: str):
+    def __init__(self, source: str, origins: dict[tuple[str, ...], str]):
         self.source = source
+        self.origins = origins  # key path -> the file (or --set) that set it
         self.problems: list[str] = []
         self.failed_tables: set[str] = set()  # top-level tables with a problem
 
+    def source_of(self, where: str) -> str:
+        parts = tuple(part.split("[")[0] for part in where.split("."))
+        for n in range(len(parts), 0, -1):
+            if parts[:n] in self.origins:
+                return self.origins[parts[:n]]
+        return self.source
+
     def fail(self, where: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {_label(where)}: {message}")
+        self.problems.append(f"{self.source_of(where)}: {_label(where)}: {message}")
         self.failed_tables.add(where.split(".")[0].split("[")[0])
 
     def value(self, where: str, tp, value):
@@ -310,11 +327,11 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
     Raises :class:`RecipeError` holding every problem found, one line each.
     """
     problems: list[str] = []
-    raw = _load_raw(path, problems)
+    origins: dict[tuple[str, ...], str] = {}
+    raw = _load_raw(path, problems, origins)
     if problems:
         raise RecipeError(problems)
-    raw.pop("__file__", None)
-    decoder = _Decoder(path)
+    decoder = _Decoder(path, origins)
     for text in overrides:
         override_problems: list[str] = []
         parsed = _parse_override(text, override_problems)
@@ -322,6 +339,8 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
             _apply_override(raw, parsed[0], parsed[1], override_problems, text)
             if override_problems:
                 decoder.failed_tables.add(parsed[0][0])
+            else:
+                origins[tuple(parsed[0])] = f"{path}: --set {text}"
         problems += [f"{path}: {p}" for p in override_problems]
     recipe = decoder.section("", Recipe, raw)
     problems += decoder.problems
@@ -329,11 +348,11 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
 
     # Every problem in one pass: cross-field checks run on the rest of the recipe too,
     # but not on a table that failed to decode (its defaults would give false alarms).
-    problems += [
-        f"{path}: {p}"
-        for p in static_problems(recipe)
-        if p[1:].split("]")[0].split(".")[0] not in decoder.failed_tables
-    ]
+    for problem in static_problems(recipe):
+        table, _, key = problem[1:].partition("]")
+        if table.split(".")[0] not in decoder.failed_tables:
+            where = table + (key.split(":")[0] if key.startswith(".") else "")
+            problems.append(f"{decoder.source_of(where)}: {problem}")
     if problems:
         raise RecipeError(problems)
     return recipe

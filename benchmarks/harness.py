@@ -1,0 +1,476 @@
+"""Training-side benchmark machinery: a pool of worker processes (one per rank) and the
+jobs they run.
+
+A :class:`WorkerPool` spawns ``nproc`` fresh Python processes that join one gloo process
+group through ``rmrun.dist.start`` (RANK/WORLD_SIZE/MASTER_PORT set as torchrun would,
+on a port the OS picked). The pytest process never imports ColossalAI and never joins the
+group; it sends a job to every rank and collects the per-rank results. Each pool pays the
+ColossalAI import once and runs every model size.
+
+The ``train`` job builds, on the same model init and the same tokenized data:
+
+- ``rmrun``: rmrun's :class:`~rmrun.train.Trainer` on a ddp-boosted model, batches from
+  rmrun's sampler (length-grouped), padded to the longest sequence of the batch;
+- ``hand``: a hand-written PyTorch loop (plain AdamW, same collate, one concatenated
+  chosen+rejected forward, loss, backward, clip, step) on exactly the batches ``rmrun`` takes;
+- ``colossalchat``: rmrun's Trainer with ColossalChat's batching: random batches (no
+  length grouping) and every sequence padded to ``max_length``, as ColossalChat's
+  preference collator does;
+
+and steps them round-robin (one optimizer step of each variant per round, the order
+rotating every round) so that noise from other work on the machine hits them alike. It
+then times rmrun checkpoint saves and loads (``rmrun.checkpoint``) through a local state
+store, on the rmrun variant's trained model and optimizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import tempfile
+import time
+import traceback
+from functools import lru_cache
+
+MODEL_SIZES = ("tiny", "small")
+# The small Llama: hidden 256, 4 layers, 4 heads, intermediate 688 (built from the tiny config).
+SMALL_OVERRIDES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                   "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 688}
+CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
+VARIANTS = ("rmrun", "hand", "colossalchat")
+
+
+# --------------------------------------------------------------------------- pool
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """``nproc`` spawned ranks in one process group; ``run(job, **kwargs)`` -> per-rank results."""
+
+    def __init__(self, nproc: int, *, threads_per_rank: int | None = None, start_timeout: float = 300):
+        import multiprocessing as mp
+
+        self.nproc = nproc
+        cores = os.cpu_count() or 1
+        threads = threads_per_rank or max(1, cores // nproc)
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        self.conns, self.procs = [], []
+        for rank in range(nproc):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(rank, nproc, port, threads, child), daemon=True,
+                               name=f"bench-rank{rank}")
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        self._collect(timeout=start_timeout)  # "ready" from every rank
+
+    def run(self, job: str, *, timeout: float = 1800, **kwargs) -> list:
+        for conn in self.conns:
+            conn.send((job, kwargs))
+        return self._collect(timeout=timeout)
+
+    def _collect(self, *, timeout: float) -> list:
+        deadline = time.monotonic() + timeout
+        results = [None] * self.nproc
+        pending = set(range(self.nproc))
+        while pending:
+            for rank in sorted(pending):
+                conn = self.conns[rank]
+                if conn.poll(0.05):
+                    try:
+                        status, value = conn.recv()
+                    except EOFError:
+                        self._die(f"benchmark rank {rank} died (exit code {self._exitcode(rank)})")
+                    if status == "error":
+                        self._die(f"benchmark rank {rank} failed:\n{value}")
+                    results[rank] = value
+                    pending.discard(rank)
+                elif not self.procs[rank].is_alive() and not conn.poll(0):
+                    self._die(f"benchmark rank {rank} died (exit code {self._exitcode(rank)})")
+            if pending and time.monotonic() > deadline:
+                self._die(f"benchmark ranks {sorted(pending)} did not answer within {timeout:.0f}s")
+        return results
+
+    def _exitcode(self, rank: int):
+        self.procs[rank].join(timeout=1)
+        return self.procs[rank].exitcode
+
+    def _die(self, message: str):
+        self.close(force=True)
+        raise WorkerError(message)
+
+    def close(self, *, force: bool = False) -> None:
+        if not force:
+            for conn in self.conns:
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+            for proc in self.procs:
+                proc.join(timeout=30)
+        for proc in self.procs:  # only the processes this pool started
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+        self.procs, self.conns = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(force=exc[0] is not None)
+
+
+def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"})
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        import torch
+
+        torch.set_num_threads(threads)
+        from rmrun.dist import start, stop
+
+        ranked = start(seed=0)
+        conn.send(("ready", {"rank": ranked.rank, "threads": threads, "cuda": ranked.cuda}))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    try:
+        while True:
+            message = conn.recv()
+            if message is None:
+                break
+            job, kwargs = message
+            try:
+                conn.send(("ok", JOBS[job](ranked, **kwargs)))
+            except BaseException:
+                conn.send(("error", traceback.format_exc()))
+                break
+    finally:
+        stop()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kib() -> int:
+    """VmHWM (peak RSS since the last reset), else ru_maxrss (peak since process start)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+@lru_cache(maxsize=None)
+def _tokenizer():
+    from benchmarks.data import load_tokenizer
+
+    return load_tokenizer()
+
+
+@lru_cache(maxsize=4)
+def _dataset(num_pairs: int, seed: int, max_length: int):
+    from benchmarks.data import make_pairs, tokenize
+
+    return tokenize(make_pairs(num_pairs, seed=seed), _tokenizer(), max_length=max_length)
+
+
+def model_dir(size: str) -> str:
+    """A model directory (config only) for ``size``: the shipped tiny one, or the small one written next to it."""
+    from benchmarks.data import TINY_MODEL_DIR
+
+    if size == "tiny":
+        return str(TINY_MODEL_DIR)
+    if size != "small":
+        raise ValueError(f"unknown model size {size!r}")
+    directory = os.path.join(tempfile.gettempdir(), f"rmrun-bench-small-llama-{os.getuid()}")
+    os.makedirs(directory, exist_ok=True)
+    with open(TINY_MODEL_DIR / "config.json") as f:
+        config = json.load(f)
+    config.update(SMALL_OVERRIDES)
+    path = os.path.join(directory, "config.json")
+    text = json.dumps(config, indent=2, sort_keys=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)  # ranks may write it at once
+    return directory
+
+
+def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int):
+    from benchmarks.data import TOKENIZER_DIR
+    from rmrun.recipe.schema import (DataSection, LossSection, ModelSection, PluginSection, Recipe, RunSection,
+                                     ScheduleSection)
+
+    return Recipe(
+        run=RunSection(name="bench", seed=seed),
+        data=DataSection(train=("synthetic.jsonl",), max_length=max_length, group_by_length=group_by_length),
+        model=ModelSection(pretrain=model_dir(size), tokenizer=str(TOKENIZER_DIR), init="random"),
+        plugin=PluginSection(name=plugin, mixed_precision="fp32" if plugin == "ddp" else "bf16"),
+        loss=LossSection(name="log_sig"),
+        # The quickstart's optimisation settings; clipping on, as by default.
+        schedule=ScheduleSection(max_epochs=1, batch_size=batch_size, lr=5e-4, weight_decay=0.01, grad_clip=1.0),
+    )
+
+
+def _pad_to_max_collate(tokenized, indices, *, pad_token_id: int, max_length: int):
+    """ColossalChat's preference collator: every sequence right-padded to ``max_length``;
+    chosen rows then rejected rows, so one forward covers both sides."""
+    import numpy as np
+    import torch
+
+    sequences = [tokenized.chosen(i) for i in indices] + [tokenized.rejected(i) for i in indices]
+    input_ids = np.full((len(sequences), max_length), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), max_length), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = sequence
+        attention_mask[row, : len(sequence)] = 1
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "pair_ids": torch.from_numpy(tokenized.pair_index[np.asarray(indices, dtype=np.int64)].astype(np.int64)),
+    }
+
+
+def _colossalchat_trainer_class():
+    from rmrun.train import Trainer
+
+    class PadToMaxTrainer(Trainer):
+        """rmrun's Trainer with ColossalChat's batching (the only thing that differs)."""
+
+        max_length = 512
+
+        def _forward(self, indices, data):
+            batch = _pad_to_max_collate(data, indices, pad_token_id=self.pad_id, max_length=self.max_length)
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            rewards = self.read_rewards(self.boosted.model, ids, mask).float()
+            half = len(indices)
+            return rewards[:half], rewards[half:], batch, int(mask.sum())
+
+    return PadToMaxTrainer
+
+
+class HandLoop:
+    """The hand-written baseline: what a careful user writes in plain PyTorch."""
+
+    def __init__(self, net, *, data, pad_id: int, schedule, plan, device, world_size: int):
+        import torch
+
+        from rmrun.boost import warmup_cosine  # the same LR curve, so losses stay comparable
+
+        net = net.to(device)
+        if world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net)
+        self.model = net
+        self.data = data
+        self.pad_id = pad_id
+        self.device = device
+        self.world_size = world_size
+        self.grad_clip = schedule.grad_clip
+        params = [p for p in net.parameters() if p.requires_grad]
+        decay = [p for n, p in net.named_parameters() if p.requires_grad and p.ndim >= 2 and "norm" not in n.lower()]
+        decay_ids = {id(p) for p in decay}
+        groups = [{"params": decay, "weight_decay": schedule.weight_decay},
+                  {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0}]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.95), eps=1e-8)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(warmup_steps=plan.warmup_steps, total_steps=plan.total_steps))
+
+    def step(self, indices) -> tuple[float, int]:
+        import torch
+        import torch.nn.functional as F
+
+        from rmrun.data import collate
+
+        batch = collate(self.data, indices, pad_token_id=self.pad_id)
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        rewards = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.squeeze(-1).float()
+        half = len(indices)
+        loss = -F.logsigmoid(rewards[:half] - rewards[half:]).mean()  # DDP averages over ranks
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return float(loss), int(mask.sum())
+
+
+def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None):
+    from rmrun.boost import boost
+    from rmrun.train import Trainer, TrainState
+
+    boosted = boost(net, plan=plan, plugin=recipe.plugin, schedule=recipe.schedule, cuda=ranked.cuda)
+    return (cls or Trainer)(
+        boosted=boosted, data=data, eval_data=None, tokenizer=_tokenizer(), plan=plan, schedule=recipe.schedule,
+        loss=recipe.loss, rank=ranked, state=TrainState(seed=recipe.run.seed), group_by_length=recipe.data.group_by_length,
+        eval_batch_size=recipe.schedule.batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- the train job
+
+
+def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, steps: int, num_pairs: int,
+              batch_size: int, max_length: int = 512, seed: int = 0, checkpoint_rounds: int = 0) -> dict:
+    """Interleaved optimizer steps of each variant, then checkpoint save/load timings (rank-local results)."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    from rmrun.model import build_reward_model
+    from rmrun.recipe.plan import make_plan
+
+    data = _dataset(num_pairs, seed, max_length)
+    tokenizer = _tokenizer()
+    lengths = data.lengths()
+    recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length, group_by_length=True,
+                       seed=seed)
+    plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
+    base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
+    num_params = sum(p.numel() for p in base.parameters())
+
+    runners = {}
+    if "rmrun" in variants or "hand" in variants:
+        rmrun_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
+        runners["rmrun"] = rmrun_trainer
+        rmrun_steps = list(rmrun_trainer.steps_of_epoch(0))
+    if "hand" in variants:
+        runners["hand"] = HandLoop(copy.deepcopy(base), data=data, pad_id=tokenizer.pad_token_id,
+                                   schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
+                                   world_size=ranked.world_size)
+    if "colossalchat" in variants:
+        cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
+                              group_by_length=False, seed=seed)
+        cls = _colossalchat_trainer_class()
+        cls.max_length = max_length
+        cc_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), cc_recipe, plan, data, cls=cls)
+        runners["colossalchat"] = cc_trainer
+        cc_steps = list(cc_trainer.steps_of_epoch(0))
+    del base
+    order = [v for v in VARIANTS if v in runners]
+    records = {v: [] for v in order}
+    can_reset = _reset_peak_rss()
+    gc.collect()
+    gc.disable()  # no collector pauses inside timed steps; collected between rounds instead
+    try:
+        for i in range(steps):
+            rotation = order[i % len(order):] + order[: i % len(order)]
+            for variant in rotation:
+                if variant == "colossalchat":
+                    step = cc_steps[i % len(cc_steps)]
+                else:
+                    step = rmrun_steps[i % len(rmrun_steps)]
+                indices = step.micro_batches[0].indices  # accumulation_steps = 1
+                _reset_peak_rss()
+                started = time.perf_counter()
+                if variant == "hand":
+                    loss, tokens = runners["hand"].step(indices)
+                else:
+                    trainer = runners[variant]
+                    line = trainer.optimizer_step(step)
+                    trainer.advance(step, line)
+                    loss, tokens = line.get("loss", float("nan")), None
+                seconds = time.perf_counter() - started
+                longest = int(lengths[indices].max()) if len(indices) else 0
+                padded_len = max_length if variant == "colossalchat" else longest
+                local_tokens = int(lengths[indices].sum())
+                records[variant].append({
+                    "seconds": seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
+                    "tokens": local_tokens, "padded": 2 * len(indices) * padded_len, "loss": float(loss),
+                    "peak_rss_kib": _peak_rss_kib(), "global_tokens": tokens,
+                })
+            gc.collect()
+    finally:
+        gc.enable()
+
+    result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
+              "num_params": num_params, "records": records, "peak_reset": can_reset,
+              "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
+                                   "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
+                                   "truncated": int(data.stats.get("truncated", 0))}}
+    if checkpoint_rounds and "rmrun" in runners:
+        result["checkpoint"] = _checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
+    runners.clear()
+    gc.collect()
+    return result
+
+
+def _checkpoint_timings(ranked, trainer, *, rounds: int) -> dict:
+    """Time ``save_checkpoint`` and ``load_checkpoint`` through a local state store, alternating."""
+    import shutil
+
+    from rmrun.checkpoint import load_checkpoint, save_checkpoint
+    from rmrun.collective import barrier, broadcast
+    from rmrun.context import RunContext
+    from rmrun.store import StateStore
+
+    root = broadcast(tempfile.mkdtemp(prefix="rmrun-bench-state-") if ranked.is_main else None)
+    store = StateStore(root)
+    lease = store.acquire_lease(holder=f"bench:{os.getpid()}") if ranked.is_main else None
+    broadcast(None)
+    ctx = RunContext(store=store, lease=lease, rank=ranked, recipe_path="benchmark", recipe_text="",
+                     identity={"fingerprint": "benchmark"})
+    saves, loads, sizes = [], [], []
+    state = trainer.state.to_dict()
+    try:
+        for k in range(rounds):
+            state = dict(state, step=state["step"] + 1)  # a new key each time, as in a run
+            barrier()
+            started = time.perf_counter()
+            key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)
+            saves.append(time.perf_counter() - started)
+            if ranked.is_main:
+                committed = store.get(key)
+                sizes.append(sum(entry["size"] for entry in committed.manifest["files"]))
+            barrier()
+            started = time.perf_counter()
+            load_checkpoint(ctx, key, boosted=trainer.boosted)
+            loads.append(time.perf_counter() - started)
+    finally:
+        barrier()
+        if ranked.is_main:
+            store.release(lease)
+            shutil.rmtree(root, ignore_errors=True)
+    return {"save_seconds": saves, "load_seconds": loads, "bytes": sizes[-1] if sizes else None}
+
+
+JOBS = {"train": train_job}

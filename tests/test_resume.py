@@ -1,0 +1,416 @@
+"""Exact resume: a run killed at any moment and started again with the same command
+finishes with bit-identical weights and metrics to a run that never stopped.
+
+Every comparison reads the export of the interrupted-and-resumed run and of an
+uninterrupted reference run of the same configuration: every tensor of
+``model.safetensors`` must be ``torch.equal`` (same dtype and shape), ``metrics.jsonl``
+must be byte-identical, and it must hold every optimizer step exactly once, 1..26.
+
+The recipe is tests/assets/resume.toml: the quickstart with a tiny Llama whose
+attention dropout is 0.1 (tests/assets/tiny-llama-dropout), so the random streams
+matter; 100 training pairs, 8 pairs per optimizer step (batch 8 on 1 process, 4 per
+process on 2), i.e. 13 steps per epoch, 2 epochs, 26 steps; a checkpoint every 4 steps
+(keep 2) and at the end of each epoch (step 13); an eval every 5 steps and at each
+epoch end; 32 eval pairs.
+
+Configurations: 1 process (``python -m rmrun run``) and 2 processes (``torchrun
+--nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=localhost:0 -m rmrun run``),
+each with a local state and with an ``s3://`` state (moto server, tests/s3server.py).
+Each has one uninterrupted reference run, shared by the module.
+
+A kill is ``RMRUN_FAULTS=kill@POINT:N`` (SIGKILL of rank 0 at that point; torchrun then
+tears the job down) unless said otherwise. A "chain" is one state driven through
+several runs, each with its own kill directive, and a final clean run; each leg checks
+where the next one resumed from.
+
+Scenarios per configuration
+---------------------------
+1 process, local state (the full list):
+
+* step 0 (external SIGKILL of the process group as soon as the tokenize step has
+  printed, before the first optimizer step; rmrun has no fault point there), step 1,
+  right after a checkpoint (``kill@step:9``, checkpoint 8 committed), at the epoch
+  boundary (``kill@step:13``, the last step of epoch 0, before its epoch-end
+  checkpoint), at the last step (``kill@step:26``): one chain,
+  ``test_kills_at_milestones``.
+* mid-epoch (``kill@step:6``): ``test_mid_epoch_kill_refuses_a_changed_key_then_resumes_exactly``,
+  which first checks that resuming with ``--set schedule.lr=...`` exits 2 naming the key.
+* twice in the same epoch (``kill@step:6`` then ``kill@step:10``): ``test_two_kills_in_one_epoch``.
+* during a checkpoint write (``kill@checkpoint_write:8``, then
+  ``kill@checkpoint_before_commit:12``) and during retention deletion
+  (``kill@retention:16``): one chain, ``test_kills_during_checkpoint_io``.
+* negative controls (``no-restore=rng``, ``no-restore=position`` after the mid-epoch
+  kill): the result must differ, ``test_negative_control_differs``.
+* SIGTERM mid-step then, on the resumed run, SIGTERM mid-eval: exit 75 each time with
+  a committed checkpoint, then an exact resume: ``test_sigterm_mid_step_and_mid_eval``.
+* a corrupted newest checkpoint is quarantined, the previous one is used:
+  ``test_corrupted_latest_checkpoint_is_quarantined``.
+* a finished run started again exits 0 at once: ``test_finished_run_started_again``.
+
+1 process on s3, 2 processes local, 2 processes on s3 (a representative subset, one
+chain each, ``test_kills_subset``): mid-epoch (``kill@step:6``), then, in the same
+epoch, during a checkpoint write (``kill@checkpoint_write:8``), i.e. also twice in one
+epoch; 2 processes local adds a SIGTERM to torchrun mid-step (the workers commit a
+checkpoint and exit 75; torchrun itself then exits non-zero, so the test checks rank
+0's "exit 75" message and the committed checkpoint instead of torchrun's exit code).
+
+World size 2 -> 1 -> 2 (local, ``test_world_size_change_visits_every_pair_once_per_epoch``):
+with ``RMRUN_TRACE_PAIRS``, every pair is trained on exactly once per epoch over the
+committed steps. Its export is not compared bitwise: the float trajectory (and the
+learning-rate schedule, planned per world size) may differ from a fixed-size run.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tests.resume_harness import (
+    CHECKPOINT_EVERY,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    ONE_LOCAL,
+    ONE_S3,
+    STEPS_PER_EPOCH,
+    TOTAL_STEPS,
+    TRAIN_PAIRS,
+    TWO_LOCAL,
+    TWO_S3,
+    Harness,
+    assert_identical,
+    assert_killed,
+    assert_metrics_complete,
+    committed_checkpoints,
+    differing_tensors,
+    is_complete,
+    merge_traces,
+    newest_checkpoint_attempt,
+    read_export,
+    read_trace,
+)
+from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
+
+pytestmark = pytest.mark.slow
+
+PREEMPTED_LINE = re.compile(r"after committing the checkpoint at step (\d+); exit 75")
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+class Lab:
+    """The harness plus the module's uninterrupted reference runs (one per configuration)."""
+
+    def __init__(self, harness: Harness):
+        self.harness = harness
+        self._s3 = None
+        self._references = {}
+
+    def s3(self):
+        assert self._s3 is not None, "call lab.use(config, request) first"
+        return self._s3
+
+    def use(self, config, request) -> None:
+        """Start the S3 server when ``config`` needs it (session fixture)."""
+        if config.storage == "s3" and self._s3 is None:
+            self._s3 = request.getfixturevalue("s3_root")
+
+    def reference(self, config, request):
+        self.use(config, request)
+        if config not in self._references:
+            run = self.harness.new_run(config, "reference")
+            result = self.harness.run(run, expect=EXIT_OK)
+            assert result.steps_logged() == list(range(1, TOTAL_STEPS + 1)), result.describe()
+            export = read_export(run.export)
+            assert_metrics_complete(export)
+            self._references[config] = (run, export)
+        return self._references[config][1]
+
+    def reference_run(self, config, request):
+        self.reference(config, request)
+        return self._references[config][0]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(None)
+    lab.harness = Harness(tmp_path_factory.mktemp("resume"), s3_roots=lab.s3)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def killed_mid_epoch(lab):
+    """A 1-process local state killed after step 6 (checkpoint 4 committed), not to be modified."""
+    h = lab.harness
+    run = h.new_run(ONE_LOCAL, "mid-epoch")
+    result = h.run(run, faults="kill@step:6", expect="killed")
+    assert result.steps_logged()[-1] == 5, result.describe()  # step 6's hooks (its log line) never ran
+    assert committed_checkpoints(run) == [4]
+    return run
+
+
+@pytest.fixture(scope="module")
+def killed_twice(lab, killed_mid_epoch):
+    """The mid-epoch state, resumed and killed again in epoch 0 after step 10 (checkpoint 8)."""
+    h = lab.harness
+    run = h.copy_run(killed_mid_epoch, "twice")
+    result = h.run(run, faults="kill@step:10", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert committed_checkpoints(run) == [4, 8]
+    return run
+
+
+def finish(lab, run, reference, *, resumed_from_step=None, sets=()):
+    """The final clean run of a chain: exit 0, then bit-identical to the reference."""
+    result = lab.harness.run(run, expect=EXIT_OK, sets=sets)
+    if resumed_from_step is not None:
+        assert result.resumed_from() == (f"ckpt-{resumed_from_step:010d}", resumed_from_step), result.describe()
+    assert_identical(reference, read_export(run.export))
+    return result
+
+
+# ----------------------------------------------------------------- 1 process, local: the full list
+
+
+def test_kills_at_milestones(lab, request):
+    """Step 0 (external), step 1, right after a checkpoint, the epoch boundary, the last step."""
+    config = ONE_LOCAL
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "milestones")
+
+    # Step 0: SIGKILL the whole process group once the tokenize step has printed.
+    child = h.start(run)
+    child.wait_for(r"^tokenize eval: ")
+    child.kill_group()
+    result = child.wait()
+    assert result.returncode == -signal.SIGKILL, result.describe()
+    assert result.steps_logged() == [], "the step-0 kill came after an optimizer step:\n" + result.describe()
+    assert committed_checkpoints(run) == []
+
+    result = h.run(run, faults="kill@step:1", expect="killed")
+    assert result.resumed_from() is None and result.steps_logged() == [], result.describe()
+    assert committed_checkpoints(run) == []
+
+    # Right after a checkpoint: checkpoint 8 committed, killed after step 9.
+    result = h.run(run, faults="kill@step:9", expect="killed")
+    assert result.resumed_from() is None, result.describe()
+    assert committed_checkpoints(run) == [4, 8]
+
+    # The last step of epoch 0, before its epoch-end checkpoint.
+    result = h.run(run, faults=f"kill@step:{STEPS_PER_EPOCH}", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000008", 8), result.describe()
+    assert committed_checkpoints(run) == [8, 12]
+
+    # The last step of the run, before its final checkpoint.
+    result = h.run(run, faults=f"kill@step:{TOTAL_STEPS}", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000012", 12), result.describe()
+    assert committed_checkpoints(run) == [20, 24]
+    assert not is_complete(run)
+
+    finish(lab, run, reference, resumed_from_step=24)
+
+
+def test_mid_epoch_kill_refuses_a_changed_key_then_resumes_exactly(lab, request, killed_mid_epoch):
+    reference = lab.reference(ONE_LOCAL, request)
+    h = lab.harness
+    run = h.copy_run(killed_mid_epoch, "changed-key")
+
+    refused = h.run(run, sets=["schedule.lr=1e-3"], expect=EXIT_USAGE)
+    messages = [line for line in refused.output.splitlines() if line.startswith("rmrun: ")]
+    assert len(messages) == 1, refused.describe()
+    assert "schedule.lr" in messages[0] and "0.0005" in messages[0] and "0.001" in messages[0], messages[0]
+    assert committed_checkpoints(run) == [4]
+
+    finish(lab, run, reference, resumed_from_step=4)
+
+
+def test_two_kills_in_one_epoch(lab, request, killed_twice):
+    reference = lab.reference(ONE_LOCAL, request)
+    run = lab.harness.copy_run(killed_twice, "twice-finish")
+    finish(lab, run, reference, resumed_from_step=8)
+
+
+def test_kills_during_checkpoint_io(lab, request):
+    """During a checkpoint write (files written; staged, not committed) and during retention."""
+    config = ONE_LOCAL
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "checkpoint-io")
+
+    h.run(run, faults="kill@checkpoint_write:8", expect="killed")
+    assert committed_checkpoints(run) == [4]
+
+    result = h.run(run, faults="kill@checkpoint_before_commit:12", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert committed_checkpoints(run) == [4, 8]
+
+    # Committed 16, killed before the retention of {12, 13(epoch end), 16} to keep=2.
+    result = h.run(run, faults="kill@retention:16", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000008", 8), result.describe()
+    assert committed_checkpoints(run) == [12, 13, 16]
+
+    finish(lab, run, reference, resumed_from_step=16)
+    assert committed_checkpoints(run) == [24, 26]
+
+
+@pytest.mark.parametrize("piece", ["rng", "position"])
+def test_negative_control_differs(lab, request, killed_mid_epoch, piece):
+    """Skipping the restore of the RNG streams / the data position must change the result."""
+    reference = lab.reference(ONE_LOCAL, request)
+    h = lab.harness
+    run = h.copy_run(killed_mid_epoch, f"no-restore-{piece}")
+    result = h.run(run, faults=f"no-restore={piece}", expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    got = read_export(run.export)
+    assert differing_tensors(reference, got), f"no-restore={piece}: the weights are still bit-identical"
+    assert got.metrics != reference.metrics, f"no-restore={piece}: metrics.jsonl is still identical"
+
+
+def _sigterm_when(child, line_pattern: str):
+    child.wait_for(line_pattern)
+    child.send_signal(signal.SIGTERM)
+    return child.wait()
+
+
+def test_sigterm_mid_step_and_mid_eval(lab, request):
+    """SIGTERM -> checkpoint committed, exit 75 -> the same command resumes exactly."""
+    config = ONE_LOCAL
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "sigterm")
+
+    # Mid-step: signalled as step 2 is logged, so it lands in step 2's hooks or step 3.
+    result = _sigterm_when(h.start(run), r"^step 2/")
+    assert result.returncode == EXIT_PREEMPTED, result.describe()
+    stopped = int(PREEMPTED_LINE.search(result.output).group(1))
+    assert stopped in (2, 3), result.describe()
+    assert committed_checkpoints(run)[-1] == stopped
+
+    # Mid-eval: step 10 is logged, then its eval runs (32 pairs one at a time: the eval
+    # batch size does not change results); the checkpoint comes right after that eval.
+    child = h.start(run, sets=["eval.batch_size=1"])
+    result = _sigterm_when(child, r"^step 10/")
+    assert result.returncode == EXIT_PREEMPTED, result.describe()
+    assert result.resumed_from() == (f"ckpt-{stopped:010d}", stopped), result.describe()
+    assert re.search(r"^eval step 10: ", result.output, re.M), result.describe()
+    assert int(PREEMPTED_LINE.search(result.output).group(1)) == 10, (
+        "the SIGTERM was not handled right after the eval at step 10 (did it land in the eval?)\n"
+        + result.describe())
+    assert committed_checkpoints(run)[-1] == 10
+
+    finish(lab, run, reference, resumed_from_step=10)
+
+
+def test_corrupted_latest_checkpoint_is_quarantined(lab, request, killed_twice):
+    reference = lab.reference(ONE_LOCAL, request)
+    h = lab.harness
+    run = h.copy_run(killed_twice, "corrupt")
+    key, attempt = newest_checkpoint_attempt(run)
+    assert key == "ckpt-0000000008"
+    target = attempt / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+    result = h.run(run, expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert (attempt.parent / f"QUARANTINE-{attempt.name}.json").exists()
+    status = h.status(run)
+    assert status.returncode == EXIT_OK, status.describe()
+    assert re.search(rf"^quarantined: {key} attempt {attempt.name}: ", status.output, re.M), status.output
+    assert "run: complete" in status.output, status.output
+    assert_identical(reference, read_export(run.export))
+
+
+def test_finished_run_started_again(lab, request):
+    """Started again with the same command, a complete run says so and exits 0 at once."""
+    h = lab.harness
+    reference_run = lab.reference_run(ONE_LOCAL, request)
+    run = h.copy_run(reference_run, "finished")
+    run.export = reference_run.export  # the same command: same state (a copy) and export
+    before = read_export(run.export)
+    result = h.run(run, expect=EXIT_OK)
+    assert re.search(rf"^run resume-test is complete: the export is at {re.escape(run.export)}$", result.output,
+                     re.M), result.describe()
+    assert result.steps_logged() == [], result.describe()
+    assert "tokenize" not in result.output and "resumed from" not in result.output, result.describe()
+    assert_identical(before, read_export(run.export))
+
+
+# ----------------------------------------------------------------- other configurations: a subset
+
+
+@pytest.mark.parametrize("config", [ONE_S3, TWO_LOCAL, TWO_S3], ids=str)
+def test_kills_subset(lab, request, config):
+    """Mid-epoch, then a checkpoint write in the same epoch (twice in one epoch)."""
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "subset")
+
+    h.run(run, faults="kill@step:6", expect="killed")
+    assert committed_checkpoints(run) == [4]
+
+    result = h.run(run, faults="kill@checkpoint_write:8", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert committed_checkpoints(run) == [4]
+    resume_step = 4
+
+    if config == TWO_LOCAL:
+        # SIGTERM to torchrun: it forwards the signal to the workers, which commit a
+        # checkpoint at the next step boundary and exit 75 (torchrun then fails).
+        child = h.start(run)
+        result = _sigterm_when(child, r"^step 9/")
+        assert result.returncode != EXIT_OK, result.describe()
+        assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+        stopped = int(PREEMPTED_LINE.search(result.output).group(1))
+        assert stopped >= 9, result.describe()
+        assert committed_checkpoints(run)[-1] == stopped
+        resume_step = stopped
+
+    finish(lab, run, reference, resumed_from_step=resume_step)
+
+
+# ----------------------------------------------------------------- world size 2 -> 1 -> 2
+
+
+def test_world_size_change_visits_every_pair_once_per_epoch(lab, request):
+    h = lab.harness
+    config = TWO_LOCAL  # batch 4 per process: 8 pairs per step on 2 processes, 4 on 1
+    run = h.new_run(config, "world-size")
+    traces = h.workdir / "traces" / run.label
+    traces.mkdir(parents=True)
+    prefixes = [str(traces / f"run{i}") for i in range(3)]
+
+    h.run(run, faults="kill@step:6", trace=prefixes[0], expect="killed")
+    assert committed_checkpoints(run) == [4]
+
+    result = h.run(run, nproc=1, faults="kill@step:10:all", trace=prefixes[1], expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert committed_checkpoints(run) == [4, 8]
+
+    result = h.run(run, trace=prefixes[2], expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000008", 8), result.describe()
+
+    merged = merge_traces([read_trace(p) for p in prefixes])
+    steps = sorted(merged)
+    assert steps == list(range(1, len(steps) + 1)), f"traced steps are not 1..N: {steps}"
+    per_epoch = collections.defaultdict(collections.Counter)
+    for step in steps:
+        per_epoch[merged[step]["epoch"]].update(merged[step]["pairs"])
+    assert sorted(per_epoch) == [0, 1], f"epochs traced: {sorted(per_epoch)}"
+    for epoch, counts in sorted(per_epoch.items()):
+        missing = sorted(set(range(TRAIN_PAIRS)) - set(counts))
+        repeated = sorted(p for p, n in counts.items() if n > 1)
+        assert not missing and not repeated and len(counts) == TRAIN_PAIRS, (
+            f"epoch {epoch}: {len(missing)} pairs never trained on {missing[:10]}, "
+            f"{len(repeated)} trained on more than once {repeated[:10]}")
+
+    export = read_export(run.export)
+    assert_metrics_complete(export, total_steps=steps[-1])
