@@ -1,0 +1,67 @@
+"""The epoch order and the position: pure, exact-once, independent of the world size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rmrun.sampler import epoch_order, optimizer_steps
+
+LENGTHS = np.random.default_rng(0).lognormal(4, 1, size=203).astype(np.int64)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_order_is_a_pure_function_of_seed_and_epoch(group):
+    a = epoch_order(seed=1, epoch=3, lengths=LENGTHS, batch_size=8, group_by_length=group)
+    b = epoch_order(seed=1, epoch=3, lengths=LENGTHS, batch_size=8, group_by_length=group)
+    c = epoch_order(seed=1, epoch=4, lengths=LENGTHS, batch_size=8, group_by_length=group)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert sorted(a.tolist()) == list(range(len(LENGTHS)))
+
+
+def _pairs_seen(order, *, start, dp_size, batch_size=8, accumulation_steps=2):
+    seen = []
+    for rank in range(dp_size):
+        for step in optimizer_steps(order, start=start, batch_size=batch_size, dp_size=dp_size, dp_rank=rank,
+                                    accumulation_steps=accumulation_steps):
+            for micro in step.micro_batches:
+                seen += micro.indices.tolist()
+    return seen
+
+
+@pytest.mark.parametrize("dp_size", [1, 2, 3])
+def test_each_pair_is_seen_once_per_epoch_across_ranks(dp_size):
+    order = epoch_order(seed=0, epoch=0, lengths=LENGTHS, batch_size=8, group_by_length=True)
+    assert sorted(_pairs_seen(order, start=0, dp_size=dp_size)) == list(range(len(LENGTHS)))
+
+
+def test_resuming_at_a_position_with_another_world_size_continues_sample_exact():
+    order = epoch_order(seed=0, epoch=0, lengths=LENGTHS, batch_size=8, group_by_length=True)
+    consumed = 5 * 8 * 2  # five optimizer steps with two ranks, batch 8
+    steps = list(optimizer_steps(order, start=0, batch_size=8, dp_size=2, dp_rank=0, accumulation_steps=1))
+    assert sum(s.pairs for s in steps[:5]) == consumed
+    before = _pairs_seen(order[:consumed], start=0, dp_size=2, accumulation_steps=1)
+    after = _pairs_seen(order, start=consumed, dp_size=1, accumulation_steps=1)
+    assert sorted(before + after) == list(range(len(LENGTHS)))
+    assert not set(before) & set(after)
+
+
+def test_length_grouping_reduces_padding():
+    def padding(order):
+        waste = 0
+        for start in range(0, len(order), 8):
+            block = LENGTHS[order[start : start + 8]]
+            waste += int((block.max() - block).sum())
+        return waste
+
+    grouped = epoch_order(seed=0, epoch=0, lengths=LENGTHS, batch_size=8, group_by_length=True)
+    plain = epoch_order(seed=0, epoch=0, lengths=LENGTHS, batch_size=8, group_by_length=False)
+    assert padding(grouped) < 0.5 * padding(plain)
+
+
+def test_steps_count_pairs_and_only_the_last_is_short():
+    order = np.arange(203)
+    steps = list(optimizer_steps(order, start=0, batch_size=8, dp_size=2, dp_rank=0, accumulation_steps=2))
+    assert [s.pairs for s in steps] == [32] * 6 + [11]
+    assert sum(s.pairs for s in steps) == 203
