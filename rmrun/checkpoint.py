@@ -85,17 +85,13 @@ def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | No
         barrier()
         if ctx.rank.is_main:
             fault_point("checkpoint_write", step=step, rank=0)
-            staged = ctx.store.stage(
-                key,
-                lease=ctx.lease,
-                meta={
-                    "step": step,
-                    "epoch": trainer_state["epoch"],
-                    "pairs_consumed": trainer_state["pairs_consumed"],
-                    "world_size": ctx.rank.world_size,
-                    "fingerprint": ctx.identity["fingerprint"],
-                },
-            )
+            staged = ctx.stage(key, meta={
+                "step": step,
+                "epoch": trainer_state["epoch"],
+                "pairs_consumed": trainer_state["pairs_consumed"],
+                "world_size": ctx.rank.world_size,
+                "fingerprint": ctx.identity["fingerprint"],
+            })
             staged.put_dir(tmp, prefix="")
             for rank, rng in enumerate(rng_states):
                 staged.write_bytes(f"rng/rank-{rank:05d}.json", json.dumps(rng).encode())

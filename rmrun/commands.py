@@ -85,7 +85,7 @@ def status(target: str, *, overrides) -> int:
     url = _state_url(target, overrides)
     store = StateStore(url)
     records = store.read_records("steps/")
-    identity = store.get("run-identity")
+    identity = store.peek("run-identity")
     if identity is None and not records:
         print(f"state {store.root}: fresh (nothing recorded yet)")
         return EXIT_OK
@@ -104,17 +104,17 @@ def status(target: str, *, overrides) -> int:
         print(line)
     checkpoints = store.committed_keys("ckpt-")
     if checkpoints:
-        latest = store.get(checkpoints[-1])
+        latest = store.peek(checkpoints[-1])
         if latest is not None:
             meta = latest.manifest["meta"]
             print(f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
                   f"{meta['pairs_consumed']} pairs of the epoch consumed)")
     else:
         print("latest checkpoint: none")
-    quarantined = store.quarantined()
+    quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
     for q in quarantined:
         print(f"quarantined: {q['key']} attempt {q['attempt']}: {q['reason']}")
-    done = store.get("export") is not None
+    done = store.peek("export") is not None
     print("run: complete" if done else "run: not complete")
     return EXIT_OK
 
@@ -131,7 +131,7 @@ def _identity_check(ctx, recipe_path: str) -> None:
     if ctx.rank.is_main:
         state = ctx.store.get("run-identity")
         if state is None:
-            staged = ctx.store.stage("run-identity", lease=ctx.lease, meta={})
+            staged = ctx.stage("run-identity", meta={})
             staged.write_bytes("identity.json", json.dumps(ctx.identity, indent=2, sort_keys=True).encode())
             staged.commit()
         else:

@@ -30,6 +30,18 @@ class RunContext:
         if self.rank.is_main:
             self.store.write_record(f"steps/{name.replace('/', '-')}", data, lease=self.lease)
 
+    def stage(self, key: str, *, meta: dict):
+        """Stage state ``key`` under this run's lease (rank 0).
+
+        A quarantined state at the same key (a corrupt checkpoint the run has since
+        recomputed) is replaced; its quarantine note is kept as a record for status.
+        """
+        for note in self.store.quarantined():
+            if note["key"] == key:
+                self.store.write_record(f"quarantined/{key}-{note['attempt']}", note, lease=self.lease)
+                self.store.delete(key, lease=self.lease)
+        return self.store.stage(key, lease=self.lease, meta=meta)
+
     def say(self, message: str) -> None:
         if self.rank.is_main:
             self.log(message)

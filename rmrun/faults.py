@@ -4,7 +4,8 @@
 
 - ``kill@POINT:STEP`` — SIGKILL this process (rank 0 only unless ``kill@POINT:STEP:all``)
   when it reaches fault point POINT at optimizer step STEP. Points: ``step`` (after an
-  optimizer step, before its hooks), ``checkpoint_write`` (after the model files are
+  optimizer step, before its hooks), ``boosted`` (model built and checkpoint loaded, before
+  the next step: ``kill@boosted:0`` dies before the first step of a fresh run), ``checkpoint_write`` (after the model files are
   written, before the commit), ``checkpoint_before_commit``, ``retention`` (after a
   commit, before old checkpoints are deleted), ``eval`` (inside an evaluation).
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that

@@ -730,6 +730,20 @@ class StateStore:
         except (_AlreadyQuarantined, _CorruptState):
             return None
 
+    def peek(self, key: str) -> CommittedState | None:
+        """The committed state ``key`` with its manifest read but its files not verified.
+
+        Writes nothing (no quarantine), so read-only views such as ``rmrun status`` use it.
+        """
+        _check_key(key)
+        names = self._backend.names(self._key_path(key))
+        if COMMIT_NAME not in names:
+            return None
+        try:
+            return self._load_committed(key, names)
+        except StoreError:
+            return None
+
     def latest(self, prefix: str) -> CommittedState | None:
         """Newest committed state under ``prefix`` that verifies, quarantining bad ones."""
         _check_prefix(prefix)

@@ -164,8 +164,8 @@ def test_a_table_written_as_a_key(tmp_path):
          "[plugin].name: 'zero3' is not one of 'ddp', 'zero2', 'zero2_cpu', 'gemini', 'gemini_auto', '3d' "
          '(did you mean "zero2"?)'),
         ('[loss]\nname = "logsig"', "[loss].name: 'logsig' is not one of 'log_sig', 'log_exp' (did you mean \"log_sig\"?)"),
-        ('[plugin]\nname = "ddp"\nmixed_precision = "bf32"',
-         "[plugin].mixed_precision: 'bf32' is not one of 'fp32', 'fp16', 'bf16' (did you mean \"bf16\"?)"),
+        ('[plugin]\nname = "ddp"\nmixed_precision = "bf_16"',
+         "[plugin].mixed_precision: 'bf_16' is not one of 'fp32', 'fp16', 'bf16' (did you mean \"bf16\"?)"),
         ('[data]\ntrain = ["p.jsonl"]\nformat = "sharegpt"',
          "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise'"),
     ],
@@ -371,7 +371,7 @@ def test_cross_field_checks_skip_a_table_that_failed_to_decode(tmp_path):
 
 
 def test_every_problem_names_the_file_and_a_full_key_path(tmp_path):
-    path = recipe_with(tmp_path, '[schedule]\nbatch_size = "x"\nlr = -1.0\n[model.lora]\nr = "8"\n'
+    path = recipe_with(tmp_path, '[schedule]\nbatch_size = "x"\n[checkpoint]\nkeep = 1\n[model.lora]\nr = "8"\n'
                                  '[plugin]\nname = "ddp"\nmixed_precision = "fp32"\ntp = 2\n[eval]\ninterval_steps = 0')
     problems = problems_of(path)
     assert len(problems) == 5
@@ -459,7 +459,7 @@ def wrong_override(tp):
     """(text after '=', the decoding message) for a wrongly typed value."""
     if get_origin(tp) is Literal:
         allowed = ", ".join(map(repr, get_args(tp)))
-        return "3", f"3 is not one of {allowed}"
+        return "7", f"7 is not one of {allowed}"
     if tp is bool:
         return "1", "expected true or false, got 1"
     if tp is int:
@@ -710,11 +710,12 @@ def test_shipped_recipe_loads_and_passes_static_checks(path):
 def test_shipped_recipe_environment(path):
     recipe = load_recipe(path)
     if recipe.plugin.name in CUDA_PLUGINS:
+        needs_cuda = (f'[plugin].name: "{recipe.plugin.name}" needs CUDA GPUs and this machine has none; '
+                      'use name = "ddp" on CPU')
         assert environment_problems(recipe, World(size=8, cuda=True)) == []
-        assert environment_problems(recipe, World(size=1, cuda=False)) == [
-            f'[plugin].name: "{recipe.plugin.name}" needs CUDA GPUs and this machine has none; '
-            'use name = "ddp" on CPU'
-        ]
+        assert environment_problems(recipe, World(size=8, cuda=False)) == [needs_cuda]
+        # One process on a laptop: the CUDA error comes first (tp = 2 also cannot split one process).
+        assert environment_problems(recipe, World(size=1, cuda=False))[0] == needs_cuda
     else:
         assert environment_problems(recipe, World(size=1, cuda=False)) == []
         for url in (*recipe.data.train, *recipe.data.eval, recipe.model.pretrain, recipe.model.tokenizer):

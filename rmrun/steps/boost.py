@@ -9,7 +9,7 @@ from rmrun.recipe.schema import ModelSection, PluginSection, RunSection, Schedul
 def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection, run: RunSection) -> None:
     from rmrun.boost import boost
     from rmrun.checkpoint import latest_checkpoint_key, load_checkpoint, seed_everything
-    from rmrun.faults import restore_enabled
+    from rmrun.faults import fault_point, restore_enabled
     from rmrun.model import build_reward_model
     from rmrun.train import TrainState
 
@@ -32,3 +32,4 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
         ctx.say(f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed")
     ctx.artifacts["boosted"] = boosted
     ctx.artifacts["train_state"] = state
+    fault_point("boosted", step=state.step, rank=ctx.rank.rank)

@@ -13,7 +13,7 @@ def run(ctx, step, *, loss, eval) -> None:
     else:
         final = trainer.evaluate()
     if ctx.rank.is_main:
-        staged = ctx.store.stage(step.produces, lease=ctx.lease, meta={"step": trainer.state.step})
+        staged = ctx.stage(step.produces, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         staged.commit()
         ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "

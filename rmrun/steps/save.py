@@ -62,7 +62,7 @@ def run(ctx, step, *, output) -> None:
             _export_files(ctx, tmp, trainer)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, ctx.plan.export)
-            staged = ctx.store.stage(step.produces, lease=ctx.lease, meta={"url": ctx.plan.export, "step": trainer.state.step})
+            staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
             staged.put_dir(tmp)
             staged.commit()
             ctx.say(f"exported the reward model to {ctx.plan.export}")

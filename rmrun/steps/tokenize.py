@@ -53,7 +53,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
     from rmrun.data import load_chat_template
 
     template = load_chat_template(data.chat_template)
-    staged = ctx.store.stage(step.produces, lease=ctx.lease, meta={"step": "tokenize"})
+    staged = ctx.stage(step.produces, meta={"step": "tokenize"})
     stats = {}
     for split, urls in (("train", data.train), ("eval", data.eval)):
         if not urls:

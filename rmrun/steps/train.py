@@ -49,7 +49,7 @@ def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) ->
         hooks = _hooks(ctx, trainer, checkpoint=checkpoint, eval=eval, log=log)
         loop(trainer, epoch, hooks)
     if ctx.rank.is_main and ctx.store.get(epoch_key(epoch)) is None:
-        staged = ctx.store.stage(epoch_key(epoch), lease=ctx.lease, meta={"epoch": epoch, "step": trainer.state.step})
+        staged = ctx.stage(epoch_key(epoch), meta={"epoch": epoch, "step": trainer.state.step})
         staged.write_bytes("epoch.json", b"{}")
         staged.commit()
     barrier()

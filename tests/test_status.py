@@ -1,0 +1,36 @@
+"""`rmrun status` for a running (killed) run and for a run with a quarantined checkpoint."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from tests.helpers import child_env, rmrun, small_recipe
+
+
+def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
+    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 2\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="kill@step:5"))
+    assert killed.returncode == -9
+
+    status = rmrun("status", recipe)
+    assert status.returncode == 0, status.stderr
+    assert "train/epoch-0    running  attempts 1" in status.stdout
+    assert "tokenize         done" in status.stdout
+    assert "latest checkpoint: ckpt-0000000004 (step 4, epoch 0, 32 pairs of the epoch consumed)" in status.stdout
+    assert "run: not complete" in status.stdout
+    assert "lease: generation 1" in status.stdout
+
+    # Flip a byte of the newest checkpoint: the next run quarantines it and status shows why.
+    newest = sorted(glob.glob(str(tmp_path / "state" / "states" / "ckpt-*")))[-1]
+    weights = glob.glob(os.path.join(newest, "*", "model.safetensors"))[0]
+    data = bytearray(open(weights, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(weights, "wb").write(bytes(data))
+    resumed = rmrun("run", recipe)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from ckpt-0000000002" in resumed.stdout
+    status = rmrun("status", recipe)
+    assert "quarantined: ckpt-0000000004" in status.stdout
+    assert "sha256" in status.stdout or "size" in status.stdout
+    assert "run: complete" in status.stdout
