@@ -6,6 +6,7 @@ Booster (backward, no_sync, checkpoint I/O) goes through :class:`Boosted`.
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rmrun.checkpoint import capture_grad_scaler, find_grad_scaler, restore_grad_scaler
 from rmrun.recipe.plan import Plan
 from rmrun.recipe.schema import PluginSection, ScheduleSection
 
@@ -95,6 +97,10 @@ class Boosted:
             self.booster.save_model(self.model, os.path.join(directory, "model.safetensors"), use_safetensors=True)
             self.booster.save_optimizer(self.optimizer, os.path.join(directory, "optimizer.pt"))
         self.booster.save_lr_scheduler(self.scheduler, os.path.join(directory, "scheduler.pt"))
+        scaler = find_grad_scaler(self.optimizer)
+        if scaler is not None:
+            with open(os.path.join(directory, "loss_scale.json"), "w") as f:
+                json.dump(capture_grad_scaler(scaler), f)
 
     def load(self, directory: str) -> None:
         import os
@@ -106,6 +112,11 @@ class Boosted:
             self.booster.load_model(self.model, os.path.join(directory, "model.safetensors"))
             self.booster.load_optimizer(self.optimizer, os.path.join(directory, "optimizer.pt"))
         self.booster.load_lr_scheduler(self.scheduler, os.path.join(directory, "scheduler.pt"))
+        scaler = find_grad_scaler(self.optimizer)
+        saved = os.path.join(directory, "loss_scale.json")
+        if scaler is not None and os.path.exists(saved):
+            with open(saved) as f:
+                restore_grad_scaler(scaler, json.load(f))
 
 
 def make_plugin(plan: Plan):

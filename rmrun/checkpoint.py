@@ -132,3 +132,50 @@ def load_checkpoint(ctx, key: str, *, boosted) -> dict:
             # A new world size has no stream for this rank: a fresh, still deterministic one.
             seed_everything(trainer_state["seed"] + 1000 * trainer_state["step"] + ctx.rank.rank)
     return trainer_state
+
+
+# ---------------------------------------------------------------- loss scale
+
+
+def find_grad_scaler(optimizer):
+    """The dynamic loss scaler of a boosted optimizer, if it has one.
+
+    ColossalAI's ZeRO and Gemini optimizers keep it in their fp16 mixin and leave it
+    out of their ``state_dict`` (scale, growth and hysteresis counters alike); torch
+    amp's ``GradScaler`` sits on the ddp plugin's optimizer wrapper. Either way rmrun
+    saves it beside the optimizer.
+    """
+    for holder in (optimizer, getattr(optimizer, "optim", None)):
+        if holder is None:
+            continue
+        mixin = getattr(holder, "mixed_precision_mixin", None) or getattr(holder, "mix_precision_mixin", None)
+        if mixin is not None and getattr(mixin, "grad_scaler", None) is not None:
+            return mixin.grad_scaler
+        if getattr(holder, "scaler", None) is not None:
+            return holder.scaler
+    return None
+
+
+def capture_grad_scaler(scaler) -> dict:
+    """Every number in the scaler (for torch's GradScaler: its state_dict), as JSON."""
+    if hasattr(scaler, "_growth_tracker") or type(scaler).__name__ == "GradScaler":
+        return {"kind": "torch", "state": {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}}
+    fields = {}
+    for name, value in vars(scaler).items():
+        if torch.is_tensor(value):
+            fields[name] = {"tensor": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        elif isinstance(value, (bool, int, float, type(None))):
+            fields[name] = value
+    return {"kind": "colossalai", "fields": fields}
+
+
+def restore_grad_scaler(scaler, saved: dict) -> None:
+    if saved["kind"] == "torch":
+        scaler.load_state_dict(saved["state"])
+        return
+    for name, value in saved["fields"].items():
+        current = getattr(scaler, name, None)
+        if isinstance(value, dict) and "tensor" in value:
+            device = current.device if torch.is_tensor(current) else "cpu"
+            value = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]), device=device)
+        setattr(scaler, name, value)

@@ -1,0 +1,63 @@
+"""Each ColossalAI plugin trains a few steps on CUDA and resumes exactly.
+
+Marked ``gpu``: skipped, with the reason, on machines without CUDA GPUs.
+Run on a GPU machine with ``python -m pytest -m gpu tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import child_env, rmrun, small_recipe
+
+pytestmark = pytest.mark.gpu
+
+NUM_GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+needs_cuda = pytest.mark.skipif(NUM_GPUS == 0, reason="needs CUDA GPUs; this machine has none")
+
+PLUGINS = [
+    ("ddp", "bf16", {}, 1),
+    ("zero2", "bf16", {}, 1),
+    ("zero2", "fp16", {}, 1),
+    ("zero2_cpu", "bf16", {}, 1),
+    ("gemini", "bf16", {}, 1),
+    ("gemini_auto", "bf16", {}, 1),
+    ("3d", "bf16", {"plugin.tp": "2"}, 2),
+    ("3d", "bf16", {"plugin.tp": "2", "plugin.zero_stage": "1", "plugin.grad_checkpoint": "true"}, 2),
+]
+
+
+def _sets(values: dict) -> list[str]:
+    return [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
+
+
+@needs_cuda
+@pytest.mark.parametrize("name,precision,extra,min_gpus", PLUGINS, ids=lambda v: str(v))
+def test_plugin_trains_and_resumes_exactly(tmp_path, name, precision, extra, min_gpus):
+    if NUM_GPUS < min_gpus:
+        pytest.skip(f"needs {min_gpus} GPUs, this machine has {NUM_GPUS}")
+    nproc = max(min_gpus, 1)
+    settings = {"plugin.name": name, "plugin.mixed_precision": precision, "schedule.max_epochs": "1",
+                "schedule.batch_size": "4", "checkpoint.interval_steps": "3", **extra}
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    recipe_a, recipe_b = small_recipe(a), small_recipe(b)
+    straight = rmrun("run", recipe_a, *_sets(settings), nproc=nproc)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = rmrun("run", recipe_b, *_sets(settings), nproc=nproc, env=child_env(RMRUN_FAULTS="kill@step:5"))
+    assert killed.returncode != 0
+    resumed = rmrun("run", recipe_b, *_sets(settings), nproc=nproc)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from ckpt-0000000003" in resumed.stdout
+    ma = (a / "state" / "export" / "metrics.jsonl").read_text()
+    mb = (b / "state" / "export" / "metrics.jsonl").read_text()
+    assert ma == mb
+    assert all(json.loads(line)["loss"] == json.loads(line)["loss"] for line in ma.splitlines())  # no NaN
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(a / "state" / "export"))
+    assert model.config.num_labels == 1
