@@ -99,6 +99,11 @@ def static_problems(recipe: Recipe) -> list[str]:
             problems.append(f"[plugin].zero_stage: must be 0, 1 or 2, got {p.zero_stage}")
         if p.zero_cpu_offload and p.zero_stage == 0:
             problems.append("[plugin].zero_cpu_offload: offloads ZeRO optimizer state, so it needs zero_stage 1 or 2")
+        if p.pp > 1:
+            problems.append(
+                "[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads "
+                "rewards from the whole batch); use tp, sp or zero_stage to spread the model"
+            )
         if p.pp > 1 and p.zero_stage > 1:
             problems.append("[plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)")
         if p.sp > 1 and p.sp_mode in ("split_gather", "ring") and p.tp == 1:
