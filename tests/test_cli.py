@@ -35,6 +35,8 @@ KEEP = "[checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has
 GEMINI_AUTO = ('[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient accumulation; '
                'use 1 or plugin "gemini"')
 CYCLE = f"{BAD_REAL}/extends_cycle.toml"
+PIPELINE = ("[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
+            "from the whole batch); use tp, sp or zero_stage to spread the model")
 
 # file in tests/recipes_bad/ -> the problem lines after "rmrun: FILE: " (FILE as passed),
 # or, for lines that name another file, the whole line after "rmrun: ".
@@ -76,7 +78,7 @@ EXPECTED = {
     "offload_without_zero.toml": [
         "[plugin].zero_cpu_offload: offloads ZeRO optimizer state, so it needs zero_stage 1 or 2"
     ],
-    "pipeline_with_zero2.toml": ["[plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)"],
+    "pipeline_parallel.toml": [PIPELINE],
     "zero2_on_cpu.toml": ['[plugin].name: "zero2" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'],
 }
 

@@ -242,9 +242,14 @@ def test_3d_cpu_offload_needs_zero(tmp_path):
     assert load_recipe(ok).plugin.zero_cpu_offload is True
 
 
+PIPELINE = ("[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
+            "from the whole batch); use tp, sp or zero_stage to spread the model")
+
+
 def test_3d_combinations(tmp_path):
     path = recipe_with(tmp_path, '[plugin]\nname = "3d"\npp = 2\nzero_stage = 2\nsp = 2\nsp_mode = "ring"')
     assert problems_of(path) == [
+        f"{path}: {PIPELINE}",
         f"{path}: [plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)",
         f'{path}: [plugin].sp_mode: "ring" sequence parallelism needs tp > 1',
     ]
@@ -397,6 +402,8 @@ sp_mode = "all_to_all"
 """
 # Keys whose new value needs a companion override to stay valid.
 COMPANIONS = {"plugin.zero_cpu_offload": ["plugin.zero_stage=1"]}
+# Keys whose only valid value is the default (reward models have no pipeline parallelism).
+ONLY_DEFAULT = {"plugin.pp": ("1", 1)}
 
 
 def _current(base_recipe, key):
@@ -441,8 +448,11 @@ def test_set_every_key_to_a_valid_value(set_base, tmp_path, key):
     _, tp, f = next(k for k in KEYS if k[0] == key)
     base = load_recipe(set_base)
     current = _current(base, key)
-    text, expected = valid_override(key, tp, f, current, str(tmp_path))
-    assert expected != current
+    if key in ONLY_DEFAULT:
+        text, expected = ONLY_DEFAULT[key]
+    else:
+        text, expected = valid_override(key, tp, f, current, str(tmp_path))
+        assert expected != current
     recipe = load_recipe(set_base, overrides=[*COMPANIONS.get(key, []), f"{key}={text}"])
     got = get(recipe, key)
     assert got == expected
@@ -653,7 +663,7 @@ def test_ddp_with_half_precision_on_cpu(tmp_path):
 @pytest.mark.parametrize(
     "plugin, world, message",
     [
-        ("tp = 2\npp = 2", 6, "[plugin]: tp*pp*sp = 4 does not divide the world size 6"),
+        ("tp = 4", 6, "[plugin]: tp*pp*sp = 4 does not divide the world size 6"),
         ("tp = 2\nsp = 3\nsp_mode = 'all_to_all'", 8, "[plugin]: tp*pp*sp = 6 does not divide the world size 8"),
         ("tp = 4", 2, "[plugin]: tp*pp*sp = 4 does not divide the world size 2"),
         ("tp = 2\nsp = 2\nsp_mode = 'split_gather'", 3,
@@ -666,7 +676,7 @@ def test_model_parallel_sizes_must_divide_the_world(tmp_path, plugin, world, mes
 
 
 def test_model_parallel_sizes_that_divide_the_world_are_fine(tmp_path):
-    for plugin, world in (("tp = 2\npp = 2", 8), ("tp = 2\nsp = 2\nsp_mode = 'all_to_all'", 4),
+    for plugin, world in (("tp = 4", 8), ("tp = 2\nsp = 2\nsp_mode = 'all_to_all'", 4),
                           ("tp = 2\nsp = 2\nsp_mode = 'split_gather'", 2), ("", 3)):
         recipe = recipe_for(tmp_path, f'[plugin]\nname = "3d"\n{plugin}')
         assert environment_problems(recipe, World(size=world, cuda=True)) == [], plugin

@@ -34,3 +34,11 @@ def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
     assert "quarantined: ckpt-0000000004" in status.stdout
     assert "sha256" in status.stdout or "size" in status.stdout
     assert "run: complete" in status.stdout
+
+
+def test_verify_resume_reports_bit_identical_runs(tmp_path):
+    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 3\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    result = rmrun("verify-resume", recipe, "--kills", "2", "--workdir", str(tmp_path / "verify"))
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "bit-identical after 2 kill(s)" in result.stdout
+    assert result.stdout.count("SIGKILL at step") == 2
