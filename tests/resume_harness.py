@@ -302,6 +302,7 @@ class Export:
     tensors: dict
     metrics: bytes
     url: str
+    evaluation: bytes | None = None  # eval.json
 
     def metric_lines(self) -> list[dict]:
         return [json.loads(line) for line in self.metrics.decode().splitlines()]
@@ -318,8 +319,9 @@ def read_export(url: str) -> Export:
 
     fs, path = _fs(url)
     path = path.rstrip("/")
+    evaluation = fs.cat_file(f"{path}/eval.json") if fs.exists(f"{path}/eval.json") else None
     return Export(tensors=load(fs.cat_file(f"{path}/model.safetensors")),
-                  metrics=fs.cat_file(f"{path}/metrics.jsonl"), url=url)
+                  metrics=fs.cat_file(f"{path}/metrics.jsonl"), url=url, evaluation=evaluation)
 
 
 def assert_metrics_complete(export: Export, total_steps: int = TOTAL_STEPS) -> None:
@@ -345,8 +347,10 @@ def _equal(x, y) -> bool:
     return bool(torch.equal(x, y))
 
 
-def assert_identical(reference: Export, got: Export) -> None:
-    """Bit-identical weights (every tensor) and byte-identical metrics.jsonl, complete."""
+def assert_identical(reference: Export, got: Export, *, compare_eval: bool = True) -> None:
+    """Bit-identical weights (every tensor) and byte-identical metrics.jsonl, complete;
+    also a byte-identical eval.json unless ``compare_eval`` is False (a run that changed
+    eval.batch_size, which is allowed to change eval numbers)."""
     assert_metrics_complete(reference)
     assert_metrics_complete(got)
     bad = differing_tensors(reference, got)
@@ -356,6 +360,8 @@ def assert_identical(reference: Export, got: Export) -> None:
         raise AssertionError(
             f"metrics.jsonl differs from the uninterrupted run, first at line {first + 1}:\n"
             f"  uninterrupted: {reference.metric_lines()[first]}\n  resumed:       {got.metric_lines()[first]}")
+    if compare_eval:
+        assert got.evaluation == reference.evaluation, "eval.json differs from the uninterrupted run"
 
 
 # ----------------------------------------------------------------- state inspection
