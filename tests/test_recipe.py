@@ -756,3 +756,15 @@ def test_llama2_zero2_and_3d_plugin_calls():
     assert (args["tp_size"], args["pp_size"], args["sp_size"]) == (2, 1, 1)
     assert args["enable_flash_attention"] is True and args["enable_sequence_parallelism"] is False
     assert make_plan(three_d, world_size=8, num_pairs=6400).dp_size == 4
+
+
+def test_gemini_and_zero_inside_3d_refuse_fp32(tmp_path):
+    from rmrun.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "gemini"\nmixed_precision = "fp32"\n')
+    with pytest.raises(RecipeError, match=r'\[plugin\]\.mixed_precision: plugin "gemini" trains in "bf16" or "fp16"'):
+        load_recipe(str(path))
+    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "3d"\ntp = 2\nzero_stage = 1\nmixed_precision = "fp32"\n')
+    with pytest.raises(RecipeError, match=r'ZeRO inside the "3d" plugin needs "bf16" or "fp16"'):
+        load_recipe(str(path))

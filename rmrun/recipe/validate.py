@@ -108,6 +108,10 @@ def static_problems(recipe: Recipe) -> list[str]:
             problems.append("[plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)")
         if p.sp > 1 and p.sp_mode in ("split_gather", "ring") and p.tp == 1:
             problems.append(f'[plugin].sp_mode: "{p.sp_mode}" sequence parallelism needs tp > 1')
+        if p.zero_stage > 0 and p.mixed_precision == "fp32":
+            problems.append('[plugin].mixed_precision: ZeRO inside the "3d" plugin needs "bf16" or "fp16"')
+    if p.name in GEMINI_PLUGINS and p.mixed_precision == "fp32":
+        problems.append(f'[plugin].mixed_precision: plugin "{p.name}" trains in "bf16" or "fp16", not "fp32"')
     return problems
 
 

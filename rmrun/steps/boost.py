@@ -16,7 +16,8 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
     data = ctx.artifacts["data"]
     plan = ctx.set_plan(num_pairs=len(data["train"]))
     seed_everything(run.seed + ctx.rank.rank)
-    attn = "flash_attention_2" if plugin.flash_attn and plugin.name == "ddp" else None
+    # The gemini and 3d plugins switch flash attention on themselves (enable_flash_attention).
+    attn = "flash_attention_2" if plugin.flash_attn and plugin.name in ("ddp", "zero2", "zero2_cpu") else None
     net = build_reward_model(
         model, tokenizer=ctx.artifacts["tokenizer"], grad_checkpoint=plugin.grad_checkpoint,
         attn_implementation=attn, seed=run.seed,
