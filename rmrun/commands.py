@@ -164,23 +164,15 @@ def _make_context(recipe_path: str, recipe: Recipe, rank):
     identity["fingerprint"] = digest(identity)
     with open(recipe_path) as f:
         text = f.read()
-    ctx = RunContext(store=store, lease=lease, rank=rank, recipe_path=recipe_path, recipe_text=text,
-                     identity=identity)
-
-    def set_plan(*, num_pairs: int):
-        ctx.plan = make_plan(recipe, world_size=rank.world_size, num_pairs=num_pairs)
-        if rank.is_main:
-            store.write_record("plan", ctx.plan.to_dict(), lease=lease)
-        return ctx.plan
-
-    ctx.set_plan = set_plan
-    return ctx
+    return RunContext(
+        store=store, lease=lease, rank=rank, recipe_path=recipe_path, recipe_text=text, identity=identity,
+        plan_for=lambda num_pairs: make_plan(recipe, world_size=rank.world_size, num_pairs=num_pairs),
+    )
 
 
 def _graph(ctx, recipe: Recipe):
     from rmrun.collective import broadcast
     from rmrun.graph import build_graph
-    from rmrun.recipe.plan import make_plan
     from rmrun.steps.tokenize import tokenize_key
 
     key = broadcast(tokenize_key(recipe.data, recipe.model) if ctx.rank.is_main else None)

@@ -4,7 +4,7 @@ and the in-memory artifacts transient steps hand to later ones."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from rmrun.dist import Rank
 from rmrun.recipe.plan import Plan
@@ -19,9 +19,17 @@ class RunContext:
     recipe_path: str
     recipe_text: str
     identity: dict
+    plan_for: Callable[[int], Plan] | None = None  # num_pairs -> plan, known once data is tokenized
     plan: Plan | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
     log: Any = print
+
+    def set_plan(self, *, num_pairs: int) -> Plan:
+        """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
+        self.plan = self.plan_for(num_pairs)
+        if self.rank.is_main:
+            self.store.write_record("plan", self.plan.to_dict(), lease=self.lease)
+        return self.plan
 
     def read_record(self, name: str) -> dict | None:
         return self.store.read_record(f"steps/{name.replace('/', '-')}")

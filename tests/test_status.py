@@ -42,3 +42,12 @@ def test_verify_resume_reports_bit_identical_runs(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "bit-identical after 2 kill(s)" in result.stdout
     assert result.stdout.count("SIGKILL at step") == 2
+
+
+def test_interval_seconds_commits_checkpoints_without_a_step_interval(tmp_path):
+    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_seconds = 0.001\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    killed = rmrun("run", recipe, "--set", "checkpoint.interval_steps=1000000", env=child_env(RMRUN_FAULTS="kill@step:6"))
+    assert killed.returncode == -9
+    status = rmrun("status", recipe)
+    # Every step is past the interval: the newest checkpoint is the step before the kill.
+    assert "latest checkpoint: ckpt-0000000005 (step 5," in status.stdout

@@ -16,7 +16,8 @@ from tests.helpers import QUICKSTART, child_env, rmrun, small_recipe
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     state = tmp_path_factory.mktemp("quickstart") / "state"
-    result = rmrun("run", QUICKSTART, "--set", f"run.state={state}", "--set", "log.progress=lines")
+    result = rmrun("run", QUICKSTART, "--set", f"run.state={state}", "--set", "log.progress=lines",
+                   "--set", "log.tensorboard=true")
     return result, state
 
 
@@ -30,6 +31,7 @@ def test_quickstart_finishes_with_eval_accuracy_of_at_least_0_8(quickstart_run):
     assert evaluation["final"]["accuracy_by_length"], "eval reports accuracy per length bucket"
     metrics = [json.loads(line) for line in (state / "export" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 251))
+    assert list((state / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard events when the recipe asks"
 
 
 def test_quickstart_export_loads_with_transformers_and_gives_the_same_rewards(quickstart_run):
