@@ -69,6 +69,8 @@ def build_reward_model(
         if len(tokenizer) > net.get_input_embeddings().num_embeddings:
             net.resize_token_embeddings(len(tokenizer))
         _init_score_head(net.score, hidden_size=config.hidden_size)
+    # from_pretrained returns eval mode; train with the dropout the config asks for.
+    net.train()
     if grad_checkpoint:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model.lora is not None:

@@ -144,7 +144,10 @@ class Trainer:
         if epoch_end:
             s.epoch += 1
             s.pairs_consumed = 0
-        if s.step >= self.plan.total_steps:
+        # Finished by epochs and the max_steps cap, not by the plan's step count: after a
+        # change of world size the steps already taken had another size.
+        capped = self.schedule.max_steps is not None and s.step >= self.schedule.max_steps
+        if s.epoch >= self.plan.num_epochs or capped:
             s.finished = True
         return epoch_end or s.finished
 

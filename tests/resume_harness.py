@@ -67,8 +67,6 @@ TWO_S3 = Config(2, "s3")
 # The schedule of the test recipe with 100 pairs and 8 pairs per optimizer step.
 STEPS_PER_EPOCH = 13
 TOTAL_STEPS = 26
-CHECKPOINT_EVERY = 4  # tests/assets/resume.toml
-EVAL_EVERY = 5
 
 
 def write_data(directory: Path) -> tuple[Path, Path]:
@@ -193,9 +191,10 @@ class Child:
             self.proc.wait()
             self._reader.join(timeout=10)
             raise AssertionError(f"rmrun did not finish within {timeout}s:\n{self.result().describe()}")
-        self._reader.join(timeout=30)
-        # Reap whatever is left of the group (torchrun's workers after a SIGKILL of rank 0).
+        # Whatever is left of the group (a torchrun worker after a SIGKILL of rank 0)
+        # would hold the output pipe open.
         self.kill_group()
+        self._reader.join(timeout=30)
         return self.result()
 
     def result(self) -> Result:
@@ -286,12 +285,15 @@ class Harness:
 
 
 def assert_killed(result: Result, nproc: int) -> None:
-    """A run ended by an injected SIGKILL: -9 for rmrun itself; torchrun reports it and fails."""
+    """A run ended by an injected SIGKILL: -9 for rmrun itself. Under torchrun the job
+    fails (exit 1); torchrun names the first failure it saw, which may be rank 1 dying
+    (gloo error, SIGABRT) rather than rank 0's SIGKILL, so only rank 0's silence is checked."""
     if nproc == 1:
         assert result.returncode == -signal.SIGKILL, result.describe()
     else:
         assert result.returncode not in (EXIT_OK, EXIT_USAGE, EXIT_PREEMPTED), result.describe()
-        assert "Signal 9 (SIGKILL)" in result.output or "exitcode: -9" in result.output, result.describe()
+        assert "ChildFailedError" in result.output, result.describe()
+        assert "[rank0]: Traceback" not in result.output and "\nrmrun: " not in result.output, result.describe()
 
 
 # ----------------------------------------------------------------- exports

@@ -4,7 +4,9 @@ finishes with bit-identical weights and metrics to a run that never stopped.
 Every comparison reads the export of the interrupted-and-resumed run and of an
 uninterrupted reference run of the same configuration: every tensor of
 ``model.safetensors`` must be ``torch.equal`` (same dtype and shape), ``metrics.jsonl``
-must be byte-identical, and it must hold every optimizer step exactly once, 1..26.
+must be byte-identical, and it must hold every optimizer step exactly once, 1..26;
+``eval.json`` must be byte-identical too, except after a run that changed
+``eval.batch_size`` (a non-result key that may change eval numbers).
 
 The recipe is tests/assets/resume.toml: the quickstart with a tiny Llama whose
 attention dropout is 0.1 (tests/assets/tiny-llama-dropout), so the random streams
@@ -27,12 +29,14 @@ Scenarios per configuration
 ---------------------------
 1 process, local state (the full list):
 
-* step 0 (external SIGKILL of the process group as soon as the tokenize step has
-  printed, before the first optimizer step; rmrun has no fault point there), step 1,
-  right after a checkpoint (``kill@step:9``, checkpoint 8 committed), at the epoch
-  boundary (``kill@step:13``, the last step of epoch 0, before its epoch-end
-  checkpoint), at the last step (``kill@step:26``): one chain,
-  ``test_kills_at_milestones``.
+* one chain, ``test_kills_at_milestones``: step 0 (external SIGKILL of the process
+  group as soon as the tokenize step has printed, before the first optimizer step;
+  rmrun has no fault point there), step 1 (``kill@step:1``), inside an evaluation
+  (``kill@eval:5``), right after a checkpoint (``kill@step:9``, checkpoint 8
+  committed), at the epoch boundary (``kill@step:13``, the last step of epoch 0,
+  before its epoch-end checkpoint; then ``kill@retention:13``, right after that
+  checkpoint's commit), at the last step (``kill@step:26``, then ``kill@retention:26``:
+  training over, evaluate and save not done).
 * mid-epoch (``kill@step:6``): ``test_mid_epoch_kill_refuses_a_changed_key_then_resumes_exactly``,
   which first checks that resuming with ``--set schedule.lr=...`` exits 2 naming the key.
 * twice in the same epoch (``kill@step:6`` then ``kill@step:10``): ``test_two_kills_in_one_epoch``.
@@ -54,24 +58,26 @@ epoch; 2 processes local adds a SIGTERM to torchrun mid-step (the workers commit
 checkpoint and exit 75; torchrun itself then exits non-zero, so the test checks rank
 0's "exit 75" message and the committed checkpoint instead of torchrun's exit code).
 
-World size 2 -> 1 -> 2 (local, ``test_world_size_change_visits_every_pair_once_per_epoch``):
-with ``RMRUN_TRACE_PAIRS``, every pair is trained on exactly once per epoch over the
+World size 2 -> 1 -> 2 (local, ``test_world_size_change_visits_every_pair_once_per_epoch``;
+kills: ``kill@step:6:all`` on 2 processes, ``kill@step:10`` on 1): with
+``RMRUN_TRACE_PAIRS``, every pair is trained on exactly once per epoch over the
 committed steps. Its export is not compared bitwise: the float trajectory (and the
 learning-rate schedule, planned per world size) may differ from a fixed-size run.
+``test_world_size_growth_still_trains_every_epoch_fully`` (1 -> 2) is the minimal
+reproduction of the step-budget bug both of these tests currently hit: the plan's
+total_steps is recomputed for the new world size while the step counter keeps the
+steps taken at the old one, so the run stops early in its last epoch.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import re
 import signal
-import time
 
 import pytest
 
 from tests.resume_harness import (
-    CHECKPOINT_EVERY,
     EXIT_OK,
     EXIT_PREEMPTED,
     EXIT_USAGE,
@@ -84,7 +90,6 @@ from tests.resume_harness import (
     TWO_S3,
     Harness,
     assert_identical,
-    assert_killed,
     assert_metrics_complete,
     committed_checkpoints,
     differing_tensors,
@@ -107,10 +112,10 @@ PREEMPTED_LINE = re.compile(r"after committing the checkpoint at step (\d+); exi
 class Lab:
     """The harness plus the module's uninterrupted reference runs (one per configuration)."""
 
-    def __init__(self, harness: Harness):
-        self.harness = harness
+    def __init__(self, workdir):
         self._s3 = None
         self._references = {}
+        self.harness = Harness(workdir, s3_roots=self.s3)
 
     def s3(self):
         assert self._s3 is not None, "call lab.use(config, request) first"
@@ -139,9 +144,7 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(None)
-    lab.harness = Harness(tmp_path_factory.mktemp("resume"), s3_roots=lab.s3)
-    return lab
+    return Lab(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +182,9 @@ def finish(lab, run, reference, *, resumed_from_step=None, sets=(), compare_eval
 
 
 def test_kills_at_milestones(lab, request):
-    """Step 0 (external), step 1, right after a checkpoint, the epoch boundary, the last step."""
+    """Step 0 (external), step 1, in an eval, right after a checkpoint, the epoch boundary
+    (before and right after its checkpoint), the last step (before and right after its
+    checkpoint)."""
     config = ONE_LOCAL
     reference = lab.reference(config, request)
     h = lab.harness
@@ -198,9 +203,14 @@ def test_kills_at_milestones(lab, request):
     assert result.resumed_from() is None and result.steps_logged() == [], result.describe()
     assert committed_checkpoints(run) == []
 
+    # Inside the evaluation at step 5 (checkpoint 4 committed).
+    result = h.run(run, faults="kill@eval:5", expect="killed")
+    assert result.resumed_from() is None, result.describe()
+    assert committed_checkpoints(run) == [4]
+
     # Right after a checkpoint: checkpoint 8 committed, killed after step 9.
     result = h.run(run, faults="kill@step:9", expect="killed")
-    assert result.resumed_from() is None, result.describe()
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
     assert committed_checkpoints(run) == [4, 8]
 
     # The last step of epoch 0, before its epoch-end checkpoint.
@@ -208,13 +218,25 @@ def test_kills_at_milestones(lab, request):
     assert result.resumed_from() == ("ckpt-0000000008", 8), result.describe()
     assert committed_checkpoints(run) == [8, 12]
 
+    # Right after the epoch-end checkpoint is committed (before retention and before the
+    # epoch-0 step is recorded as done).
+    result = h.run(run, faults=f"kill@retention:{STEPS_PER_EPOCH}", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000012", 12), result.describe()
+    assert committed_checkpoints(run) == [8, 12, 13]
+
     # The last step of the run, before its final checkpoint.
     result = h.run(run, faults=f"kill@step:{TOTAL_STEPS}", expect="killed")
-    assert result.resumed_from() == ("ckpt-0000000012", 12), result.describe()
+    assert result.resumed_from() == ("ckpt-0000000013", 13), result.describe()
     assert committed_checkpoints(run) == [20, 24]
+
+    # Right after the final checkpoint: training is over, evaluate and save are not done.
+    result = h.run(run, faults=f"kill@retention:{TOTAL_STEPS}", expect="killed")
+    assert result.resumed_from() == ("ckpt-0000000024", 24), result.describe()
+    assert committed_checkpoints(run) == [20, 24, 26]
     assert not is_complete(run)
 
-    finish(lab, run, reference, resumed_from_step=24)
+    result = finish(lab, run, reference, resumed_from_step=TOTAL_STEPS)
+    assert result.steps_logged() == [], result.describe()
 
 
 def test_mid_epoch_kill_refuses_a_changed_key_then_resumes_exactly(lab, request, killed_mid_epoch):
@@ -385,6 +407,35 @@ def test_kills_subset(lab, request, config):
 # ----------------------------------------------------------------- world size 2 -> 1 -> 2
 
 
+def epoch_pairs(export) -> dict[int, int]:
+    """{epoch: pairs of it trained on}, from metrics.jsonl (pairs_consumed is cumulative in an epoch)."""
+    out = {}
+    for line in export.metric_lines():
+        out[line["epoch"]] = line["pairs_consumed"]
+    return out
+
+
+def test_world_size_growth_still_trains_every_epoch_fully(lab, request):
+    """1 -> 2 processes: the run must still train max_epochs full epochs.
+
+    Minimal reproduction of a step-budget bug: the plan's total_steps is recomputed for
+    the new world size (26 steps of 8 pairs) while the step counter carries the steps
+    taken at 1 process (4 pairs each), so the run stops at step 26 in the middle of
+    epoch 1 (72 of 100 pairs) and exports as if complete.
+    """
+    h = lab.harness
+    run = h.new_run(TWO_LOCAL, "grow")  # batch 4 per process
+    h.run(run, nproc=1, faults="kill@step:10", expect="killed")
+    assert committed_checkpoints(run) == [4, 8]
+    result = h.run(run, expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000008", 8), result.describe()
+    export = read_export(run.export)
+    steps = [line["step"] for line in export.metric_lines()]
+    assert steps == list(range(1, len(steps) + 1))
+    assert epoch_pairs(export) == {0: TRAIN_PAIRS, 1: TRAIN_PAIRS}, (
+        f"pairs trained on per epoch: {epoch_pairs(export)}; last log line {last_log_line(result.output)!r}")
+
+
 def last_log_line(output: str) -> str | None:
     lines = [line for line in output.splitlines() if re.match(r"step \d+/\d+ ", line)]
     return lines[-1] if lines else None
@@ -398,10 +449,10 @@ def test_world_size_change_visits_every_pair_once_per_epoch(lab, request):
     traces.mkdir(parents=True)
     prefixes = [str(traces / f"run{i}") for i in range(3)]
 
-    h.run(run, faults="kill@step:6", trace=prefixes[0], expect="killed")
+    h.run(run, faults="kill@step:6:all", trace=prefixes[0], expect="killed")  # both ranks
     assert committed_checkpoints(run) == [4]
 
-    result = h.run(run, nproc=1, faults="kill@step:10:all", trace=prefixes[1], expect="killed")
+    result = h.run(run, nproc=1, faults="kill@step:10", trace=prefixes[1], expect="killed")
     assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
     assert committed_checkpoints(run) == [4, 8]
 
