@@ -75,6 +75,9 @@ def _preflight(recipe_path: str, overrides) -> None:
     problems = environment_problems(recipe, world_from_env())
     if problems:
         raise RecipeError([f"{recipe_path}: {p}" for p in problems])
+    from rmrun.commands import check_local_inputs
+
+    check_local_inputs(recipe_path, recipe)
 
 
 def main(argv: list[str] | None = None) -> int:

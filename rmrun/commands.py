@@ -26,6 +26,21 @@ def _check_environment(recipe_path: str, recipe: Recipe, world: World) -> None:
 # ------------------------------------------------------------------ check
 
 
+def check_local_inputs(recipe_path: str, recipe: Recipe) -> None:
+    """Local data, template and model paths named by the recipe exist."""
+    named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
+    if recipe.data.chat_template:
+        named.append(("[data].chat_template", recipe.data.chat_template))
+    for key, path in (("[model].pretrain", recipe.model.pretrain), ("[model].tokenizer", recipe.model.tokenizer)):
+        # A name that is not a local path may be a hub id in the local cache.
+        if path and os.path.isabs(path):
+            named.append((key, path))
+    missing = [f"{recipe_path}: {key}: file not found: {path}" for key, path in named
+               if "://" not in path and not os.path.exists(path)]
+    if missing:
+        raise RecipeError(missing)
+
+
 def _estimate_pairs(urls) -> tuple[int, bool]:
     """Rows in the training files, counted cheaply (exact after the tokenize step)."""
     total = 0
@@ -50,9 +65,7 @@ def check(recipe_path: str, *, overrides) -> int:
     recipe = load_recipe(recipe_path, overrides=overrides)
     world = world_from_env()
     _check_environment(recipe_path, recipe, world)
-    missing = [u for u in (*recipe.data.train, *recipe.data.eval) if "://" not in u and not os.path.exists(u)]
-    if missing:
-        raise RecipeError([f"{recipe_path}: [data]: file not found: {u}" for u in missing])
+    check_local_inputs(recipe_path, recipe)
     num_pairs, exact = _estimate_pairs(recipe.data.train)
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
     steps = build_graph(num_epochs=plan.num_epochs, tokenize_key="tokenize-<data fingerprint>",

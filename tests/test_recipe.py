@@ -427,6 +427,10 @@ def valid_override(key, tp, f, current, cwd: str):
         value = current * 2 if current else 0.5
         return repr(value), value
     if tp is str:
+        if is_path == "or-name":
+            # A model or tokenizer: a local directory when it exists, else kept as a hub id.
+            os.makedirs(os.path.join(cwd, "some", "dir"), exist_ok=True)
+            return "some/dir", os.path.join(cwd, "some", "dir")
         if is_path:
             return "some/dir", os.path.join(cwd, "some", "dir")
         return "my-run", "my-run"
@@ -552,7 +556,8 @@ def test_set_applies_last_and_the_later_one_wins(tmp_path, monkeypatch):
 
 
 def test_set_paths_resolve_against_the_working_directory_and_urls_stay(tmp_path, monkeypatch):
-    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "weights").mkdir(parents=True)
+    (tmp_path / "recipes" / "tok").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "cwd")
     path = recipe_with(tmp_path / "recipes", '[model]\npretrain = "m"\ntokenizer = "tok"')
     recipe = load_recipe(path, overrides=["model.pretrain=weights", "run.state=s3://bucket/run"])
@@ -571,6 +576,10 @@ def test_set_a_path_key_to_a_non_string_is_a_problem_not_a_crash(set_base):
 
 
 def test_extends_merges_tables_key_by_key_and_replaces_scalars_and_lists(tmp_path):
+    # Model names resolve to local directories only when those exist (else: hub ids).
+    (tmp_path / "models" / "child").mkdir(parents=True)
+    (tmp_path / "base" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "base" / "tok").mkdir(parents=True)
     write(tmp_path / "base" / "base.toml", """
 [data]
 train = ["data/a.jsonl", "data/b.jsonl"]
@@ -768,3 +777,14 @@ def test_gemini_and_zero_inside_3d_refuse_fp32(tmp_path):
     path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "3d"\ntp = 2\nzero_stage = 1\nmixed_precision = "fp32"\n')
     with pytest.raises(RecipeError, match=r'ZeRO inside the "3d" plugin needs "bf16" or "fp16"'):
         load_recipe(str(path))
+
+
+def test_a_model_name_that_is_not_a_local_directory_stays_a_hub_id(tmp_path, monkeypatch):
+    from rmrun.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.toml"
+    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "meta-llama/Llama-2-7b-hf"\n[plugin]\nmixed_precision = "fp32"\n')
+    assert load_recipe(str(path)).model.pretrain == "meta-llama/Llama-2-7b-hf"
+    (tmp_path / "meta-llama" / "Llama-2-7b-hf").mkdir(parents=True)
+    assert load_recipe(str(path)).model.pretrain == str(tmp_path / "meta-llama" / "Llama-2-7b-hf")

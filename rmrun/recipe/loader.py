@@ -40,6 +40,13 @@ def _is_url(value: str) -> bool:
     return "://" in value
 
 
+def _resolve_field(field_path, value: str, base_dir: str) -> str:
+    resolved = _resolve_path(value, base_dir)
+    if field_path == "or-name" and not os.path.exists(resolved):
+        return value  # a hub id, not a local directory
+    return resolved
+
+
 def _resolve_path(value: str, base_dir: str) -> str:
     if _is_url(value) or os.path.isabs(value) or not value:
         return value
@@ -85,7 +92,7 @@ def _resolve_paths_in(raw: dict, cls, base_dir: str) -> dict:
         if sub is not None and isinstance(value, dict):
             out[key] = _resolve_paths_in(value, sub, base_dir)
         elif f.metadata.get("path") and isinstance(value, str):
-            out[key] = _resolve_path(value, base_dir)
+            out[key] = _resolve_field(f.metadata["path"], value, base_dir)
         elif f.metadata.get("path") and isinstance(value, list):
             out[key] = [_resolve_path(v, base_dir) if isinstance(v, str) else v for v in value]
         else:
@@ -303,7 +310,7 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
             if fields[part].metadata.get("path") and isinstance(value, str):
-                value = _resolve_path(value, os.getcwd())
+                value = _resolve_field(fields[part].metadata["path"], value, os.getcwd())
             elif fields[part].metadata.get("path") and isinstance(value, list):
                 value = [_resolve_path(v, os.getcwd()) if isinstance(v, str) else v for v in value]
             node[part] = value

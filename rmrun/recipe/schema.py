@@ -3,7 +3,8 @@
 Every field carries its documentation in ``metadata["doc"]``; ``rmrun explain`` and
 ``--help`` print it, so the schema is the single place a key is described. Fields
 marked ``path=True`` hold file locations and are resolved against the directory of
-the recipe file that sets them.
+the recipe file that sets them; ``path="or-name"`` fields (a model directory or a hub
+id) are resolved only when that local path exists.
 
 This module imports only the standard library.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 
-def doc(text: str, default=None, *, factory=None, path: bool = False, required: bool = False):
+def doc(text: str, default=None, *, factory=None, path: bool | str = False, required: bool = False):
     """A dataclass field with its user-facing documentation attached."""
     metadata = {"doc": text, "path": path, "required": required}
     if factory is not None:
@@ -94,9 +95,9 @@ class ModelSection:
     """[model]: the backbone and the reward head built on it."""
 
     pretrain: str = doc(
-        "Hugging Face model directory (or hub id already in the local cache).", "", path=True, required=True
+        "Hugging Face model directory (or hub id already in the local cache).", "", path="or-name", required=True
     )
-    tokenizer: Optional[str] = doc("Tokenizer directory. Default: model.pretrain.", None, path=True)
+    tokenizer: Optional[str] = doc("Tokenizer directory (or hub id). Default: model.pretrain.", None, path="or-name")
     init: Literal["pretrained", "random"] = doc(
         '"pretrained" loads the backbone weights; "random" builds the model from its config alone.',
         "pretrained",

@@ -14,18 +14,30 @@ from rmrun.recipe.schema import DataSection, ModelSection
 ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
 
 
+def _file_digest(url: str) -> str:
+    from rmrun.data import DataError
+    from rmrun.fingerprint import file_digest
+
+    try:
+        return file_digest(url)
+    except FileNotFoundError:
+        raise DataError(f"{url}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{url}: cannot read: {e}") from None
+
+
 def data_fingerprint(data: DataSection, model: ModelSection) -> str:
-    from rmrun.fingerprint import digest, directory_digest, file_digest
+    from rmrun.fingerprint import digest, directory_digest
 
     return digest(
         {
-            "train": [file_digest(u) for u in data.train],
-            "eval": [file_digest(u) for u in data.eval],
+            "train": [_file_digest(u) for u in data.train],
+            "eval": [_file_digest(u) for u in data.eval],
             "format": data.format,
             "max_length": data.max_length,
             "overflow": data.overflow,
             "bad_rows": data.bad_rows,
-            "template": file_digest(data.chat_template) if data.chat_template else None,
+            "template": _file_digest(data.chat_template) if data.chat_template else None,
             "tokenizer": directory_digest(model.tokenizer or model.pretrain),
         }
     )
