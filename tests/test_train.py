@@ -161,3 +161,17 @@ def test_lora_trains_the_score_head_and_exports_merged_weights(tmp_path):
     assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"])
     # ... and what LoRA does not target stayed frozen.
     assert torch.equal(weights["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_a_bad_data_row_and_a_missing_file_are_one_line_errors(tmp_path):
+    recipe = small_recipe(tmp_path, train_pairs=5)
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write('{"context": [{"from": "user", "content": "hi"}], "chosen": [{"from": "assistant", "content": ""}], '
+                '"rejected": [{"from": "assistant", "content": "x"}]}\n')
+    bad_row = rmrun("run", recipe)
+    assert bad_row.returncode == 2
+    assert bad_row.stderr.strip().splitlines()[-1] == f'rmrun: {tmp_path / "train.jsonl"}:6: "chosen" is empty'
+    assert "Traceback" not in bad_row.stderr
+    missing = rmrun("run", recipe, "--set", f"data.train={tmp_path / 'nope.jsonl'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"rmrun: {recipe}: [data].train: file not found: {tmp_path / 'nope.jsonl'}"
