@@ -1,0 +1,1 @@
+"""rmrun throughput benchmarks: see benchmarks/README.md; run with benchmarks/run.sh."""

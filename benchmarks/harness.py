@@ -63,7 +63,7 @@ class WorkerPool:
 
         self.nproc = nproc
         cores = os.cpu_count() or 1
-        threads = threads_per_rank or max(1, cores // nproc)
+        threads = threads_per_rank or max(1, cores // nproc)  # callers pass 1 (see README)
         ctx = mp.get_context("spawn")
         port = _free_port()
         self.conns, self.procs = [], []
@@ -171,13 +171,44 @@ def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not allowed."""
+    """Give freed heap pages back to the OS (glibc keeps them otherwise, so the RSS would stay
+    at the largest variant's level) and reset the kernel's peak-RSS mark (VmHWM) of this
+    process; False where the reset is not allowed (then peaks are since process start)."""
+    _malloc_trim()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
         return False
+
+
+@lru_cache(maxsize=None)
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _rss_kib() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _peak_rss_kib() -> int:
@@ -309,8 +340,11 @@ class HandLoop:
         decay_ids = {id(p) for p in decay}
         groups = [{"params": decay, "weight_decay": schedule.weight_decay},
                   {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0}]
-        self.params = params
         self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.95), eps=1e-8)
+        # Clip what the optimizer steps, in its order (the global norm's summation order, and so
+        # the last bits of the clipped gradients, follow it): rmrun does the same, so both
+        # trajectories stay bit-identical and every later step is still like for like.
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(warmup_steps=plan.warmup_steps, total_steps=plan.total_steps))
 
@@ -348,17 +382,33 @@ def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None):
 # --------------------------------------------------------------------------- the train job
 
 
-def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, steps: int, num_pairs: int,
+def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_rounds: int, min_rounds: int = 2,
+              budget_seconds: float = 1e9, colossalchat_every: int = 1, warmup: bool = True,
+              memory_probe: bool = True, num_pairs: int,
               batch_size: int, max_length: int = 512, seed: int = 0, checkpoint_rounds: int = 0) -> dict:
-    """Interleaved optimizer steps of each variant, then checkpoint save/load timings (rank-local results)."""
+    """Round-robin optimizer steps of each variant, then checkpoint save/load timings.
+
+    Round 0 is a warm-up (first-step costs: optimizer state, DDP's first iteration) and is
+    flagged, not counted, unless ``warmup`` is False (the smoke run). Then rounds run until
+    ``max_rounds``, or until ``budget_seconds`` have passed once ``min_rounds`` are done.
+    ``colossalchat`` (whose steps all cost about the same: everything is padded to
+    max_length) takes part in every ``colossalchat_every``-th round. Peak memory comes from an
+    untimed probe step per variant, or (``memory_probe=False``, the smoke run) from the timed
+    steps themselves.
+    Returns this rank's raw records; the caller aggregates over ranks.
+    """
     import gc
 
     import numpy as np
     import torch
 
+    from rmrun.collective import broadcast
     from rmrun.model import build_reward_model
     from rmrun.recipe.plan import make_plan
 
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}")
     data = _dataset(num_pairs, seed, max_length)
     tokenizer = _tokenizer()
     lengths = data.lengths()
@@ -368,15 +418,17 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, step
     base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
     num_params = sum(p.numel() for p in base.parameters())
 
-    runners = {}
+    runners, schedules = {}, {}
     if "rmrun" in variants or "hand" in variants:
         rmrun_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
-        runners["rmrun"] = rmrun_trainer
-        rmrun_steps = list(rmrun_trainer.steps_of_epoch(0))
+        rmrun_steps = list(rmrun_trainer.steps_of_epoch(0))  # rmrun's sampler: length-grouped batches
+        if "rmrun" in variants:
+            runners["rmrun"], schedules["rmrun"] = rmrun_trainer, rmrun_steps
     if "hand" in variants:
         runners["hand"] = HandLoop(copy.deepcopy(base), data=data, pad_id=tokenizer.pad_token_id,
                                    schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
                                    world_size=ranked.world_size)
+        schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
     if "colossalchat" in variants:
         cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
                               group_by_length=False, seed=seed)
@@ -384,49 +436,93 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, step
         cls.max_length = max_length
         cc_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), cc_recipe, plan, data, cls=cls)
         runners["colossalchat"] = cc_trainer
-        cc_steps = list(cc_trainer.steps_of_epoch(0))
+        schedules["colossalchat"] = list(cc_trainer.steps_of_epoch(0))  # random batches
     del base
     order = [v for v in VARIANTS if v in runners]
     records = {v: [] for v in order}
-    can_reset = _reset_peak_rss()
+    taken = {v: 0 for v in order}
+
+    def run_step(variant, step) -> float:
+        indices = step.micro_batches[0].indices  # accumulation_steps = 1
+        if variant == "hand":
+            loss, _ = runners["hand"].step(indices)
+            return loss
+        trainer = runners[variant]
+        line = trainer.optimizer_step(step)
+        trainer.advance(step, line)
+        return line.get("loss", float("nan"))
+
+    def padded_length(variant, indices) -> int:
+        if variant == "colossalchat":
+            return max_length
+        return int(lengths[indices].max()) if len(indices) else 0
+
+    memory, can_reset, rotations = {}, True, {}
     gc.collect()
     gc.disable()  # no collector pauses inside timed steps; collected between rounds instead
+    began = time.monotonic()
     try:
-        for i in range(steps):
-            rotation = order[i % len(order):] + order[: i % len(order)]
-            for variant in rotation:
-                if variant == "colossalchat":
-                    step = cc_steps[i % len(cc_steps)]
-                else:
-                    step = rmrun_steps[i % len(rmrun_steps)]
-                indices = step.micro_batches[0].indices  # accumulation_steps = 1
-                _reset_peak_rss()
+        round_index = 0
+        while True:
+            present = [v for v in order if v != "colossalchat" or round_index % colossalchat_every == 0]
+            # Rotate the order among the rounds that have this same set of variants, so that each
+            # variant goes first, second, ... equally often (whatever colossalchat_every is).
+            seen = rotations.get(tuple(present), 0)
+            rotations[tuple(present)] = seen + 1
+            shift = seen % len(present)
+            for variant in present[shift:] + present[:shift]:
+                steps = schedules[variant]
+                step = steps[taken[variant] % len(steps)]
+                taken[variant] += 1
+                if not memory_probe:
+                    can_reset = _reset_peak_rss() and can_reset
+                    before = _rss_kib()
                 started = time.perf_counter()
-                if variant == "hand":
-                    loss, tokens = runners["hand"].step(indices)
-                else:
-                    trainer = runners[variant]
-                    line = trainer.optimizer_step(step)
-                    trainer.advance(step, line)
-                    loss, tokens = line.get("loss", float("nan")), None
+                loss = run_step(variant, step)
                 seconds = time.perf_counter() - started
-                longest = int(lengths[indices].max()) if len(indices) else 0
-                padded_len = max_length if variant == "colossalchat" else longest
-                local_tokens = int(lengths[indices].sum())
+                indices = step.micro_batches[0].indices
+                if not memory_probe:
+                    memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
+                                       "padded_length": padded_length(variant, indices)}
                 records[variant].append({
-                    "seconds": seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
-                    "tokens": local_tokens, "padded": 2 * len(indices) * padded_len, "loss": float(loss),
-                    "peak_rss_kib": _peak_rss_kib(), "global_tokens": tokens,
+                    "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
+                    "pairs": int(step.pairs), "local_pairs": int(len(indices)),
+                    "tokens": int(lengths[indices].sum()),
+                    "padded": 2 * len(indices) * padded_length(variant, indices), "loss": float(loss),
                 })
             gc.collect()
+            round_index += 1
+            timed = round_index - 1 if warmup else round_index  # rounds after the warm-up
+            go_on = timed < max_rounds and (timed < min_rounds or time.monotonic() - began < budget_seconds)
+            if ranked.world_size > 1:  # rank 0 decides, so every rank runs the same collectives
+                go_on = broadcast(go_on if ranked.is_main else None)
+            if not go_on:
+                break
+        measure_seconds = time.monotonic() - began
+
+        # Peak memory, untimed: one more step of each variant on its largest batch of the epoch
+        # (what bounds a real run's peak), with freed heap pages returned to the OS and the
+        # kernel's high-water mark reset just before. Not done in the timed steps: re-faulting
+        # the returned pages would be timed too.
+        for variant in order if memory_probe else ():
+            steps = schedules[variant]
+            largest = max(steps, key=lambda st: padded_length(variant, st.micro_batches[0].indices)
+                          * len(st.micro_batches[0].indices))
+            gc.collect()
+            can_reset = _reset_peak_rss() and can_reset
+            before = _rss_kib()
+            run_step(variant, largest)
+            memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
+                               "padded_length": padded_length(variant, largest.micro_batches[0].indices)}
     finally:
         gc.enable()
 
     result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
-              "num_params": num_params, "records": records, "peak_reset": can_reset,
+              "num_params": num_params, "records": records, "memory": memory, "peak_reset": can_reset,
+              "measure_seconds": measure_seconds,
               "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
                                    "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
-                                   "truncated": int(data.stats.get("truncated", 0))}}
+                                   "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}
     if checkpoint_rounds and "rmrun" in runners:
         result["checkpoint"] = _checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
     runners.clear()

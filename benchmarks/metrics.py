@@ -1,0 +1,151 @@
+"""Turning raw per-rank, per-step records into the numbers the report shows (no torch here)."""
+
+from __future__ import annotations
+
+import statistics
+
+GOALS = {
+    "rmrun_vs_hand": 0.97,  # rmrun pairs/s / hand-written pairs/s, at least
+    "rmrun_vs_colossalchat": 2.0,  # rmrun pairs/s / ColossalChat-batching pairs/s, at least
+    "checkpoint_overhead_pct": 3.0,  # % of training time at the default interval, at most
+    "resumed_vs_fresh": 1.5,  # resumed / fresh time to the first step, at most
+}
+
+
+def _quantiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+def bootstrap_median_ci(values: list[float], *, resamples: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median (deterministic)."""
+    import random
+
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
+
+
+def merge_ranks(rank_results: list[dict], variant: str) -> list[dict]:
+    """One record per step over all ranks: the slowest rank's time (the step is synchronous),
+    summed tokens and padded slots."""
+    per_rank = [r["records"][variant] for r in rank_results]
+    steps = []
+    for recs in zip(*per_rank):
+        steps.append({
+            "round": recs[0]["round"],
+            "warmup": recs[0]["warmup"],
+            "seconds": max(r["seconds"] for r in recs),
+            "pairs": recs[0]["pairs"],
+            "tokens": sum(r["tokens"] for r in recs),
+            "padded": sum(r["padded"] for r in recs),
+            # rmrun reports the all-rank mean loss, the hand loop its rank's mean: with equal
+            # per-rank batches the mean over ranks is the global mean for both.
+            "loss": statistics.fmean(r["loss"] for r in recs),
+        })
+    return steps
+
+
+def variant_summary(steps: list[dict], memory: list[dict]) -> dict:
+    """``memory``: each rank's probe of this variant (the largest of any one process is shown)."""
+    timed = [s for s in steps if not s["warmup"]]
+    seconds = sum(s["seconds"] for s in timed)
+    pairs = sum(s["pairs"] for s in timed)
+    tokens = sum(s["tokens"] for s in timed)
+    padded = sum(s["padded"] for s in timed)
+    step_times = [s["seconds"] for s in timed]
+    return {
+        "steps": len(timed),
+        "seconds": seconds,
+        "pairs": pairs,
+        "pairs_per_second": pairs / seconds if seconds else 0.0,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "median_step_ms": 1000 * statistics.median(step_times) if step_times else 0.0,
+        "mean_step_ms": 1000 * statistics.fmean(step_times) if step_times else 0.0,
+        "peak_rss_mib": max(m["peak_rss_kib"] for m in memory) / 1024,
+        "resident_before_step_mib": max(m["rss_before_kib"] for m in memory) / 1024,
+        "memory_probe_padded_length": max(m["padded_length"] for m in memory),
+        "step_seconds": [round(s["seconds"], 5) for s in timed],
+        "step_rounds": [s["round"] for s in timed],
+    }
+
+
+def summarize_train(rank_results: list[dict], *, checkpoint_interval: int) -> dict:
+    """Per-variant throughput, the two side-by-side ratios, and checkpoint cost."""
+    first = rank_results[0]
+    merged = {v: merge_ranks(rank_results, v) for v in first["records"]}
+    out = {
+        "world_size": first["world_size"],
+        "threads_per_rank": first["threads"],
+        "num_params": first["num_params"],
+        "sequence_lengths": first["sequence_lengths"],
+        "peak_rss_reset_worked": bool(first["peak_reset"]),
+        "measure_seconds": max(r["measure_seconds"] for r in rank_results),
+        "variants": {v: variant_summary(steps, [r["memory"][v] for r in rank_results])
+                     for v, steps in merged.items()},
+    }
+    variants = out["variants"]
+    if "rmrun" in merged and "hand" in merged:
+        # Same batches in the same round: paired per-step ratios are immune to slow phases
+        # of the machine that hit a whole round.
+        hand = {s["round"]: s for s in merged["hand"] if not s["warmup"]}
+        pairs = [(hand[s["round"]]["seconds"], s["seconds"]) for s in merged["rmrun"]
+                 if not s["warmup"] and s["round"] in hand]
+        ratios = [h / r for h, r in pairs if r > 0]
+        q1, median, q3 = _quantiles(ratios) if ratios else (0.0, 0.0, 0.0)
+        low, high = bootstrap_median_ci(ratios)
+        losses = [abs(a["loss"] - b["loss"]) for a, b in zip(merged["rmrun"], merged["hand"])]
+        out["rmrun_vs_hand"] = {
+            "paired_median": median, "paired_q1": q1, "paired_q3": q3, "steps": len(ratios),
+            "paired_median_ci95": [low, high],
+            "overall": variants["rmrun"]["pairs_per_second"] / variants["hand"]["pairs_per_second"]
+            if variants["hand"]["pairs_per_second"] else 0.0,
+            "median_overhead_ms": 1000 * statistics.median(r - h for h, r in pairs) if pairs else 0.0,
+            "loss_max_abs_diff": max(losses) if losses else None,
+        }
+    if "rmrun" in variants and "colossalchat" in variants:
+        cc = variants["colossalchat"]["pairs_per_second"]
+        out["rmrun_vs_colossalchat"] = {
+            "ratio": variants["rmrun"]["pairs_per_second"] / cc if cc else 0.0,
+        }
+    if "checkpoint" in first:
+        saves = [max(values) for values in zip(*(r["checkpoint"]["save_seconds"] for r in rank_results))]
+        loads = [max(values) for values in zip(*(r["checkpoint"]["load_seconds"] for r in rank_results))]
+        save = statistics.median(saves)
+        step = variants["rmrun"]["mean_step_ms"] / 1000
+        out["checkpoint"] = {
+            "save_seconds": saves, "load_seconds": loads,
+            "save_median_s": save, "load_median_s": statistics.median(loads),
+            "bytes": first["checkpoint"]["bytes"], "interval_steps": checkpoint_interval,
+            "mean_step_s": step,
+            "overhead_pct": 100 * save / (checkpoint_interval * step + save) if step else 0.0,
+        }
+    return out
+
+
+def summarize_startup(raw: dict) -> dict:
+    fresh = [m["first_step"] for m in raw["fresh"]]
+    resumed = [m["first_step"] for m in raw["resumed"]]
+    fresh_median, resumed_median = statistics.median(fresh), statistics.median(resumed)
+
+    def median_of(runs, key):
+        values = [m[key] for m in runs if key in m]
+        return statistics.median(values) if values else None
+
+    return {
+        "fresh_seconds": fresh, "resumed_seconds": resumed,
+        "fresh_median_s": fresh_median, "resumed_median_s": resumed_median,
+        "ratio": resumed_median / fresh_median if fresh_median else 0.0,
+        "fresh_tokenized_median_s": median_of(raw["fresh"], "tokenized"),
+        "resumed_checkpoint_loaded_median_s": median_of(raw["resumed"], "resumed"),
+        "resumed_first_step_number": raw["resumed"][0].get("first_step_number"),
+        "rounds": len(fresh), "threads": raw["threads"], "pairs": raw["pairs"],
+    }

@@ -1,0 +1,353 @@
+"""pytest-benchmark JSON -> ``<machine>.md`` (tables, goals MET / MISSED) and ``<machine>.png``
+(pairs/s per plugin and config).
+
+    python -m benchmarks.report benchmarks/results/<machine>.json [--out-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from benchmarks.metrics import GOALS
+
+VARIANT_NAMES = {
+    "rmrun": "rmrun (Trainer step, length-grouped, pad to longest)",
+    "hand": "hand-written PyTorch loop (same batches)",
+    "colossalchat": "ColossalChat batching (random, pad to max_length)",
+}
+SHORT_NAMES = {"rmrun": "rmrun", "hand": "hand-written", "colossalchat": "ColossalChat batching"}
+MODEL_ORDER = {"tiny": 0, "small": 1}
+
+
+def _load(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _entries(doc: dict, kind: str) -> list[dict]:
+    out = [b["extra_info"] for b in doc.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == kind]
+    return sorted(out, key=lambda e: (e.get("plugin", ""), e.get("nproc", 0), MODEL_ORDER.get(e.get("model"), 9)))
+
+
+def _status(ok: bool) -> str:
+    return "**MET**" if ok else "**MISSED**"
+
+
+def _model_label(entry: dict) -> str:
+    params = entry.get("num_params")
+    return f"{entry['model']} ({params / 1e6:.2f}M)" if params else entry["model"]
+
+
+def _config(entry: dict) -> str:
+    return f"{entry['plugin']} × {entry['nproc']} proc, {entry['model']}"
+
+
+# --------------------------------------------------------------------------- why (when missed)
+
+
+def _why_hand(entry: dict) -> str:
+    cmp = entry["rmrun_vs_hand"]
+    hand_ms = entry["variants"]["hand"]["median_step_ms"]
+    why = f"~{cmp['median_overhead_ms']:.1f} ms/step more on a {hand_ms:.0f} ms step: "
+    if cmp["steps"] < 5:
+        why += "too few paired steps to tell"
+    elif entry["nproc"] == 1:
+        why += ("~2/3 DDP wrapping a 1-process model (buffer broadcast, reducer, find_unused_parameters), "
+                "~1/3 Trainer bookkeeping (metric sums and all-reduces); see README")
+    else:
+        why += ("find_unused_parameters=True and two metric all-reduces per step (cross-process syncs) that "
+                "the hand loop's DDP does not do; see README")
+    high = cmp["paired_median_ci95"][1]
+    if high >= GOALS["rmrun_vs_hand"]:
+        why += f"; not significant (CI reaches {high:.3f})"
+    return why
+
+
+def _why_colossalchat(entry: dict) -> str:
+    r, c = entry["variants"]["rmrun"], entry["variants"]["colossalchat"]
+    return (f"padding {r['padding_fraction']:.0%} vs {c['padding_fraction']:.0%}, but rmrun's non-padding "
+            f"tokens/s ({r['tokens_per_second']:.0f}) is lower than ColossalChat's ({c['tokens_per_second']:.0f}): "
+            "per-step fixed costs, not tokens, dominate at this size")
+
+
+def _why_checkpoint(entry: dict) -> str:
+    ck = entry["checkpoint"]
+    size = f"{ck['bytes'] / 1e6:.0f} MB" if ck.get("bytes") else "the checkpoint"
+    return (f"one save takes {ck['save_median_s']:.2f} s vs a {1000 * ck['mean_step_s']:.0f} ms mean step: "
+            f"{size} written, sha256-hashed and committed through the store each time")
+
+
+def _why_startup(entry: dict) -> str:
+    loaded = entry.get("resumed_checkpoint_loaded_median_s")
+    tokenized = entry.get("fresh_tokenized_median_s")
+    bits = []
+    if loaded is not None:
+        bits.append(f"the resumed run has loaded its checkpoint only at {loaded:.1f} s")
+    if tokenized is not None:
+        bits.append(f"the fresh run has tokenized its data at {tokenized:.1f} s")
+    return "; ".join(bits) or "see the run logs"
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _header(doc: dict) -> list[str]:
+    meta = doc.get("rmrun_bench", {})
+    m = meta.get("machine", {})
+    lines = [
+        f"# rmrun throughput benchmarks — `{m.get('label', 'unknown')}`",
+        "",
+        f"**Machine:** {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, GPU: {m.get('gpu', '?')} · "
+        f"torch {m.get('torch', '?')} · colossalai {m.get('colossalai', '?')} · transformers "
+        f"{m.get('transformers', '?')} · Python {m.get('python', '?')} · {m.get('date', '?')}",
+        "",
+    ]
+    mode = "**SMOKE** (one short iteration of each benchmark; numbers are not meaningful)" if meta.get("smoke") \
+        else "full"
+    train = _entries(doc, "train")
+    lengths = train[0]["sequence_lengths"] if train else None
+    data = ""
+    if lengths:
+        data = (f" Training data: {lengths.get('pairs', '?')} synthetic preference pairs with log-normal lengths "
+                f"(tokens per sequence: mean {lengths['mean']:.0f}, median {lengths['p50']:.0f}, "
+                f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
+                f"max_length).")
+    lines += [
+        f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
+        f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
+        f"fp32; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
+        "",
+    ]
+    return lines
+
+
+def _goals(doc: dict) -> list[str]:
+    rows = []
+    train = _entries(doc, "train")
+    for e in train:
+        if "rmrun_vs_hand" not in e:
+            continue
+        c = e["rmrun_vs_hand"]
+        ok = c["paired_median"] >= GOALS["rmrun_vs_hand"]
+        rows.append(("1. rmrun step / hand-written loop, pairs/s", _config(e),
+                     f"{c['paired_median']:.3f} (95% CI {c['paired_median_ci95'][0]:.3f}–"
+                     f"{c['paired_median_ci95'][1]:.3f}, {c['steps']} paired steps; whole-run {c['overall']:.3f})",
+                     f"≥ {GOALS['rmrun_vs_hand']}", ok, "" if ok else _why_hand(e)))
+    for e in train:
+        if "rmrun_vs_colossalchat" not in e:
+            continue
+        ratio = e["rmrun_vs_colossalchat"]["ratio"]
+        ok = ratio >= GOALS["rmrun_vs_colossalchat"]
+        rows.append(("2. rmrun batching / ColossalChat batching, pairs/s", _config(e), f"{ratio:.2f}×",
+                     f"≥ {GOALS['rmrun_vs_colossalchat']:g}×", ok, "" if ok else _why_colossalchat(e)))
+    for e in train:
+        if "checkpoint" not in e:
+            continue
+        ck = e["checkpoint"]
+        ok = ck["overhead_pct"] <= GOALS["checkpoint_overhead_pct"]
+        rows.append((f"3. checkpoint overhead every {ck['interval_steps']} steps (default)", _config(e),
+                     f"{ck['overhead_pct']:.2f} %", f"≤ {GOALS['checkpoint_overhead_pct']:g} %", ok,
+                     "" if ok else _why_checkpoint(e)))
+    for e in _entries(doc, "startup"):
+        ok = e["ratio"] <= GOALS["resumed_vs_fresh"]
+        rows.append(("4. resumed / fresh time to first optimizer step", f"ddp × 1 proc, {e['model']}",
+                     f"{e['ratio']:.2f}× ({e['resumed_median_s']:.1f} s / {e['fresh_median_s']:.1f} s)",
+                     f"≤ {GOALS['resumed_vs_fresh']:g}×", ok, "" if ok else _why_startup(e)))
+    lines = ["## Goals", "", "| goal | config | measured | target | status | why (when missed) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {g} | {c} | {m} | {t} | {_status(ok)} | {w} |" for g, c, m, t, ok, w in rows]
+    diffs = [e["rmrun_vs_hand"]["loss_max_abs_diff"] for e in train if "rmrun_vs_hand" in e]
+    if diffs:
+        lines += ["", f"rmrun and the hand-written loop trained the same trajectory: largest per-step loss "
+                  f"difference {max(diffs):.1e} (the check fails above 1e-5)."]
+    if not rows:
+        lines.append("| (no goal measured) | | | | | |")
+    met = sum(1 for r in rows if r[4])
+    lines += ["", f"{met} of {len(rows)} goal checks met.", ""]
+    return lines
+
+
+def _throughput(doc: dict) -> list[str]:
+    lines = ["## Throughput per plugin and config", "",
+             "| plugin | procs | model | variant | pairs/s | non-padding tokens/s | padding | median step | "
+             "peak RSS per process @ padded length | steps |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in _entries(doc, "train"):
+        for name, v in e["variants"].items():
+            lines.append(
+                f"| {e['plugin']} | {e['nproc']} | {_model_label(e)} | {SHORT_NAMES.get(name, name)} | "
+                f"{v['pairs_per_second']:.1f} | {v['tokens_per_second']:.0f} | {v['padding_fraction']:.1%} | "
+                f"{v['median_step_ms']:.0f} ms | {v['peak_rss_mib']:.0f} MiB @ {v['memory_probe_padded_length']} | "
+                f"{v['steps']} |")
+    skipped = {}  # (plugin, procs, reason) -> models, in order
+    for s in doc.get("rmrun_bench", {}).get("skipped", []):
+        name = s["name"]
+        if name.startswith("test_train["):
+            plugin, procs, model = name[len("test_train["):-1].split("-")
+            skipped.setdefault((plugin, procs.removesuffix("proc"), s["reason"]), []).append(model)
+    for (plugin, procs, reason), models in skipped.items():
+        lines.append(f"| {plugin} | {procs} | {', '.join(models)} | — | skipped: {reason} | | | | | |")
+    lines += ["", "Variants: " + "; ".join(f"**{SHORT_NAMES[k]}** = {v}" for k, v in VARIANT_NAMES.items()) + ".",
+              "Peak RSS: the kernel's high-water mark (VmHWM) of one worker process during an extra, untimed "
+              "step of that variant on its largest batch of the epoch (freed heap pages returned to the OS "
+              "and the mark reset just before); the variants share the process, so it includes all of their "
+              "models and optimizer states. With long-tailed data rmrun's largest length-grouped batch is "
+              "max_length long as well, so its peak is ColossalChat's; the saving is in the typical batch "
+              "(see the padding column).", ""]
+    return lines
+
+
+def _checkpoint(doc: dict) -> list[str]:
+    lines = ["## Checkpoint save / load (rmrun.checkpoint, local state store)", "",
+             "| plugin | procs | model | checkpoint size | save (median) | load (median) | mean rmrun step | "
+             "overhead at the default interval |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for e in _entries(doc, "train"):
+        ck = e.get("checkpoint")
+        if not ck:
+            continue
+        size = f"{ck['bytes'] / 1e6:.1f} MB" if ck.get("bytes") else "?"
+        lines.append(f"| {e['plugin']} | {e['nproc']} | {e['model']} | {size} | {1000 * ck['save_median_s']:.0f} ms | "
+                     f"{1000 * ck['load_median_s']:.0f} ms | {1000 * ck['mean_step_s']:.0f} ms | "
+                     f"{ck['overhead_pct']:.2f} % (every {ck['interval_steps']} steps) |")
+    lines += ["", "Overhead = save / (interval × mean step + save). A save here is the whole commit: "
+              "model, optimizer and scheduler through the Booster, RNG states, trainer state, manifest "
+              "hashes, COMMIT and retention of older checkpoints.", ""]
+    return lines
+
+
+def _startup(doc: dict) -> list[str]:
+    lines = ["## Process start to first optimizer step (`rmrun run` subprocesses)", "",
+             "| model | fresh (median) | resumed (median) | resumed / fresh | fresh: data tokenized at | "
+             "resumed: checkpoint loaded at | runs each |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in _entries(doc, "startup"):
+        tok = e.get("fresh_tokenized_median_s")
+        loaded = e.get("resumed_checkpoint_loaded_median_s")
+        lines.append(f"| {e['model']} | {e['fresh_median_s']:.2f} s | {e['resumed_median_s']:.2f} s | "
+                     f"{e['ratio']:.2f}× | {'%.2f s' % tok if tok is not None else '—'} | "
+                     f"{'%.2f s' % loaded if loaded is not None else '—'} | {e['rounds']} |")
+    if not _entries(doc, "startup"):
+        lines.append("| (not measured) | | | | | | |")
+    lines += ["", "Fresh: empty state root (tokenize, boost, train). Resumed: the same command after the fresh "
+              "run was stopped with SIGTERM (checkpoint committed, exit 75). Times are from process creation "
+              "to the first `step N/M` log line (`--set log.interval_steps=1`).", ""]
+    return lines
+
+
+def _tokenize(doc: dict) -> list[str]:
+    lines = ["## Tokenize (rmrun.data.tokenize_pairs)", "", "| pairs | rounds | pairs/s | tokens/s |",
+             "|---:|---:|---:|---:|"]
+    for b in doc.get("benchmarks", []):
+        e = b.get("extra_info", {})
+        if e.get("kind") == "tokenize":
+            lines.append(f"| {e['pairs']} | {b['stats']['rounds']} | {e['pairs_per_second']:.0f} | "
+                         f"{e['tokens_per_second']:.0f} |")
+    if not any(b.get("extra_info", {}).get("kind") == "tokenize" for b in doc.get("benchmarks", [])):
+        lines.append("| (not measured) | | | |")
+    lines += ["", "Median over rounds; both sides of each pair rendered with the chat template and tokenized "
+              "with the shipped tiny tokenizer (fast, batched).", ""]
+    return lines
+
+
+def _method() -> list[str]:
+    return [
+        "## How it was measured", "",
+        "- Variants run **side by side in the same worker processes, interleaved step by step** (one "
+        "optimizer step of each per round, the order rotating every round; ColossalChat batching, whose steps "
+        "all cost about the same, joins every few rounds). The first round is a warm-up and is not counted.",
+        "- rmrun and the hand-written loop start from the same weights and take exactly the same batches "
+        "(rmrun's sampler), so their per-step times are paired; goal 1 uses the median of the paired ratios "
+        "(hand time / rmrun time, with a bootstrap 95% confidence interval), which shrugs off other work on "
+        "the machine; the whole-run pairs/s ratio is shown beside it. Their losses are checked equal.",
+        "- 2 processes: torch.multiprocessing spawn, gloo, a port chosen by the OS; a step's time is the "
+        "slowest rank's; pairs and tokens are summed over ranks.",
+        "- Raw per-step times are in the JSON next to this file (`extra_info.variants.*.step_seconds`).",
+        "",
+    ]
+
+
+def markdown(doc: dict) -> str:
+    lines = _header(doc) + _goals(doc) + _throughput(doc) + _checkpoint(doc) + _startup(doc) + _tokenize(doc)
+    lines += _method()
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = _entries(doc, "train")
+    meta = doc.get("rmrun_bench", {})
+    m = meta.get("machine", {})
+    models = sorted({e["model"] for e in train}, key=lambda s: MODEL_ORDER.get(s, 9)) or ["tiny"]
+    variants = [v for v in ("rmrun", "hand", "colossalchat") if any(v in e["variants"] for e in train)]
+    colors = {"rmrun": "#1f77b4", "hand": "#7f7f7f", "colossalchat": "#ff7f0e"}
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        entries = [e for e in train if e["model"] == model]
+        configs = [f"{e['plugin']}\n× {e['nproc']} proc" for e in entries]
+        width = 0.8 / max(1, len(variants))
+        for j, v in enumerate(variants):
+            xs, ys = [], []
+            for i, e in enumerate(entries):
+                if v in e["variants"]:
+                    xs.append(i + (j - (len(variants) - 1) / 2) * width)
+                    ys.append(e["variants"][v]["pairs_per_second"])
+            bars = ax.bar(xs, ys, width, label=SHORT_NAMES[v], color=colors[v])
+            ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+        ax.set_xticks(range(len(entries)), configs)
+        ax.set_title(f"{model} Llama reward model")
+        ax.set_ylabel("pairs / s (higher is better)")
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    skipped = sorted({s["name"][len("test_train["):].split("-")[0] for s in meta.get("skipped", [])
+                      if s["name"].startswith("test_train[")})
+    note = f"skipped (needs CUDA): {', '.join(skipped)}" if skipped else ""
+    title = (f"rmrun pairs/s — {m.get('label', '?')}: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
+             f"GPU {m.get('gpu', '?')}; torch {m.get('torch', '?')}, colossalai {m.get('colossalai', '?')}; "
+             f"{m.get('date', '?')}" + (" [SMOKE]" if meta.get("smoke") else ""))
+    fig.suptitle(title, fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, 0.035),
+               frameon=False)
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", fontsize=8, style="italic")
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(json_path: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    doc = _load(json_path)
+    label = doc.get("rmrun_bench", {}).get("machine", {}).get("label") or json_path.stem
+    out_dir = out_dir or json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_path, png_path = out_dir / f"{label}.md", out_dir / f"{label}.png"
+    md_path.write_text(markdown(doc) + "\n")
+    plot(doc, png_path)
+    return md_path, png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: the JSON's directory")
+    args = parser.parse_args(argv)
+    md_path, png_path = write_report(args.json, args.out_dir)
+    print(f"wrote {os.path.relpath(md_path)} and {os.path.relpath(png_path)}")
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""How much each benchmark measures: the full run (``benchmarks/run.sh``, about 10 minutes on
+2 cores) or the smoke (``benchmarks/run.sh --smoke`` / ``BENCH_SMOKE=1``, one short
+iteration of everything, well under 2 minutes)."""
+
+from __future__ import annotations
+
+import os
+
+SMOKE = os.environ.get("BENCH_SMOKE", "") not in ("", "0")
+
+# Intra-op threads per rank. 1 keeps 1 process vs 2 processes a clean data-parallel
+# comparison on a 2-core machine, and keeps timings usable when other work shares the
+# cores (with 2 OpenMP threads per process a step waits for whichever thread was descheduled).
+THREADS_PER_RANK = int(os.environ.get("BENCH_THREADS", "1"))
+
+MAX_LENGTH = 512
+BATCH_SIZE = 8  # pairs per rank per optimizer step (the schema default)
+CHECKPOINT_INTERVAL = None  # None: the schema default (checkpoint.interval_steps), read at run time
+
+if SMOKE:
+    TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 300, 1
+    TRAIN_PAIRS = 200
+    TRAIN_ROUNDS = {  # per model size: rounds after the warm-up round
+        "tiny": {"max_rounds": 1, "min_rounds": 1, "budget_seconds": 0, "colossalchat_every": 1, "warmup": False,
+                 "memory_probe": False},
+        "small": {"max_rounds": 1, "min_rounds": 1, "budget_seconds": 0, "colossalchat_every": 1, "warmup": False,
+                 "memory_probe": False},
+    }
+    CHECKPOINT_ROUNDS = 1
+    STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
+else:
+    TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 6000, 3
+    TRAIN_PAIRS = 2000
+    TRAIN_ROUNDS = {
+        "tiny": {"max_rounds": 240, "min_rounds": 40, "budget_seconds": 60, "colossalchat_every": 3},
+        "small": {"max_rounds": 80, "min_rounds": 16, "budget_seconds": 120, "colossalchat_every": 4},
+    }
+    CHECKPOINT_ROUNDS = 5
+    STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000

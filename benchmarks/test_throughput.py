@@ -1,0 +1,100 @@
+"""rmrun throughput benchmarks (pytest-benchmark). Run them with ``benchmarks/run.sh``.
+
+- ``test_tokenize``: ``rmrun.data.tokenize_pairs`` pairs/s; pytest-benchmark times each round.
+- ``test_train[plugin-Nproc-size]``: rmrun's training step vs a hand-written PyTorch loop vs
+  ColossalChat's batching, interleaved step by step in the same worker processes, plus
+  checkpoint save/load. pytest-benchmark's own timing of these entries is the wall time of
+  the whole side-by-side measurement (one round); the per-variant numbers are measured per
+  optimizer step inside the workers and stored in ``extra_info``.
+- ``test_startup[size]``: process start to first optimizer step, fresh vs resumed ``rmrun run``.
+
+CUDA-only plugins are skipped with the reason "needs CUDA" where there is no GPU.
+Nothing here asserts a timing: the goals are reported (MET / MISSED), not enforced.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import settings
+from benchmarks.harness import CUDA_PLUGINS, MODEL_SIZES, VARIANTS, model_dir
+from benchmarks.metrics import summarize_startup, summarize_train
+
+# (plugin, processes): ddp with 1 and 2 processes on CPU; the CUDA plugins with one process per GPU.
+PLUGIN_CONFIGS = [("ddp", 1), ("ddp", 2)] + [(name, 1) for name in CUDA_PLUGINS]
+
+
+def _checkpoint_interval() -> int:
+    if settings.CHECKPOINT_INTERVAL is not None:
+        return settings.CHECKPOINT_INTERVAL
+    from rmrun.recipe.schema import CheckpointSection
+
+    return CheckpointSection().interval_steps
+
+
+def test_tokenize(benchmark):
+    from benchmarks.data import load_tokenizer, make_pairs, tokenize
+
+    tokenizer = load_tokenizer()
+    pairs = make_pairs(settings.TOKENIZE_PAIRS, seed=2)
+    tokenize(pairs[:64], tokenizer)  # template compilation and tokenizer warm-up, untimed
+    result = benchmark.pedantic(tokenize, args=(pairs, tokenizer), rounds=settings.TOKENIZE_ROUNDS,
+                                iterations=1, warmup_rounds=0)
+    benchmark.group = "tokenize"
+    median = benchmark.stats.stats.median
+    assert len(result) == len(pairs)
+    benchmark.extra_info.update({
+        "kind": "tokenize", "pairs": len(pairs), "tokens": result.stats["tokens"],
+        "pairs_per_second": len(pairs) / median, "tokens_per_second": result.stats["tokens"] / median,
+        "truncated": result.stats["truncated"],
+    })
+
+
+@pytest.mark.parametrize("size", MODEL_SIZES)
+@pytest.mark.parametrize("plugin,nproc", PLUGIN_CONFIGS, ids=[f"{p}-{n}proc" for p, n in PLUGIN_CONFIGS])
+def test_train(benchmark, pools, cuda_available, plugin, nproc, size):
+    if plugin in CUDA_PLUGINS and not cuda_available:
+        pytest.skip("needs CUDA")
+    variants = VARIANTS if plugin == "ddp" else ("rmrun",)  # the comparisons are about the CPU path
+    pool = pools.get(nproc)
+    interval = _checkpoint_interval()
+
+    def measure():
+        return pool.run("train", size=size, plugin=plugin, variants=variants, num_pairs=settings.TRAIN_PAIRS,
+                        batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
+                        checkpoint_rounds=settings.CHECKPOINT_ROUNDS, **settings.TRAIN_ROUNDS[size])
+
+    raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.group = "train"
+    summary = summarize_train(raw, checkpoint_interval=interval)
+    benchmark.extra_info.update({"kind": "train", "plugin": plugin, "nproc": nproc, "model": size, **summary})
+
+    for name, v in summary["variants"].items():
+        assert v["steps"] >= 1 and v["pairs_per_second"] > 0, name
+    if "rmrun_vs_hand" in summary:
+        # Same init, same batches, same arithmetic: the losses must agree step for step (bit for
+        # bit with one process; the 2-process mean over ranks is taken in a different order), or
+        # the comparison would not be like for like.
+        diff = summary["rmrun_vs_hand"]["loss_max_abs_diff"]
+        assert diff is not None and math.isfinite(diff) and diff < 1e-5, diff
+
+
+@pytest.mark.parametrize("size", settings.STARTUP_SIZES)
+def test_startup(benchmark, pools, size):
+    from benchmarks.startup import measure_startup
+
+    pools.close()  # no idle worker processes beside the runs being timed
+
+    def measure():
+        return measure_startup(model_dir=model_dir(size), rounds=settings.STARTUP_ROUNDS,
+                               num_pairs=settings.STARTUP_PAIRS, batch_size=settings.BATCH_SIZE,
+                               threads=settings.THREADS_PER_RANK)
+
+    raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.group = "startup"
+    summary = summarize_startup(raw)
+    benchmark.extra_info.update({"kind": "startup", "plugin": "ddp", "nproc": 1, "model": size, **summary,
+                                 "raw": raw})
+    assert summary["resumed_first_step_number"] > 1  # it really continued from a checkpoint
