@@ -99,8 +99,7 @@ class Trainer:
 
     def optimizer_step(self, step: OptimizerStep) -> dict:
         """Micro-batches with one concatenated chosen+rejected forward each, then one update."""
-        sums = torch.zeros(8)
-        tokens = 0
+        sums = torch.zeros(9)  # pair_sums(...) and the non-padding token count: one all-reduce
         model_weight = self.plan.dp_size / step.pairs  # DDP averages over ranks: mean over all pairs
         for i, micro in enumerate(step.micro_batches):
             empty = len(micro.indices) == 0
@@ -110,8 +109,8 @@ class Trainer:
                 losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
                 self.boosted.backward(losses.sum() * (0.0 if empty else model_weight))
             if not empty:
-                sums += pair_sums(chosen, rejected, losses).cpu()
-                tokens += n_tokens
+                sums[:8] += pair_sums(chosen, rejected, losses).cpu()
+                sums[8] += n_tokens
                 trace_pairs(rank=self.rank.rank, epoch=self.state.epoch, step=self.state.step + 1,
                             pair_ids=batch["pair_ids"].tolist())
         sums = sum_tensor(sums, group=self.dp_group)
@@ -128,9 +127,8 @@ class Trainer:
             )
         self.boosted.optimizer.zero_grad()
         self.boosted.scheduler.step()
-        line = {"step": self.state.step + 1, "epoch": self.state.epoch, "lr": lr, **metrics_from_sums(sums),
-                "grad_norm": grad_norm, "tokens": int(sum_tensor(torch.tensor([tokens]), group=self.dp_group)),
-                "skipped": not finite}
+        line = {"step": self.state.step + 1, "epoch": self.state.epoch, "lr": lr, **metrics_from_sums(sums[:8]),
+                "grad_norm": grad_norm, "tokens": int(sums[8]), "skipped": not finite}
         return line
 
     def advance(self, step: OptimizerStep, line: dict) -> bool:

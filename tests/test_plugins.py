@@ -29,7 +29,7 @@ def test_the_six_plugin_names():
 
 
 def test_ddp():
-    assert call(name="ddp", mixed_precision="fp32") == ("TorchDDPPlugin", {"find_unused_parameters": True})
+    assert call(name="ddp", mixed_precision="fp32") == ("TorchDDPPlugin", {"find_unused_parameters": True, "broadcast_buffers": False})
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
