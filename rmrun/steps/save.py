@@ -7,6 +7,7 @@ recipe as written, the resolved plan, ``metrics.jsonl`` and ``eval.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,19 @@ def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
         export_reward_model(boosted.unwrap(), tokenizer, directory)
 
 
+def _listing(local_dir: str) -> dict:
+    """What was published: each file's size and sha256 (the files themselves live at the export URL)."""
+    files = {}
+    for name in sorted(os.listdir(local_dir)):
+        path = os.path.join(local_dir, name)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        files[name] = {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"files": files}
+
+
 def _upload(local_dir: str, url: str) -> None:
     import fsspec
 
@@ -63,7 +77,7 @@ def run(ctx, step, *, output) -> None:
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, ctx.plan.export)
             staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
-            staged.put_dir(tmp)
+            staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
             staged.commit()
             ctx.say(f"exported the reward model to {ctx.plan.export}")
         barrier()
