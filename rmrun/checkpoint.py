@@ -118,7 +118,9 @@ def latest_checkpoint_key(ctx) -> str | None:
 
 def load_checkpoint(ctx, key: str, *, boosted) -> dict:
     """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state."""
-    state = ctx.store.get(key)
+    # Rank 0's latest() has just verified it, and every file is checked against the
+    # manifest again as it is read, so a second whole-state verification is not needed.
+    state = ctx.store.peek(key)
     if state is None:
         raise RuntimeError(f"checkpoint {key} vanished from {ctx.store.root} while loading")
     with tempfile.TemporaryDirectory(prefix="rmrun-load-") as tmp:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 COMMANDS = ("run", "check", "status", "explain", "verify-resume")
 
@@ -65,21 +65,6 @@ def _fail(lines, code: int) -> int:
     return code
 
 
-def _preflight(recipe_path: str, overrides) -> None:
-    """Check the recipe and its environment before `run` imports torch and ColossalAI,
-    so a bad recipe fails in milliseconds (the run checks again after distributed start)."""
-    from rmrun.dist import world_from_env
-    from rmrun.recipe import RecipeError, environment_problems, load_recipe
-
-    recipe = load_recipe(recipe_path, overrides=overrides)
-    problems = environment_problems(recipe, world_from_env())
-    if problems:
-        raise RecipeError([f"{recipe_path}: {p}" for p in problems])
-    from rmrun.commands import check_local_inputs
-
-    check_local_inputs(recipe_path, recipe)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
     from rmrun.recipe import RecipeError
@@ -103,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return verify_resume(args.recipe, kills=args.kills, seed=args.seed, workdir=args.workdir,
                                  overrides=args.overrides)
-        _preflight(args.recipe, args.overrides)
         from rmrun.commands import run
 
         return run(args.recipe, overrides=args.overrides)

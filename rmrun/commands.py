@@ -10,6 +10,7 @@ import time
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe, make_plan
 from rmrun.recipe.schema import Recipe
 
+# Exit codes, documented in README.md; the CLI exits with what a command returns.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 
 
@@ -58,14 +59,22 @@ def _estimate_pairs(urls) -> tuple[int, bool]:
     return total, True
 
 
-def check(recipe_path: str, *, overrides) -> int:
+def preflight(recipe_path: str, *, overrides) -> tuple[Recipe, World]:
+    """Load the recipe and check it against this machine and its local inputs, before
+    anything heavy is imported, so a bad recipe fails in milliseconds."""
     from rmrun.dist import world_from_env
-    from rmrun.graph import build_graph
 
     recipe = load_recipe(recipe_path, overrides=overrides)
     world = world_from_env()
     _check_environment(recipe_path, recipe, world)
     check_local_inputs(recipe_path, recipe)
+    return recipe, world
+
+
+def check(recipe_path: str, *, overrides) -> int:
+    from rmrun.graph import build_graph
+
+    recipe, world = preflight(recipe_path, overrides=overrides)
     num_pairs, exact = _estimate_pairs(recipe.data.train)
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
     steps = build_graph(num_epochs=plan.num_epochs, tokenize_key="tokenize-<data fingerprint>",
@@ -224,14 +233,13 @@ def _run_graph(ctx, recipe: Recipe) -> int:
 
 
 def run(recipe_path: str, *, overrides) -> int:
+    recipe, _ = preflight(recipe_path, overrides=overrides)
     from rmrun import dist
     from rmrun.data import DataError
     from rmrun.model import ModelError
     from rmrun.store import LeaseLost, StoreError
     from rmrun.train import NonFiniteLoss, Preempted
 
-    recipe = load_recipe(recipe_path, overrides=overrides)
-    _check_environment(recipe_path, recipe, dist.world_from_env())
     rank = dist.start(seed=recipe.run.seed)
     try:
         _check_environment(recipe_path, recipe, rank.world)

@@ -99,10 +99,11 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     from rmrun.model import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    if ctx.rank.is_main and ctx.store.get(step.produces) is None:
+    # The runner's done-check has verified (or quarantined) a committed copy already.
+    if ctx.rank.is_main and ctx.store.peek(step.produces) is None:
         _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
     barrier()
-    state = ctx.store.get(step.produces)
+    state = ctx.store.peek(step.produces)  # files are verified against the manifest as they are read
     if state is None:
         raise RuntimeError(f"tokenized data {step.produces} is missing from {ctx.store.root}")
     ctx.artifacts["tokenizer"] = tokenizer
