@@ -76,7 +76,7 @@ def pools():
 
 
 @pytest.fixture(scope="session")
-def cuda_available() -> bool:
-    import torch  # workers are spawned, so asking here leaves them a clean CUDA state
-
-    return torch.cuda.is_available()
+def cuda_available() -> int:
+    """The number of CUDA GPUs (0: none); from nvidia-smi, so this process never initialises CUDA
+    and the spawned workers get a clean CUDA state."""
+    return len(machine.gpus())

@@ -38,6 +38,11 @@ MODEL_SIZES = ("tiny", "small")
 # The small Llama: hidden 256, 4 layers, 4 heads, intermediate 688 (built from the tiny config).
 SMALL_OVERRIDES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                    "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 688}
+# On a GPU the plugins are timed on a model big enough to matter (hidden 1024, 12 layers, 16 heads,
+# intermediate 2816: ~156M parameters with the tiny tokenizer's vocabulary), in bf16.
+GPU_MODEL_SIZES = ("medium",)
+MEDIUM_OVERRIDES = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
+                    "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2816}
 CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 VARIANTS = ("rmrun", "hand", "colossalchat")
 
@@ -170,6 +175,26 @@ def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
 # --------------------------------------------------------------------------- memory
 
 
+def _reset_peak_gpu(ranked) -> None:
+    if ranked.cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gpu(ranked) -> dict:
+    """The CUDA caching allocator's peak of this process since the last reset (model, optimizer
+    state, activations); {} on CPU."""
+    if not ranked.cuda:
+        return {}
+    import torch
+
+    torch.cuda.synchronize()
+    return {"peak_gpu_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+
+
 def _reset_peak_rss() -> bool:
     """Give freed heap pages back to the OS (glibc keeps them otherwise, so the RSS would stay
     at the largest variant's level) and reset the kernel's peak-RSS mark (VmHWM) of this
@@ -248,13 +273,14 @@ def model_dir(size: str) -> str:
 
     if size == "tiny":
         return str(TINY_MODEL_DIR)
-    if size != "small":
+    overrides = {"small": SMALL_OVERRIDES, "medium": MEDIUM_OVERRIDES}.get(size)
+    if overrides is None:
         raise ValueError(f"unknown model size {size!r}")
-    directory = os.path.join(tempfile.gettempdir(), f"rmrun-bench-small-llama-{os.getuid()}")
+    directory = os.path.join(tempfile.gettempdir(), f"rmrun-bench-{size}-llama-{os.getuid()}")
     os.makedirs(directory, exist_ok=True)
     with open(TINY_MODEL_DIR / "config.json") as f:
         config = json.load(f)
-    config.update(SMALL_OVERRIDES)
+    config.update(overrides)
     path = os.path.join(directory, "config.json")
     text = json.dumps(config, indent=2, sort_keys=True)
     if not os.path.exists(path) or open(path).read() != text:
@@ -265,7 +291,8 @@ def model_dir(size: str) -> str:
     return directory
 
 
-def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int):
+def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int,
+              cuda: bool = False):
     from benchmarks.data import TOKENIZER_DIR
     from rmrun.recipe.schema import (DataSection, LossSection, ModelSection, PluginSection, Recipe, RunSection,
                                      ScheduleSection)
@@ -274,7 +301,8 @@ def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group
         run=RunSection(name="bench", seed=seed),
         data=DataSection(train=("synthetic.jsonl",), max_length=max_length, group_by_length=group_by_length),
         model=ModelSection(pretrain=model_dir(size), tokenizer=str(TOKENIZER_DIR), init="random"),
-        plugin=PluginSection(name=plugin, mixed_precision="fp32" if plugin == "ddp" else "bf16"),
+        # CPU: ddp in fp32 (what the CPU can do well); GPU: every plugin in bf16.
+        plugin=PluginSection(name=plugin, mixed_precision="fp32" if plugin == "ddp" and not cuda else "bf16"),
         loss=LossSection(name="log_sig"),
         # The quickstart's optimisation settings; clipping on, as by default.
         schedule=ScheduleSection(max_epochs=1, batch_size=batch_size, lr=5e-4, weight_decay=0.01, grad_clip=1.0),
@@ -413,7 +441,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     tokenizer = _tokenizer()
     lengths = data.lengths()
     recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length, group_by_length=True,
-                       seed=seed)
+                       seed=seed, cuda=ranked.cuda)
     plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
     base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
     num_params = sum(p.numel() for p in base.parameters())
@@ -431,7 +459,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
     if "colossalchat" in variants:
         cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
-                              group_by_length=False, seed=seed)
+                              group_by_length=False, seed=seed, cuda=ranked.cuda)
         cls = _colossalchat_trainer_class()
         cls.max_length = max_length
         cc_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), cc_recipe, plan, data, cls=cls)
@@ -477,13 +505,14 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
                 if not memory_probe:
                     can_reset = _reset_peak_rss() and can_reset
                     before = _rss_kib()
+                    _reset_peak_gpu(ranked)
                 started = time.perf_counter()
                 loss = run_step(variant, step)
                 seconds = time.perf_counter() - started
                 indices = step.micro_batches[0].indices
                 if not memory_probe:
                     memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                                       "padded_length": padded_length(variant, indices)}
+                                       "padded_length": padded_length(variant, indices), **_peak_gpu(ranked)}
                 records[variant].append({
                     "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
                     "pairs": int(step.pairs), "local_pairs": int(len(indices)),
@@ -511,9 +540,11 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
             gc.collect()
             can_reset = _reset_peak_rss() and can_reset
             before = _rss_kib()
+            _reset_peak_gpu(ranked)
             run_step(variant, largest)
             memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                               "padded_length": padded_length(variant, largest.micro_batches[0].indices)}
+                               "padded_length": padded_length(variant, largest.micro_batches[0].indices),
+                               **_peak_gpu(ranked)}
     finally:
         gc.enable()
 

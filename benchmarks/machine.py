@@ -42,6 +42,19 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
+# Dense bf16 peak per GPU (vendor figures, no sparsity), for MFU.
+PEAK_BF16_FLOPS = {"h200": 989e12, "h100 80gb hbm3": 989e12, "h100 nvl": 835e12, "h100 pcie": 756e12,
+                   "h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10g": 70e12, "l4": 121e12}
+
+
+def peak_bf16_flops(gpu_name: str) -> float | None:
+    name = gpu_name.lower()
+    for key, flops in PEAK_BF16_FLOPS.items():  # most specific first
+        if key in name:
+            return flops
+    return None
+
+
 def version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -55,6 +68,7 @@ def info() -> dict:
         "cpu_model": cpu_model(),
         "cores": cores(),
         "gpu": ", ".join(gpu_list) if gpu_list else "none",
+        "peak_bf16_flops_per_gpu": peak_bf16_flops(gpu_list[0]) if gpu_list else None,
         "torch": version("torch"),
         "colossalai": version("colossalai"),
         "transformers": version("transformers"),

@@ -73,13 +73,27 @@ def variant_summary(steps: list[dict], memory: list[dict]) -> dict:
         "peak_rss_mib": max(m["peak_rss_kib"] for m in memory) / 1024,
         "resident_before_step_mib": max(m["rss_before_kib"] for m in memory) / 1024,
         "memory_probe_padded_length": max(m["padded_length"] for m in memory),
+        **({"peak_gpu_mib": max(m["peak_gpu_bytes"] for m in memory) / 2**20,
+            "peak_gpu_reserved_mib": max(m["peak_gpu_reserved_bytes"] for m in memory) / 2**20}
+           if all("peak_gpu_bytes" in m for m in memory) else {}),
+        "padded_tokens_per_second": padded / seconds if seconds else 0.0,
         "step_seconds": [round(s["seconds"], 5) for s in timed],
         "step_rounds": [s["round"] for s in timed],
     }
 
 
-def summarize_train(rank_results: list[dict], *, checkpoint_interval: int) -> dict:
-    """Per-variant throughput, the two side-by-side ratios, and checkpoint cost."""
+def model_flops_utilization(*, num_params: int, tokens_per_second: float, world_size: int,
+                            peak_flops: float | None) -> float | None:
+    """MFU: 6 × parameters × tokens/s (forward + backward of the dense layers; attention's
+    quadratic term left out, as is usual) over the peak of all the GPUs in use."""
+    if not peak_flops:
+        return None
+    return 6 * num_params * tokens_per_second / (peak_flops * world_size)
+
+
+def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_flops: float | None = None) -> dict:
+    """Per-variant throughput, the two side-by-side ratios, and checkpoint cost; MFU where the
+    accelerator's peak is known (counted on non-padding tokens: the useful work)."""
     first = rank_results[0]
     merged = {v: merge_ranks(rank_results, v) for v in first["records"]}
     out = {
@@ -93,6 +107,14 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int) -> di
                      for v, steps in merged.items()},
     }
     variants = out["variants"]
+    for v in variants.values():
+        mfu = model_flops_utilization(num_params=out["num_params"], tokens_per_second=v["tokens_per_second"],
+                                      world_size=out["world_size"], peak_flops=peak_flops)
+        if mfu is not None:
+            v["mfu"] = mfu
+            v["mfu_with_padding"] = model_flops_utilization(
+                num_params=out["num_params"], tokens_per_second=v["padded_tokens_per_second"],
+                world_size=out["world_size"], peak_flops=peak_flops)
     if "rmrun" in merged and "hand" in merged:
         # Same batches in the same round: paired per-step ratios are immune to slow phases
         # of the machine that hit a whole round.

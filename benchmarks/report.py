@@ -20,7 +20,7 @@ VARIANT_NAMES = {
     "colossalchat": "ColossalChat batching (random, pad to max_length)",
 }
 SHORT_NAMES = {"rmrun": "rmrun", "hand": "hand-written", "colossalchat": "ColossalChat batching"}
-MODEL_ORDER = {"tiny": 0, "small": 1}
+MODEL_ORDER = {"tiny": 0, "small": 1, "medium": 2}
 
 
 def _load(path: Path) -> dict:
@@ -119,7 +119,7 @@ def _header(doc: dict) -> list[str]:
     lines += [
         f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
         f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
-        f"fp32; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
+        f"{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
         "",
     ]
     return lines
@@ -174,14 +174,18 @@ def _goals(doc: dict) -> list[str]:
 def _throughput(doc: dict) -> list[str]:
     lines = ["## Throughput per plugin and config", "",
              "| plugin | procs | model | variant | pairs/s | non-padding tokens/s | padding | median step | "
-             "peak RSS per process @ padded length | steps |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "peak memory per process @ padded length | MFU | steps |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for e in _entries(doc, "train"):
         for name, v in e["variants"].items():
+            memory = f"{v['peak_rss_mib']:.0f} MiB RSS"
+            if "peak_gpu_mib" in v:
+                memory = f"{v['peak_gpu_mib']:.0f} MiB GPU, {memory}"
+            mfu = f"{v['mfu']:.1%}" if v.get("mfu") is not None else "—"
             lines.append(
                 f"| {e['plugin']} | {e['nproc']} | {_model_label(e)} | {SHORT_NAMES.get(name, name)} | "
                 f"{v['pairs_per_second']:.1f} | {v['tokens_per_second']:.0f} | {v['padding_fraction']:.1%} | "
-                f"{v['median_step_ms']:.0f} ms | {v['peak_rss_mib']:.0f} MiB @ {v['memory_probe_padded_length']} | "
+                f"{v['median_step_ms']:.0f} ms | {memory} @ {v['memory_probe_padded_length']} | {mfu} | "
                 f"{v['steps']} |")
     skipped = {}  # (plugin, procs, reason) -> models, in order
     for s in doc.get("rmrun_bench", {}).get("skipped", []):
@@ -190,8 +194,12 @@ def _throughput(doc: dict) -> list[str]:
             plugin, procs, model = name[len("test_train["):-1].split("-")
             skipped.setdefault((plugin, procs.removesuffix("proc"), s["reason"]), []).append(model)
     for (plugin, procs, reason), models in skipped.items():
-        lines.append(f"| {plugin} | {procs} | {', '.join(models)} | — | skipped: {reason} | | | | | |")
-    lines += ["", "Variants: " + "; ".join(f"**{SHORT_NAMES[k]}** = {v}" for k, v in VARIANT_NAMES.items()) + ".",
+        lines.append(f"| {plugin} | {procs} | {', '.join(models)} | — | skipped: {reason} | | | | | | |")
+    lines += ["", "MFU: 6 × parameters × non-padding tokens/s over the GPU's dense bf16 peak "
+              f"({(doc.get('rmrun_bench', {}).get('machine', {}).get('peak_bf16_flops_per_gpu') or 0) / 1e12:.0f} "
+              "TFLOP/s here); attention's quadratic term is not counted. Peak GPU memory: "
+              "torch.cuda.max_memory_allocated of the worker during the untimed probe step.",
+              "", "Variants: " + "; ".join(f"**{SHORT_NAMES[k]}** = {v}" for k, v in VARIANT_NAMES.items()) + ".",
               "Peak RSS: the kernel's high-water mark (VmHWM) of one worker process during an extra, untimed "
               "step of that variant on its largest batch of the epoch (freed heap pages returned to the OS "
               "and the mark reset just before); the variants share the process, so it includes all of their "

@@ -26,7 +26,8 @@ if SMOKE:
         "small": {"max_rounds": 1, "min_rounds": 1, "budget_seconds": 0, "colossalchat_every": 1, "warmup": False,
                  "memory_probe": False},
     }
-    CHECKPOINT_ROUNDS = 1
+    TRAIN_ROUNDS["medium"] = TRAIN_ROUNDS["small"]
+    CHECKPOINT_ROUNDS = GPU_CHECKPOINT_ROUNDS = 1
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
 else:
     TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 6000, 3
@@ -35,5 +36,8 @@ else:
         "tiny": {"max_rounds": 240, "min_rounds": 40, "budget_seconds": 60, "colossalchat_every": 3},
         "small": {"max_rounds": 80, "min_rounds": 16, "budget_seconds": 120, "colossalchat_every": 4},
     }
+    # GPU plugins on the ~156M model: steps take tens of ms, so rounds are cheap; checkpoints are GBs.
+    TRAIN_ROUNDS["medium"] = {"max_rounds": 60, "min_rounds": 20, "budget_seconds": 20, "colossalchat_every": 1}
     CHECKPOINT_ROUNDS = 5
+    GPU_CHECKPOINT_ROUNDS = 2
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000

@@ -19,11 +19,18 @@ import math
 import pytest
 
 from benchmarks import settings
-from benchmarks.harness import CUDA_PLUGINS, MODEL_SIZES, VARIANTS, model_dir
+from benchmarks.harness import CUDA_PLUGINS, GPU_MODEL_SIZES, MODEL_SIZES, VARIANTS, model_dir
 from benchmarks.metrics import summarize_startup, summarize_train
 
 # (plugin, processes): ddp with 1 and 2 processes on CPU; the CUDA plugins with one process per GPU.
 PLUGIN_CONFIGS = [("ddp", 1), ("ddp", 2)] + [(name, 1) for name in CUDA_PLUGINS]
+
+
+def peak_flops() -> float | None:
+    from benchmarks.machine import gpus, peak_bf16_flops
+
+    found = gpus()
+    return peak_bf16_flops(found[0]) if found else None
 
 
 def _checkpoint_interval() -> int:
@@ -52,23 +59,31 @@ def test_tokenize(benchmark):
     })
 
 
-@pytest.mark.parametrize("size", MODEL_SIZES)
+@pytest.mark.parametrize("size", MODEL_SIZES + GPU_MODEL_SIZES)
 @pytest.mark.parametrize("plugin,nproc", PLUGIN_CONFIGS, ids=[f"{p}-{n}proc" for p, n in PLUGIN_CONFIGS])
 def test_train(benchmark, pools, cuda_available, plugin, nproc, size):
     if plugin in CUDA_PLUGINS and not cuda_available:
         pytest.skip("needs CUDA")
-    variants = VARIANTS if plugin == "ddp" else ("rmrun",)  # the comparisons are about the CPU path
+    if size in GPU_MODEL_SIZES and not cuda_available:
+        pytest.skip("needs CUDA")
+    if cuda_available and size not in GPU_MODEL_SIZES:
+        pytest.skip("on a GPU the plugins are timed on the medium model")
+    if cuda_available and nproc > cuda_available:
+        pytest.skip(f"needs {nproc} GPUs")
+    # The side-by-side comparisons are about the CPU path (same fp32 arithmetic as the hand loop).
+    variants = VARIANTS if plugin == "ddp" and not cuda_available else ("rmrun",)
     pool = pools.get(nproc)
     interval = _checkpoint_interval()
+    checkpoint_rounds = settings.GPU_CHECKPOINT_ROUNDS if size in GPU_MODEL_SIZES else settings.CHECKPOINT_ROUNDS
 
     def measure():
         return pool.run("train", size=size, plugin=plugin, variants=variants, num_pairs=settings.TRAIN_PAIRS,
                         batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
-                        checkpoint_rounds=settings.CHECKPOINT_ROUNDS, **settings.TRAIN_ROUNDS[size])
+                        checkpoint_rounds=checkpoint_rounds, **settings.TRAIN_ROUNDS[size])
 
     raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.group = "train"
-    summary = summarize_train(raw, checkpoint_interval=interval)
+    summary = summarize_train(raw, checkpoint_interval=interval, peak_flops=peak_flops())
     benchmark.extra_info.update({"kind": "train", "plugin": plugin, "nproc": nproc, "model": size, **summary})
 
     for name, v in summary["variants"].items():

@@ -19,6 +19,7 @@ from rmrun.recipe.plan import Plan
 from rmrun.recipe.schema import PluginSection, ScheduleSection
 
 MIN_LR_RATIO = 0.1
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SHARDED = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 
 
@@ -64,6 +65,7 @@ class Boosted:
     scheduler: Any
     sharded: bool
     clips_itself: bool  # the plugin's optimizer clips gradients (max_norm)
+    autocast: torch.dtype | None = None  # set where rmrun autocasts the forward itself (ddp in bf16)
 
     @property
     def dp_group(self):
@@ -83,6 +85,12 @@ class Boosted:
         norm = self.optimizer.clip_grad_by_norm(max_norm)
         return float(norm) if norm is not None else None
 
+    def forward_context(self):
+        """Autocast around the forward where neither the plugin nor the Booster handles precision."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.autocast)
+
     def unwrap(self):
         return self.model.unwrap(unwrap_peft=False)
 
@@ -101,6 +109,7 @@ class Boosted:
         if scaler is not None:
             with open(os.path.join(directory, "loss_scale.json"), "w") as f:
                 json.dump(capture_grad_scaler(scaler), f)
+        save_zero_masters(self.model, self.optimizer, directory)
 
     def load(self, directory: str) -> None:
         import os
@@ -117,6 +126,71 @@ class Boosted:
         if scaler is not None and os.path.exists(saved):
             with open(saved) as f:
                 restore_grad_scaler(scaler, json.load(f))
+        load_zero_masters(self.model, self.optimizer, directory)
+
+
+# ZeRO (LowLevelZero, and HybridParallel with zero_stage > 0) keeps fp32 master shards
+# outside both state dicts: ``load_model`` rebuilds them from the bf16/fp16 working weights,
+# which drops their low bits, so a resumed run would drift from one that never stopped.
+# Each rank saves its own master shards and puts them back after the Booster's load.
+MASTERS = "zero_master"
+
+
+def _zero_masters(model, optimizer) -> dict[str, torch.Tensor]:
+    mapping = getattr(optimizer, "working_to_master_param", None)
+    if mapping is None:
+        return {}
+    return {name: mapping[id(p)] for name, p in model.named_parameters() if id(p) in mapping}
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _masters_file(directory: str) -> str:
+    import os
+
+    return os.path.join(directory, MASTERS, f"rank-{_world()[0]:05d}.safetensors")
+
+
+def save_zero_masters(model, optimizer, directory: str) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    masters = _zero_masters(model, optimizer)
+    if not masters:
+        return
+    path = _masters_file(directory)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in masters.items()}, path,
+              metadata={"world_size": str(_world()[1])})
+
+
+def load_zero_masters(model, optimizer, directory: str) -> None:
+    """Put this rank's saved master shards back; shards saved under another layout (a changed
+    world size) do not fit and are left as the Booster rebuilt them."""
+    import os
+
+    from safetensors.torch import load_file
+
+    masters = _zero_masters(model, optimizer)
+    path = _masters_file(directory)
+    if not masters or not os.path.exists(path):
+        return
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        if (f.metadata() or {}).get("world_size") != str(_world()[1]):
+            return
+    saved = load_file(path)
+    if set(saved) != set(masters) or any(saved[n].shape != t.shape for n, t in masters.items()):
+        return
+    with torch.no_grad():
+        for name, master in masters.items():
+            master.copy_(saved[name].to(master.device, master.dtype))
 
 
 def make_plugin(plan: Plan):
@@ -145,4 +219,5 @@ def boost(model, *, plan: Plan, plugin: PluginSection, schedule: ScheduleSection
         scheduler=scheduler,
         sharded=plugin.name in SHARDED,
         clips_itself=plugin.name in SHARDED,
+        autocast=_DTYPES[plan.autocast] if cuda and plan.autocast else None,
     )

@@ -33,14 +33,14 @@ def pair_sums(chosen: torch.Tensor, rejected: torch.Tensor, losses: torch.Tensor
     rewards = torch.cat([chosen, rejected])
     return torch.stack(
         [
-            torch.tensor(float(chosen.numel())),
+            torch.tensor(float(chosen.numel()), device=chosen.device),
             losses.detach().float().sum(),
             (chosen > rejected).float().sum(),
             (chosen - rejected).sum(),
             chosen.sum(),
             rejected.sum(),
             rewards.pow(2).sum(),
-            torch.tensor(float(rewards.numel())),
+            torch.tensor(float(rewards.numel()), device=rewards.device),
         ]
     )
 

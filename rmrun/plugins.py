@@ -97,7 +97,16 @@ def plugin_call(plugin: PluginSection, schedule: ScheduleSection) -> tuple[str, 
 
 
 def booster_mixed_precision(plugin: PluginSection) -> str | None:
-    """Plugins that do not manage precision themselves (ddp) get it from the Booster."""
-    if plugin.name == "ddp" and plugin.mixed_precision != "fp32":
-        return plugin.mixed_precision
+    """Plugins that do not manage precision themselves (ddp) get fp16 from the Booster (torch AMP
+    with a dynamic loss scale). ColossalAI 0.5.0's Booster has no bf16 (its BF16MixedPrecision is
+    abstract): ddp in bf16 runs its forward under ``torch.autocast`` instead (:func:`autocast_dtype`)."""
+    if plugin.name == "ddp" and plugin.mixed_precision == "fp16":
+        return "fp16"
+    return None
+
+
+def autocast_dtype(plugin: PluginSection) -> str | None:
+    """The dtype rmrun autocasts the forward to itself, where no plugin or Booster does it."""
+    if plugin.name == "ddp" and plugin.mixed_precision == "bf16":
+        return "bf16"
     return None

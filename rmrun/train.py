@@ -93,7 +93,8 @@ class Trainer:
 
         batch = collate(data, indices, pad_token_id=self.pad_id)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-        rewards = self.read_rewards(self.boosted.model, ids, mask).float()
+        with self.boosted.forward_context():
+            rewards = self.read_rewards(self.boosted.model, ids, mask).float()
         half = len(indices)
         return rewards[:half], rewards[half:], batch, int(mask.sum())
 

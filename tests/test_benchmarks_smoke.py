@@ -55,7 +55,7 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
         cuda = False
     if not cuda:
         for plugin in CUDA_PLUGINS:
-            for size in ("tiny", "small"):
+            for size in ("tiny", "small", "medium"):
                 assert skipped.get(f"test_train[{plugin}-1proc-{size}]") == "needs CUDA"
 
     md = md_path.read_text()
@@ -71,4 +71,5 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
     assert goal_rows and all("MET" in line or "MISSED" in line for line in goal_rows)
     if not cuda:
         for plugin in CUDA_PLUGINS:
-            assert f"| {plugin} | 1 | tiny, small | — | skipped: needs CUDA |" in md
+            assert f"| {plugin} | 1 | tiny, small, medium | — | skipped: needs CUDA |" in md
+        assert "| ddp | 1 | medium | — | skipped: needs CUDA |" in md  # the GPU-sized model

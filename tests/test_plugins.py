@@ -11,7 +11,7 @@ import inspect
 
 import pytest
 
-from rmrun.plugins import INITIAL_SCALE, PLUGINS, booster_mixed_precision, plugin_call
+from rmrun.plugins import INITIAL_SCALE, PLUGINS, autocast_dtype, booster_mixed_precision, plugin_call
 from rmrun.recipe.schema import PluginSection, ScheduleSection
 
 SCHEDULE = ScheduleSection(grad_clip=0.7, accumulation_steps=1)
@@ -125,10 +125,16 @@ def test_plugin_call_uses_only_its_two_sections():
 
 
 def test_booster_mixed_precision():
-    assert booster_mixed_precision(PluginSection(name="ddp", mixed_precision="bf16")) == "bf16"
+    # ColossalAI 0.5.0's Booster has fp16 (torch AMP) but no bf16: ddp in bf16 autocasts itself.
+    assert booster_mixed_precision(PluginSection(name="ddp", mixed_precision="fp16")) == "fp16"
+    assert booster_mixed_precision(PluginSection(name="ddp", mixed_precision="bf16")) is None
+    assert autocast_dtype(PluginSection(name="ddp", mixed_precision="bf16")) == "bf16"
     assert booster_mixed_precision(PluginSection(name="ddp", mixed_precision="fp32")) is None
+    assert autocast_dtype(PluginSection(name="ddp", mixed_precision="fp32")) is None
     for name in ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"):
-        assert booster_mixed_precision(PluginSection(name=name, mixed_precision="bf16")) is None
+        for precision in ("bf16", "fp16"):
+            assert booster_mixed_precision(PluginSection(name=name, mixed_precision=precision)) is None
+            assert autocast_dtype(PluginSection(name=name, mixed_precision=precision)) is None
 
 
 def test_every_keyword_exists_in_the_installed_colossalai_class():

@@ -34,6 +34,7 @@ class Plan:
     booster_mixed_precision: str | None
     state: str
     export: str
+    autocast: str | None = None  # the forward's autocast dtype where rmrun does it (ddp in bf16)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -51,7 +52,7 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
 
 
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
-    from rmrun.plugins import booster_mixed_precision, plugin_call
+    from rmrun.plugins import autocast_dtype, booster_mixed_precision, plugin_call
     from rmrun.recipe.validate import model_parallel_size
 
     p, s = recipe.plugin, recipe.schedule
@@ -81,4 +82,5 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
         booster_mixed_precision=booster_mixed_precision(p),
         state=recipe.state_url,
         export=recipe.export_url,
+        autocast=autocast_dtype(p),
     )
