@@ -12,7 +12,7 @@ import sys
 
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-COMMANDS = ("run", "check", "status", "explain", "verify-resume")
+COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval")
 
 
 def _recipe_keys_help() -> str:
@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed choosing the kill steps")
     p.add_argument("--workdir", default=None, help="where the two runs keep their state (default: a temp dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    for name, text in (
+        ("score", "score rows with an exported reward model: one JSON line per row (rewards, and the margin of "
+                  "a pair), text rendered exactly as in training"),
+        ("eval", "evaluate an exported reward model on preference files: accuracy, loss, margin, accuracy per "
+                 "length and per subset, the longer-wins baseline, calibration (ECE, Brier), reward mean/std"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("model", help="export directory (local path or fsspec URL) written by `rmrun run`")
+        p.add_argument("data", nargs="+", help="files of pairs (any [data] format) or of {prompt, response} rows")
+        p.add_argument("--out", default=None,
+                       help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout")
+        p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
     return parser
 
 
@@ -63,6 +75,19 @@ def _fail(lines, code: int) -> int:
     for line in lines:
         print(f"rmrun: {line}", file=sys.stderr)
     return code
+
+
+def _use(args) -> int:
+    from rmrun import scoring
+    from rmrun.data import DataError
+
+    if args.batch_size < 1:
+        return _fail([f"--batch-size must be at least 1, got {args.batch_size}"], EXIT_USAGE)
+    command = scoring.score if args.command == "score" else scoring.evaluate
+    try:
+        return command(args.model, args.data, out=args.out, batch_size=args.batch_size)
+    except (scoring.ScoreError, DataError) as e:
+        return _fail([str(e)], EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             from rmrun.commands import status
 
             return status(args.target, overrides=args.overrides)
+        if args.command in ("score", "eval"):
+            return _use(args)
         if args.command == "verify-resume":
             from rmrun.verify import verify_resume
 

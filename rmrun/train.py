@@ -152,12 +152,13 @@ class Trainer:
 
     # ------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Eval metrics over all ranks; never touches the training RNG streams or data order."""
+    def evaluate(self, data=None) -> dict:
+        """Eval metrics over all ranks (on ``data``, default the eval files); never touches the
+        training RNG streams or data order."""
         model = self.boosted.model
         was_training = model.training
         model.eval()
-        data = self.eval_data
+        data = self.eval_data if data is None else data
         n = len(data)
         per_rank = -(-n // self.plan.dp_size)
         mine = np.arange(self.dp_rank * per_rank, min(n, (self.dp_rank + 1) * per_rank))

@@ -192,6 +192,13 @@ class OutputSection:
         None,
         path=True,
     )
+    reward_stats: bool = doc(
+        "Score every training pair with the final model (one forward pass over the training data, no "
+        "backward) and store the rewards' mean and std in the export's config.json as `mean` and `std` "
+        "(the names OpenRLHF reads to normalize rewards; `normalize_reward` is written as false, so "
+        "nothing changes unless the RLHF stage asks for it).",
+        True,
+    )
 
 
 @dataclass(frozen=True)

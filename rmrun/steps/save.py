@@ -14,8 +14,11 @@ import shutil
 import tempfile
 
 
-def _export_files(ctx, directory: str, trainer) -> None:
+def _export_files(ctx, directory: str, trainer, *, data, loss, reward_stats: dict | None) -> None:
+    from rmrun.scoring import write_contract
     from rmrun.train import metrics_jsonl
+
+    write_contract(directory, data=data, loss=loss, reward_stats=reward_stats)
 
     with open(os.path.join(directory, "recipe.toml"), "w") as f:
         f.write(ctx.recipe_text)
@@ -64,16 +67,24 @@ def _upload(local_dir: str, url: str) -> None:
         fs.put_file(os.path.join(local_dir, name), f"{path.rstrip('/')}/{name}")
 
 
-def run(ctx, step, *, output) -> None:
+def _reward_stats(trainer) -> dict:
+    """Mean and std of the final model's rewards over every training pair, both responses."""
+    result = trainer.evaluate(data=trainer.data)
+    return {"mean": (result["chosen_reward"] + result["rejected_reward"]) / 2, "std": result["reward_std"],
+            "pairs": result["pairs"], "data": "train"}
+
+
+def run(ctx, step, *, output, data, loss) -> None:
     from rmrun.collective import barrier, broadcast
 
     trainer = ctx.artifacts["trainer"]
+    stats = _reward_stats(trainer) if output.reward_stats else None  # every rank takes part
     tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
     try:
         _write_model(ctx, tmp, ctx.artifacts["boosted"], ctx.artifacts["tokenizer"])
         barrier()
         if ctx.rank.is_main:
-            _export_files(ctx, tmp, trainer)
+            _export_files(ctx, tmp, trainer, data=data, loss=loss, reward_stats=stats)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, ctx.plan.export)
             staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
