@@ -133,7 +133,8 @@ def read_rows(urls, *, format: str) -> list[Row]:
     """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, others
     pairwise), and single responses: ``{"prompt": ..., "response": "..."}``."""
     from rmrun.data.formats import (DataError, Message, PreferencePair, _BadRow, _iter_raw_rows,
-                                    _parse_colossalchat_row, _parse_messages, _parse_pairwise_row)
+                                    _check_prompt_roles, _parse_colossalchat_row, _parse_messages,
+                                    _parse_pairwise_row)
 
     rows = []
     for url in urls:
@@ -152,6 +153,7 @@ def read_rows(urls, *, format: str) -> list[Row]:
                         messages = (Message("user", prompt),) if prompt else ()
                     else:
                         messages = _parse_messages(prompt, field="prompt", role_key="role")
+                    _check_prompt_roles(messages, field="prompt", allow_empty=True)
                     side = (Message("assistant", response),)
                     pair, single = PreferencePair(prompt=messages, chosen=side, rejected=side, source=source), True
                 elif "context" in raw or (format == "colossalchat" and "prompt" not in raw):
