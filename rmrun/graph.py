@@ -64,7 +64,7 @@ def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[S
     if has_eval:
         steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces="eval-final", sections=("loss", "eval")))
         previous = "evaluate"
-    steps.append(Step("save", "save", needs=(previous, "boost"), produces="export", sections=("output", "data", "loss")))
+    steps.append(Step("save", "save", needs=(previous, "boost"), produces="export", sections=("output", "data", "loss", "model", "run")))
     return steps
 
 

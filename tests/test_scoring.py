@@ -156,3 +156,15 @@ def test_torchrun_shards_cover_every_row_once(trained):
         assert a["chosen"] == pytest.approx(b["chosen"], abs=1e-5)
         assert a["rejected"] == pytest.approx(b["rejected"], abs=1e-5)
 
+
+
+def test_the_export_has_a_model_card(trained):
+    from pathlib import Path
+
+    card = (Path(trained["export"]) / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: transformers" in front and "pipeline_tag: text-classification" in front
+    assert "- reward-model" in front
+    accuracy = trained["eval_json"]["accuracy"]
+    assert f"| accuracy | {accuracy:.4f} |" in card
+    assert f"mean {trained['config']['mean']:.4f}" in card

@@ -14,8 +14,9 @@ import shutil
 import tempfile
 
 
-def _export_files(ctx, directory: str, trainer, *, data, loss, reward_stats: dict | None) -> None:
-    from rmrun.scoring import write_contract
+def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: str,
+                  reward_stats: dict | None) -> None:
+    from rmrun.scoring import write_contract, write_model_card
     from rmrun.train import metrics_jsonl
 
     write_contract(directory, data=data, loss=loss, reward_stats=reward_stats)
@@ -30,6 +31,9 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, reward_stats: dic
     if evaluation is not None:
         with open(os.path.join(directory, "eval.json"), "wb") as f:
             f.write(evaluation.read_bytes("eval.json"))
+    final = json.loads(evaluation.read_bytes("eval.json"))["final"] if evaluation is not None else None
+    write_model_card(directory, run_name=run_name,
+                     model=model, data=data, evaluation=final, reward_stats=reward_stats)
 
 
 def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
@@ -74,7 +78,7 @@ def _reward_stats(trainer) -> dict:
             "pairs": result["pairs"], "data": "train"}
 
 
-def run(ctx, step, *, output, data, loss) -> None:
+def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (sections arrive by table name)
     from rmrun.collective import barrier, broadcast
 
     trainer = ctx.artifacts["trainer"]
@@ -84,7 +88,7 @@ def run(ctx, step, *, output, data, loss) -> None:
         _write_model(ctx, tmp, ctx.artifacts["boosted"], ctx.artifacts["tokenizer"])
         barrier()
         if ctx.rank.is_main:
-            _export_files(ctx, tmp, trainer, data=data, loss=loss, reward_stats=stats)
+            _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, ctx.plan.export)
             staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
