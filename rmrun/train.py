@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -225,7 +226,14 @@ class StopSignal:
 class LogHook:
     """metrics to the terminal: a progress bar on a TTY, plain lines every N steps otherwise."""
 
-    def __init__(self, *, every: int, plan, rank, mode: str, tensorboard_dir: str | None, start_step: int):
+    SYNC_SECONDS = 60
+
+    def __init__(self, *, every: int, plan, rank, mode: str, tensorboard_dir: str | None, start_step: int,
+                 tensorboard_url: str | None = None, sync_steps: int | None = None):
+        """``tensorboard_dir``: a local directory for the event files; ``tensorboard_url``: where
+        they are copied (a state on s3://, gs://...) every minute, every ``sync_steps`` steps (the
+        checkpoint interval: what a resume keeps is in the store), at epoch ends and at the end."""
+        self.sync_steps = sync_steps
         self.every = every
         self.plan = plan
         self.enabled = rank.is_main
@@ -240,10 +248,15 @@ class LogHook:
 
             self.bar = tqdm(total=plan.total_steps, initial=start_step, unit="step", dynamic_ncols=True)
         self.writer = None
+        self.tensorboard_dir, self.tensorboard_url = tensorboard_dir, tensorboard_url
+        self.synced: dict[str, int] = {}
+        self.last_sync = time.monotonic()
         if self.enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(tensorboard_dir)
+            # purge_step: a resumed run re-does the steps after its checkpoint; TensorBoard
+            # then drops the first attempt's events from there on instead of showing both.
+            self.writer = SummaryWriter(tensorboard_dir, purge_step=start_step + 1 if start_step else None)
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
         if not self.enabled:
@@ -258,6 +271,9 @@ class LogHook:
             for key in ("loss", "accuracy", "margin", "lr"):
                 if line.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", line[key], line["step"])
+            if (boundary or time.monotonic() - self.last_sync >= self.SYNC_SECONDS
+                    or (self.sync_steps and line["step"] % self.sync_steps == 0)):
+                self.sync()
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", acc=f"{line.get('accuracy', 0):.3f}",
                                  lr=f"{line['lr']:.2e}", pairs_s=f"{rate:.1f}")
@@ -282,11 +298,32 @@ class LogHook:
         else:
             print(message, flush=True)
 
+    def sync(self) -> None:
+        """Flush the event files and copy new or grown ones to ``tensorboard_url``."""
+        self.last_sync = time.monotonic()
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self.tensorboard_url is None:
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.tensorboard_url)
+        for name in sorted(os.listdir(self.tensorboard_dir)):
+            path = os.path.join(self.tensorboard_dir, name)
+            size = os.path.getsize(path)
+            if os.path.isfile(path) and self.synced.get(name) != size:
+                fs.put_file(path, f"{root.rstrip('/')}/{name}")
+                self.synced[name] = size
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         if self.writer is not None:
+            self.sync()
             self.writer.close()
+            self.writer = None
 
 
 class EvalHook:

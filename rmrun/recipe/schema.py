@@ -176,7 +176,11 @@ class LogSection:
     """[log]: what the run reports while it trains."""
 
     interval_steps: int = doc("Print a log line every N optimizer steps (metrics.jsonl gets every step).", 10)
-    tensorboard: bool = doc("Also write TensorBoard events under <state>/tensorboard.", False)
+    tensorboard: bool = doc(
+        "Also write TensorBoard events under <state>/tensorboard (on a remote state they are written "
+        "locally and copied there every minute, at epoch ends and at the end).",
+        False,
+    )
     progress: Literal["auto", "bar", "lines", "off"] = doc(
         "Progress display: a bar on a terminal and plain lines otherwise (auto).", "auto"
     )

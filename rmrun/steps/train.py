@@ -25,11 +25,17 @@ def _hooks(ctx, trainer, *, checkpoint, eval, log):
     from rmrun.train import CheckpointHook, EvalHook, LogHook, StopSignal
 
     if "hooks" not in ctx.artifacts:
-        tb = None
-        if log.tensorboard and "://" not in ctx.store.root:
-            tb = posixpath.join(ctx.store.root, "tensorboard")
+        tb, tb_url = None, None
+        if log.tensorboard and ctx.rank.is_main:
+            if "://" not in ctx.store.root:
+                tb = posixpath.join(ctx.store.root, "tensorboard")
+            else:  # written locally, copied into the store (TensorBoard reads s3:// and gs:// logdirs)
+                import tempfile
+
+                tb, tb_url = tempfile.mkdtemp(prefix="rmrun-tensorboard-"), posixpath.join(ctx.store.root, "tensorboard")
         log_hook = LogHook(every=log.interval_steps, plan=ctx.plan, rank=ctx.rank, mode=log.progress,
-                           tensorboard_dir=tb, start_step=trainer.state.step)
+                           tensorboard_dir=tb, tensorboard_url=tb_url, start_step=trainer.state.step,
+                           sync_steps=checkpoint.interval_steps)
         ctx.artifacts["hooks"] = [
             log_hook,
             EvalHook(every=eval.interval_steps, log=log_hook),
@@ -47,7 +53,16 @@ def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) ->
     trainer = _trainer(ctx, schedule=schedule, loss=loss, data=data, eval=eval)
     if trainer.state.epoch <= epoch and not trainer.state.finished:
         hooks = _hooks(ctx, trainer, checkpoint=checkpoint, eval=eval, log=log)
-        loop(trainer, epoch, hooks)
+        try:
+            loop(trainer, epoch, hooks)
+        except BaseException:
+            try:  # keep what was logged (a preemption, say); the original error is what is reported
+                hooks[0].sync()
+            except Exception:
+                pass
+            raise
+        if trainer.state.finished:
+            hooks[0].close()  # the LogHook: progress bar and TensorBoard files
     if ctx.rank.is_main and ctx.store.get(epoch_key(epoch)) is None:
         staged = ctx.stage(epoch_key(epoch), meta={"epoch": epoch, "step": trainer.state.step})
         staged.write_bytes("epoch.json", b"{}")
