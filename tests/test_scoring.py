@@ -20,7 +20,7 @@ TOLERANCE = 1e-5
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("scored")
     recipe = small_recipe(root, train_pairs=96, eval_pairs=40,
-                          extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n")
+                          extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n[output]\ncolossalchat = true\n")
     done = rmrun("run", recipe)
     assert done.returncode == 0, done.stderr[-3000:]
     export = root / "state" / "export"
@@ -168,3 +168,48 @@ def test_the_export_has_a_model_card(trained):
     accuracy = trained["eval_json"]["accuracy"]
     assert f"| accuracy | {accuracy:.4f} |" in card
     assert f"mean {trained['config']['mean']:.4f}" in card
+
+
+def test_colossalchat_layout_round_trips_into_its_reward_model(trained):
+    """The file loads with ColossalAI's own checkpoint IO into ColossalChat's RewardModel layout
+    (AutoModel backbone as ``model``, ``value_head``) and gives rmrun's rewards."""
+    import os
+
+    import torch
+    from colossalai.checkpoint_io import GeneralCheckpointIO
+    from transformers import AutoModel
+
+    from rmrun.data import collate, tokenize_pairs
+    from rmrun.handoff import COLOSSALCHAT_FILE
+    from rmrun.scoring import open_export, read_rows
+
+    path = os.path.join(trained["export"], COLOSSALCHAT_FILE)
+    assert "modeling" in path  # train_ppo.py loads --rm_checkpoint_path with booster.load_model only then
+
+    class RewardModel(torch.nn.Module):  # coati.models.RewardModel's parameters and forward
+        def __init__(self, pretrained):
+            super().__init__()
+            self.model = AutoModel.from_pretrained(pretrained)
+            self.value_head = torch.nn.Linear(self.model.config.hidden_size, 1)
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.model(input_ids, attention_mask=attention_mask)["last_hidden_state"]
+            last = torch.max(attention_mask * torch.arange(input_ids.size(1)), dim=1)[0]
+            return self.value_head(hidden[torch.arange(hidden.size(0)), last]).squeeze(-1)
+
+    reward_model = RewardModel(trained["export"]).eval()
+    torch.nn.init.normal_(reward_model.value_head.weight)
+    GeneralCheckpointIO().load_model(reward_model, path, strict=True)
+    assert torch.equal(reward_model.value_head.bias, torch.zeros(1))
+
+    export = open_export(trained["export"])
+    rows = read_rows([trained["eval_file"]], format="colossalchat")[:8]
+    data = export.contract["data"]
+    tokenized = tokenize_pairs([r.pair for r in rows], export.tokenizer, max_length=data["max_length"],
+                               overflow=data["overflow"], template=export.template)
+    batch = collate(tokenized, list(range(len(rows))), pad_token_id=export.tokenizer.pad_token_id)
+    with torch.no_grad():
+        theirs = reward_model(batch["input_ids"], batch["attention_mask"])
+    ours = _score(trained, trained["eval_file"], out_name="handoff.jsonl")[:8]
+    expected = [line["chosen"] for line in ours] + [line["rejected"] for line in ours]
+    assert theirs.tolist() == pytest.approx(expected, abs=1e-5)

@@ -203,6 +203,12 @@ class OutputSection:
         "nothing changes unless the RLHF stage asks for it).",
         True,
     )
+    colossalchat: bool = doc(
+        "Also write colossalchat-modeling.safetensors: the weights under ColossalChat's RewardModel names "
+        "(backbone under model., head as value_head), for its PPO stage: "
+        "--rm_pretrain <export> --rm_checkpoint_path <export>/colossalchat-modeling.safetensors.",
+        False,
+    )
 
 
 @dataclass(frozen=True)
@@ -246,5 +252,7 @@ NON_RESULT_KEYS = frozenset(
         "log.tensorboard",
         "log.progress",
         "output.dir",
+        "output.reward_stats",
+        "output.colossalchat",
     }
 )

@@ -89,6 +89,10 @@ def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (se
         barrier()
         if ctx.rank.is_main:
             _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
+            if output.colossalchat:
+                from rmrun.handoff import write_colossalchat_reward_model
+
+                write_colossalchat_reward_model(tmp)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, ctx.plan.export)
             staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
