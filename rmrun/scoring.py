@@ -124,8 +124,24 @@ def _local_copy(url: str) -> str:
     return local
 
 
+def _export_of_state(model: str) -> str | None:
+    """The export URL a state root (``run.state``) published, if ``model`` is one."""
+    from rmrun.store import StateStore
+
+    try:
+        record = StateStore(model).peek("export")
+    except Exception:  # not a state root at all: the caller reports the path as it was given
+        return None
+    return record.manifest["meta"].get("url") if record is not None else None
+
+
 def open_export(model: str, *, device=None) -> Export:
-    """Load an export directory (local path or fsspec URL) made by ``rmrun run``."""
+    """Load an export directory (local path or fsspec URL) made by ``rmrun run``, or the export
+    a state root published."""
+    if not (os.path.exists(os.path.join(model, "config.json")) if "://" not in model else False):
+        published = _export_of_state(model)
+        if published is not None:
+            model = published
     directory = model if "://" not in model else _local_copy(model)
     if not os.path.isdir(directory):
         raise ScoreError(f"{model}: no such export directory")

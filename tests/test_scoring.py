@@ -52,6 +52,14 @@ def test_score_reproduces_the_training_time_rewards(trained):
     assert math.isclose(sum(rejected) / len(rejected), final["rejected_reward"], abs_tol=TOLERANCE)
 
 
+def test_a_state_root_scores_with_the_export_it_published(trained):
+    by_export = _score(trained, trained["eval_file"], out_name="by_export.jsonl")
+    out = trained["root"] / "by_state.jsonl"
+    done = rmrun("score", str(trained["root"] / "state"), trained["eval_file"], "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == by_export
+
+
 def test_eval_reproduces_the_training_time_report(trained):
     out = trained["root"] / "report.json"
     done = rmrun("eval", trained["export"], trained["eval_file"], "--out", str(out))
