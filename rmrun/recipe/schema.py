@@ -103,6 +103,11 @@ class ModelSection:
         "pretrained",
     )
     lora: Optional[LoraSection] = doc("LoRA adapters; absent means full fine-tuning.", None)
+    trust_remote_code: bool = doc(
+        "Run the Python code a model or tokenizer directory ships (its auto_map). Off: such a model "
+        "is refused with a one-line error, never a prompt.",
+        False,
+    )
 
 
 @dataclass(frozen=True)
@@ -235,5 +240,6 @@ NON_RESULT_KEYS = frozenset(
         "log.tensorboard",
         "log.progress",
         "output.dir",
+        "model.trust_remote_code",
     }
 )

@@ -63,6 +63,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
     from safetensors.numpy import save
 
     from rmrun.data import load_chat_template
+    from rmrun.faults import fault_point
 
     template = load_chat_template(data.chat_template)
     staged = ctx.stage(step.produces, meta={"step": "tokenize"})
@@ -78,6 +79,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
             f"{s['bad_rows_skipped']} bad rows skipped), {s['pairs_per_second']:.0f} pairs/s"
         )
     staged.write_bytes("stats.json", json.dumps(stats, indent=2).encode())
+    fault_point("tokenize_commit")
     staged.commit()
 
 
@@ -96,6 +98,7 @@ def _load(state) -> dict:
 
 def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     from rmrun.collective import barrier
+    from rmrun.faults import fault_point
     from rmrun.model import load_tokenizer
 
     tokenizer = load_tokenizer(model)
@@ -108,3 +111,4 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
         raise RuntimeError(f"tokenized data {step.produces} is missing from {ctx.store.root}")
     ctx.artifacts["tokenizer"] = tokenizer
     ctx.artifacts["data"] = _load(state)
+    fault_point("tokenized", rank=ctx.rank.rank)
