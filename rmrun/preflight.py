@@ -4,8 +4,10 @@ The static checks live in the recipe layer (``rmrun.recipe.validate``); the ones
 here need the environment: the world (process count, CUDA), the URL protocols fsspec
 knows and whose package is installed, locations that exist and can be written (a tiny
 create/delete probe), and the training data itself (rows counted after skipping bad
-ones, against the batch size). Every problem is collected and raised at once as a
-:class:`RecipeError`, one line each, ``file: [section].key: message``.
+ones, against the batch size). As the style asks, two phases: the recipe's own
+problems first (all of them), then, on a recipe that decodes and is consistent, every
+problem found here, collected and raised at once as a :class:`RecipeError`, one line
+each, ``file: [section].key: message`` (a data row names its ``file:line``).
 
 This module imports fsspec and the data readers (no torch).
 """
@@ -178,7 +180,7 @@ def preflight(recipe_path: str, *, overrides, world: World | None = None, read_d
     anything heavy is imported. Returns (recipe, world, training pair count or None)."""
     from rmrun.dist import world_from_env
 
-    recipe = load_recipe(recipe_path, overrides=overrides)
+    recipe = load_recipe(recipe_path, overrides=overrides)  # static problems, all in one pass
     world = world or world_from_env()
     problems = environment_problems(recipe, world) + location_problems(recipe) + input_problems(recipe)
     num_pairs = None
@@ -186,8 +188,7 @@ def preflight(recipe_path: str, *, overrides, world: World | None = None, read_d
         more, num_pairs = data_problems(recipe, world)
         problems += more
     if problems:
-        raise RecipeError([p if p.startswith(recipe_path) or _is_data_line(p) else f"{recipe_path}: {p}"
-                           for p in problems])
+        raise RecipeError([p if _is_data_line(p) else f"{recipe_path}: {p}" for p in problems])
     return recipe, world, num_pairs
 
 
