@@ -53,10 +53,10 @@ def restore_enabled(piece: str) -> bool:
 def _matches(spec: str, point: str, step: int) -> tuple[bool, bool]:
     """(matches, applies to every rank) for ``POINT[:STEP][:all]``."""
     parts = spec.split(":")
+    if parts[0] not in FAULT_POINTS:  # a typo must not turn a kill test into a clean run
+        raise ValueError(f"RMRUN_FAULTS: unknown fault point {parts[0]!r}; known: {', '.join(FAULT_POINTS)}")
     if parts[0] != point:
         return False, False
-    if parts[0] not in FAULT_POINTS:
-        raise ValueError(f"RMRUN_FAULTS: unknown fault point {parts[0]!r}; known: {', '.join(FAULT_POINTS)}")
     rest = parts[1:]
     everyone = bool(rest) and rest[-1] == "all"
     if everyone:

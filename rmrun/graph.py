@@ -108,10 +108,11 @@ class Runner:
             try:
                 _resolve(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
             except BaseException as e:
-                self.record(
-                    step.name,
-                    {"state": "failed", "attempts": attempts, "finished": time.time(), "error": f"{type(e).__name__}: {e}"[:500]},
-                )
+                try:
+                    self.record(step.name, {"state": "failed", "attempts": attempts, "finished": time.time(),
+                                            "error": f"{type(e).__name__}: {e}"[:500]})
+                except Exception:  # noqa: BLE001 - a full or read-only disk: the first error is the one to report
+                    pass
                 raise
             self.record(step.name, {"state": "done", "attempts": attempts, "finished": time.time()})
             ran.append(step.name)

@@ -62,7 +62,7 @@ def _tokenize_split(urls, *, data: DataSection, tokenizer, template, say):
 def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
     from safetensors.numpy import save
 
-    from rmrun.data import load_chat_template
+    from rmrun.data import DataError, load_chat_template
     from rmrun.faults import fault_point
 
     template = load_chat_template(data.chat_template)
@@ -72,6 +72,10 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
         if not urls:
             continue
         tokenized, stats[split] = _tokenize_split(urls, data=data, tokenizer=tokenizer, template=template, say=ctx.say)
+        s = stats[split]
+        if s["pairs"] == 0:
+            raise DataError(f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
+                            f"rows skipped, {s['dropped']} dropped as longer than max_length {data.max_length})")
         staged.write_bytes(ARRAY_FILES[split], save(tokenized.to_arrays()))
         s = stats[split]
         ctx.say(
