@@ -54,7 +54,8 @@ def build_reward_model(
     try:
         config = AutoConfig.from_pretrained(model.pretrain, num_labels=1, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{model.pretrain}: cannot load a model config: {str(e).splitlines()[0]}") from None
+        hint = "; set [model].trust_remote_code = true to run it" if "trust_remote_code" in str(e) else ""
+        raise ModelError(f"{model.pretrain}: cannot load a model config: {str(e).splitlines()[0]}{hint}") from None
     config.pad_token_id = tokenizer.pad_token_id
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     kwargs["trust_remote_code"] = model.trust_remote_code  # explicit: never a "[y/N]" prompt
