@@ -228,3 +228,19 @@ def test_status_of_an_unknown_protocol_and_of_a_missing_bucket(s3_root):
     assert "no such bucket 'no-such-bucket-rmrun'" in one_error_line(missing)
     fresh = rmrun("status", s3_root("status-fresh"))
     assert fresh.returncode == 0 and "fresh" in fresh.stdout
+
+
+def test_check_probes_an_s3_state_and_names_a_missing_bucket(tmp_path, s3_root):
+    import fsspec
+
+    recipe = crash_recipe(tmp_path)
+    root = s3_root("probe")
+    ok = rmrun("check", recipe, "--set", f"run.state={root}")
+    assert ok.returncode == 0, ok.stderr
+    fs, path = fsspec.core.url_to_fs(root)
+    fs.invalidate_cache()
+    assert not fs.exists(path) or fs.ls(path) == []  # the probe left nothing behind
+    missing = rmrun("check", recipe, "--set", "run.state=s3://no-such-bucket-rmrun/x")
+    assert missing.returncode == 2
+    assert "[run].state: cannot write to s3://no-such-bucket-rmrun/x: no such bucket 'no-such-bucket-rmrun'" in (
+        one_error_line(missing))
