@@ -10,8 +10,18 @@ from rmrun.recipe.schema import ModelSection, PluginSection, RunSection, Schedul
 
 # What a committed checkpoint that verifies but cannot be loaded raises: a refused or
 # broken pickle, a state dict with other keys or shapes, JSON that does not parse.
+# Not OSError (a full disk or a network error says nothing about the checkpoint).
 LOAD_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
-               AttributeError, OSError)
+               AttributeError)
+
+
+def _is_corrupt(error: BaseException) -> bool:
+    """A load error that condemns the checkpoint, not the machine or the lease."""
+    import torch
+
+    from rmrun.store import LeaseLost
+
+    return isinstance(error, LOAD_ERRORS) and not isinstance(error, (LeaseLost, torch.cuda.OutOfMemoryError))
 
 
 def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
@@ -30,6 +40,8 @@ def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
         try:
             loaded = load_checkpoint(ctx, key, boosted=boosted)
         except LOAD_ERRORS as e:
+            if not _is_corrupt(e):
+                raise
             error = f"does not load: {type(e).__name__}: {_first_line(e)}"
         errors = [e for e in gather_all(error) if e]
         if not errors:
