@@ -213,3 +213,27 @@ def test_every_pair_dropped_at_tokenize_is_an_error_with_the_counts(tmp_path):
     assert "Traceback" not in done.stderr
     [line] = [x for x in done.stderr.splitlines() if x.startswith("rmrun: ")]
     assert "[data].train: no preference pairs left in" in line and "32 dropped as longer than max_length 8" in line
+
+
+def test_a_known_protocol_whose_package_is_missing_names_the_package(monkeypatch):
+    import importlib.util
+
+    from rmrun import preflight
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None if name == "gcsfs" else real(name))
+    assert preflight.protocol_problem("gs://bucket/run") == '"gs://" needs the gcsfs package: pip install gcsfs'
+    assert preflight.protocol_problem("memory://run") is None
+    assert preflight.protocol_problem("/a/local/path") is None
+    assert preflight.protocol_problem("bogus://x").startswith('unknown URL protocol "bogus://"')
+
+
+def test_os_errors_become_one_line_that_says_what_to_do():
+    import errno
+
+    from rmrun.commands import _os_error_line
+
+    full = _os_error_line(OSError(errno.ENOSPC, "No space left on device", "/state/x"))
+    assert full.startswith("disk full on /state/x: No space left on device;") and "\n" not in full
+    assert _os_error_line(OSError(errno.EACCES, "Permission denied")).startswith("permission denied: ")
+    assert _os_error_line(OSError(errno.EROFS, "Read-only file system")).startswith("read-only file system: ")
