@@ -9,6 +9,7 @@ import json
 import pytest
 
 from rmrun.cli import main
+from rmrun.commands import EXIT_USAGE
 from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA, head_lines
 
 GOOD_ROW = json.loads(open(TRAIN_DATA).readline())
@@ -84,7 +85,7 @@ def _write_recipe(tmp_path, extra: str | None) -> str:
 def check_one_line(capsys, argv: list[str]) -> str:
     code = main(argv)
     out, err = capsys.readouterr()
-    assert code == 2, err
+    assert code == EXIT_USAGE, err
     assert out == ""
     assert "Traceback" not in err
     lines = err.splitlines()
@@ -125,7 +126,7 @@ def test_all_recipe_mistakes_are_reported_in_one_pass(tmp_path, capsys):
     recipe = _write_recipe(tmp_path, None)
     code = main(["check", recipe, "--set", "run.seed=-1", "--set", "schedule.lr=nan", "--set", "run.name=../x"])
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
+    assert code == EXIT_USAGE and "Traceback" not in err
     assert _keys(err) == ["[run].seed", "[schedule].lr", "[run].name"], err
 
 
@@ -135,7 +136,7 @@ def test_all_environment_problems_are_reported_in_one_pass(tmp_path, capsys):
     code = main(["check", recipe, "--set", "output.dir=foo://x", "--set", "plugin.mixed_precision=fp16",
                  "--set", "data.eval=missing.jsonl", "--set", "schedule.batch_size=33"])
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
+    assert code == EXIT_USAGE and "Traceback" not in err
     assert _keys(err) == ["[plugin].mixed_precision", "[output].dir", "[data].eval", "[schedule].batch_size"], err
 
 
@@ -209,7 +210,7 @@ def test_every_pair_dropped_at_tokenize_is_an_error_with_the_counts(tmp_path):
     recipe = _write_recipe(tmp_path, None)
     done = rmrun("run", recipe, "--set", "data.overflow=drop", "--set", "data.max_length=8",
                  env=child_env(CUDA_VISIBLE_DEVICES=""))
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     [line] = [x for x in done.stderr.splitlines() if x.startswith("rmrun: ")]
     assert "[data].train: no preference pairs left in" in line and "32 dropped as longer than max_length 8" in line

@@ -6,8 +6,10 @@ The recipe is tests/assets/resume.toml (a tiny Llama with dropout, so lost RNG s
 show) on 24 training and 8 eval pairs, batch 4: 6 optimizer steps per epoch, 2 epochs,
 12 steps, a checkpoint every 2 steps, an eval every 3. A run takes ~6 s on 2 cores.
 
-The fault points, in run order (each one is killed in turn, on one state, by
-``rmrun verify-resume --points all``, which also checks that each kill was reached):
+Every fault point, in run order, is listed in ``EVERY_POINT`` below (and must equal
+``rmrun.faults.FAULT_POINTS``); ``rmrun verify-resume --points all`` kills each one in
+turn on one state, checks that each kill was reached, and compares the final export
+with an uninterrupted run's: every tensor bit for bit, metrics.jsonl byte for byte.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from rmrun.commands import EXIT_UNUSABLE, EXIT_USAGE
 from rmrun.faults import FAULT_POINTS
 from tests.helpers import EVAL_DATA, REPO, TRAIN_DATA, child_env, head_lines, rmrun
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
@@ -44,7 +47,6 @@ EVERY_POINT = [
     "export_commit",
     "export_done",
 ]
-__doc__ += "\n".join(f"* ``{p}``: {FAULT_POINTS[p]}" for p in EVERY_POINT)
 
 
 def crash_recipe(tmp_path: Path, **sets: str) -> str:
@@ -127,7 +129,7 @@ def test_kill_after_final_eval_then_rerun_finishes(tmp_path, reference):
 def test_failing_export_then_fixed_finishes_and_status_is_not_running(tmp_path, reference):
     recipe = crash_recipe(tmp_path)
     failed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="fail@export_upload=EROFS"))
-    assert failed.returncode == 3, failed.stderr[-3000:]
+    assert failed.returncode == EXIT_UNUSABLE, failed.stderr[-3000:]
     assert "read-only file system" in one_error_line(failed)
     status = rmrun("status", recipe)
     assert re.search(r"^  save +failed", status.stdout, re.M), status.stdout
@@ -136,7 +138,7 @@ def test_failing_export_then_fixed_finishes_and_status_is_not_running(tmp_path, 
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     refused = rmrun("run", recipe, "--set", f"output.dir={blocker}/export")
-    assert refused.returncode == 2
+    assert refused.returncode == EXIT_USAGE
     assert "[output].dir: " in one_error_line(refused)
     fixed = rmrun("run", recipe, "--set", f"output.dir={tmp_path}/export")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
@@ -146,7 +148,7 @@ def test_failing_export_then_fixed_finishes_and_status_is_not_running(tmp_path, 
 def test_disk_full_while_checkpointing_is_one_line_and_resumes(tmp_path, reference):
     recipe = crash_recipe(tmp_path)
     full = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="fail@checkpoint_before_commit:4=ENOSPC"))
-    assert full.returncode == 3
+    assert full.returncode == EXIT_UNUSABLE
     assert "disk full" in one_error_line(full)
     status = rmrun("status", recipe)
     assert re.search(r"^  train/epoch-0 +failed", status.stdout, re.M), status.stdout
@@ -211,7 +213,7 @@ def test_when_no_checkpoint_loads_the_run_stops_with_one_line_and_exit_3(tmp_pat
         plant_in_checkpoint(state, key, "scheduler.pt", b"not a pickle at all")
     for _ in range(2):  # and the same on a rerun: never a fresh start over the quarantined states
         stuck = rmrun("run", recipe)
-        assert stuck.returncode == 3, stuck.stderr[-3000:]
+        assert stuck.returncode == EXIT_UNUSABLE, stuck.stderr[-3000:]
         line = one_error_line(stuck)
         assert "state unusable, needs a human" in line and "ckpt-0000000004" in line
 
@@ -221,10 +223,10 @@ def test_when_no_checkpoint_loads_the_run_stops_with_one_line_and_exit_3(tmp_pat
 
 def test_status_of_an_unknown_protocol_and_of_a_missing_bucket(s3_root):
     unknown = rmrun("status", "foo://x")
-    assert unknown.returncode == 2
+    assert unknown.returncode == EXIT_USAGE
     assert 'unknown URL protocol "foo://"' in one_error_line(unknown)
     missing = rmrun("status", "s3://no-such-bucket-rmrun/x")
-    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert missing.returncode == EXIT_USAGE, missing.stdout + missing.stderr
     assert "no such bucket 'no-such-bucket-rmrun'" in one_error_line(missing)
     fresh = rmrun("status", s3_root("status-fresh"))
     assert fresh.returncode == 0 and "fresh" in fresh.stdout
@@ -241,6 +243,6 @@ def test_check_probes_an_s3_state_and_names_a_missing_bucket(tmp_path, s3_root):
     fs.invalidate_cache()
     assert not fs.exists(path) or fs.ls(path) == []  # the probe left nothing behind
     missing = rmrun("check", recipe, "--set", "run.state=s3://no-such-bucket-rmrun/x")
-    assert missing.returncode == 2
+    assert missing.returncode == EXIT_USAGE
     assert "[run].state: cannot write to s3://no-such-bucket-rmrun/x: no such bucket 'no-such-bucket-rmrun'" in (
         one_error_line(missing))
