@@ -1,7 +1,9 @@
 """The ``rmrun`` command: parse, load the recipe, plan, run, close on every path.
 
-This is the only place that calls ``sys.exit``. Exit codes: 0 done; 2 recipe or
-usage error; 75 preempted after a committed checkpoint (requeue me); 1 anything else.
+This is the only place that calls ``sys.exit``. Exit codes (defined in
+``rmrun.commands``): 0 done; 2 recipe, data or usage error (never retry); 3 state
+unusable, needs a human; 75 preempted after a committed checkpoint (requeue me);
+1 a bug.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import sys
 
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from rmrun.faults import FAULT_POINTS
 
 COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval")
 
@@ -26,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
-        epilog="Exit codes: 0 done, 2 recipe or usage error, 75 preempted after a committed checkpoint\n"
-        "(requeue), 1 anything else. `rmrun explain` prints the recipe keys below.\n\n" + _recipe_keys_help(),
+        epilog="Exit codes: 0 done, 2 recipe, data or usage error (never retry), 3 state unusable (needs a\n"
+        "human), 75 preempted after a committed checkpoint (requeue), 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n" + _recipe_keys_help(),
         formatter_class=fmt,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify-resume", help="run a recipe uninterrupted and with SIGKILLs; compare bit for bit")
     p.add_argument("recipe")
     p.add_argument("--kills", type=int, default=2, help="number of SIGKILLs at random steps (default 2)")
+    p.add_argument("--points", default=None, metavar="all|POINT[:STEP],...",
+                   help="instead of random steps, one SIGKILL at each fault point, in turn: "
+                        + ", ".join(FAULT_POINTS))
+    p.add_argument("--state-root", default=None, metavar="URL",
+                   help="where the two runs keep their state (any fsspec URL; default: the workdir)")
     p.add_argument("--seed", type=int, default=0, help="seed choosing the kill steps")
     p.add_argument("--workdir", default=None, help="where the two runs keep their state (default: a temp dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             from rmrun.verify import verify_resume
 
             return verify_resume(args.recipe, kills=args.kills, seed=args.seed, workdir=args.workdir,
-                                 overrides=args.overrides)
+                                 overrides=args.overrides, points=args.points, state_root=args.state_root)
         from rmrun.commands import run
 
         return run(args.recipe, overrides=args.overrides)

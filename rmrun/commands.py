@@ -7,75 +7,28 @@ import os
 import sys
 import time
 
-from rmrun.recipe import RecipeError, World, environment_problems, load_recipe, make_plan
+from rmrun.recipe import RecipeError, environment_problems, load_recipe, make_plan
 from rmrun.recipe.schema import Recipe
 
 # Exit codes, documented in README.md; the CLI exits with what a command returns.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+EXIT_OK = 0  # done (also: the run was already complete)
+EXIT_FAILED = 1  # a bug in rmrun: a traceback was printed
+EXIT_USAGE = 2  # recipe, data or usage error: fix the input, never retry as is
+EXIT_UNUSABLE = 3  # the state cannot be used (no checkpoint loads, disk full, read-only, lease lost): needs a human
+EXIT_PREEMPTED = 75  # preempted after a committed checkpoint: requeue the same command
 
 
 def _err(message: str) -> None:
     print(f"rmrun: {message}", file=sys.stderr)
 
 
-def _check_environment(recipe_path: str, recipe: Recipe, world: World) -> None:
-    problems = environment_problems(recipe, world)
-    if problems:
-        raise RecipeError([f"{recipe_path}: {p}" for p in problems])
-
-
-# ------------------------------------------------------------------ check
-
-
-def check_local_inputs(recipe_path: str, recipe: Recipe) -> None:
-    """Local data, template and model paths named by the recipe exist."""
-    named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
-    if recipe.data.chat_template:
-        named.append(("[data].chat_template", recipe.data.chat_template))
-    for key, path in (("[model].pretrain", recipe.model.pretrain), ("[model].tokenizer", recipe.model.tokenizer)):
-        # A name that is not a local path may be a hub id in the local cache.
-        if path and os.path.isabs(path):
-            named.append((key, path))
-    missing = [f"{recipe_path}: {key}: file not found: {path}" for key, path in named
-               if "://" not in path and not os.path.exists(path)]
-    if missing:
-        raise RecipeError(missing)
-
-
-def _estimate_pairs(urls) -> tuple[int, bool]:
-    """Rows in the training files, counted cheaply (exact after the tokenize step)."""
-    total = 0
-    for url in urls:
-        if "://" in url or not os.path.exists(url):
-            return 0, False
-        if url.endswith(".jsonl"):
-            with open(url, "rb") as f:
-                total += sum(1 for line in f if line.strip())
-        elif url.endswith(".json"):
-            with open(url) as f:
-                total += len(json.load(f))
-        else:
-            return 0, False
-    return total, True
-
-
-def preflight(recipe_path: str, *, overrides) -> tuple[Recipe, World]:
-    """Load the recipe and check it against this machine and its local inputs, before
-    anything heavy is imported, so a bad recipe fails in milliseconds."""
-    from rmrun.dist import world_from_env
-
-    recipe = load_recipe(recipe_path, overrides=overrides)
-    world = world_from_env()
-    _check_environment(recipe_path, recipe, world)
-    check_local_inputs(recipe_path, recipe)
-    return recipe, world
-
-
 def check(recipe_path: str, *, overrides) -> int:
     from rmrun.graph import build_graph
+    from rmrun.preflight import preflight
 
-    recipe, world = preflight(recipe_path, overrides=overrides)
-    num_pairs, exact = _estimate_pairs(recipe.data.train)
+    recipe, world, num_pairs = preflight(recipe_path, overrides=overrides)
+    exact = num_pairs is not None
+    num_pairs = num_pairs or 0
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
     steps = build_graph(num_epochs=plan.num_epochs, tokenize_key="tokenize-<data fingerprint>",
                         has_eval=bool(recipe.data.eval))
@@ -83,7 +36,7 @@ def check(recipe_path: str, *, overrides) -> int:
     print("steps: " + " -> ".join(s.name for s in steps))
     print(f"world: {world.size} process(es), {'CUDA' if world.cuda else 'no CUDA'}")
     print(f"plugin: {plan.plugin_class}({', '.join(f'{k}={v!r}' for k, v in plan.plugin_args.items())})")
-    counted = f"{num_pairs} rows counted" if exact else "pair count unknown until tokenize"
+    counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"
     print(f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
           f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step")
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
@@ -102,10 +55,28 @@ def _state_url(target: str, overrides) -> str:
 
 
 def status(target: str, *, overrides) -> int:
-    from rmrun.store import StateStore
+    from rmrun.preflight import bucket_error, protocol_problem
+    from rmrun.store import StoreError
 
     url = _state_url(target, overrides)
+    problem = protocol_problem(url)
+    if problem:
+        raise RecipeError([f"{url}: {problem}"])
+    try:
+        return _status(url)
+    except StoreError as e:
+        _err(str(e))
+        return EXIT_UNUSABLE
+    except OSError as e:
+        _err(f"{url}: {bucket_error(e, url)}")
+        return EXIT_USAGE if isinstance(e, FileNotFoundError) else EXIT_UNUSABLE
+
+
+def _status(url: str) -> int:
+    from rmrun.store import StateStore
+
     store = StateStore(url)
+    store.check_reachable()
     records = store.read_records("steps/")
     identity = store.peek("run-identity")
     if identity is None and not records:
@@ -119,8 +90,12 @@ def status(target: str, *, overrides) -> int:
     if plan:
         print(f"plan: {plan['total_steps']} optimizer steps, {plan['num_epochs']} epoch(s), world size {plan['world_size']}")
     print("steps:")
+    holder_alive = store.holder_alive()
     for name, record in sorted(records.items(), key=lambda kv: kv[1].get("order", 0)):
-        line = f"  {record.get('name', name):<16} {record.get('state', '?'):<8} attempts {record.get('attempts', 0)}"
+        state = record.get("state", "?")
+        if state == "running" and holder_alive is False:
+            state = "stopped"  # its process is gone (killed, or its failure could not be recorded)
+        line = f"  {record.get('name', name):<16} {state:<8} attempts {record.get('attempts', 0)}"
         if record.get("error"):
             line += f"  error: {record['error']}"
         print(line)
@@ -232,17 +207,30 @@ def _run_graph(ctx, recipe: Recipe) -> int:
     return EXIT_OK
 
 
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "I/O error")
+    where = f" on {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{what}{where}: {e.strerror or e}; the last committed state is intact, free the space or fix the permissions and run again"
+
+
 def run(recipe_path: str, *, overrides) -> int:
-    recipe, _ = preflight(recipe_path, overrides=overrides)
+    from rmrun.preflight import preflight
+
+    recipe, _, _ = preflight(recipe_path, overrides=overrides)
     from rmrun import dist
     from rmrun.data import DataError
     from rmrun.model import ModelError
-    from rmrun.store import LeaseLost, StoreError
+    from rmrun.store import NoValidState, StoreError
     from rmrun.train import NonFiniteLoss, Preempted
 
     rank = dist.start(seed=recipe.run.seed)
     try:
-        _check_environment(recipe_path, recipe, rank.world)
+        problems = environment_problems(recipe, rank.world)
+        if problems:
+            raise RecipeError([f"{recipe_path}: {p}" for p in problems])
         ctx = _make_context(recipe_path, recipe, rank)
         try:
             _identity_check(ctx, recipe_path)
@@ -250,14 +238,20 @@ def run(recipe_path: str, *, overrides) -> int:
         finally:
             if ctx.lease is not None:
                 ctx.store.release(ctx.lease)
-    except (DataError, ModelError) as e:
-        _err(str(e))
+    except (DataError, ModelError, NonFiniteLoss) as e:
+        _err(str(e).splitlines()[0])
         return EXIT_USAGE
     except Preempted as e:
         _err(str(e) + "; exit 75: run the same command again to resume")
         return EXIT_PREEMPTED
-    except (LeaseLost, NonFiniteLoss, StoreError) as e:
+    except NoValidState as e:
+        _err(f"state unusable, needs a human: {e}")
+        return EXIT_UNUSABLE
+    except StoreError as e:
         _err(str(e))
-        return EXIT_FAILED
+        return EXIT_UNUSABLE
+    except OSError as e:
+        _err(_os_error_line(e))
+        return EXIT_UNUSABLE
     finally:
         dist.stop()

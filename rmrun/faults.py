@@ -3,21 +3,43 @@
 ``RMRUN_FAULTS`` holds comma-separated directives, read once per process:
 
 - ``kill@POINT:STEP`` — SIGKILL this process (rank 0 only unless ``kill@POINT:STEP:all``)
-  when it reaches fault point POINT at optimizer step STEP. Points: ``step`` (after an
-  optimizer step, before its hooks), ``boosted`` (model built and checkpoint loaded, before
-  the next step: ``kill@boosted:0`` dies before the first step of a fresh run), ``checkpoint_write`` (after the model files are
-  written, before the commit), ``checkpoint_before_commit``, ``retention`` (after a
-  commit, before old checkpoints are deleted), ``eval`` (inside an evaluation).
+  when it reaches fault point POINT at optimizer step STEP; ``kill@POINT`` (no step)
+  at the first time it reaches POINT.
+- ``fail@POINT[:STEP]=ERRNO`` — raise ``OSError(ERRNO)`` there instead (``ENOSPC``,
+  ``EROFS``, ``EIO``...): a failing disk or bucket, without one.
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that
   piece of the resume state, so tests can prove they see the difference.
 
-Unset, every function here is a no-op.
+:data:`FAULT_POINTS` lists every point, in the order a run reaches them; each store
+write and each step boundary of the graph has one. Unset, every function here is a
+no-op.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+
+# name -> where it is, in run order. A point reached at an optimizer step takes that
+# step; the others are reached once per run (their step is the trainer's step then).
+FAULT_POINTS = {
+    "tokenize_commit": "tokenized data staged, before its commit",
+    "tokenized": "tokenized data committed, before the model is built",
+    "boosted": "model built and checkpoint loaded, before the next optimizer step",
+    "step": "after an optimizer step, before its hooks",
+    "eval": "inside an evaluation",
+    "checkpoint_write": "checkpoint files written locally, before they are staged",
+    "checkpoint_before_commit": "checkpoint staged, before its commit",
+    "retention": "checkpoint committed, before old checkpoints are deleted",
+    "epoch_commit": "epoch over, before its epoch marker is committed",
+    "epoch_done": "epoch marker committed, before the next step of the graph",
+    "eval_final_commit": "final evaluation done, before it is committed",
+    "eval_final_done": "final evaluation committed and printed, before the export",
+    "export_upload": "export half uploaded (first file only)",
+    "export_commit": "export uploaded, before the export record is committed",
+    "export_done": "export record committed, before the run says it is done",
+}
 
 
 def _directives() -> list[str]:
@@ -28,16 +50,34 @@ def restore_enabled(piece: str) -> bool:
     return f"no-restore={piece}" not in _directives()
 
 
-def fault_point(point: str, *, step: int, rank: int = 0) -> None:
+def _matches(spec: str, point: str, step: int) -> tuple[bool, bool]:
+    """(matches, applies to every rank) for ``POINT[:STEP][:all]``."""
+    parts = spec.split(":")
+    if parts[0] not in FAULT_POINTS:  # a typo must not turn a kill test into a clean run
+        raise ValueError(f"RMRUN_FAULTS: unknown fault point {parts[0]!r}; known: {', '.join(FAULT_POINTS)}")
+    if parts[0] != point:
+        return False, False
+    rest = parts[1:]
+    everyone = bool(rest) and rest[-1] == "all"
+    if everyone:
+        rest = rest[:-1]
+    return (not rest or int(rest[0]) == step), everyone
+
+
+def fault_point(point: str, *, step: int = 0, rank: int = 0) -> None:
+    assert point in FAULT_POINTS, point
     for directive in _directives():
-        if not directive.startswith("kill@"):
+        action, _, spec = directive.partition("@")
+        if action not in ("kill", "fail"):
             continue
-        parts = directive[len("kill@") :].split(":")
-        if parts[0] != point or int(parts[1]) != step:
+        spec, _, code = spec.partition("=")
+        matches, everyone = _matches(spec, point, step)
+        if not matches or not (everyone or rank == 0):
             continue
-        everyone = len(parts) > 2 and parts[2] == "all"
-        if everyone or rank == 0:
+        if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        number = getattr(errno, code or "EIO")
+        raise OSError(number, f"{os.strerror(number)} (injected at {point})")
 
 
 def trace_pairs(*, rank: int, epoch: int, step: int, pair_ids: list[int]) -> None:

@@ -4,6 +4,11 @@ A step has a name, the steps it needs, the state key it produces (persistent ste
 and the recipe sections it receives. The runner asks the state store what is done,
 skips it, runs the rest in order and records each step's status. It never imports a
 step's code itself: ``kind`` is looked up in :data:`STEP_KINDS` when the step runs.
+
+Every step is idempotent, so a run killed anywhere can simply be started again: a step
+whose output is already committed adopts it (a needed, done step loads it); one whose
+previous attempt died mid-way finds only an uncommitted attempt, removed when the next
+lease is taken, and runs again. ``rmrun.faults.FAULT_POINTS`` names each crash point.
 """
 
 from __future__ import annotations
@@ -108,10 +113,11 @@ class Runner:
             try:
                 _resolve(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
             except BaseException as e:
-                self.record(
-                    step.name,
-                    {"state": "failed", "attempts": attempts, "finished": time.time(), "error": f"{type(e).__name__}: {e}"[:500]},
-                )
+                try:
+                    self.record(step.name, {"state": "failed", "attempts": attempts, "finished": time.time(),
+                                            "error": f"{type(e).__name__}: {e}"[:500]})
+                except Exception:  # noqa: BLE001 - a full or read-only disk: the first error is the one to report
+                    pass
                 raise
             self.record(step.name, {"state": "done", "attempts": attempts, "finished": time.time()})
             ran.append(step.name)

@@ -27,7 +27,7 @@ def load_tokenizer(model: ModelSection):
 
     source = model.tokenizer or model.pretrain
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"{source}: cannot load a tokenizer: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -52,11 +52,13 @@ def build_reward_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        config = AutoConfig.from_pretrained(model.pretrain, num_labels=1)
+        config = AutoConfig.from_pretrained(model.pretrain, num_labels=1, trust_remote_code=model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{model.pretrain}: cannot load a model config: {str(e).splitlines()[0]}") from None
+        hint = "; set [model].trust_remote_code = true to run it" if "trust_remote_code" in str(e) else ""
+        raise ModelError(f"{model.pretrain}: cannot load a model config: {str(e).splitlines()[0]}{hint}") from None
     config.pad_token_id = tokenizer.pad_token_id
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs["trust_remote_code"] = model.trust_remote_code  # explicit: never a "[y/N]" prompt
     # Same weights on every rank, whatever the rank's own random stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

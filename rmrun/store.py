@@ -38,6 +38,7 @@ This module imports only the standard library and fsspec.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import hashlib
 import inspect
@@ -76,6 +77,7 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}\Z")
 _LEASE_FILE_RE = re.compile(r"(\d{12})\.json\Z")
 _ATTEMPT_GENERATION_RE = re.compile(r"g(\d+)-")
 _LOCAL_PROTOCOLS = ("file", "local")
+_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 # Serialises check-then-write "create-only" on backends without a native primitive.
 _CREATE_LOCK = threading.Lock()
 
@@ -246,13 +248,32 @@ def _normalise_root(root: str) -> str:
 # --------------------------------------------------------------------------- backends
 
 
+class _SymlinkRefused(FileNotFoundError):
+    """A local state file (or a folder on its way) is a symbolic link."""
+
+
 class _LocalBackend:
-    """Local filesystem I/O with fsync where durability matters and os.link for create-only."""
+    """Local filesystem I/O with fsync where durability matters and os.link for create-only.
+
+    Reads never follow a symbolic link below the root: a state whose files point
+    elsewhere (out of the state directory) is treated as corrupt.
+    """
 
     local = True
 
     def __init__(self, base: str):
         self.base = base
+
+    def _refuse_links(self, path: str) -> None:
+        """Raise _SymlinkRefused if ``path`` or a folder between it and the root is a link."""
+        rel = os.path.relpath(path, self.base)
+        if rel.startswith(".."):
+            return
+        current = self.base
+        for part in rel.split(os.sep):
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                raise _SymlinkRefused(f"{current} is a symbolic link")
 
     def path(self, *parts: str) -> str:
         """Filesystem path of ``parts`` under the root."""
@@ -267,11 +288,13 @@ class _LocalBackend:
 
     def read(self, path: str) -> bytes:
         """Whole content of a file (FileNotFoundError if missing)."""
+        self._refuse_links(path)
         with open(path, "rb") as f:
             return f.read()
 
     def open_read(self, path: str):
         """Binary reader of a file."""
+        self._refuse_links(path)
         return open(path, "rb")
 
     def write_stream(self, path: str, chunks: Iterable[bytes]) -> tuple[int, str]:
@@ -580,6 +603,8 @@ class CommittedState:
         entry = self._entry(name)
         try:
             data = self._store._backend.read(self._path(name))
+        except _SymlinkRefused:
+            raise self._corrupt(f"file {name} is a symbolic link; links are never followed") from None
         except FileNotFoundError:
             raise self._corrupt(f"missing file {name}") from None
         self._check_content(entry, len(data), _sha256(data))
@@ -637,6 +662,8 @@ class CommittedState:
         try:
             with self._store._backend.open_read(self._path(name)) as f:
                 return _copy_hashing(_read_chunks(f), write)
+        except _SymlinkRefused:
+            raise self._corrupt(f"file {name} is a symbolic link; links are never followed") from None
         except FileNotFoundError:
             raise self._corrupt(f"missing file {name}") from None
 
@@ -705,6 +732,33 @@ class StateStore:
             )
         if lease.generation not in generations:
             raise LeaseLost(f"lease lost: generation {lease.generation} is not recorded under {self.url('lease')}")
+
+    def holder_alive(self) -> bool | None:
+        """Local roots: whether a live process holds the lease lock; None where it cannot be told."""
+        if not self._backend.local:
+            return None
+        if self._lock_file is not None:
+            return True
+        try:
+            with open(os.path.join(self.root, LOCK_NAME)) as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    return True
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                return False
+        except FileNotFoundError:
+            return False
+
+    def check_reachable(self) -> None:
+        """Raise FileNotFoundError when the bucket of an object-store root does not exist."""
+        fs = getattr(self._backend, "fs", None)
+        protocols = fs.protocol if fs is not None and isinstance(fs.protocol, (tuple, list)) else (getattr(fs, "protocol", None),)
+        if fs is None or not set(protocols) & _BUCKET_PROTOCOLS:
+            return
+        bucket = self._backend.base.split("/", 1)[0]
+        if not fs.exists(bucket):
+            raise FileNotFoundError(errno.ENOENT, f"no such bucket {bucket!r}", bucket)
 
     def release(self, lease: Lease) -> None:
         """Drop the local lock if held; lease records are kept (generations only grow)."""
@@ -804,6 +858,15 @@ class StateStore:
         for key in self._key_names(""):
             removed += self._clean_key(key, lease=lease)
         return removed
+
+    def quarantine(self, key: str, *, reason: str, lease: Lease) -> None:
+        """Mark the committed attempt of ``key`` as never to be used again (a state that
+        verifies but does not load is as corrupt as one that fails its hashes)."""
+        _check_key(key)
+        self.check_lease(lease)
+        attempt = self._committed_attempt(key)
+        if attempt is not None:
+            self._quarantine(key, attempt, f"state {key} ({attempt}): {reason}")
 
     def quarantined(self) -> list[dict]:
         """Every quarantine note: [{key, attempt, reason, time}], sorted by key and attempt."""

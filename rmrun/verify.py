@@ -1,28 +1,45 @@
 """``rmrun verify-resume``: prove on your own recipe that resume is exact.
 
-Runs the recipe once uninterrupted, then again with N SIGKILLs at random optimizer
-steps (each killed run is started again with the same command, as a spot fleet
-would), and compares the two exports: every tensor bit for bit, and metrics.jsonl
-byte for byte.
+Runs the recipe once uninterrupted, then again with SIGKILLs (each killed run is
+started again with the same command, as a spot fleet would), and compares the two
+exports: every tensor bit for bit, and metrics.jsonl byte for byte.
+
+The kills are either N random optimizer steps (``--kills N``) or fault points
+(``--points all``, or a comma-separated list of :data:`rmrun.faults.FAULT_POINTS`,
+each optionally ``POINT:STEP``): one killed run per point, in run order, on the same
+state, so every crash point of the graph (tokenize commit, checkpoint I/O, epoch
+markers, the final evaluation, the export upload and its record) is survived in turn.
+A point the recipe never reaches (no eval files: no evaluation) is reported and fails
+the verification.
+
+``no-restore=PIECE`` directives in this process's ``RMRUN_FAULTS`` are passed to the
+resumed runs only: a sabotaged resume that verify-resume must report as different.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import random
 import subprocess
 import sys
 import tempfile
 
+from rmrun.faults import FAULT_POINTS
 
-def _run(recipe: str, *, root: str, overrides, faults: str | None) -> int:
+
+def _sabotage() -> list[str]:
+    return [d.strip() for d in os.environ.get("RMRUN_FAULTS", "").split(",") if d.strip().startswith("no-restore=")]
+
+
+def _run(recipe: str, *, state: str, export: str, overrides, faults: list[str]) -> int:
     env = dict(os.environ)
     env.pop("RMRUN_FAULTS", None)
     if faults:
-        env["RMRUN_FAULTS"] = faults
+        env["RMRUN_FAULTS"] = ",".join(faults)
     env.setdefault("PYTHONWARNINGS", "ignore")
-    command = [sys.executable, "-m", "rmrun", "run", recipe, "--set", f"run.state={root}",
-               "--set", f"output.dir={root}/export", "--set", "log.progress=off", *sum((["--set", o] for o in overrides), [])]
+    command = [sys.executable, "-m", "rmrun", "run", recipe, *sum((["--set", o] for o in overrides), []),
+               "--set", f"run.state={state}", "--set", f"output.dir={export}", "--set", "log.progress=off"]
     return subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).returncode
 
 
@@ -47,27 +64,57 @@ def compare_exports(a: str, b: str) -> list[str]:
     return problems
 
 
-def verify_resume(recipe: str, *, kills: int, seed: int, workdir: str | None, overrides) -> int:
+def parse_points(text: str) -> list[str]:
+    """``all`` or ``P[:STEP],...`` → kill directives' specs, in run order for ``all``."""
+    if text == "all":
+        return list(FAULT_POINTS)
+    specs = [p.strip() for p in text.split(",") if p.strip()]
+    for spec in specs:
+        if spec.split(":")[0] not in FAULT_POINTS:
+            raise ValueError(f"--points: unknown fault point {spec.split(':')[0]!r}; known: {', '.join(FAULT_POINTS)}")
+    return specs
+
+
+def verify_resume(recipe: str, *, kills: int, seed: int, workdir: str | None, overrides, points: str | None = None,
+                  state_root: str | None = None) -> int:
+    from rmrun.recipe import RecipeError
+
+    try:
+        specs = parse_points(points) if points else None
+    except ValueError as e:
+        raise RecipeError([str(e)]) from None
     workdir = workdir or tempfile.mkdtemp(prefix="rmrun-verify-")
-    straight, killed = os.path.join(workdir, "uninterrupted"), os.path.join(workdir, "killed")
-    print(f"verify-resume: uninterrupted run in {straight}", flush=True)
-    if _run(recipe, root=straight, overrides=overrides, faults=None) != 0:
+    state_root = (state_root or workdir).rstrip("/")
+    runs = {name: (posixpath.join(state_root, name, "state") if "://" in state_root else os.path.join(state_root, name, "state"),
+                   os.path.join(workdir, name, "export")) for name in ("uninterrupted", "killed")}
+    print(f"verify-resume: uninterrupted run, state {runs['uninterrupted'][0]}", flush=True)
+    state, export = runs["uninterrupted"]
+    if _run(recipe, state=state, export=export, overrides=overrides, faults=[]) != 0:
         print("verify-resume: the uninterrupted run failed; run it with `rmrun run` to see why", file=sys.stderr)
         return 1
-    with open(os.path.join(straight, "export", "metrics.jsonl")) as f:
+    with open(os.path.join(export, "metrics.jsonl")) as f:
         total = sum(1 for _ in f)
-    steps = sorted(random.Random(seed).sample(range(1, total + 1), min(kills, total)))
-    for step in steps:
-        code = _run(recipe, root=killed, overrides=overrides, faults=f"kill@step:{step}")
-        print(f"verify-resume: SIGKILL at step {step} (exit {code})", flush=True)
-    if _run(recipe, root=killed, overrides=overrides, faults=None) != 0:
+    state, export = runs["killed"]
+    sabotage = _sabotage()
+    not_reached = []
+    if specs is None:
+        steps = sorted(random.Random(seed).sample(range(1, total + 1), min(kills, total)))
+        specs = [f"step:{step}" for step in steps]
+    for spec in specs:
+        code = _run(recipe, state=state, export=export, overrides=overrides, faults=[f"kill@{spec}", *sabotage])
+        print(f"verify-resume: SIGKILL at {spec} (exit {code})", flush=True)
+        if code != -9:
+            not_reached.append(f"{spec} (exit {code})")
+    if _run(recipe, state=state, export=export, overrides=overrides, faults=sabotage) != 0:
         print("verify-resume: the resumed run failed", file=sys.stderr)
         return 1
-    problems = compare_exports(os.path.join(straight, "export"), os.path.join(killed, "export"))
-    if problems:
-        for p in problems:
-            print(f"verify-resume: NOT identical: {p}")
+    problems = compare_exports(runs["uninterrupted"][1], export)
+    for p in problems:
+        print(f"verify-resume: NOT identical: {p}")
+    for p in not_reached:
+        print(f"verify-resume: fault point {p} was never reached: this recipe does not test it")
+    if problems or not_reached:
         return 1
-    print(f"verify-resume: bit-identical after {len(steps)} kill(s) at steps {steps}: every tensor and "
+    print(f"verify-resume: bit-identical after {len(specs)} kill(s) at {', '.join(specs)}: every tensor and "
           f"metrics.jsonl ({total} steps) match")
     return 0

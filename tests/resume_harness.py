@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE  # noqa: F401  (defined once)
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "tests" / "assets" / "resume.toml"
 SOURCE_TRAIN = REPO / "recipes" / "data" / "quickstart_train.jsonl"
@@ -28,8 +30,6 @@ SOURCE_EVAL = REPO / "recipes" / "data" / "quickstart_eval.jsonl"
 TRAIN_PAIRS = 100
 EVAL_PAIRS = 32
 RUN_TIMEOUT = 300  # seconds for one rmrun process (a clean run takes ~15-25 s)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) ", re.M)
 RESUMED_LINE = re.compile(r"resumed from (ckpt-\d+): epoch (\d+), step (\d+), (\d+) pairs")

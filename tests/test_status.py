@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 import os
 
 from tests.helpers import child_env, rmrun, small_recipe
@@ -15,7 +16,8 @@ def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
 
     status = rmrun("status", recipe)
     assert status.returncode == 0, status.stderr
-    assert "train/epoch-0    running  attempts 1" in status.stdout
+    # The killed process no longer holds the lease lock: its step is not "running" any more.
+    assert "train/epoch-0    stopped  attempts 1" in status.stdout
     assert "tokenize         done" in status.stdout
     assert "latest checkpoint: ckpt-0000000004 (step 4, epoch 0, 32 pairs of the epoch consumed)" in status.stdout
     assert "run: not complete" in status.stdout
@@ -30,6 +32,8 @@ def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
     resumed = rmrun("run", recipe)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from ckpt-0000000002" in resumed.stdout
+    # The resumed run itself says what it quarantined, and why.
+    assert re.search(r"quarantined ckpt-0000000004 \(g\S+\): state ckpt-0000000004 .*(sha256|size)", resumed.stdout)
     status = rmrun("status", recipe)
     assert "quarantined: ckpt-0000000004" in status.stdout
     assert "sha256" in status.stdout or "size" in status.stdout

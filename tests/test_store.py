@@ -595,3 +595,57 @@ def test_store_module_imports_only_stdlib_and_fsspec():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
     assert importlib.util.find_spec("fsspec") is not None
+
+
+# --------------------------------------------------------------------------- load failures, links, reachability
+
+
+def test_quarantine_marks_a_state_that_verifies_but_does_not_load(store_root):
+    store = StateStore(store_root)
+    lease = store.acquire_lease(holder="test")
+    for key in ("ckpt-1", "ckpt-2"):
+        staged = store.stage(key, lease=lease, meta={})
+        staged.write_bytes("optimizer.pt", b"fine bytes")
+        staged.commit()
+    assert store.latest("ckpt-").key == "ckpt-2"
+    store.quarantine("ckpt-2", reason="does not load: UnpicklingError: refused", lease=lease)
+    assert store.latest("ckpt-").key == "ckpt-1"
+    [note] = store.quarantined()
+    assert note["key"] == "ckpt-2" and note["reason"].endswith("does not load: UnpicklingError: refused")
+    store.quarantine("ckpt-1", reason="does not load: KeyError", lease=lease)
+    with pytest.raises(NoValidState, match="none verifies"):
+        store.latest("ckpt-")
+    store.release(lease)
+
+
+def test_local_reads_do_not_follow_a_symlink_out_of_the_state(tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    store = StateStore(str(tmp_path / "root"))
+    lease = store.acquire_lease(holder="test")
+    staged = store.stage("s", lease=lease, meta={})
+    staged.write_bytes("data.bin", b"secret")  # same bytes: the hashes alone would accept the link
+    committed = staged.commit()
+    path = tmp_path / "root" / "states" / "s" / committed.attempt / "data.bin"
+    path.unlink()
+    path.symlink_to(outside)
+    assert store.get("s") is None
+    [note] = store.quarantined()
+    assert "data.bin is a symbolic link" in note["reason"]
+    store.release(lease)
+
+
+def test_holder_alive_tells_a_live_lease_from_a_dead_one(tmp_path):
+    root = str(tmp_path / "root")
+    store = StateStore(root)
+    assert StateStore(root).holder_alive() is False
+    lease = store.acquire_lease(holder="test")
+    assert StateStore(root).holder_alive() is True
+    store.release(lease)
+    assert StateStore(root).holder_alive() is False
+
+
+def test_check_reachable_names_a_missing_bucket(s3_root):
+    StateStore(s3_root("reachable")).check_reachable()  # the test bucket exists
+    with pytest.raises(FileNotFoundError, match="no such bucket 'no-such-bucket-rmrun'"):
+        StateStore("s3://no-such-bucket-rmrun/x").check_reachable()

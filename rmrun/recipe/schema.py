@@ -103,6 +103,11 @@ class ModelSection:
         "pretrained",
     )
     lora: Optional[LoraSection] = doc("LoRA adapters; absent means full fine-tuning.", None)
+    trust_remote_code: bool = doc(
+        "Run the Python code a model or tokenizer directory ships (its auto_map). Off: such a model "
+        "is refused with a one-line error, never a prompt.",
+        False,
+    )
 
 
 @dataclass(frozen=True)
@@ -254,5 +259,6 @@ NON_RESULT_KEYS = frozenset(
         "output.dir",
         "output.reward_stats",
         "output.colossalchat",
+        "model.trust_remote_code",
     }
 )

@@ -8,9 +8,35 @@ without launching processes.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from rmrun.recipe.schema import PluginSection, Recipe
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes < 2**64; rmrun adds 1000 * step + rank to it
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+# Ceilings far above any real run that keep a typo (a stray exponent) from reaching
+# the planner or a tensor allocation.
+CEILINGS = {
+    "[schedule].batch_size": 1_000_000,
+    "[schedule].accumulation_steps": 1_000_000,
+    "[schedule].max_epochs": 1_000_000,
+    "[schedule].max_steps": 1_000_000_000,
+    "[schedule].warmup_steps": 1_000_000_000,
+    "[data].max_length": 1_048_576,
+    "[eval].batch_size": 1_000_000,
+    "[checkpoint].interval_steps": 1_000_000_000,
+    "[eval].interval_steps": 1_000_000_000,
+    "[log].interval_steps": 1_000_000_000,
+    "[checkpoint].keep": 1_000_000,
+    "[model.lora].r": 65_536,
+    "[plugin].tp": 65_536,
+    "[plugin].pp": 65_536,
+    "[plugin].sp": 65_536,
+    "[plugin].microbatch_size": 1_000_000,
+}
 
 GEMINI_PLUGINS = ("gemini", "gemini_auto")
 CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
@@ -31,8 +57,59 @@ def model_parallel_size(p: PluginSection) -> int:
     return p.tp * p.pp * sp
 
 
-def static_problems(recipe: Recipe) -> list[str]:
+def _number_problems(recipe: Recipe) -> list[str]:
+    """Seeds in range, finite numbers, integers under their ceilings, dropout in [0, 1)."""
     problems = []
+    s, lora = recipe.schedule, recipe.model.lora
+    if not 0 <= recipe.run.seed <= SEED_MAX:
+        problems.append(f"[run].seed: must be between 0 and 2**63-1, got {recipe.run.seed}")
+    floats = [("[schedule].lr", s.lr), ("[schedule].weight_decay", s.weight_decay), ("[schedule].grad_clip", s.grad_clip),
+              ("[loss].margin", recipe.loss.margin), ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds)]
+    if lora is not None:
+        floats += [("[model.lora].alpha", lora.alpha), ("[model.lora].dropout", lora.dropout)]
+    for key, value in floats:
+        if value is not None and not math.isfinite(value):
+            problems.append(f"{key}: must be a finite number, got {value}")
+    if lora is not None and math.isfinite(lora.dropout) and not 0 <= lora.dropout < 1:
+        problems.append(f"[model.lora].dropout: must be in [0, 1), got {lora.dropout}")
+    if lora is not None and math.isfinite(lora.alpha) and lora.alpha <= 0:
+        problems.append(f"[model.lora].alpha: must be positive, got {lora.alpha}")
+    values = {
+        "[schedule].batch_size": s.batch_size, "[schedule].accumulation_steps": s.accumulation_steps,
+        "[schedule].max_epochs": s.max_epochs, "[schedule].max_steps": s.max_steps,
+        "[schedule].warmup_steps": s.warmup_steps, "[data].max_length": recipe.data.max_length,
+        "[eval].batch_size": recipe.eval.batch_size, "[checkpoint].interval_steps": recipe.checkpoint.interval_steps,
+        "[eval].interval_steps": recipe.eval.interval_steps, "[log].interval_steps": recipe.log.interval_steps,
+        "[checkpoint].keep": recipe.checkpoint.keep, "[model.lora].r": lora.r if lora else None,
+        "[plugin].tp": recipe.plugin.tp, "[plugin].pp": recipe.plugin.pp, "[plugin].sp": recipe.plugin.sp,
+        "[plugin].microbatch_size": recipe.plugin.microbatch_size,
+    }
+    for key, value in values.items():
+        if value is not None and value > CEILINGS[key]:
+            problems.append(f"{key}: {value} is beyond any real run (at most {CEILINGS[key]:,})")
+    return problems
+
+
+def _location_problems(recipe: Recipe) -> list[str]:
+    """Run names that are one path segment; locations that are not empty."""
+    problems = []
+    if not RUN_NAME_RE.match(recipe.run.name):
+        problems.append(
+            f"[run].name: {recipe.run.name!r} must be a single path segment (letters, digits, '.', '_', '-', "
+            "not starting with '.' or '-'); the default state is state/<name>"
+        )
+    for key, value in (("[run].state", recipe.run.state), ("[output].dir", recipe.output.dir),
+                       ("[data].chat_template", recipe.data.chat_template)):
+        if value is not None and not value.strip():
+            problems.append(f"{key}: must not be empty (leave it out for the default)")
+    for key, value in (("[run].state", recipe.run.state), ("[output].dir", recipe.output.dir)):
+        if value and "://" in value and not URL_RE.match(value):
+            problems.append(f"{key}: {value!r} is not a URL (protocol://location) nor a path")
+    return problems
+
+
+def static_problems(recipe: Recipe) -> list[str]:
+    problems = _number_problems(recipe) + _location_problems(recipe)
     p, s = recipe.plugin, recipe.schedule
     if not recipe.data.train:
         problems.append("[data].train: needs at least one file")

@@ -3,12 +3,71 @@ optimizer and scheduler through the Booster, then the newest committed checkpoin
 
 from __future__ import annotations
 
+import pickle
+
 from rmrun.recipe.schema import ModelSection, PluginSection, RunSection, ScheduleSection
+
+
+# What a committed checkpoint that verifies but cannot be loaded raises: a refused or
+# broken pickle, a state dict with other keys or shapes, JSON that does not parse.
+# Not OSError (a full disk or a network error says nothing about the checkpoint).
+LOAD_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
+               AttributeError)
+
+
+def _is_corrupt(error: BaseException) -> bool:
+    """A load error that condemns the checkpoint, not the machine or the lease."""
+    import torch
+
+    from rmrun.store import LeaseLost
+
+    return isinstance(error, LOAD_ERRORS) and not isinstance(error, (LeaseLost, torch.cuda.OutOfMemoryError))
+
+
+def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
+    """Load the newest checkpoint that loads on every rank; one that verifies but does not
+    load is quarantined with the reason, exactly like a hash mismatch, and the previous
+    one is tried. Raises NoValidState (via latest_checkpoint_key) when none is left."""
+    from rmrun.checkpoint import latest_checkpoint_key, load_checkpoint
+    from rmrun.collective import gather_all
+
+    reported = False
+    while (key := latest_checkpoint_key(ctx)) is not None:
+        if not reported:
+            _say_quarantined(ctx)  # latest_checkpoint_key has just verified, quarantining what fails
+            reported = True
+        loaded, error = None, None
+        try:
+            loaded = load_checkpoint(ctx, key, boosted=boosted)
+        except LOAD_ERRORS as e:
+            if not _is_corrupt(e):
+                raise
+            error = f"does not load: {type(e).__name__}: {_first_line(e)}"
+        errors = [e for e in gather_all(error) if e]
+        if not errors:
+            return key, loaded
+        if ctx.rank.is_main:
+            ctx.store.quarantine(key, reason=errors[0], lease=ctx.lease)
+        ctx.say(f"quarantined checkpoint {key}: {errors[0]}; trying the previous one")
+    return None, None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else "no message"
+
+
+def _say_quarantined(ctx) -> None:
+    """Resume says what it (or an earlier attempt) quarantined, and why."""
+    if not ctx.rank.is_main:
+        return
+    for note in ctx.store.quarantined():
+        ctx.say(f"quarantined {note['key']} ({note['attempt']}): {note['reason']}")
 
 
 def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection, run: RunSection) -> None:
     from rmrun.boost import boost
-    from rmrun.checkpoint import latest_checkpoint_key, load_checkpoint, seed_everything
+    from rmrun.checkpoint import seed_everything
     from rmrun.faults import fault_point, restore_enabled
     from rmrun.model import build_reward_model
     from rmrun.train import TrainState
@@ -23,11 +82,11 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
         attn_implementation=attn, seed=run.seed,
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
-    key = latest_checkpoint_key(ctx)
+    key, loaded = _load_newest_loadable(ctx, boosted)
     if key is None:
         state = TrainState(seed=run.seed)
     else:
-        state = TrainState.from_dict(load_checkpoint(ctx, key, boosted=boosted))
+        state = TrainState.from_dict(loaded)
         if not restore_enabled("position"):
             state.pairs_consumed = 0
         ctx.say(f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed")

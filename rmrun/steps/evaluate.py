@@ -1,12 +1,29 @@
-"""The evaluate step: final metrics on the eval files, committed as JSON."""
+"""The evaluate step: final metrics on the eval files, committed as JSON.
+
+Idempotent: when a previous attempt committed ``eval-final`` and died before the
+export, the committed result is adopted, not computed or staged again.
+"""
 
 from __future__ import annotations
 
 import json
 
 
+def _say(ctx, final: dict) -> None:
+    ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
+            f"longer-wins baseline {final['longer_wins_accuracy']:.4f}")
+
+
 def run(ctx, step, *, loss, eval) -> None:
+    from rmrun.collective import broadcast
+    from rmrun.faults import fault_point
+
     trainer = ctx.artifacts["trainer"]
+    committed = broadcast(ctx.store.get(step.produces) is not None if ctx.rank.is_main else None)
+    if committed:
+        if ctx.rank.is_main:
+            _say(ctx, json.loads(ctx.store.peek(step.produces).read_bytes("eval.json"))["final"])
+        return
     history = trainer.state.evals
     if history and history[-1]["step"] == trainer.state.step:
         final = history[-1]
@@ -15,6 +32,7 @@ def run(ctx, step, *, loss, eval) -> None:
     if ctx.rank.is_main:
         staged = ctx.stage(step.produces, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
+        fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()
-        ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
-                f"longer-wins baseline {final['longer_wins_accuracy']:.4f}")
+        _say(ctx, final)
+    fault_point("eval_final_done", step=trainer.state.step, rank=ctx.rank.rank)

@@ -62,13 +62,18 @@ def _listing(local_dir: str) -> dict:
     return {"files": files}
 
 
-def _upload(local_dir: str, url: str) -> None:
+def _upload(local_dir: str, url: str, *, step: int) -> None:
+    """Copy every file to the export URL; a previous partial upload is overwritten."""
     import fsspec
+
+    from rmrun.faults import fault_point
 
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)
-    for name in sorted(os.listdir(local_dir)):
+    for i, name in enumerate(sorted(os.listdir(local_dir))):
         fs.put_file(os.path.join(local_dir, name), f"{path.rstrip('/')}/{name}")
+        if i == 0:
+            fault_point("export_upload", step=step)
 
 
 def _reward_stats(trainer) -> dict:
@@ -80,6 +85,7 @@ def _reward_stats(trainer) -> dict:
 
 def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (sections arrive by table name)
     from rmrun.collective import barrier, broadcast
+    from rmrun.faults import fault_point
 
     trainer = ctx.artifacts["trainer"]
     stats = _reward_stats(trainer) if output.reward_stats else None  # every rank takes part
@@ -94,10 +100,12 @@ def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (se
 
                 write_colossalchat_reward_model(tmp)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
-            _upload(tmp, ctx.plan.export)
+            _upload(tmp, ctx.plan.export, step=trainer.state.step)
             staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
             staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
+            fault_point("export_commit", step=trainer.state.step)
             staged.commit()
+            fault_point("export_done", step=trainer.state.step)
             ctx.say(f"exported the reward model to {ctx.plan.export}")
         barrier()
     finally:

@@ -62,7 +62,8 @@ def _tokenize_split(urls, *, data: DataSection, tokenizer, template, say):
 def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
     from safetensors.numpy import save
 
-    from rmrun.data import load_chat_template
+    from rmrun.data import DataError, load_chat_template
+    from rmrun.faults import fault_point
 
     template = load_chat_template(data.chat_template)
     staged = ctx.stage(step.produces, meta={"step": "tokenize"})
@@ -71,6 +72,10 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
         if not urls:
             continue
         tokenized, stats[split] = _tokenize_split(urls, data=data, tokenizer=tokenizer, template=template, say=ctx.say)
+        s = stats[split]
+        if s["pairs"] == 0:
+            raise DataError(f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
+                            f"rows skipped, {s['dropped']} dropped as longer than max_length {data.max_length})")
         staged.write_bytes(ARRAY_FILES[split], save(tokenized.to_arrays()))
         s = stats[split]
         ctx.say(
@@ -78,6 +83,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
             f"{s['bad_rows_skipped']} bad rows skipped), {s['pairs_per_second']:.0f} pairs/s"
         )
     staged.write_bytes("stats.json", json.dumps(stats, indent=2).encode())
+    fault_point("tokenize_commit")
     staged.commit()
 
 
@@ -96,6 +102,7 @@ def _load(state) -> dict:
 
 def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     from rmrun.collective import barrier
+    from rmrun.faults import fault_point
     from rmrun.model import load_tokenizer
 
     tokenizer = load_tokenizer(model)
@@ -108,3 +115,4 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
         raise RuntimeError(f"tokenized data {step.produces} is missing from {ctx.store.root}")
     ctx.artifacts["tokenizer"] = tokenizer
     ctx.artifacts["data"] = _load(state)
+    fault_point("tokenized", rank=ctx.rank.rank)

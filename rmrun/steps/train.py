@@ -47,6 +47,7 @@ def _hooks(ctx, trainer, *, checkpoint, eval, log):
 
 def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) -> None:
     from rmrun.collective import barrier
+    from rmrun.faults import fault_point
     from rmrun.train import run_epoch as loop
 
     epoch = step.params["epoch"]
@@ -66,5 +67,7 @@ def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) ->
     if ctx.rank.is_main and ctx.store.get(epoch_key(epoch)) is None:
         staged = ctx.stage(epoch_key(epoch), meta={"epoch": epoch, "step": trainer.state.step})
         staged.write_bytes("epoch.json", b"{}")
+        fault_point("epoch_commit", step=trainer.state.step)
         staged.commit()
     barrier()
+    fault_point("epoch_done", step=trainer.state.step, rank=ctx.rank.rank)

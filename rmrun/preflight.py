@@ -1,0 +1,197 @@
+"""Everything a run will need, checked before anything heavy; ``check`` and ``run`` share it.
+
+The static checks live in the recipe layer (``rmrun.recipe.validate``); the ones
+here need the environment: the world (process count, CUDA), the URL protocols fsspec
+knows and whose package is installed, locations that exist and can be written (a tiny
+create/delete probe), and the training data itself (rows counted after skipping bad
+ones, against the batch size). As the style asks, two phases: the recipe's own
+problems first (all of them), then, on a recipe that decodes and is consistent, every
+problem found here, collected and raised at once as a :class:`RecipeError`, one line
+each, ``file: [section].key: message`` (a data row names its ``file:line``).
+
+This module imports fsspec and the data readers (no torch).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import posixpath
+import secrets
+
+from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
+from rmrun.recipe.schema import Recipe
+from rmrun.recipe.validate import URL_RE, model_parallel_size
+
+PROBE_PREFIX = ".rmrun-probe-"
+
+
+def protocol_problem(url: str) -> str | None:
+    """Why fsspec cannot open ``url`` here (unknown protocol, package missing), or None."""
+    from fsspec.registry import known_implementations, registry
+
+    match = URL_RE.match(url)
+    if match is None:
+        return None
+    protocol = match.group(1)
+    if protocol in ("file", "local") or protocol in registry:
+        return None
+    known = known_implementations.get(protocol)
+    if known is None:
+        return f'unknown URL protocol "{protocol}://" (known: s3, gs, az, hf, http, memory, file, and more in fsspec)'
+    module = known["class"].split(".")[0]
+    if importlib.util.find_spec(module) is None:
+        return f'"{protocol}://" needs the {module} package: pip install {module}'
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = (getattr(error, "strerror", None) or str(error) or type(error).__name__).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def writable_problem(url: str) -> str | None:
+    """Whether ``url`` (a folder to be) can be written: a tiny file created and deleted.
+
+    A local folder that does not exist yet is probed at its nearest existing parent;
+    nothing is left behind either way.
+    """
+    name = PROBE_PREFIX + secrets.token_hex(4)
+    if "://" not in url or url.startswith("file://"):
+        path = url.split("://", 1)[-1]
+        existing = _nearest_existing(os.path.abspath(path))
+        if not os.path.isdir(existing):
+            return f"{existing} is a file, not a folder"
+        probe = os.path.join(existing, name)
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"x")
+            os.unlink(probe)
+        except OSError as e:
+            return f"cannot write to {existing}: {_one_line(e)}"
+        return None
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        probe = posixpath.join(path.rstrip("/"), name)
+        fs.pipe_file(probe, b"x")
+        fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - any backend error is the answer, in one line
+        return f"cannot write to {url}: {bucket_error(e, url)}"
+    return None
+
+
+def bucket_error(error: BaseException, url: str) -> str:
+    """A backend error in one line; a missing bucket is named as such."""
+    text = f"{type(error).__name__}: {_one_line(error)}"
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower() or (
+        isinstance(error, FileNotFoundError) and URL_RE.match(url)
+    ):
+        bucket = url.split("://", 1)[1].split("/", 1)[0]
+        return f"no such bucket {bucket!r}"
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied ({_one_line(error)})"
+    return text
+
+
+def location_problems(recipe: Recipe) -> list[str]:
+    """URL protocols known and installed; state and export locations writable."""
+    problems = []
+    named = [("[run].state", recipe.state_url, True)]
+    if recipe.output.dir is not None:  # the default export folder lies under the state root
+        named.append(("[output].dir", recipe.output.dir, True))
+    named += [("[data].train", u, False) for u in recipe.data.train] + [("[data].eval", u, False) for u in recipe.data.eval]
+    if recipe.data.chat_template:
+        named.append(("[data].chat_template", recipe.data.chat_template, False))
+    for key, url, written in named:
+        problem = protocol_problem(url)
+        if problem:
+            problems.append(f"{key}: {problem}")
+        elif written:
+            problem = writable_problem(url)
+            if problem:
+                problems.append(f"{key}: {problem}")
+    return problems
+
+
+def input_problems(recipe: Recipe) -> list[str]:
+    """Local data, template and model paths named by the recipe exist."""
+    named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
+    if recipe.data.chat_template:
+        named.append(("[data].chat_template", recipe.data.chat_template))
+    for key, path in (("[model].pretrain", recipe.model.pretrain), ("[model].tokenizer", recipe.model.tokenizer)):
+        # A name that is not a local path may be a hub id in the local cache.
+        if path and os.path.isabs(path):
+            named.append((key, path))
+    return [f"{key}: file not found: {path}" for key, path in named if "://" not in path and not os.path.exists(path)]
+
+
+def count_pairs(recipe: Recipe, urls) -> tuple[int, int]:
+    """(pairs read, bad rows skipped) of local files; DataError on a bad row under "error"."""
+    from rmrun.data.formats import BadRowReport, read_pairs
+
+    report = BadRowReport()
+    pairs = sum(1 for _ in read_pairs(urls, format=recipe.data.format, bad_rows=recipe.data.bad_rows, report=report))
+    return pairs, report.total
+
+
+def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
+    """Problems with the training and eval files, and the training pair count (None if remote)."""
+    from rmrun.data.formats import DataError
+
+    problems, num_pairs = [], None
+    for key, urls in (("[data].train", recipe.data.train), ("[data].eval", recipe.data.eval)):
+        if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
+            continue  # remote files are read by the tokenize step; missing ones are reported above
+        try:
+            pairs, skipped = count_pairs(recipe, urls)
+        except DataError as e:
+            problems.append(str(e).splitlines()[0])
+            continue
+        if pairs == 0:
+            problems.append(f"{key}: no preference pairs in {', '.join(urls)} "
+                            f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
+                            f"{'train on' if key == '[data].train' else 'evaluate'}")
+        if key == "[data].train":
+            num_pairs = pairs
+    s = recipe.schedule
+    dp_size = max(1, world.size // model_parallel_size(recipe.plugin))
+    per_step = s.batch_size * s.accumulation_steps * dp_size
+    if num_pairs and per_step > num_pairs:
+        problems.append(f"[schedule].batch_size: one optimizer step takes {per_step} pairs (batch_size "
+                        f"{s.batch_size} x accumulation_steps {s.accumulation_steps} x {dp_size} data-parallel "
+                        f"ranks) but the training set has {num_pairs}")
+    return problems, num_pairs
+
+
+def preflight(recipe_path: str, *, overrides, world: World | None = None, read_data: bool = True):
+    """Load the recipe and check it against this machine, its locations and its data, before
+    anything heavy is imported. Returns (recipe, world, training pair count or None)."""
+    from rmrun.dist import world_from_env
+
+    recipe = load_recipe(recipe_path, overrides=overrides)  # static problems, all in one pass
+    world = world or world_from_env()
+    problems = environment_problems(recipe, world) + location_problems(recipe) + input_problems(recipe)
+    num_pairs = None
+    if read_data:
+        more, num_pairs = data_problems(recipe, world)
+        problems += more
+    if problems:
+        raise RecipeError([p if _is_data_line(p) else f"{recipe_path}: {p}" for p in problems])
+    return recipe, world, num_pairs
+
+
+def _is_data_line(problem: str) -> bool:
+    """A data error already names its file:line."""
+    return not problem.startswith("[")
