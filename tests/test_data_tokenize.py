@@ -31,14 +31,17 @@ BOS_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(*, chat_template: str | None) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(*, chat_template: str | None, adds_bos: bool = True) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: one token per word, so lengths in tests are easy to predict."""
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(SPECIAL_TOKENS)
     # Like Llama tokenizers, add a bos when asked for special tokens, so a doubled bos would show.
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS)])
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS)]
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
@@ -197,12 +200,13 @@ def test_overflow_truncate_keeps_bos_and_the_end_of_the_response(tokenizer):
     assert result.stats["truncated"] == 1 and result.stats["dropped"] == 0 and result.stats["pairs"] == 2
 
 
-def test_overflow_truncate_without_bos_keeps_the_last_tokens(tokenizer, colossal_template):
+def test_overflow_truncate_without_bos_keeps_the_last_tokens(colossal_template):
+    tokenizer = build_tiny_tokenizer(chat_template=None, adds_bos=False)
     long_answer = " ".join(["one two three"] * 10)
     pairs = [make_pair("why", long_answer, "two")]
     full = tokenize_pairs(pairs, tokenizer, max_length=1000, overflow="error", template=colossal_template)
     result = tokenize_pairs(pairs, tokenizer, max_length=8, overflow="truncate", template=colossal_template)
-    assert full.chosen(0)[0] != BOS  # the ColossalChat tiny-llama template emits no bos
+    assert full.chosen(0)[0] != BOS  # neither the template nor this tokenizer adds a bos
     assert result.chosen(0).tolist() == full.chosen(0)[-8:].tolist()
 
 
@@ -325,8 +329,9 @@ def test_real_colossalchat_sample_ends_with_end_of_assistant(tokenizer, colossal
     assert len(result) == 1 and result.stats["truncated"] == 0
     for sequence in (result.chosen(0), result.rejected(0)):
         assert sequence[-1] == EOS == tokenizer.convert_tokens_to_ids("</s>")
-        assert sequence[0] == tokenizer.convert_tokens_to_ids("<|system|>")  # the template's system message was prepended
-        assert (sequence == BOS).sum() == 0  # this template emits no bos, and none is added
+        # The template emits no bos; the tokenizer adds its own, once, as tokenizer(text) does.
+        assert sequence[0] == BOS and (sequence == BOS).sum() == 1
+        assert sequence[1] == tokenizer.convert_tokens_to_ids("<|system|>")  # the template's system message was prepended
     # Each turn (system, three context turns, the response) is closed by </s>.
     assert (result.chosen(0) == EOS).sum() == 5
 

@@ -30,14 +30,14 @@ def _export_files(ctx, directory: str, trainer) -> None:
 
 
 def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
-    from rmrun.model import export_reward_model
+    from rmrun.model import export_reward_model, exportable_tokenizer
 
     if boosted.sharded:
         # Every rank takes part in gathering the sharded weights.
         boosted.booster.save_model(boosted.model, directory, shard=True, use_safetensors=True)
         if ctx.rank.is_main:
             boosted.unwrap().config.save_pretrained(directory)
-            tokenizer.save_pretrained(directory)
+            exportable_tokenizer(tokenizer, boosted.unwrap()).save_pretrained(directory)
     elif ctx.rank.is_main:
         export_reward_model(boosted.unwrap(), tokenizer, directory)
 
