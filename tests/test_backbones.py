@@ -177,6 +177,24 @@ def test_head_is_found_from_the_model_class():
     assert _output_layer(llama) is llama.score
 
 
+def test_model_errors_are_one_line(tmp_path, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from rmrun.model import ModelError, build_reward_model, model_family
+    from rmrun.recipe.schema import LoraSection, ModelSection
+
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 8}))
+    with pytest.raises(ModelError, match=r't5: model_type "t5" has no sequence-classification head'):
+        model_family(ModelSection(pretrain=str(t5)))
+    # The default LoRA targets are a decoder's module names; a BERT has none of them.
+    section = ModelSection(pretrain=tiny_bert, init="random", lora=LoraSection())
+    with pytest.raises(ModelError, match=r"^\[model\.lora\]\.target_modules: Target modules .* not found"):
+        build_reward_model(section, tokenizer=AutoTokenizer.from_pretrained(tiny_bert), seed=0)
+    assert model_family(ModelSection(pretrain=tiny_bert)) == "encoder"
+
+
 # --------------------------------------------------------------------------- train, export, score
 
 

@@ -100,6 +100,47 @@ def test_jinja_template_file(tmp_path):
     assert load_chat_template(str(path)) == ChatTemplate(jinja=BOS_TEMPLATE)
 
 
+def test_template_text_given_inline():
+    assert load_chat_template(BOS_TEMPLATE) == ChatTemplate(jinja=BOS_TEMPLATE)
+    with pytest.raises(DataError, match=r"\[data\]\.chat_template: invalid Jinja chat template"):
+        load_chat_template("{% for m in messages %}{{ m }}")
+
+
+def test_tokenizer_without_eos_reads_the_reward_at_the_end_of_the_rendering():
+    bare = build_tiny_tokenizer(chat_template=None, adds_bos=False)
+    bare.eos_token = None
+    plain = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    result = tokenize_pairs([make_pair("why", "one two", "three")], bare, max_length=64, overflow="error",
+                            template=ChatTemplate(jinja=plain))
+    assert result.chosen(0).tolist() == ids_of(bare, "why one two")
+    assert result.rejected(0).tolist() == ids_of(bare, "why three")
+
+
+def test_encoder_text_gets_the_tokenizers_own_special_tokens():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "user", "assistant", *WORDS]
+    encoder = _bert_tokenizer(vocab)
+    cls, sep = encoder.cls_token_id, encoder.sep_token_id
+    result = tokenize_pairs([make_pair("why", "one two", "three")], encoder, max_length=64, overflow="error",
+                            template=None, family="encoder")
+    expected = encoder("user: why\nassistant: one two")["input_ids"]
+    assert result.chosen(0).tolist() == expected and expected[0] == cls and expected[-1] == sep
+    truncated = tokenize_pairs([make_pair("why " * 20, "one two", "three")], encoder, max_length=6,
+                               overflow="truncate", template=None, family="encoder")
+    assert truncated.chosen(0).tolist()[0] == cls  # [CLS] kept, the end of the response kept
+    assert truncated.chosen(0).tolist()[1:] == expected[-5:]
+
+
+def _bert_tokenizer(vocab: list[str]):
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    with tempfile.TemporaryDirectory() as directory:
+        vocab_file = Path(directory) / "vocab.txt"
+        vocab_file.write_text("\n".join(vocab) + "\n")
+        return BertTokenizerFast(vocab_file=str(vocab_file))
+
+
 def test_no_template_path_gives_none():
     assert load_chat_template(None) is None
 
