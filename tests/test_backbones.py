@@ -213,6 +213,26 @@ def test_export_scored_by_pipeline_equals_rmrun_eval_rewards(tmp_path, tiny_bert
     assert_export_scores_like_rmrun(recipe, export)
 
 
+@pytest.mark.slow
+def test_tokenizer_whose_pad_is_eos_still_scores_like_rmrun(tmp_path):
+    import shutil
+
+    tokenizer_dir = tmp_path / "pad-is-eos"
+    shutil.copytree(os.path.join(REPO, "recipes", "assets", "tiny-tokenizer"), tokenizer_dir)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = tokenizer_dir / name
+        path.write_text(path.read_text().replace('"pad_token": "<pad>"', '"pad_token": "</s>"'))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tokenizer_dir)).pad_token == "</s>"
+    recipe = small_recipe(tmp_path, extra=f'[model]\ntokenizer = "{tokenizer_dir}"\n')
+    result = rmrun("run", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = AutoTokenizer.from_pretrained(export_dir(tmp_path))
+    assert exported.pad_token_id != exported.eos_token_id  # else the pipeline would pool at the wrong token
+    assert_export_scores_like_rmrun(recipe, export_dir(tmp_path))
+
+
 def test_quickstart_tokenizer_export_drops_inputs_the_model_does_not_take(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
