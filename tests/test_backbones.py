@@ -154,6 +154,15 @@ def test_check_names_a_model_package_that_is_not_installed(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_package_names_a_folder_inside_an_installed_package(tmp_path):
+    from rmrun.recipe import load_recipe
+
+    recipe = small_recipe(tmp_path, extra='[model]\npretrain = "package:json/tool"\ntokenizer = "package:json"\n')
+    loaded = load_recipe(recipe).model
+    assert loaded.pretrain == os.path.join(os.path.dirname(json.__file__), "tool")
+    assert loaded.tokenizer == os.path.dirname(json.__file__)
+
+
 def test_head_is_found_from_the_model_class():
     from transformers import (
         BertConfig,
