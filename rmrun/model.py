@@ -58,10 +58,14 @@ def _load_config(model: ModelSection):
 def model_family(model: ModelSection) -> str:
     """"encoder" or "decoder" (``rmrun.backbone``) for ``model.pretrain``; ModelError for a
     model type rmrun cannot read a reward from."""
+    return _family(_load_config(model), model)
+
+
+def _family(config, model: ModelSection) -> str:
     from rmrun.backbone import BackboneError, family_of
 
     try:
-        return family_of(_load_config(model).model_type)
+        return family_of(config.model_type)
     except BackboneError as e:
         raise ModelError(f"{model.pretrain}: {e}") from None
 
@@ -102,8 +106,8 @@ def build_reward_model(
     fresh one-output layer, LoRA adapters if asked (the head stays trainable)."""
     from transformers import AutoModelForSequenceClassification
 
-    model_family(model)  # refuses a backbone without a usable head, in one line
     config = _load_config(model)
+    _family(config, model)  # refuses a backbone without a usable head, in one line
     config.pad_token_id = tokenizer.pad_token_id
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # Same weights on every rank, whatever the rank's own random stream.
