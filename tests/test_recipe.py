@@ -737,7 +737,7 @@ def test_shipped_recipe_environment(path):
         assert environment_problems(recipe, World(size=1, cuda=False))[0] == needs_cuda
     else:
         assert environment_problems(recipe, World(size=1, cuda=False)) == []
-        for url in (*recipe.data.train, *recipe.data.eval, recipe.model.pretrain, recipe.model.tokenizer):
+        for url in filter(None, (*recipe.data.train, *recipe.data.eval, recipe.model.pretrain, recipe.model.tokenizer)):
             assert os.path.exists(url), f"{path} points at a missing file: {url}"
 
 

@@ -214,7 +214,7 @@ def test_colossalchat_layout_round_trips_into_its_reward_model(trained):
     rows = read_rows([trained["eval_file"]], format="colossalchat")[:8]
     data = export.contract["data"]
     tokenized = tokenize_pairs([r.pair for r in rows], export.tokenizer, max_length=data["max_length"],
-                               overflow=data["overflow"], template=export.template)
+                               overflow=data["overflow"], template=export.template, family=export.family)
     batch = collate(tokenized, list(range(len(rows))), pad_token_id=export.tokenizer.pad_token_id)
     with torch.no_grad():
         theirs = reward_model(batch["input_ids"], batch["attention_mask"])

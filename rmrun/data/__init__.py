@@ -8,7 +8,7 @@ from rmrun.data.template import (
     render_conversations,
     resolve_chat_template,
 )
-from rmrun.data.tokenize import TokenizedPairs, collate, tokenize_pairs
+from rmrun.data.tokenize import ScoringRule, TokenizedPairs, collate, scored_texts, tokenize_pairs
 
 __all__ = [
     "BadRowReport",
@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "Message",
     "PreferencePair",
+    "ScoringRule",
     "TokenizedPairs",
     "collate",
     "end_of_assistant_token",
@@ -23,5 +24,6 @@ __all__ = [
     "read_pairs",
     "render_conversations",
     "resolve_chat_template",
+    "scored_texts",
     "tokenize_pairs",
 ]

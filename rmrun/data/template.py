@@ -16,6 +16,7 @@ import fsspec
 import jinja2
 
 from rmrun.data.formats import DataError, Message
+from rmrun.recipe.schema import is_template_text
 
 
 @dataclass(frozen=True)
@@ -35,23 +36,30 @@ class ChatTemplate:
 # --------------------------------------------------------------------------- loading
 
 
-def load_chat_template(path_or_url: str | None) -> ChatTemplate | None:
-    """Load a ColossalChat template ``.json`` or a plain ``.jinja`` file; ``None`` gives ``None``.
+def load_chat_template(source: str | None) -> ChatTemplate | None:
+    """Load a ColossalChat template ``.json``, a plain ``.jinja`` file, or take the Jinja
+    text itself (a value with ``{{`` or ``{%``); ``None`` gives ``None``.
 
     Any problem (missing file, bad JSON, wrong field types, Jinja syntax) is a DataError
     naming the file.
     """
-    if path_or_url is None:
+    if source is None:
         return None
-    text = _read_text(path_or_url)
-    name = path_or_url.split("?", 1)[0].lower()
+    if is_template_text(source):
+        _check_jinja_syntax(source, path="[data].chat_template")
+        return ChatTemplate(jinja=source)
+    text = _read_text(source)
+    name = source.split("?", 1)[0].lower()
     if name.endswith(".json"):
-        template = _parse_colossalchat_template(text, path=path_or_url)
+        template = _parse_colossalchat_template(text, path=source)
     elif name.endswith(".jinja"):
         template = ChatTemplate(jinja=text)
     else:
-        raise DataError(f"{path_or_url}: unknown chat template file type; expected a ColossalChat .json or a .jinja file")
-    _check_jinja_syntax(template.jinja, path=path_or_url)
+        raise DataError(
+            f"{source}: unknown chat template file type; expected a ColossalChat .json or a .jinja file "
+            "(or the template text itself)"
+        )
+    _check_jinja_syntax(template.jinja, path=source)
     return template
 
 
@@ -111,31 +119,36 @@ def _check_jinja_syntax(jinja: str, *, path: str) -> None:
 # --------------------------------------------------------------------------- using a template
 
 
-def resolve_chat_template(tokenizer, template: ChatTemplate | None) -> ChatTemplate:
-    """The template to render with: the given one, else the tokenizer's own ``chat_template``."""
+# Encoders score plain text; their tokenizers rarely carry a chat template.
+ENCODER_DEFAULT_TEMPLATE = "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+
+
+def resolve_chat_template(tokenizer, template: ChatTemplate | None, *, family: str = "decoder") -> ChatTemplate:
+    """The template to render with: the given one, else the tokenizer's own ``chat_template``,
+    else (encoders only) one "role: content" line per message."""
     if template is not None:
         return template
     own = tokenizer.chat_template
     if isinstance(own, dict):
         # Tokenizers with several named templates mark the one for plain chat as "default".
         own = own.get("default")
-    if not own:
-        raise DataError(
-            f"{tokenizer.name_or_path or 'tokenizer'}: the tokenizer has no chat_template; "
-            "set data.chat_template to a ColossalChat template .json or a .jinja file"
-        )
-    return ChatTemplate(jinja=own)
+    if own:
+        return ChatTemplate(jinja=own)
+    if family == "encoder":
+        return ChatTemplate(jinja=ENCODER_DEFAULT_TEMPLATE)
+    raise DataError(
+        f"{tokenizer.name_or_path or 'tokenizer'}: the tokenizer has no chat_template; "
+        "set data.chat_template to a ColossalChat template .json, a .jinja file or the template text"
+    )
 
 
-def end_of_assistant_token(tokenizer, template: ChatTemplate) -> str:
-    """The token that closes an assistant turn: the template's ``end_of_assistant``, else eos."""
-    token = template.end_of_assistant or tokenizer.eos_token
-    if not token:
-        raise DataError(
-            f"{tokenizer.name_or_path or 'tokenizer'}: the tokenizer has no eos token and the chat template "
-            "sets no end_of_assistant; use a ColossalChat template .json with \"end_of_assistant\""
-        )
-    return token
+def end_of_assistant_token(tokenizer, template: ChatTemplate) -> str | None:
+    """The token that closes an assistant turn: the template's ``end_of_assistant``, else eos.
+
+    ``None`` when there is neither: the reward is then read at the last token of the
+    rendered conversation (trailing whitespace removed).
+    """
+    return template.end_of_assistant or tokenizer.eos_token or None
 
 
 def with_system_message(messages: Sequence[Message], *, template: ChatTemplate) -> Sequence[Message]:

@@ -1,8 +1,11 @@
 """Tokenizing preference pairs into flat numpy arrays, and collating them into training batches.
 
-Each side of a pair (prompt + chosen, prompt + rejected) is rendered with the chat template and
-tokenized with a fast tokenizer. The reward is read at the last token, so every sequence is cut
-to end at the end-of-assistant token, and over-long sequences lose tokens from the start.
+Each side of a pair (prompt + chosen, prompt + rejected) is rendered with the chat template
+into the text a scorer sees (``scored_texts``) and tokenized exactly as the exported tokenizer
+tokenizes it, ``tokenizer(text)``, so any transformers code that scores the text gets the same
+ids. For a decoder the text ends at the end-of-assistant token, where the reward is read, and
+special tokens the tokenizer adds by itself (a leading bos) are not repeated from the
+template; an encoder gets its own [CLS] ... [SEP]. Over-long sequences lose tokens from the start.
 
 Token ids are kept as one flat int32 array per side plus int64 offsets (CSR layout): 100k pairs
 fit in a few hundred MB at most and can be stored with ``safetensors.numpy.save`` as they are.
@@ -98,23 +101,23 @@ def tokenize_pairs(
     max_length: int,
     overflow: str,
     template: ChatTemplate | None,
+    family: str = "decoder",
     batch_size: int = 512,
 ) -> TokenizedPairs:
     """Render and tokenize every pair; apply the ``overflow`` policy to pairs over ``max_length``.
 
     ``overflow``: ``"truncate"`` drops tokens from the start of a too-long side (keeping a
-    leading bos), ``"drop"`` skips the pair, ``"error"`` raises DataError naming the pair.
+    leading bos or [CLS]), ``"drop"`` skips the pair, ``"error"`` raises DataError naming the pair.
+    ``family`` is the backbone's (``rmrun.backbone``): "decoder" or "encoder".
     """
     _check_arguments(tokenizer, max_length=max_length, overflow=overflow, batch_size=batch_size)
-    template = resolve_chat_template(tokenizer, template)
-    end_id = _end_of_assistant_id(tokenizer, template)
-    bos_id = tokenizer.bos_token_id
+    rule = ScoringRule.of(tokenizer, template, family=family)
     builder = _PairArraysBuilder()
     counts = {"truncated": 0, "dropped": 0}
     started = time.perf_counter()
     for first_index, batch in _batches(pairs, batch_size):
-        chosen_batch = _tokenize_side(batch, "chosen", tokenizer, template=template, end_id=end_id)
-        rejected_batch = _tokenize_side(batch, "rejected", tokenizer, template=template, end_id=end_id)
+        chosen_batch = _tokenize_side(batch, "chosen", tokenizer, rule=rule)
+        rejected_batch = _tokenize_side(batch, "rejected", tokenizer, rule=rule)
         kept_chosen, kept_rejected, kept_indices = [], [], []
         for offset, (pair, chosen, rejected) in enumerate(zip(batch, chosen_batch, rejected_batch)):
             if max(len(chosen), len(rejected)) > max_length:
@@ -123,8 +126,8 @@ def tokenize_pairs(
                 if overflow == "drop":
                     counts["dropped"] += 1
                     continue
-                chosen = _truncate_from_start(chosen, max_length=max_length, bos_id=bos_id)
-                rejected = _truncate_from_start(rejected, max_length=max_length, bos_id=bos_id)
+                chosen = _truncate_from_start(chosen, max_length=max_length, keep_first=rule.keep_first)
+                rejected = _truncate_from_start(rejected, max_length=max_length, keep_first=rule.keep_first)
                 counts["truncated"] += 1
             kept_chosen.append(chosen)
             kept_rejected.append(rejected)
@@ -158,9 +161,62 @@ def _check_arguments(tokenizer, *, max_length: int, overflow: str, batch_size: i
         )
 
 
-def _end_of_assistant_id(tokenizer, template: ChatTemplate) -> int:
+@dataclass(frozen=True)
+class ScoringRule:
+    """How a rendered conversation becomes the text that is scored.
+
+    ``end`` is the end-of-assistant token a decoder's text is cut after (None: encoders, and
+    decoders whose tokenizer has no eos and whose template sets none, keep the whole
+    rendering). ``prefix``/``suffix`` are the special tokens the tokenizer adds by itself;
+    a decoder's template that renders them too is not doubled.
+    """
+
+    template: ChatTemplate
+    family: str
+    end: str | None
+    end_id: int | None
+    prefix: tuple[str, ...]
+    suffix: tuple[str, ...]
+    keep_first: frozenset
+
+    @classmethod
+    def of(cls, tokenizer, template: ChatTemplate | None, *, family: str) -> ScoringRule:
+        template = resolve_chat_template(tokenizer, template, family=family)
+        end = end_of_assistant_token(tokenizer, template) if family == "decoder" else None
+        end_id = _single_token_id(tokenizer, end) if end is not None else None
+        prefix_ids, suffix_ids = _added_special_ids(tokenizer)
+        keep_first = {i for i in (tokenizer.bos_token_id, *prefix_ids[:1]) if i is not None}
+        return cls(
+            template=template, family=family, end=end, end_id=end_id,
+            prefix=tuple(tokenizer.convert_ids_to_tokens(prefix_ids)),
+            suffix=tuple(tokenizer.convert_ids_to_tokens(suffix_ids)),
+            keep_first=frozenset(keep_first),
+        )
+
+    def text(self, rendered: str, *, source: str) -> str:
+        """The scored text of one rendered conversation."""
+        if self.end is None:
+            return rendered.rstrip()
+        cut = rendered.rfind(self.end)
+        if cut < 0:
+            raise DataError(
+                f"{source}: the chat template's rendering contains no end-of-assistant token {self.end!r}; "
+                "use a template whose assistant turns end with it, or set end_of_assistant in a ColossalChat "
+                "template .json"
+            )
+        text = rendered[: cut + len(self.end)]
+        # The tokenizer adds these itself; rendered by the template as well they would be doubled.
+        for token in self.prefix:
+            if text.startswith(token):
+                text = text[len(token):]
+        for token in reversed(self.suffix):
+            if text.endswith(token):
+                text = text[: -len(token)]
+        return text
+
+
+def _single_token_id(tokenizer, token: str) -> int:
     """Id of the end-of-assistant token; it must encode to exactly one token to be findable."""
-    token = end_of_assistant_token(tokenizer, template)
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise DataError(
@@ -168,6 +224,26 @@ def _end_of_assistant_id(tokenizer, template: ChatTemplate) -> int:
             "not one; the reward is read at this token, so it must be a single (special) token"
         )
     return ids[0]
+
+
+def _added_special_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids ``tokenizer(text)`` puts before and after the text's own ids."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return [], []
+
+
+def scored_texts(
+    tokenizer, conversations: Sequence[Sequence], *, rule: ScoringRule, sources: Sequence[str] | None = None
+) -> list[str]:
+    """The texts rmrun scores for these conversations; ``tokenizer(text)`` gives the ids it trains
+    and evaluates on, so the export scores the same text to the same reward."""
+    sources = sources if sources is not None else [f"conversation {i}" for i in range(len(conversations))]
+    rendered = render_conversations(tokenizer, conversations, template=rule.template, sources=sources)
+    return [rule.text(text, source=source) for text, source in zip(rendered, sources)]
 
 
 def _batches(pairs: Iterable[PreferencePair], size: int) -> Iterator[tuple[int, list[PreferencePair]]]:
@@ -179,28 +255,21 @@ def _batches(pairs: Iterable[PreferencePair], size: int) -> Iterator[tuple[int, 
         first_index += len(batch)
 
 
-def _tokenize_side(
-    batch: Sequence[PreferencePair], side: str, tokenizer, *, template: ChatTemplate, end_id: int
-) -> list[list[int]]:
-    """Render prompt + response for one side of every pair and tokenize the texts in one call."""
+def _tokenize_side(batch: Sequence[PreferencePair], side: str, tokenizer, *, rule: ScoringRule) -> list[list[int]]:
+    """The scored texts of one side of every pair, tokenized in one call as ``tokenizer(text)``."""
     conversations = [pair.prompt + getattr(pair, side) for pair in batch]
-    sources = [pair.source for pair in batch]
-    texts = render_conversations(tokenizer, conversations, template=template, sources=sources)
-    # The template already emits bos where it wants one; letting the tokenizer add
-    # special tokens as well would double it.
+    texts = scored_texts(tokenizer, conversations, rule=rule, sources=[pair.source for pair in batch])
     # verbose=False: the "longer than model_max_length" warning is moot, the overflow policy handles length.
-    encoded = tokenizer(
-        texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
-    )
-    return [
-        _end_at_last_end_of_assistant(ids, end_id=end_id, source=pair.source, tokenizer=tokenizer)
-        for ids, pair in zip(encoded["input_ids"], batch)
-    ]
+    encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
+    if rule.end_id is None:
+        return list(encoded["input_ids"])
+    return [_end_at_last_end_of_assistant(ids, end_id=rule.end_id, source=pair.source, tokenizer=tokenizer)
+            for ids, pair in zip(encoded["input_ids"], batch)]
 
 
 def _end_at_last_end_of_assistant(ids: list[int], *, end_id: int, source: str, tokenizer) -> list[int]:
-    """Cut off whatever the template renders after the final end-of-assistant (newlines, a
-    generation prompt), so the last token, where the reward is read, closes the response."""
+    """A tokenizer that appends something after the text would move the last token off the
+    end-of-assistant token, where a decoder's reward is read; cut it there again."""
     if ids and ids[-1] == end_id:
         return ids
     try:
@@ -214,12 +283,12 @@ def _end_at_last_end_of_assistant(ids: list[int], *, end_id: int, source: str, t
     return ids[: last + 1]
 
 
-def _truncate_from_start(ids: list[int], *, max_length: int, bos_id: int | None) -> list[int]:
-    """Keep the last tokens (the end of the response, where the reward is read) and a leading bos."""
+def _truncate_from_start(ids: list[int], *, max_length: int, keep_first: frozenset) -> list[int]:
+    """Keep the last tokens (the end of the response, where the reward is read) and a leading bos/[CLS]."""
     if len(ids) <= max_length:
         return ids
-    if bos_id is not None and ids[0] == bos_id:
-        return [bos_id, *ids[len(ids) - (max_length - 1) :]]
+    if ids[0] in keep_first:
+        return [ids[0], *ids[len(ids) - (max_length - 1) :]]
     return ids[len(ids) - max_length :]
 
 

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from rmrun.recipe.schema import Recipe
+from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +41,12 @@ def _is_url(value: str) -> bool:
 
 
 def _resolve_field(field_path, value: str, base_dir: str) -> str:
+    if field_path == "or-template" and is_template_text(value):
+        return value  # the template itself, not a file name
+    if field_path == "or-name" and value.startswith(PACKAGE_PREFIX):
+        from rmrun.backbone import package_directory
+
+        return package_directory(value) or value  # not installed: check names the package
     resolved = _resolve_path(value, base_dir)
     if field_path == "or-name" and not os.path.exists(resolved):
         return value  # a hub id, not a local directory

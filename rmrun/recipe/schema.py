@@ -4,7 +4,9 @@ Every field carries its documentation in ``metadata["doc"]``; ``rmrun explain`` 
 ``--help`` print it, so the schema is the single place a key is described. Fields
 marked ``path=True`` hold file locations and are resolved against the directory of
 the recipe file that sets them; ``path="or-name"`` fields (a model directory or a hub
-id) are resolved only when that local path exists.
+id) are resolved only when that local path exists, and ``package:NAME/dir`` names a
+folder inside an installed Python package; ``path="or-template"`` fields hold either a
+file or the Jinja template text itself.
 
 This module imports only the standard library.
 """
@@ -21,6 +23,14 @@ def doc(text: str, default=None, *, factory=None, path: bool | str = False, requ
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def is_template_text(value: str) -> bool:
+    """A Jinja template given inline rather than a file name: it has Jinja delimiters."""
+    return "{{" in value or "{%" in value
 
 
 PluginName = Literal["ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"]
@@ -62,10 +72,13 @@ class DataSection:
         "truncate",
     )
     chat_template: Optional[str] = doc(
-        "Chat template: a ColossalChat template JSON file or a .jinja file. "
-        "Default: the tokenizer's own chat_template.",
+        "Chat template: a ColossalChat template JSON file, a .jinja file, or the Jinja template text "
+        "itself (any value with {{ or {%). Default: the tokenizer's own chat_template; for an encoder "
+        "backbone whose tokenizer has none, one \"role: content\" line per message. Decoders read the "
+        "reward at the end-of-assistant token (the template's end_of_assistant, else the tokenizer's eos; "
+        "with neither, the last token of the rendered conversation); encoders pool with their own head.",
         None,
-        path=True,
+        path="or-template",
     )
     bad_rows: Literal["error", "skip"] = doc(
         "A malformed row: stop with an error naming file and line, or skip it and report the count.",
@@ -95,9 +108,14 @@ class ModelSection:
     """[model]: the backbone and the reward head built on it."""
 
     pretrain: str = doc(
-        "Hugging Face model directory (or hub id already in the local cache).", "", path="or-name", required=True
+        "Hugging Face model directory (or hub id already in the local cache, or package:NAME/dir for model "
+        "files an installed Python package ships). Encoders (BERT, RoBERTa, DeBERTa, ModernBERT, ...) and "
+        "decoders (Llama, Qwen, Mistral, Gemma, GPT-2, OPT, ...) with a ForSequenceClassification class.",
+        "", path="or-name", required=True,
     )
-    tokenizer: Optional[str] = doc("Tokenizer directory (or hub id). Default: model.pretrain.", None, path="or-name")
+    tokenizer: Optional[str] = doc(
+        "Tokenizer directory (or hub id, or package:NAME/dir). Default: model.pretrain.", None, path="or-name"
+    )
     init: Literal["pretrained", "random"] = doc(
         '"pretrained" loads the backbone weights; "random" builds the model from its config alone.',
         "pretrained",

@@ -19,7 +19,9 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: 
     from rmrun.scoring import write_contract, write_model_card
     from rmrun.train import metrics_jsonl
 
-    write_contract(directory, data=data, loss=loss, reward_stats=reward_stats)
+    from rmrun.model import model_family
+
+    write_contract(directory, data=data, loss=loss, family=model_family(model), reward_stats=reward_stats)
 
     with open(os.path.join(directory, "recipe.toml"), "w") as f:
         f.write(ctx.recipe_text)
@@ -37,14 +39,14 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: 
 
 
 def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
-    from rmrun.model import export_reward_model
+    from rmrun.model import export_reward_model, exportable_tokenizer
 
     if boosted.sharded:
         # Every rank takes part in gathering the sharded weights.
         boosted.booster.save_model(boosted.model, directory, shard=True, use_safetensors=True)
         if ctx.rank.is_main:
             boosted.unwrap().config.save_pretrained(directory)
-            tokenizer.save_pretrained(directory)
+            exportable_tokenizer(tokenizer, boosted.unwrap()).save_pretrained(directory)
     elif ctx.rank.is_main:
         export_reward_model(boosted.unwrap(), tokenizer, directory)
 

@@ -27,6 +27,7 @@ def _file_digest(url: str) -> str:
 
 
 def data_fingerprint(data: DataSection, model: ModelSection) -> str:
+    from rmrun.backbone import backbone_family
     from rmrun.fingerprint import digest, directory_digest
 
     return digest(
@@ -34,25 +35,39 @@ def data_fingerprint(data: DataSection, model: ModelSection) -> str:
             "train": [_file_digest(u) for u in data.train],
             "eval": [_file_digest(u) for u in data.eval],
             "format": data.format,
+            # How rendered text becomes ids; a new rule must not reuse data tokenized by an old one.
+            "rule": "scored-text-2",
             "max_length": data.max_length,
             "overflow": data.overflow,
             "bad_rows": data.bad_rows,
-            "template": _file_digest(data.chat_template) if data.chat_template else None,
+            "template": _template_digest(data.chat_template),
             "tokenizer": directory_digest(model.tokenizer or model.pretrain),
+            "family": backbone_family(model.pretrain),
         }
     )
+
+
+def _template_digest(chat_template: str | None) -> str | None:
+    from rmrun.fingerprint import digest
+    from rmrun.recipe.schema import is_template_text
+
+    if chat_template is None:
+        return None
+    return digest({"text": chat_template}) if is_template_text(chat_template) else _file_digest(chat_template)
 
 
 def tokenize_key(data: DataSection, model: ModelSection) -> str:
     return f"tokenize-{data_fingerprint(data, model)[:20]}"
 
 
-def _tokenize_split(urls, *, data: DataSection, tokenizer, template, say):
+def _tokenize_split(urls, *, data: DataSection, tokenizer, template, family, say):
     from rmrun.data import BadRowReport, read_pairs, tokenize_pairs
 
     report = BadRowReport()
     pairs = read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report)
-    tokenized = tokenize_pairs(pairs, tokenizer, max_length=data.max_length, overflow=data.overflow, template=template)
+    tokenized = tokenize_pairs(
+        pairs, tokenizer, max_length=data.max_length, overflow=data.overflow, template=template, family=family
+    )
     if report.total:
         say(f"skipped {report.total} bad rows: {report.summary()}")
     stats = dict(tokenized.stats, bad_rows_skipped=report.total)
@@ -64,14 +79,18 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
 
     from rmrun.data import DataError, load_chat_template
     from rmrun.faults import fault_point
+    from rmrun.model import model_family
 
     template = load_chat_template(data.chat_template)
+    family = model_family(model)
     staged = ctx.stage(step.produces, meta={"step": "tokenize"})
     stats = {}
     for split, urls in (("train", data.train), ("eval", data.eval)):
         if not urls:
             continue
-        tokenized, stats[split] = _tokenize_split(urls, data=data, tokenizer=tokenizer, template=template, say=ctx.say)
+        tokenized, stats[split] = _tokenize_split(
+            urls, data=data, tokenizer=tokenizer, template=template, family=family, say=ctx.say
+        )
         s = stats[split]
         if s["pairs"] == 0:
             raise DataError(f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
