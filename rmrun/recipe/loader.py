@@ -328,10 +328,12 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
 # ------------------------------------------------------------------- public
 
 
-def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Load, merge, override, decode and statically validate a recipe file.
+def load_recipe(path: str, *, overrides: typing.Sequence[str] = (), validate: bool = True) -> Recipe:
+    """Load, merge, override, decode and (with ``validate``) statically validate a recipe file.
 
-    Raises :class:`RecipeError` holding every problem found, one line each.
+    Raises :class:`RecipeError` holding every problem found, one line each. ``validate=False``
+    leaves the cross-field checks to the caller (``rmrun bench`` reports a combination of
+    swept values that fails them, and goes on).
     """
     problems: list[str] = []
     origins: dict[tuple[str, ...], str] = {}
@@ -351,6 +353,10 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
         problems += [f"{path}: {p}" for p in override_problems]
     recipe = decoder.section("", Recipe, raw)
     problems += decoder.problems
+    if not validate:
+        if problems:
+            raise RecipeError(problems)
+        return recipe
     from rmrun.recipe.validate import static_problems
 
     # Every problem in one pass: cross-field checks run on the rest of the recipe too,
