@@ -120,6 +120,23 @@ def _unique(lines):
     return list(dict.fromkeys(lines))
 
 
+def check_sweeps(recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets: list[str]) -> None:
+    """Every swept value decodes on its own, typed by the schema; raises RecipeError with every
+    problem, attributed to the ``--sweep`` (an unknown key once, with its did-you-mean)."""
+    problems = []
+    for key, values in sweeps:
+        for value in values:
+            try:
+                load_recipe(recipe_path, overrides=[*sets, f"{key}={value}"], validate=False)
+            except RecipeError as e:
+                problems += [p.replace(f"--set {key}={value}:", f"--sweep {key}={','.join(values)}:")
+                             for p in e.problems]
+                if any("unknown key" in p or "is a table" in p or "is not a table" in p for p in e.problems):
+                    break  # the key itself is wrong: the other values would say the same
+    if problems:
+        raise RecipeError(_unique(problems))
+
+
 def check_combinations(recipe_path: str, combos: list[Combination], *, world: World) -> None:
     """Decode every combination (a bad key or value anywhere is a usage error, raised with every
     problem), then mark the ones that cannot run here with their one-line reason."""
@@ -137,12 +154,15 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
     for c in combos:
         static = static_problems(c.recipe)
         environment = environment_problems(c.recipe, world)
-        if static:
+        needs_cuda = [p for p in environment if not world.cuda and "CUDA" in p]
+        if needs_cuda:  # first: on this machine nothing else about it matters
+            c.status, c.reason = "skipped", "needs CUDA: " + needs_cuda[0]
+            if static:
+                c.reason += f" (and elsewhere: {static[0]})"
+        elif static:
             c.status, c.reason = "invalid", static[0]
         elif environment:
-            needs_cuda = not world.cuda and "CUDA" in environment[0]
-            c.status = "skipped"
-            c.reason = ("needs CUDA: " if needs_cuda else "") + environment[0]
+            c.status, c.reason = "skipped", environment[0]
         else:
             try:
                 check_local_inputs(recipe_path, c.recipe)
@@ -244,7 +264,7 @@ def run_worker(job: dict, *, directory: str, world_size: int, port: int | None) 
     if not os.path.exists(result_path):
         # Killed from outside: the kernel's OOM killer sends SIGKILL.
         if code == -9:
-            return {"status": "oom", "reason": "out of memory (the worker was killed, SIGKILL)"}
+            return {"status": "oom", "reason": "out of memory (the worker was killed by SIGKILL)"}
         return {"status": "error", "reason": f"the worker died with exit code {code} (see {directory}/worker.log)"}
     with open(result_path) as f:
         return json.load(f)
@@ -303,7 +323,7 @@ def run_rounds(combos: list[Combination], *, samples: dict, rounds: int, steps: 
             failed = _outcome(rank_results)
             if failed:
                 c.status, c.reason = failed
-                say(f"round {r + 1}/{rounds}: {c.label}: {c.status} ({c.reason})")
+                say(f"round {r + 1}/{rounds}: {c.label}: {c.reason}")
                 continue
             c.results.append(rank_results)
             seconds = sum(max(x["records"][i]["seconds"] for x in rank_results) for i in range(steps))
@@ -337,6 +357,7 @@ def bench(recipe_path: str, *, sweeps: list[str], sets: list[str], steps: int, r
     say = print if group.is_main else (lambda message: None)
     scratch = tempfile.mkdtemp(prefix="rmrun-bench-")
     try:
+        check_sweeps(recipe_path, parsed, sets=sets)
         combos = expand(recipe_path, parsed, sets=sets, scratch=scratch)
         check_combinations(recipe_path, combos, world=world)
         for c in combos:

@@ -192,7 +192,7 @@ def main(job_path: str, result_path: str) -> int:
         result = measure(job, rank)
     except BaseException as e:  # reported to the parent, which goes on with the next combination
         if _is_out_of_memory(e):
-            result = {"status": "oom", "reason": OUT_OF_MEMORY}
+            result = {"status": "oom", "reason": f"{OUT_OF_MEMORY} ({type(e).__name__})"}
         else:
             lines = str(e).strip().splitlines()
             result = {"status": "error", "reason": f"{type(e).__name__}: {lines[0] if lines else ''}".strip(),
@@ -208,5 +208,7 @@ def main(job_path: str, result_path: str) -> int:
 
 
 if __name__ == "__main__":
+    code = main(sys.argv[1], sys.argv[2])
     sys.stdout.flush()
-    os._exit(main(sys.argv[1], sys.argv[2]))
+    sys.stderr.flush()
+    os._exit(code)  # skip the interpreter teardown of ColossalAI/torch threads
