@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench clean-state
+.PHONY: install quickstart test bench bench-recipes clean-state
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash benchmarks/run.sh
+
+bench-recipes: $(STAMP)
+	bash benchmarks/recipes.sh
 
 clean-state:
 	rm -rf state/quickstart

@@ -42,6 +42,7 @@ def combination_summary(results: list[list[dict]], *, peak_flops: float | None) 
         "peak_rss_mib_per_process": max(x["peak_rss_mib"] for x in every),
         "time_to_first_step_s": statistics.median(max(x["first_step_s"] for x in rr) for rr in results),
         "num_params": every[0]["num_params"],
+        "threads_per_process": every[0].get("threads"),
         "step_seconds": [s["seconds"] for s in steps],
         "step_rounds": [s["round"] for s in steps],
         "raw": results,

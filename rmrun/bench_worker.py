@@ -170,7 +170,7 @@ def measure(job: dict, rank) -> dict:
     first_step_s = time.time() - job["launched"]
     records = [_timed_step(trainer, next(steps), cuda=rank.cuda) for _ in range(job["steps"])]
     result = {"status": "ok", "rank": rank.rank, "world_size": rank.world_size, "num_params": num_params,
-              "first_step_s": first_step_s, "warmup": first, "records": records,
+              "threads": torch.get_num_threads(), "first_step_s": first_step_s, "warmup": first, "records": records,
               "gpu_name": torch.cuda.get_device_name() if rank.cuda else None, **_peak_memory(rank)}
     if job.get("checkpoint", True):
         result["checkpoint"] = checkpoint_timings(rank, trainer, rounds=1, root=job["scratch"])
