@@ -67,6 +67,16 @@ def test_set_applies_to_every_combination_and_the_state_goes_to_scratch():
     assert {c.recipe.state_url for c in combos} == {"/tmp/never-used/state"}
 
 
+def test_lora_is_swept_on_and_off():
+    combos = combos_for("model.lora=false,true")
+    assert combos[0].recipe.model.lora is None
+    assert combos[1].recipe.model.lora is not None and combos[1].recipe.model.lora.r == 8
+    # off wins over a LoRA table that --set (or the recipe) gave; on keeps its keys
+    combos = combos_for("model.lora=false,true", sets=["model.lora.r=4"])
+    assert combos[0].recipe.model.lora is None
+    assert combos[1].recipe.model.lora.r == 4
+
+
 def test_an_unknown_key_gets_the_did_you_mean_error():
     with pytest.raises(RecipeError) as e:
         combos_for("schedule.batchsize=8,32")

@@ -305,7 +305,16 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
         if i == len(parts) - 1:
             tp = _field_type(cls, part)
             if _dataclass_in(tp) is not None:
-                problems.append(f"--set {text}: {'.'.join(parts)} is a table; set one of its keys")
+                optional = type(None) in get_args(tp)
+                if optional and isinstance(value, bool):
+                    # An optional table turned on (its defaults) or off: --set model.lora=false.
+                    if not value:
+                        node.pop(part, None)
+                    elif not isinstance(node.get(part), dict):
+                        node[part] = {}
+                    return
+                hint = " (or true/false to turn it on or off)" if optional else ""
+                problems.append(f"--set {text}: {'.'.join(parts)} is a table; set one of its keys{hint}")
                 return
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
