@@ -213,3 +213,16 @@ def test_the_markdown_and_the_plot(bench_run):
     report = json.loads((out / "bench.json").read_text())
     assert terminal_table(report).splitlines()[-1] == "recommendation: " + report["recommendation"]
     assert markdown(report) == md
+
+
+def test_under_torchrun_every_rank_measures_and_rank_0_writes(tmp_path):
+    out = tmp_path / "out"
+    result = rmrun("bench", QUICKSTART, "--sweep", "schedule.batch_size=4", "--steps", "1", "--rounds", "1",
+                   "--pairs", "32", "--out", str(out), nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("recommendation: fastest that fits: schedule.batch_size=4") == 1  # rank 0 only
+    report = json.loads((out / "bench.json").read_text())
+    assert report["world_size"] == 2
+    ranks = report["combinations"][0]["summary"]["raw"][0]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["records"][0]["pairs"] == 8  # 4 per rank, 2 data-parallel ranks
