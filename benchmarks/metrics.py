@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import statistics
 
+from rmrun.stats import bootstrap_median_ci, model_flops_utilization
+from rmrun.stats import quartiles as _quantiles
+
 GOALS = {
     "rmrun_vs_hand": 0.97,  # rmrun pairs/s / hand-written pairs/s, at least
     "rmrun_vs_colossalchat": 2.0,  # rmrun pairs/s / ColossalChat-batching pairs/s, at least
     "checkpoint_overhead_pct": 3.0,  # % of training time at the default interval, at most
     "resumed_vs_fresh": 1.5,  # resumed / fresh time to the first step, at most
 }
-
-
-def _quantiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[1], q[2]
-
-
-def bootstrap_median_ci(values: list[float], *, resamples: int = 2000, level: float = 0.95,
-                        seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the median (deterministic)."""
-    import random
-
-    if len(values) < 2:
-        return (values[0], values[0]) if values else (0.0, 0.0)
-    rng = random.Random(seed)
-    n = len(values)
-    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
 
 
 def merge_ranks(rank_results: list[dict], variant: str) -> list[dict]:
@@ -80,15 +62,6 @@ def variant_summary(steps: list[dict], memory: list[dict]) -> dict:
         "step_seconds": [round(s["seconds"], 5) for s in timed],
         "step_rounds": [s["round"] for s in timed],
     }
-
-
-def model_flops_utilization(*, num_params: int, tokens_per_second: float, world_size: int,
-                            peak_flops: float | None) -> float | None:
-    """MFU: 6 × parameters × tokens/s (forward + backward of the dense layers; attention's
-    quadratic term left out, as is usual) over the peak of all the GPUs in use."""
-    if not peak_flops:
-        return None
-    return 6 * num_params * tokens_per_second / (peak_flops * world_size)
 
 
 def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_flops: float | None = None) -> dict:

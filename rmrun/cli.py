@@ -15,7 +15,7 @@ import sys
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from rmrun.faults import FAULT_POINTS
 
-COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval")
+COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "bench")
 
 
 def _recipe_keys_help() -> str:
@@ -69,7 +69,34 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None,
                        help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout")
         p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    text = ("time short throw-away runs of a recipe for every combination of swept keys, side by side, on this "
+            "machine; rank them and write bench.json, bench.md and bench.png")
+    p = sub.add_parser("bench", help=text, description=text)
+    p.add_argument("recipe")
+    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a recipe key and the values to try, e.g. --sweep plugin.name=ddp,zero2 (repeatable; "
+                        "every combination runs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key for every combination (repeatable)")
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per combination per round (default 6)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds; each runs every combination once, order rotating (default 2)")
+    p.add_argument("--pairs", type=int, default=512, help="training pairs in the seeded sample (default 512)")
+    p.add_argument("--out", default=None, help="directory for the files (default ./rmrun-bench-<run.name>)")
     return parser
+
+
+def _bench(args) -> int:
+    from rmrun.bench import BenchError, bench
+    from rmrun.data import DataError
+    from rmrun.model import ModelError
+
+    try:
+        bench(args.recipe, sweeps=args.sweeps, sets=args.overrides, steps=args.steps, rounds=args.rounds,
+              num_pairs=args.pairs, out=args.out)
+    except (BenchError, DataError, ModelError) as e:
+        return _fail([str(e)], EXIT_USAGE)
+    return EXIT_OK
 
 
 def _argv(argv: list[str]) -> list[str]:
@@ -118,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args.target, overrides=args.overrides)
         if args.command in ("score", "eval"):
             return _use(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "verify-resume":
             from rmrun.verify import verify_resume
 

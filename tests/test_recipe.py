@@ -502,7 +502,7 @@ def test_set_every_key_to_a_wrongly_typed_value_is_rejected(set_base, key):
         ("schedul.lr=1e-5", 'unknown key schedul (did you mean "schedule"?)'),
         ("schedule.lerning_rate=1e-5", "unknown key schedule.lerning_rate"),
         ("schedule=3", "schedule is a table; set one of its keys"),
-        ("model.lora=3", "model.lora is a table; set one of its keys"),
+        ("model.lora=3", "model.lora is a table; set one of its keys (or true/false to turn it on or off)"),
         ("schedule.lr.peak=1", "schedule.lr is not a table"),
     ],
 )

@@ -311,7 +311,16 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
         if i == len(parts) - 1:
             tp = _field_type(cls, part)
             if _dataclass_in(tp) is not None:
-                problems.append(f"--set {text}: {'.'.join(parts)} is a table; set one of its keys")
+                optional = type(None) in get_args(tp)
+                if optional and isinstance(value, bool):
+                    # An optional table turned on (its defaults) or off: --set model.lora=false.
+                    if not value:
+                        node.pop(part, None)
+                    elif not isinstance(node.get(part), dict):
+                        node[part] = {}
+                    return
+                hint = " (or true/false to turn it on or off)" if optional else ""
+                problems.append(f"--set {text}: {'.'.join(parts)} is a table; set one of its keys{hint}")
                 return
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
@@ -334,10 +343,12 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
 # ------------------------------------------------------------------- public
 
 
-def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Load, merge, override, decode and statically validate a recipe file.
+def load_recipe(path: str, *, overrides: typing.Sequence[str] = (), validate: bool = True) -> Recipe:
+    """Load, merge, override, decode and (with ``validate``) statically validate a recipe file.
 
-    Raises :class:`RecipeError` holding every problem found, one line each.
+    Raises :class:`RecipeError` holding every problem found, one line each. ``validate=False``
+    leaves the cross-field checks to the caller (``rmrun bench`` reports a combination of
+    swept values that fails them, and goes on).
     """
     problems: list[str] = []
     origins: dict[tuple[str, ...], str] = {}
@@ -357,6 +368,10 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = ()) -> Recipe:
         problems += [f"{path}: {p}" for p in override_problems]
     recipe = decoder.section("", Recipe, raw)
     problems += decoder.problems
+    if not validate:
+        if problems:
+            raise RecipeError(problems)
+        return recipe
     from rmrun.recipe.validate import static_problems
 
     # Every problem in one pass: cross-field checks run on the rest of the recipe too,

@@ -1,0 +1,228 @@
+"""``rmrun bench``: the sweep grammar (typed by the schema), combinations that cannot run here,
+isolation from the recipe's real state, out-of-memory reported and the sweep going on, the
+files' contents. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from rmrun.bench import BenchError, check_combinations, check_sweeps, expand, parse_sweeps, split_values
+from rmrun.bench_report import combination_summary, markdown, recommendation, terminal_table
+from rmrun.cli import main
+from rmrun.recipe import RecipeError, World
+from tests.helpers import QUICKSTART, child_env, rmrun
+
+CPU = World(size=1, cuda=False)
+
+
+def combos_for(*sweeps: str, sets=(), world=CPU):
+    parsed = parse_sweeps(list(sweeps))
+    check_sweeps(QUICKSTART, parsed, sets=list(sets))
+    combos = expand(QUICKSTART, parsed, sets=list(sets), scratch="/tmp/never-used")
+    check_combinations(QUICKSTART, combos, world=world)
+    return combos
+
+
+# ------------------------------------------------------------------ grammar
+
+
+def test_values_split_at_top_level_commas_only():
+    assert split_values('8,32') == ["8", "32"]
+    assert split_values('["q_proj","v_proj"],["o_proj"], "a,b"') == ['["q_proj","v_proj"]', '["o_proj"]', '"a,b"']
+
+
+@pytest.mark.parametrize("text, message", [
+    ("plugin.name", "expected KEY=V1,V2"),
+    ("=ddp", "expected KEY=V1,V2"),
+    ("plugin.name=ddp,,zero2", "expected KEY=V1,V2"),
+    ("schedule.batch_size=8,8", "a value is repeated"),
+])
+def test_malformed_sweeps_are_one_line_errors(text, message):
+    with pytest.raises(BenchError, match=message):
+        parse_sweeps([text])
+
+
+def test_a_key_swept_twice_is_refused():
+    with pytest.raises(BenchError, match="swept twice"):
+        parse_sweeps(["schedule.batch_size=8", "schedule.batch_size=16"])
+
+
+def test_every_combination_is_typed_by_the_schema():
+    combos = combos_for("schedule.batch_size=8,32", "plugin.grad_checkpoint=false,true")
+    assert [c.label for c in combos] == [
+        "schedule.batch_size=8 plugin.grad_checkpoint=false", "schedule.batch_size=8 plugin.grad_checkpoint=true",
+        "schedule.batch_size=32 plugin.grad_checkpoint=false", "schedule.batch_size=32 plugin.grad_checkpoint=true",
+    ]
+    assert [(c.recipe.schedule.batch_size, c.recipe.plugin.grad_checkpoint) for c in combos] == [
+        (8, False), (8, True), (32, False), (32, True)]
+    assert all(c.status == "runnable" for c in combos)
+
+
+def test_set_applies_to_every_combination_and_the_state_goes_to_scratch():
+    combos = combos_for("schedule.batch_size=8,32", sets=["schedule.lr=1e-4"])
+    assert {c.recipe.schedule.lr for c in combos} == {1e-4}
+    assert {c.recipe.state_url for c in combos} == {"/tmp/never-used/state"}
+
+
+def test_lora_is_swept_on_and_off():
+    combos = combos_for("model.lora=false,true")
+    assert combos[0].recipe.model.lora is None
+    assert combos[1].recipe.model.lora is not None and combos[1].recipe.model.lora.r == 8
+    # off wins over a LoRA table that --set (or the recipe) gave; on keeps its keys
+    combos = combos_for("model.lora=false,true", sets=["model.lora.r=4"])
+    assert combos[0].recipe.model.lora is None
+    assert combos[1].recipe.model.lora.r == 4
+
+
+def test_an_unknown_key_gets_the_did_you_mean_error():
+    with pytest.raises(RecipeError) as e:
+        combos_for("schedule.batchsize=8,32")
+    assert len(e.value.problems) == 1  # once, not once per combination
+    assert e.value.problems[0].endswith(
+        '--sweep schedule.batchsize=8,32: unknown key schedule.batchsize (did you mean "batch_size"?)')
+
+
+def test_a_badly_typed_value_is_a_usage_error():
+    with pytest.raises(RecipeError) as e:
+        combos_for("schedule.batch_size=8,many")
+    assert len(e.value.problems) == 1
+    assert "[schedule].batch_size" in e.value.problems[0] and "many" in e.value.problems[0]
+
+
+def test_cuda_plugins_are_skipped_here_with_the_reason():
+    combos = combos_for("plugin.name=ddp,zero2,gemini")
+    assert [c.status for c in combos] == ["runnable", "skipped", "skipped"]
+    assert combos[1].reason.startswith('needs CUDA: [plugin].name: "zero2" needs CUDA GPUs')
+    # gemini in fp32 is also invalid; on this machine the missing GPU comes first.
+    assert combos[2].reason.startswith('needs CUDA: [plugin].name: "gemini" needs CUDA GPUs')
+    assert combos[2].reason.endswith('(and elsewhere: [plugin].mixed_precision: plugin "gemini" trains in "bf16" '
+                                     'or "fp16", not "fp32")')
+
+
+def test_an_invalid_combination_is_reported_with_its_one_line_message():
+    combos = combos_for("plugin.name=ddp,gemini", world=World(size=1, cuda=True))
+    assert combos[0].status == "runnable"
+    assert combos[1].status == "invalid"
+    assert combos[1].reason == '[plugin].mixed_precision: plugin "gemini" trains in "bf16" or "fp16", not "fp32"'
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sweep", "schedule.batchsize=8,32"], 'unknown key schedule.batchsize (did you mean "batch_size"?)'),
+    (["--sweep", "plugin.name"], "expected KEY=V1,V2"),
+    (["--steps", "0"], "must be at least 1"),
+])
+def test_cli_usage_errors_exit_2_in_one_line(capsys, argv, message):
+    assert main(["bench", QUICKSTART, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert all(line.startswith("rmrun: ") for line in err.strip().splitlines())
+
+
+# ------------------------------------------------------------------ report
+
+
+def _fake_round(seconds: list[float], *, pairs=8, tokens=800, padded=1000):
+    records = [{"seconds": s, "pairs": pairs, "tokens": tokens, "padded": padded} for s in seconds]
+    return [{"status": "ok", "records": records, "peak_rss_mib": 500.0, "first_step_s": 3.0, "num_params": 1000,
+             "checkpoint": {"save_seconds": [0.2], "load_seconds": [0.1], "bytes": 10}}]
+
+
+def test_summary_and_ranking_from_given_step_records():
+    fast = combination_summary([_fake_round([1.0, 1.0]), _fake_round([1.0, 2.0])], peak_flops=None)
+    assert fast["timed_steps"] == 4
+    assert fast["pairs_per_second"]["median"] == 8.0
+    assert fast["overall_pairs_per_second"] == 32 / 5
+    assert fast["padding_fraction"] == pytest.approx(0.2)
+    assert fast["checkpoint"] == {"save_s": 0.2, "load_s": 0.1, "bytes": 10}
+    assert fast["mfu"] is None
+    slow = combination_summary([_fake_round([2.0, 2.0])], peak_flops=1e9)
+    assert slow["mfu"] == pytest.approx(6 * 1000 * 400 / 1e9)
+    ranked = [{"label": "a", "summary": fast}, {"label": "b", "summary": slow}]
+    text = recommendation(ranked)
+    assert text.startswith("fastest that fits: a (8.0 pairs/s); runner-up: b (4.0 pairs/s, 50% slower")
+    assert recommendation([]).startswith("no combination ran")
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One short sweep: the batch-8 combination is capped into an out-of-memory (the test hook),
+    batch 4 runs after it, zero2 is skipped (no CUDA here). The recipe's state has a sentinel."""
+    tmp = tmp_path_factory.mktemp("bench")
+    real_state = tmp / "real-state"
+    real_state.mkdir()
+    (real_state / "sentinel").write_text("untouched")
+    out = tmp / "out"
+    result = rmrun("bench", QUICKSTART, "--sweep", "schedule.batch_size=8,4", "--sweep", "plugin.name=ddp,zero2",
+                   "--set", f"run.state={real_state}", "--steps", "2", "--rounds", "1", "--pairs", "48",
+                   "--out", str(out), env=child_env(RMRUN_BENCH_MEMORY_CAP="batch_size=8:0"), timeout=300)
+    return result, out, real_state
+
+
+def test_bench_ranks_what_ran_and_reports_the_rest(bench_run):
+    result, _, _ = bench_run
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "schedule.batch_size=8 plugin.name=ddp: out of memory" in out
+    assert "skipped: schedule.batch_size=4 plugin.name=zero2: needs CUDA" in out
+    assert "recommendation: fastest that fits: schedule.batch_size=4 plugin.name=ddp" in out
+
+
+def test_the_recipes_real_state_is_untouched(bench_run):
+    result, _, real_state = bench_run
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(real_state)) == ["sentinel"]
+    assert (real_state / "sentinel").read_text() == "untouched"
+
+
+def test_the_json_holds_every_raw_number_and_the_machine(bench_run):
+    result, out, _ = bench_run
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert report["machine"]["torch"] and report["machine"]["cpu_model"]
+    assert report["world_size"] == 1
+    assert report["sample"][0]["pairs"] == 48
+    by_label = {c["label"]: c for c in report["combinations"]}
+    assert by_label["schedule.batch_size=8 plugin.name=ddp"]["status"] == "out of memory"
+    assert by_label["schedule.batch_size=8 plugin.name=zero2"]["status"] == "skipped"
+    ran = by_label["schedule.batch_size=4 plugin.name=ddp"]
+    assert ran["status"] == "ok" and ran["rank"] == 1
+    summary = ran["summary"]
+    assert len(summary["step_seconds"]) == 2 and len(summary["raw"][0][0]["records"]) == 2
+    assert all(r["pairs"] == 4 for r in summary["raw"][0][0]["records"])
+    assert 0 <= summary["padding_fraction"] < 1
+    assert summary["peak_rss_mib_per_process"] > 0
+    assert summary["checkpoint"]["bytes"] > 0
+    assert report["ranking"] == ["schedule.batch_size=4 plugin.name=ddp"]
+
+
+def test_the_markdown_and_the_plot(bench_run):
+    result, out, _ = bench_run
+    assert result.returncode == 0, result.stderr
+    md = (out / "bench.md").read_text()
+    assert "| 1 | schedule.batch_size=4 plugin.name=ddp |" in md
+    assert "| schedule.batch_size=8 plugin.name=ddp | out of memory | out of memory (" in md
+    assert "**Recommendation:** fastest that fits: schedule.batch_size=4 plugin.name=ddp" in md
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "bench.json").read_text())
+    assert terminal_table(report).splitlines()[-1] == "recommendation: " + report["recommendation"]
+    assert markdown(report) == md
+
+
+def test_under_torchrun_every_rank_measures_and_rank_0_writes(tmp_path):
+    out = tmp_path / "out"
+    result = rmrun("bench", QUICKSTART, "--sweep", "schedule.batch_size=4", "--steps", "1", "--rounds", "1",
+                   "--pairs", "32", "--out", str(out), nproc=2, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("recommendation: fastest that fits: schedule.batch_size=4") == 1  # rank 0 only
+    report = json.loads((out / "bench.json").read_text())
+    assert report["world_size"] == 2
+    ranks = report["combinations"][0]["summary"]["raw"][0]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["records"][0]["pairs"] == 8  # 4 per rank, 2 data-parallel ranks
