@@ -140,7 +140,7 @@ def check_sweeps(recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets:
 def check_combinations(recipe_path: str, combos: list[Combination], *, world: World) -> None:
     """Decode every combination (a bad key or value anywhere is a usage error, raised with every
     problem), then mark the ones that cannot run here with their one-line reason."""
-    from rmrun.commands import check_local_inputs
+    from rmrun.preflight import input_problems
     from rmrun.recipe.validate import static_problems
 
     problems = []
@@ -164,10 +164,9 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
         elif environment:
             c.status, c.reason = "skipped", environment[0]
         else:
-            try:
-                check_local_inputs(recipe_path, c.recipe)
-            except RecipeError as e:
-                c.status, c.reason = "invalid", e.problems[0]
+            inputs = input_problems(c.recipe)
+            if inputs:
+                c.status, c.reason = "invalid", f"{recipe_path}: {inputs[0]}"
 
 
 # ------------------------------------------------------------------ data sample
