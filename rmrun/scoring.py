@@ -429,41 +429,41 @@ def _finish(world_size: int) -> None:
         dist.stop()
 
 
-def score(model: str, data: list[str], *, out: str | None, batch_size: int) -> int:
-    export_rank, world_size, device = _world()
+def _score_everything(model: str, data: list[str], *, batch_size: int, then) -> int:
+    """Open the export, score this rank's shard of the rows, and call ``then(export, rows,
+    scores)`` on rank 0 with every rank's scores; the process group is closed on every path."""
+    rank, world_size, device = _world()
     try:
         export = open_export(model, device=device)
         rows = read_rows(data, format=export.contract["data"]["format"])
-        scores = score_rows(export, rows, batch_size=batch_size, rank=export_rank, world_size=world_size,
-                            progress=export_rank == 0 and sys.stderr.isatty())
+        scores = score_rows(export, rows, batch_size=batch_size, rank=rank, world_size=world_size,
+                            progress=rank == 0 and sys.stderr.isatty())
         merged = _gather(scores, world_size)
         if merged is not None:
-            lines = score_lines(rows, merged)
-            _write("".join(json.dumps(line) + "\n" for line in lines), out)
-            if out not in (None, "-"):
-                print(f"scored {len(merged)} of {len(rows)} rows; wrote {out}", file=sys.stderr)
+            then(export, rows, merged)
     finally:
         _finish(world_size)
     return 0
+
+
+def score(model: str, data: list[str], *, out: str | None, batch_size: int) -> int:
+    def write_lines(export, rows, scores):
+        _write("".join(json.dumps(line) + "\n" for line in score_lines(rows, scores)), out)
+        if out not in (None, "-"):
+            print(f"scored {len(scores)} of {len(rows)} rows; wrote {out}", file=sys.stderr)
+
+    return _score_everything(model, data, batch_size=batch_size, then=write_lines)
 
 
 def evaluate(model: str, data: list[str], *, out: str | None, batch_size: int) -> int:
-    export_rank, world_size, device = _world()
-    try:
-        export = open_export(model, device=device)
-        rows = read_rows(data, format=export.contract["data"]["format"])
-        scores = score_rows(export, rows, batch_size=batch_size, rank=export_rank, world_size=world_size,
-                            progress=export_rank == 0 and sys.stderr.isatty())
-        merged = _gather(scores, world_size)
-        if merged is not None:
-            report = evaluate_scores(rows, merged, loss=export.contract["loss"])
-            report["model"], report["data"] = model, list(data)
-            print(report_table(report))
-            if out is not None:
-                _write(json.dumps(report, indent=2, default=_json_default) + "\n", out)
-    finally:
-        _finish(world_size)
-    return 0
+    def write_report(export, rows, scores):
+        report = evaluate_scores(rows, scores, loss=export.contract["loss"])
+        report["model"], report["data"] = model, list(data)
+        print(report_table(report))
+        if out is not None:
+            _write(json.dumps(report, indent=2, default=_json_default) + "\n", out)
+
+    return _score_everything(model, data, batch_size=batch_size, then=write_report)
 
 
 def _json_default(value):
