@@ -45,7 +45,10 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
     state = trainer.state.to_dict()
     try:
         for _ in range(rounds):
-            state = dict(state, step=state["step"] + 1)  # a new key each time, as in a run
+            # A new key each time, as in a run; its step has a metric line as a real step would.
+            step = state["step"] + 1
+            last = state["metrics"][-1] if state["metrics"] else {}
+            state = dict(state, step=step, metrics=[*state["metrics"], dict(last, step=step)])
             barrier()
             started = time.perf_counter()
             key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)

@@ -69,6 +69,62 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- save / load
 
 
+# ---------------------------------------------------------------- history
+#
+# The per-step metric lines and eval results grow with the run; a checkpoint holds only
+# what it needs to continue. They go into the store as append-only pieces,
+# ``history-<step>`` holding the lines after the previous piece up to <step>, committed
+# before the checkpoint at <step>, and never deleted by retention. A resume reassembles
+# them (first copy of each step wins: runs are exact, so copies are identical).
+
+HISTORY_PREFIX = "history-"
+
+
+def _history_key(step: int) -> str:
+    return f"{HISTORY_PREFIX}{step:010d}"
+
+
+def write_history_piece(ctx, trainer_state: dict) -> None:
+    """Rank 0: commit the metric lines and evals since the last committed piece."""
+    step = trainer_state["step"]
+    key = _history_key(step)
+    if ctx.store.get(key) is not None:  # an earlier attempt reached this step: the same lines
+        return
+    ends = [int(k[len(HISTORY_PREFIX):]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
+    since = max([end for end in ends if end < step], default=0)
+    piece = {
+        "metrics": [m for m in trainer_state["metrics"] if since < m["step"] <= step],
+        "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
+    }
+    staged = ctx.stage(key, meta={"step": step, "since": since})
+    staged.write_bytes("history.json", json.dumps(piece).encode())  # key order kept: eval.json is compared byte for byte
+    fault_point("history_commit", step=step, rank=0)
+    staged.commit()
+
+
+def read_history(store, *, through: int) -> tuple[list, list]:
+    """Metric lines of steps 1..through and the evals up to it, from the committed pieces.
+    A gap (a piece lost or quarantined) is a ValueError: the checkpoint cannot continue."""
+    metrics, evals = {}, {}
+    for key in sorted(store.committed_keys(HISTORY_PREFIX)):
+        if int(key[len(HISTORY_PREFIX):]) > through:  # a later attempt's, beyond this checkpoint
+            continue
+        state = store.peek(key)
+        if state is None:
+            continue
+        piece = json.loads(state.read_bytes("history.json"))
+        for line in piece["metrics"]:
+            if line["step"] <= through:
+                metrics.setdefault(line["step"], line)
+        for result in piece["evals"]:
+            if result["step"] <= through:
+                evals.setdefault(result["step"], result)
+    missing = sorted(set(range(1, through + 1)) - metrics.keys())
+    if missing:
+        raise ValueError(f"the metric history misses {len(missing)} step(s) (first: {missing[0]}) of 1..{through}")
+    return [metrics[s] for s in sorted(metrics)], [evals[s] for s in sorted(evals)]
+
+
 def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | None:
     """Commit ``ckpt/<step>`` (all ranks call this); returns the key, or None if it exists."""
     step = trainer_state["step"]
@@ -85,6 +141,7 @@ def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | No
         barrier()
         if ctx.rank.is_main:
             fault_point("checkpoint_write", step=step, rank=0)
+            write_history_piece(ctx, trainer_state)
             staged = ctx.stage(key, meta={
                 "step": step,
                 "epoch": trainer_state["epoch"],
@@ -96,7 +153,9 @@ def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | No
             for rank, rng in enumerate(rng_states):
                 staged.write_bytes(f"rng/rank-{rank:05d}.json", json.dumps(rng).encode())
             fault_point("checkpoint_before_commit", step=step, rank=0)
-            staged.write_bytes("trainer.json", json.dumps(trainer_state).encode())
+            # Constant size: the history lives in its pieces; this says how far they reach.
+            compact = dict(trainer_state, metrics=[], evals=[], history_through=step)
+            staged.write_bytes("trainer.json", json.dumps(compact).encode())
             staged.commit()
             fault_point("retention", step=step, rank=0)
             ctx.store.retain(PREFIX, keep=keep, lease=ctx.lease)
@@ -127,6 +186,9 @@ def load_checkpoint(ctx, key: str, *, boosted) -> dict:
         state.get_dir(tmp)
         boosted.load(tmp)
         trainer_state = json.loads(state.read_bytes("trainer.json"))
+        through = trainer_state.pop("history_through", None)
+        if through is not None:  # (older checkpoints carry their whole history inline)
+            trainer_state["metrics"], trainer_state["evals"] = read_history(ctx.store, through=through)
         rng_name = f"rng/rank-{ctx.rank.rank:05d}.json"
         if restore_enabled("rng") and rng_name in state.files and state.manifest["meta"]["world_size"] == ctx.rank.world_size:
             restore_rng(json.loads(state.read_bytes(rng_name)))

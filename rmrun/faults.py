@@ -30,6 +30,7 @@ FAULT_POINTS = {
     "step": "after an optimizer step, before its hooks",
     "eval": "inside an evaluation",
     "checkpoint_write": "checkpoint files written locally, before they are staged",
+    "history_commit": "the metric lines since the last piece staged, before their commit",
     "checkpoint_before_commit": "checkpoint staged, before its commit",
     "retention": "checkpoint committed, before old checkpoints are deleted",
     "epoch_commit": "epoch over, before its epoch marker is committed",

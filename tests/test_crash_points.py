@@ -37,6 +37,7 @@ EVERY_POINT = [
     "step",
     "eval",
     "checkpoint_write",
+    "history_commit",
     "checkpoint_before_commit",
     "retention",
     "epoch_commit",
