@@ -143,7 +143,8 @@ def _export_of_state(model: str) -> str | None:
 def open_export(model: str, *, device=None) -> Export:
     """Load an export directory (local path or fsspec URL) made by ``rmrun run``, or the export
     a state root published."""
-    if not (os.path.exists(os.path.join(model, "config.json")) if "://" not in model else False):
+    local_export = "://" not in model and os.path.exists(os.path.join(model, "config.json"))
+    if not local_export:
         published = _export_of_state(model)
         if published is not None:
             model = published
@@ -300,7 +301,7 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     import torch
 
     from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
-    from rmrun.train import LENGTH_BUCKETS
+    from rmrun.train import accuracy_by_length, length_bucket_counts, longer_wins_credit
 
     kept = [i for i, row in enumerate(rows) if i in scores and not row.single]
     if not kept:
@@ -312,16 +313,9 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     report = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
               **metrics_from_sums(pair_sums(chosen, rejected, losses))}
     report["ties"] = int((chosen == rejected).sum())
-    diff = lengths[:, 0] - lengths[:, 1]
-    report["longer_wins_accuracy"] = float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / len(kept))
-    edges = (0,) + LENGTH_BUCKETS + (None,)
-    bucket = np.searchsorted(np.array(LENGTH_BUCKETS), lengths.max(axis=1), side="right")
+    report["longer_wins_accuracy"] = longer_wins_credit(lengths) / len(kept)
     correct = (chosen > rejected).numpy()
-    report["accuracy_by_length"] = [
-        {"min_tokens": edges[b], "max_tokens": edges[b + 1], "pairs": int((bucket == b).sum()),
-         "accuracy": float(correct[bucket == b].mean())}
-        for b in range(len(edges) - 1) if (bucket == b).any()
-    ]
+    report["accuracy_by_length"] = accuracy_by_length(length_bucket_counts(lengths, correct))
     report.update(calibration(chosen.numpy().astype(np.float64) - rejected.numpy().astype(np.float64)))
     subsets = {}
     for k, i in enumerate(kept):

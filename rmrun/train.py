@@ -27,6 +27,29 @@ from rmrun.sampler import OptimizerStep, epoch_order, optimizer_steps
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
 
 
+def length_bucket_counts(lengths: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """``(len(LENGTH_BUCKETS) + 1, 2)`` counts of (pairs, correct) by the longer side's token count;
+    they add up across batches and ranks."""
+    bucket = np.searchsorted(np.asarray(LENGTH_BUCKETS), lengths.max(axis=1), side="right")
+    counts = np.zeros((len(LENGTH_BUCKETS) + 1, 2))
+    np.add.at(counts[:, 0], bucket, 1.0)
+    np.add.at(counts[:, 1], bucket, np.asarray(correct, dtype=np.float64))
+    return counts
+
+
+def accuracy_by_length(counts) -> list[dict]:
+    """The report rows of :func:`length_bucket_counts` (summed), empty buckets left out."""
+    edges = (0,) + LENGTH_BUCKETS + (None,)
+    return [{"min_tokens": edges[i], "max_tokens": edges[i + 1], "pairs": int(c), "accuracy": float(k) / int(c)}
+            for i, (c, k) in enumerate(counts.tolist()) if c]
+
+
+def longer_wins_credit(lengths: np.ndarray) -> float:
+    """Pairs the "longer response wins" baseline gets right (a tie counts half)."""
+    diff = lengths[:, 0].astype(np.int64) - lengths[:, 1]
+    return float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+
+
 class Preempted(Exception):
     """A stop signal was honoured after a committed checkpoint; the run can be requeued."""
 
@@ -179,24 +202,16 @@ class Trainer:
                     continue
                 losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
                 sums += pair_sums(chosen, rejected, losses).cpu()
-                correct = (chosen > rejected).float().cpu()
-                longest = torch.from_numpy(lengths[indices].max(axis=1))
-                bucket = torch.bucketize(longest, torch.tensor(LENGTH_BUCKETS), right=True)
-                buckets.index_put_((bucket, torch.zeros_like(bucket)), torch.ones(len(indices)), accumulate=True)
-                buckets.index_put_((bucket, torch.ones_like(bucket)), correct, accumulate=True)
-                diff = torch.from_numpy(lengths[indices, 0].astype(np.int64) - lengths[indices, 1])
-                longer_wins += (diff > 0).float().sum() + 0.5 * (diff == 0).float().sum()
+                correct = (chosen > rejected).cpu().numpy()
+                buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
+                longer_wins += longer_wins_credit(lengths[indices])
         model.train(was_training)
         sums = sum_tensor(sums, group=self.dp_group)
         buckets = sum_tensor(buckets, group=self.dp_group)
         longer_wins = sum_tensor(longer_wins, group=self.dp_group)
         result = {"step": self.state.step, "epoch": self.state.epoch, "pairs": n, **metrics_from_sums(sums)}
         result["longer_wins_accuracy"] = float(longer_wins) / n if n else None
-        edges = (0,) + LENGTH_BUCKETS + (None,)
-        result["accuracy_by_length"] = [
-            {"min_tokens": edges[i], "max_tokens": edges[i + 1], "pairs": int(c), "accuracy": float(k) / int(c)}
-            for i, (c, k) in enumerate(buckets.tolist()) if c
-        ]
+        result["accuracy_by_length"] = accuracy_by_length(buckets)
         return result
 
 
