@@ -15,7 +15,7 @@ import sys
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from rmrun.faults import FAULT_POINTS
 
-COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "bench")
+COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "report", "bench")
 
 
 def _recipe_keys_help() -> str:
@@ -64,11 +64,22 @@ def _parser() -> argparse.ArgumentParser:
                  "length and per subset, the longer-wins baseline, calibration (ECE, Brier), reward mean/std"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("model", help="export directory (local path or fsspec URL) written by `rmrun run`")
+        p.add_argument("model", help="export directory (local path or fsspec URL) written by `rmrun run`, or a "
+                                     "run's state root: its export, or its newest checkpoint before there is one")
         p.add_argument("data", nargs="+", help="files of pairs (any [data] format) or of {prompt, response} rows")
         p.add_argument("--out", default=None,
                        help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout")
         p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+    text = ("write an HTML page about a run from its state alone (local or any fsspec URL): training, eval and "
+            "throughput curves with epoch ends and resumes marked, reward histograms, accuracy by length against "
+            "the longer-wins baseline, calibration, recipe and plan")
+    p = sub.add_parser("report", help=text, description=text)
+    p.add_argument("target", help="a run's state root (run.state), or an export directory")
+    p.add_argument("--out", default=None, help="directory (or fsspec URL) for index.html and its PNG figures "
+                                               "(default ./rmrun-report-<run.name>)")
+    p.add_argument("--rewards", choices=("auto", "yes", "no"), default="auto",
+                   help="score the eval pairs with the final model for the reward histograms and calibration: "
+                        "auto (default) does when the weights are under 2 GiB or a GPU is present")
     text = ("time short throw-away runs of a recipe for every combination of swept keys, side by side, on this "
             "machine; rank them and write bench.json, bench.md and bench.png")
     p = sub.add_parser("bench", help=text, description=text)
@@ -125,6 +136,17 @@ def _use(args) -> int:
         return _fail([str(e)], EXIT_USAGE)
 
 
+def _report(args) -> int:
+    from rmrun.data import DataError
+    from rmrun.report import ReportError, report
+    from rmrun.scoring import ScoreError
+
+    try:
+        return report(args.target, out=args.out, rewards=args.rewards)
+    except (ReportError, ScoreError, DataError) as e:
+        return _fail([str(e)], EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
     from rmrun.recipe import RecipeError
@@ -145,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args.target, overrides=args.overrides)
         if args.command in ("score", "eval"):
             return _use(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "bench":
             return _bench(args)
         if args.command == "verify-resume":

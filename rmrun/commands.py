@@ -156,11 +156,14 @@ def _make_context(recipe_path: str, recipe: Recipe, rank):
         store.write_record("lease-holder", {"holder": holder, "generation": lease.generation, "time": time.time()},
                            lease=lease)
         store.clean_staging(lease=lease)
+    with open(recipe_path) as f:
+        text = f.read()
+    if rank.is_main:  # the recipe as written, for `rmrun report` (the identity holds the resolved keys)
+        store.write_record("recipe", {"name": recipe.run.name, "path": os.path.abspath(recipe_path), "text": text},
+                           lease=lease)
     broadcast(None)  # the other ranks start once the lease is held
     identity = run_identity(recipe)
     identity["fingerprint"] = digest(identity)
-    with open(recipe_path) as f:
-        text = f.read()
     return RunContext(
         store=store, lease=lease, rank=rank, recipe_path=recipe_path, recipe_text=text, identity=identity,
         plan_for=lambda num_pairs: make_plan(recipe, world_size=rank.world_size, num_pairs=num_pairs),

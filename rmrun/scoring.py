@@ -35,17 +35,7 @@ class ScoreError(ValueError):
 def write_contract(directory: str, *, data, loss, family: str, reward_stats: dict | None) -> None:
     """``rmrun.json`` (how text becomes tokens and rewards for this model) and, with
     ``reward_stats``, ``mean``/``std``/``normalize_reward`` in ``config.json``."""
-    from rmrun.data import load_chat_template
-
-    template = load_chat_template(data.chat_template)
-    contract = {
-        "version": CONTRACT_VERSION,
-        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
-        "family": family,
-        "chat_template": dataclasses.asdict(template) if template is not None else None,
-        "loss": {"name": loss.name, "margin": loss.margin},
-        "reward_stats": reward_stats,
-    }
+    contract = contract_for(data=data, loss=loss, family=family, reward_stats=reward_stats)
     with open(os.path.join(directory, CONTRACT_FILE), "w") as f:
         json.dump(contract, f, indent=2, sort_keys=True)
     if reward_stats is not None:
@@ -55,6 +45,21 @@ def write_contract(directory: str, *, data, loss, family: str, reward_stats: dic
         config.update({"mean": reward_stats["mean"], "std": reward_stats["std"], "normalize_reward": False})
         with open(path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+
+
+def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
+    """What ``rmrun.json`` holds for a model trained with these ``[data]`` and ``[loss]`` sections."""
+    from rmrun.data import load_chat_template
+
+    template = load_chat_template(data.chat_template)
+    return {
+        "version": CONTRACT_VERSION,
+        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
+        "family": family,
+        "chat_template": dataclasses.asdict(template) if template is not None else None,
+        "loss": {"name": loss.name, "margin": loss.margin},
+        "reward_stats": reward_stats,
+    }
 
 
 def write_model_card(directory: str, *, run_name: str, model, data, evaluation: dict | None,
@@ -148,6 +153,12 @@ def open_export(model: str, *, device=None) -> Export:
         published = _export_of_state(model)
         if published is not None:
             model = published
+        else:  # a state whose run has not exported yet: its newest committed checkpoint
+            from rmrun.snapshot import open_newest_checkpoint
+
+            snapshot = open_newest_checkpoint(model, device=device)
+            if snapshot is not None:
+                return snapshot
     directory = model if "://" not in model else _local_copy(model)
     if not os.path.isdir(directory):
         raise ScoreError(f"{model}: no such export directory")
@@ -240,20 +251,31 @@ def score_rows(export: Export, rows: list[Row], *, batch_size: int = 16, rank: i
                progress: bool = False) -> dict[int, tuple[float, float, int, int]]:
     """``{row index: (chosen reward, rejected reward, chosen tokens, rejected tokens)}`` for this
     rank's shard of the rows; rows the overflow rule drops are absent."""
-    import torch
-
-    from rmrun.data import collate, tokenize_pairs
-    from rmrun.model import RewardReader
+    from rmrun.data import tokenize_pairs
 
     data = export.contract["data"]
     mine = _shard(len(rows), rank=rank, world_size=world_size)
     tokenized = tokenize_pairs([rows[i].pair for i in mine], export.tokenizer, max_length=data["max_length"],
                                overflow=data["overflow"], template=export.template, family=export.family)
+    rewards = score_tokenized(export, tokenized, batch_size=batch_size, progress=progress)
+    lengths = tokenized.lengths()
+    return {int(mine[tokenized.pair_index[i]]): (float(rewards[i, 0]), float(rewards[i, 1]), int(lengths[i, 0]),
+                                                 int(lengths[i, 1]))
+            for i in range(len(rewards))}
+
+
+def score_tokenized(export: Export, tokenized, *, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """``(n, 2)`` float64 (chosen, rejected) rewards of tokenized pairs, batched longest first."""
+    import torch
+
+    from rmrun.data import collate
+    from rmrun.model import RewardReader
+
     lengths = tokenized.lengths()
     order = np.argsort(-lengths.max(axis=1), kind="stable")  # longest first: batches of like lengths
     pad = export.tokenizer.pad_token_id if export.tokenizer.pad_token_id is not None else 0
     reader = RewardReader(export.net)
-    out = {}
+    out = np.zeros((len(order), 2))
     batches = range(0, len(order), batch_size)
     if progress:
         from tqdm import tqdm
@@ -265,10 +287,7 @@ def score_rows(export: Export, rows: list[Row], *, batch_size: int = 16, rank: i
             batch = collate(tokenized, indices, pad_token_id=pad)
             ids, mask = batch["input_ids"].to(export.device), batch["attention_mask"].to(export.device)
             rewards = reader(export.net, ids, mask).float().cpu().numpy()
-            half = len(indices)
-            for k, i in enumerate(indices):
-                row = int(mine[tokenized.pair_index[i]])
-                out[row] = (float(rewards[k]), float(rewards[half + k]), int(lengths[i, 0]), int(lengths[i, 1]))
+            out[indices, 0], out[indices, 1] = rewards[: len(indices)], rewards[len(indices) :]
     return out
 
 

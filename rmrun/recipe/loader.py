@@ -408,3 +408,22 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+def recipe_from_keys(keys: dict[str, Any], *, source: str) -> Recipe:
+    """A recipe back from its flattened keys (``flatten(recipe_to_dict(...))``, e.g. the result
+    keys a run stored); absent keys take their defaults. Paths are used as stored."""
+    raw: dict = {}
+    for path, value in keys.items():
+        if value is None:  # an absent optional table or key
+            continue
+        *tables, key = path.split(".")
+        table = raw
+        for name in tables:
+            table = table.setdefault(name, {})
+        table[key] = value
+    decoder = _Decoder(source, {})
+    recipe = decoder.section("", Recipe, raw)
+    if decoder.problems:
+        raise RecipeError(decoder.problems)
+    return recipe

@@ -65,6 +65,18 @@ def _say_quarantined(ctx) -> None:
         ctx.say(f"quarantined {note['key']} ({note['attempt']}): {note['reason']}")
 
 
+def _record_start(ctx, *, key: str | None, state) -> None:
+    """``starts/<generation>``: where this start of the run took up training (a resume, when a
+    checkpoint was loaded), for ``rmrun report``."""
+    import time
+
+    if ctx.rank.is_main and ctx.lease is not None:
+        ctx.store.write_record(f"starts/{ctx.lease.generation:012d}", {
+            "generation": ctx.lease.generation, "checkpoint": key, "step": state.step, "epoch": state.epoch,
+            "pairs_consumed": state.pairs_consumed, "world_size": ctx.rank.world_size, "time": time.time(),
+        }, lease=ctx.lease)
+
+
 def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection, run: RunSection) -> None:
     from rmrun.boost import boost
     from rmrun.checkpoint import seed_everything
@@ -90,6 +102,7 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
         if not restore_enabled("position"):
             state.pairs_consumed = 0
         ctx.say(f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed")
+    _record_start(ctx, key=key, state=state)
     ctx.artifacts["boosted"] = boosted
     ctx.artifacts["train_state"] = state
     fault_point("boosted", step=state.step, rank=ctx.rank.rank)
