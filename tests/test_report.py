@@ -187,3 +187,22 @@ def test_a_missing_or_empty_state_is_a_one_line_error(tmp_path, make, expected):
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr and expected in lines[0], lines
+
+
+@pytest.mark.slow  # one more training run
+def test_a_lora_checkpoint_scores_like_the_run_evaluated_it(tmp_path):
+    """LoRA adapters live in the checkpoint under the base layers' names; the rebuilt model
+    loads them strictly and gives the run's own evaluation at that step."""
+    from rmrun.report_data import read_history
+    from rmrun.store import StateStore
+
+    recipe = small_recipe(tmp_path, train_pairs=48, eval_pairs=16, extra=SETTINGS + "[model.lora]\nr = 4\n")
+    killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS=KILL))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    out = tmp_path / "eval.json"
+    done = rmrun("eval", str(tmp_path / "state"), str(tmp_path / "eval.jsonl"), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    at_checkpoint = read_history(StateStore(str(tmp_path / "state")))[1][RESUME_STEP]
+    report = json.loads(out.read_text())
+    for key in ("loss", "chosen_reward", "rejected_reward"):
+        assert math.isclose(report[key], at_checkpoint[key], abs_tol=1e-5), key
