@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
             "throughput curves with epoch ends and resumes marked, reward histograms, accuracy by length against "
             "the longer-wins baseline, calibration, recipe and plan")
     p = sub.add_parser("report", help=text, description=text)
-    p.add_argument("target", help="a run's state root (run.state), or an export directory")
+    p.add_argument("target", help="a run's state root (run.state; or the recipe that names it), or an export directory")
     p.add_argument("--out", default=None, help="directory (or fsspec URL) for index.html and its PNG figures "
                                                "(default ./rmrun-report-<run.name>)")
     p.add_argument("--rewards", choices=("auto", "yes", "no"), default="auto",

@@ -28,25 +28,30 @@ def _is_export(url: str) -> bool:
 
 
 def _open_state(target: str):
-    """The store of a state root, or (for an export) of the state it came from; None for an
-    export whose state is gone."""
-    from rmrun.store import StateStore
+    """(store, how it was found): a state root; the state a recipe names; or the state an
+    export came from (store None when that state is gone)."""
+    from rmrun.store import StateStore, StoreError
 
-    url = target
     if _is_export(target):
         import fsspec
 
         with fsspec.open(f"{target.rstrip('/')}/plan.json") as f:
             url = json.load(f).get("state")
-        if not url:
-            return None
-    elif "://" not in target and not os.path.isdir(target):
+        try:
+            store = StateStore(url)
+            found = store.peek("run-identity") is not None
+        except (OSError, StoreError, TypeError):
+            found = False
+        return (store if found else None), f"made from the state of the export {target}: {url}"
+    if target.endswith(".toml") and "://" not in target and os.path.isfile(target):
+        from rmrun.recipe import load_recipe
+
+        target = load_recipe(target).state_url
+    if "://" not in target and not os.path.isdir(target):
         raise ReportError(f"{target}: no such state or export directory")
-    store = StateStore(url)
+    store = StateStore(target)
     store.check_reachable()
-    if url != target and store.peek("run-identity") is None:
-        return None
-    return store
+    return store, None
 
 
 def _should_score(store, record, mode: str) -> tuple[bool, str]:
@@ -74,12 +79,12 @@ def build(target: str, *, rewards: str = "auto"):
     """(record, scored or None, note on the rewards) for a state root or an export."""
     from rmrun.report_data import read_export_files, read_state, score_eval_pairs
 
-    store = _open_state(target)
+    store, how = _open_state(target)
     if store is None:
         return read_export_files(target), None, "not computed: the state of this export was not found"
     record = read_state(store)
-    if store.root != target.rstrip("/") and _is_export(target):
-        record.notes.append(f"made from the state of the export {target}: {store.root}")
+    if how:
+        record.notes.append(how)
     score, note = _should_score(store, record, rewards)
     scored = None
     if score:

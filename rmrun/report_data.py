@@ -196,8 +196,8 @@ def read_state(store) -> RunRecord:
         record.first_start, record.resumes = starts[0], starts[1:]
     record.num_starts = store.current_generation()
     record.throughput = throughput(metrics, pieces, starts)
-    record.checkpoints = [store.peek(k).manifest["meta"]["step"] for k in store.committed_keys(CHECKPOINT_PREFIX)
-                          if store.peek(k) is not None]
+    checkpoints = (store.peek(k) for k in store.committed_keys(CHECKPOINT_PREFIX))
+    record.checkpoints = [c.manifest["meta"]["step"] for c in checkpoints if c is not None]
     record.quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
     export = store.peek("export")
     record.export_url = export.manifest["meta"].get("url") if export is not None else None

@@ -138,11 +138,22 @@ def test_report_of_a_resumed_s3_run_renders_in_chromium(tmp_path, s3_root):
     assert "no-such-bucket-rmrun" in missing.stderr
 
 
-def test_report_from_the_export_directory_uses_its_state(local_run):
+def test_report_from_the_export_directory_uses_its_state_or_its_own_files(local_run):
     out = local_run["root"] / "from-export"
-    _report(os.path.join(local_run["state"], "export"), out)
+    export = os.path.join(local_run["state"], "export")
+    _report(export, out)
     html = (out / "index.html").read_text()
     assert f"resumed at step {RESUME_STEP}" in html and "made from the state of the export" in html
+    # An export whose state is gone: the curves and the final evaluation from its own files.
+    orphan = local_run["root"] / "orphan-export"
+    shutil.copytree(export, orphan)
+    plan = json.loads((orphan / "plan.json").read_text())
+    (orphan / "plan.json").write_text(json.dumps(dict(plan, state=str(local_run["root"] / "gone"))))
+    out = local_run["root"] / "from-orphan"
+    _report(str(orphan), out)
+    assert sorted(os.listdir(out)) == ["eval.png", "index.html", "lengths.png", "training.png"]
+    html = (out / "index.html").read_text()
+    assert "made from the export alone" in html and "final eval accuracy" in html
 
 
 def test_report_of_a_run_without_export_shows_its_newest_checkpoint(local_run):
