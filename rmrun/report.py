@@ -64,7 +64,7 @@ def _should_score(store, record, mode: str) -> tuple[bool, str]:
         return True, ""
     from rmrun.report_data import model_weight_bytes
 
-    size = model_weight_bytes(store, record)
+    size = model_weight_bytes(store)
     if size is None:
         return False, "not computed: the state holds no checkpoint and no export yet"
     import torch

@@ -263,7 +263,7 @@ def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     return Scored(rewards=rewards, model=what, calibration=calibration(rewards[:, 0] - rewards[:, 1]))
 
 
-def model_weight_bytes(store, record: RunRecord) -> int | None:
+def model_weight_bytes(store) -> int | None:
     """Size of the final model's weights as stored (to decide whether scoring is cheap)."""
     from rmrun.snapshot import newest_checkpoint
 
