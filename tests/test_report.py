@@ -4,7 +4,11 @@ checkpoint), checked against the training-time evaluation at that checkpoint's s
 
 The run: 48 training pairs, 8 per optimizer step, 2 epochs (12 steps), a checkpoint and an
 evaluation every 3 steps, SIGKILLed after step 5 (``kill@step:5``), so it resumes from the
-checkpoint at step 3, then run again to the end.
+checkpoint at step 3, then run again to the end. The page must load every figure in the
+browser (a page with one figure removed is the negative control), mark the resume at step 3,
+and screenshot as more than one colour. Also: a report from an export directory (through its
+state, or from its own files when the state is gone), a run that was killed and not resumed,
+a LoRA checkpoint, and the one-line errors.
 """
 
 from __future__ import annotations
