@@ -123,6 +123,17 @@ class CountingS3:
                 total += n
         return total
 
+    def largest(self, *, client: str | None = None, until: str | None = None, count: int = 10) -> list:
+        """[(kind, path, bytes)] of the ``count`` paths most read (``served``'s filters)."""
+        totals: collections.Counter = collections.Counter()
+        for who, path, what, n in self.counter.events():
+            if client is not None and who != client:
+                continue
+            if until is not None and path.startswith(_path(until)):
+                break
+            totals[what, path] += n
+        return [(what, path, n) for (what, path), n in totals.most_common(count)]
+
     def clients(self) -> set[str]:
         return {event[0] for event in self.counter.events()}
 
