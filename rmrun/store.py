@@ -41,6 +41,7 @@ This module imports only the standard library and fsspec.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import errno
 import fcntl
@@ -76,6 +77,7 @@ COMMIT_NAME = "COMMIT"
 QUARANTINE_PREFIX = "QUARANTINE-"
 LOCK_NAME = "lease.lock"
 CHUNK_SIZE = 8 * 2**20
+GET_THREADS = 8  # files of one state downloaded at once
 INVALID_COMMIT = "invalid-commit"  # attempt label used to quarantine an unreadable COMMIT
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}\Z")
@@ -633,13 +635,18 @@ class CommittedState:
                 os.unlink(temp)
 
     def get_dir(self, local_dir: str, *, prefix: str = "") -> None:
-        """Download every file under folder ``prefix`` ('' = all) into ``local_dir``."""
+        """Download every file under folder ``prefix`` ('' = all) into ``local_dir``, a few
+        at a time, each checked against the manifest as it streams; the first file (in
+        name order) that does not match raises CorruptState."""
         selected = {name: _under_prefix(name, prefix) for name in self.files}
         selected = {name: rel for name, rel in selected.items() if rel}
         if prefix.strip("/") and not selected:
             raise StoreError(f"state {self.key} has no files under {prefix!r}")
-        for name, rel in selected.items():
-            self.get_file(name, os.path.join(local_dir, *rel.split("/")))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(GET_THREADS, max(1, len(selected)))) as pool:
+            pending = [pool.submit(self.get_file, name, os.path.join(local_dir, *rel.split("/")))
+                       for name, rel in selected.items()]
+            for future in pending:
+                future.result()
 
     def verify(self) -> None:
         """Raise CorruptState if a file is missing or its size or sha256 differ (reads every byte)."""

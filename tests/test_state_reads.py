@@ -28,6 +28,7 @@ export is compared bit for bit with an uninterrupted 2-process run's.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -242,7 +243,7 @@ def reference(workdir, counting_s3):
 
 @pytest.fixture(scope="module")
 def killed_one_node(workdir, counting_s3):
-    """A 1 node x 2 processes state killed at step 5, and a spare copy of it."""
+    """A 1 node x 2 processes state killed at step 5, and two spare copies of it."""
     import fsspec
 
     node = make_node(workdir / "one-node", 0)
@@ -250,10 +251,11 @@ def killed_one_node(workdir, counting_s3):
     [result] = wait_all([start_one_node(node, root, counting_s3, faults=KILL)])
     assert result.returncode != EXIT_OK and "ChildFailedError" in result.output, result.describe()
     assert checkpoints(root) == [2, 4]
-    spare = counting_s3.root("one-node-spare")
+    spares = [counting_s3.root(f"one-node-spare{i}") for i in range(2)]
     fs, _ = fsspec.core.url_to_fs(root)
-    fs.copy(f"{root}/state".split("://", 1)[1], f"{spare}/state".split("://", 1)[1], recursive=True)
-    return node, root, spare
+    for spare in spares:
+        fs.copy(f"{root}/state".split("://", 1)[1], f"{spare}/state".split("://", 1)[1], recursive=True)
+    return node, root, spares
 
 
 def checkpoints(root: str) -> list[int]:
@@ -282,7 +284,7 @@ def test_one_node_with_two_processes_reads_the_state_once(killed_one_node, refer
 def test_negative_control_every_process_reading_for_itself_exceeds_the_bound(killed_one_node, counting_s3):
     """With the once-per-node read switched off, the same resume reads about twice the state:
     the counter and the bound would catch a regression. (Killed once loaded: the reads are done.)"""
-    node, _, spare = killed_one_node
+    node, _, (spare, _) = killed_one_node
     stored = resume_bytes(spare)
     counting_s3.reset()
     [result] = wait_all([start_one_node(node, spare, counting_s3, faults="no-node-copy,kill@boosted")])
@@ -292,6 +294,35 @@ def test_negative_control_every_process_reading_for_itself_exceeds_the_bound(kil
     assert report["resume"] > BOUND * stored["total"], describe(report, stored)
     assert report["checkpoint"] >= 2 * stored["checkpoint"], describe(report, stored)
     assert report["tokenized"] >= 2 * stored["tokenized"], describe(report, stored)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_found_corrupt_by_the_node_read_is_quarantined_and_the_previous_one_used(
+        killed_one_node, reference, counting_s3):
+    """Sizes right, one byte flipped: the choice passes it, the one read catches it; rank 0
+    quarantines it and every rank falls back to checkpoint 2, then finishes exactly."""
+    import fsspec
+
+    from rmrun.store import StateStore
+
+    node, _, (_, corrupt) = killed_one_node
+    [model_url] = [url for url in state_files(corrupt, RESUMED_FROM) if url.endswith("model.safetensors")]
+    fs, path = fsspec.core.url_to_fs(model_url)
+    data = bytearray(fs.cat_file(path))
+    data[len(data) // 2] ^= 0x01
+    fs.pipe_file(path, bytes(data))
+
+    [result] = wait_all([start_one_node(node, corrupt, counting_s3)])
+    assert result.returncode == EXIT_OK, result.describe()
+    attempt = model_url.split("/")[-2]
+    assert re.search(rf"^quarantined checkpoint {RESUMED_FROM}: sha256 mismatch for model.safetensors; "
+                     "trying the previous one$", result.output, re.M), result.describe()
+    assert result.resumed_from() == ("ckpt-0000000002", 2), result.describe()
+    store = StateStore(f"{corrupt}/state")
+    notes = store.quarantined() + list(store.read_records("quarantined/").values())  # moved once ckpt 4 is redone
+    assert [n["reason"] for n in notes] == [
+        f"state {RESUMED_FROM} ({attempt}): sha256 mismatch for model.safetensors"], notes
+    assert_identical(reference, read_export(f"{corrupt}/export"), total_steps=TOTAL_STEPS)
 
 
 # ----------------------------------------------------------------- 2 nodes x 1 process: the spot case
