@@ -233,8 +233,8 @@ def test_corrupt_tokenized_data_found_on_its_one_read_is_quarantined_and_tokeniz
     target.write_bytes(bytes(data))
     resumed = rmrun("run", recipe)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (f"quarantined tokenized data {key_dir.name}: sha256 mismatch for train.safetensors; tokenizing again"
-            in resumed.stdout), resumed.stdout
+    assert (f"quarantined {key_dir.name} ({attempt}): state {key_dir.name} ({attempt}): sha256 mismatch for "
+            "train.safetensors; tokenizing again" in resumed.stdout), resumed.stdout
     assert "resumed from ckpt-0000000004" in resumed.stdout
     assert exports_equal(reference, str(tmp_path / "state" / "export")) == []
     status = rmrun("status", recipe)

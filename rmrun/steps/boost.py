@@ -41,8 +41,11 @@ def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
         loaded, error = None, None
         try:
             loaded = load_checkpoint(ctx, key, boosted=boosted)
-        except CorruptState as e:  # a hash mismatch found by the one read of its files (every rank raises it)
-            error = e.reason
+        except CorruptState as e:  # the one read of its files found a mismatch; every rank raises it
+            if ctx.rank.is_main:
+                ctx.store.quarantine(key, reason=e.reason, lease=ctx.lease)
+            ctx.say(f"quarantined {key} ({e.attempt}): {e}")  # as _say_quarantined reports latest()'s
+            continue
         except LOAD_ERRORS as e:
             if not _is_corrupt(e):
                 raise

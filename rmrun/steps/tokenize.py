@@ -133,7 +133,7 @@ def _load_node_copy(ctx, step) -> dict | None:
             return _load(copy.directory)
     if ctx.rank.is_main:
         ctx.store.quarantine(step.produces, reason=copy.corrupt.reason, lease=ctx.lease)
-    ctx.say(f"quarantined tokenized data {step.produces}: {copy.corrupt.reason}; tokenizing again")
+    ctx.say(f"quarantined {step.produces} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
     return None
 
 
