@@ -38,6 +38,7 @@ import os
 import re
 import socket
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ RESUMED_FROM = "ckpt-0000000004"
 NEXT_CHECKPOINT = "ckpt-0000000006"
 BOUND = 1.05
 TIMEOUT = 300
+LAUNCH_TAG = uuid.uuid4().hex  # marks the processes this module starts
 
 
 # ----------------------------------------------------------------- nodes and launches
@@ -88,6 +90,7 @@ class Node:
         env = counting_s3.client_env(self.client)
         env.update(PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", TMPDIR=str(self.base / "tmp"), HOME=str(self.base / "home"))
+        env["RMRUN_TEST_LAUNCH"] = LAUNCH_TAG
         env.pop("RMRUN_FAULTS", None)
         if faults:
             env["RMRUN_FAULTS"] = faults
@@ -123,6 +126,8 @@ def start_one_node(node: Node, root: str, counting_s3, *, faults: str | None = N
 
 
 def free_port() -> int:
+    """A port the OS has just handed out: the two launchers of a static rendezvous must both
+    know it before either starts, so it cannot be left to the first one to pick."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -139,26 +144,24 @@ def start_two_nodes(nodes: list[Node], root: str, counting_s3, *, faults: dict |
     return children
 
 
-def stop(children: list[Child]) -> None:
-    """Kill what is left of the launchers and their workers (torchrun starts each worker in
-    a session of its own, so by pid, not by the launcher's process group)."""
-    for child in children:
+def stop_leftovers() -> None:
+    """Kill, by pid, every process this module launched that is still alive: torchrun starts
+    each worker in a session of its own, so a launcher's process group does not hold them,
+    and a launcher killed first leaves them orphaned. They carry LAUNCH_TAG in their
+    environment."""
+    for proc in psutil.process_iter():
         try:
-            family = psutil.Process(child.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        for proc in [*family, psutil.Process(child.proc.pid)] if child.proc.poll() is None else family:
-            try:
+            if proc.pid != os.getpid() and proc.environ().get("RMRUN_TEST_LAUNCH") == LAUNCH_TAG:
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
 
 
 def wait_all(children: list[Child]):
     try:
         return [child.wait(timeout=TIMEOUT) for child in children]
     finally:
-        stop(children)
+        stop_leftovers()
 
 
 # ----------------------------------------------------------------- what is stored, what was read
