@@ -22,6 +22,7 @@ import torch
 
 from rmrun.collective import barrier, broadcast, gather_all
 from rmrun.faults import fault_point, restore_enabled
+from rmrun.nodecopy import node_copy
 
 PREFIX = "ckpt-"
 
@@ -167,35 +168,57 @@ def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | No
 
 
 def latest_checkpoint_key(ctx) -> str | None:
-    """Rank 0 finds (and verifies) the newest valid checkpoint; every rank gets its key."""
+    """Rank 0 finds the newest checkpoint whose manifest and file sizes check out (its
+    contents are hashed by the one real read, in load_checkpoint); every rank gets its key."""
     key = None
     if ctx.rank.is_main:
-        state = ctx.store.latest(PREFIX)
+        state = ctx.store.latest(PREFIX, hash_files=False)
         key = state.key if state is not None else None
     return broadcast(key)
 
 
 def load_checkpoint(ctx, key: str, *, boosted) -> dict:
-    """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state."""
-    # Rank 0's latest() has just verified it, and every file is checked against the
-    # manifest again as it is read, so a second whole-state verification is not needed.
-    state = ctx.store.peek(key)
-    if state is None:
-        raise RuntimeError(f"checkpoint {key} vanished from {ctx.store.root} while loading")
-    with tempfile.TemporaryDirectory(prefix="rmrun-load-") as tmp:
-        state.get_dir(tmp)
-        boosted.load(tmp)
-        trainer_state = json.loads(state.read_bytes("trainer.json"))
+    """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state.
+
+    Collective. The checkpoint is read from the store once per node and hashed as it
+    streams (rmrun.nodecopy); a corruption any node found raises CorruptState on every
+    rank. Nothing is loaded into the model before the whole copy has verified."""
+    with node_copy(ctx.store, key, rank=ctx.rank) as copy:
+        if copy.corrupt is not None:
+            raise copy.corrupt
+        trainer_state = json.loads(_read_local(copy.directory, "trainer.json"))
         through = trainer_state.pop("history_through", None)
         if through is not None:  # (older checkpoints carry their whole history inline)
-            trainer_state["metrics"], trainer_state["evals"] = read_history(ctx.store, through=through)
+            trainer_state["metrics"], trainer_state["evals"] = _history_for_every_rank(ctx, through=through)
+        boosted.load(copy.directory)
         rng_name = f"rng/rank-{ctx.rank.rank:05d}.json"
-        if restore_enabled("rng") and rng_name in state.files and state.manifest["meta"]["world_size"] == ctx.rank.world_size:
-            restore_rng(json.loads(state.read_bytes(rng_name)))
+        same_world = copy.meta.get("world_size") == ctx.rank.world_size
+        if restore_enabled("rng") and same_world and os.path.isfile(os.path.join(copy.directory, rng_name)):
+            restore_rng(json.loads(_read_local(copy.directory, rng_name)))
         else:
             # A new world size has no stream for this rank: a fresh, still deterministic one.
             seed_everything(trainer_state["seed"] + 1000 * trainer_state["step"] + ctx.rank.rank)
     return trainer_state
+
+
+def _read_local(directory: str, name: str) -> bytes:
+    with open(os.path.join(directory, *name.split("/")), "rb") as f:
+        return f.read()
+
+
+def _history_for_every_rank(ctx, *, through: int) -> tuple[list, list]:
+    """Rank 0 reads the history pieces and hands them to every rank (one read per job).
+    A gap is a ValueError on every rank, so that every rank condemns the checkpoint."""
+    found = None
+    if ctx.rank.is_main:
+        try:
+            found = read_history(ctx.store, through=through)
+        except ValueError as e:
+            found = str(e)
+    found = broadcast(found)
+    if isinstance(found, str):
+        raise ValueError(found)
+    return found
 
 
 # ---------------------------------------------------------------- loss scale

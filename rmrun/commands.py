@@ -196,7 +196,9 @@ def _run_graph(ctx, recipe: Recipe) -> int:
         ctx.write_record(name, {"name": name, "order": order, **data})
 
     def is_done(step) -> bool:
-        return ctx.store.get(step.produces) is not None
+        # The tokenized data is read whole by every run that resumes, and hashed on that
+        # read; here its manifest and sizes are enough. The other states are small.
+        return ctx.store.get(step.produces, hash_files=step.kind != "tokenize") is not None
 
     from rmrun.collective import broadcast
 

@@ -1,6 +1,7 @@
 """Process-group start and the process's place in it.
 
-This is the one module that reads RANK / WORLD_SIZE / LOCAL_RANK. ``world_from_env``
+This is the one module that reads RANK / WORLD_SIZE / LOCAL_RANK and the node
+layout torchrun gives (GROUP_RANK: which node, LOCAL_WORLD_SIZE: processes on it). ``world_from_env``
 is cheap (no torch) for ``rmrun check``; ``start`` initialises torch.distributed
 through ColossalAI, standalone (world size 1, a free port chosen by the OS) or under
 torchrun.
@@ -30,6 +31,8 @@ class Rank:
     world_size: int
     local_rank: int
     cuda: bool
+    node: int = 0  # processes with the same node share node-local scratch
+    is_node_leader: bool = True  # the one process of its node that reads shared state into that scratch
 
     @property
     def is_main(self) -> bool:
@@ -52,19 +55,36 @@ def start(*, seed: int) -> Rank:
 
     if "RANK" not in os.environ:
         os.environ.update(
-            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-             "MASTER_PORT": str(_free_port())}
+            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
         )
     cuda = torch.cuda.is_available()
     import colossalai
 
     colossalai.launch_from_torch(backend="nccl" if cuda else "gloo", seed=seed, verbose=False)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    node, leader = _node_place(rank, local_rank)
     return Rank(
-        rank=int(os.environ["RANK"]),
+        rank=rank,
         world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_rank=local_rank,
         cuda=cuda,
+        node=node,
+        is_node_leader=leader,
     )
+
+
+def _node_place(rank: int, local_rank: int) -> tuple[int, bool]:
+    """(which node this process is on, whether it is the node's local rank 0), from the
+    launcher's variables, never from the host name (simulated nodes on one machine share
+    it). A launcher that gives neither GROUP_RANK nor LOCAL_WORLD_SIZE makes every process
+    its own node: each reads its own copy of the state, correct if not frugal."""
+    if "GROUP_RANK" in os.environ and "LOCAL_RANK" in os.environ:
+        return int(os.environ["GROUP_RANK"]), local_rank == 0
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return rank // per_node, rank % per_node == 0
+    return rank, True
 
 
 def stop() -> None:

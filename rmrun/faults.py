@@ -9,6 +9,8 @@
   ``EROFS``, ``EIO``...): a failing disk or bucket, without one.
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that
   piece of the resume state, so tests can prove they see the difference.
+- ``no-node-copy`` — negative control for the state reads: every process reads the
+  state from the store itself instead of once per node.
 
 :data:`FAULT_POINTS` lists every point, in the order a run reaches them; each store
 write and each step boundary of the graph has one. Unset, every function here is a
@@ -49,6 +51,10 @@ def _directives() -> list[str]:
 
 def restore_enabled(piece: str) -> bool:
     return f"no-restore={piece}" not in _directives()
+
+
+def node_copy_enabled() -> bool:
+    return "no-node-copy" not in _directives()
 
 
 def _matches(spec: str, point: str, step: int) -> tuple[bool, bool]:

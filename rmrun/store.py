@@ -25,7 +25,11 @@ Commit protocol (object stores have no atomic rename):
 
 Readers only trust a key whose ``COMMIT`` exists, whose manifest hashes to the
 value in ``COMMIT`` and whose files match the manifest; anything else is
-quarantined and the next older state is used.  Deleting removes ``COMMIT``
+quarantined and the next older state is used.  Choosing a state need not read
+it twice: ``latest(prefix, hash_files=False)`` checks the manifest and the file
+sizes (one listing), and the one real read of the files (``get_dir``) hashes them
+as they stream; a mismatch there raises :class:`CorruptState`, the caller
+quarantines the state and asks ``latest`` again.  Deleting removes ``COMMIT``
 first, so a half-deleted state is never chosen.
 
 Keys are single path segments (``[A-Za-z0-9_][A-Za-z0-9._-]*``) that sort
@@ -37,6 +41,7 @@ This module imports only the standard library and fsspec.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import errno
 import fcntl
@@ -57,6 +62,7 @@ import fsspec
 
 __all__ = [
     "CommittedState",
+    "CorruptState",
     "Lease",
     "LeaseLost",
     "NoValidState",
@@ -71,6 +77,7 @@ COMMIT_NAME = "COMMIT"
 QUARANTINE_PREFIX = "QUARANTINE-"
 LOCK_NAME = "lease.lock"
 CHUNK_SIZE = 8 * 2**20
+GET_THREADS = 8  # files of one state downloaded at once
 INVALID_COMMIT = "invalid-commit"  # attempt label used to quarantine an unreadable COMMIT
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}\Z")
@@ -94,12 +101,14 @@ class NoValidState(StoreError):
     """Committed states exist under a prefix but none of them verifies."""
 
 
-class _CorruptState(StoreError):
-    """A committed state failed verification; carries the attempt to quarantine."""
+class CorruptState(StoreError):
+    """A committed state failed verification: ``attempt`` is the one to quarantine,
+    ``reason`` says why without the leading "state <key> (<attempt>): "."""
 
-    def __init__(self, reason: str, *, attempt: str):
-        super().__init__(reason)
+    def __init__(self, message: str, *, attempt: str, reason: str | None = None):
+        super().__init__(message)
         self.attempt = attempt
+        self.reason = reason if reason is not None else message
 
 
 class _AlreadyQuarantined(StoreError):
@@ -626,16 +635,30 @@ class CommittedState:
                 os.unlink(temp)
 
     def get_dir(self, local_dir: str, *, prefix: str = "") -> None:
-        """Download every file under folder ``prefix`` ('' = all) into ``local_dir``."""
+        """Download every file under folder ``prefix`` ('' = all) into ``local_dir``, a few
+        at a time, each checked against the manifest as it streams; the first file (in
+        name order) that does not match raises CorruptState."""
         selected = {name: _under_prefix(name, prefix) for name in self.files}
         selected = {name: rel for name, rel in selected.items() if rel}
         if prefix.strip("/") and not selected:
             raise StoreError(f"state {self.key} has no files under {prefix!r}")
-        for name, rel in selected.items():
-            self.get_file(name, os.path.join(local_dir, *rel.split("/")))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(GET_THREADS, max(1, len(selected)))) as pool:
+            pending = [pool.submit(self.get_file, name, os.path.join(local_dir, *rel.split("/")))
+                       for name, rel in selected.items()]
+            for future in pending:
+                future.result()
 
     def verify(self) -> None:
-        """Raise StoreError(reason) if a file is missing or its size or sha256 differ."""
+        """Raise CorruptState if a file is missing or its size or sha256 differ (reads every byte)."""
+        self.verify_sizes()
+        for name in self.files:
+            size, sha = self._stream(name, lambda chunk: None)
+            self._check_content(self._entries[name], size, sha)
+
+    def verify_sizes(self) -> None:
+        """Raise CorruptState if a file is missing or its size differs; one listing, no content
+        read. The contents are checked against the manifest when they are read (get_file,
+        get_dir, read_bytes)."""
         sizes = self._store._backend.sizes(self._store._attempt_path(self.key, self.attempt))
         for name in self.files:
             if name not in sizes:
@@ -643,9 +666,6 @@ class CommittedState:
             expected = self._entries[name]["size"]
             if sizes[name] != expected:
                 raise self._corrupt(f"size mismatch for {name}: manifest {expected}, found {sizes[name]}")
-        for name in self.files:
-            size, sha = self._stream(name, lambda chunk: None)
-            self._check_content(self._entries[name], size, sha)
 
     def _entry(self, name: str) -> dict:
         """Manifest entry of ``name``."""
@@ -674,9 +694,9 @@ class CommittedState:
         if sha != entry["sha256"]:
             raise self._corrupt(f"sha256 mismatch for {entry['path']}")
 
-    def _corrupt(self, reason: str) -> _CorruptState:
+    def _corrupt(self, reason: str) -> CorruptState:
         """Verification failure naming this state."""
-        return _CorruptState(f"state {self.key} ({self.attempt}): {reason}", attempt=self.attempt)
+        return CorruptState(f"state {self.key} ({self.attempt}): {reason}", attempt=self.attempt, reason=reason)
 
 
 # --------------------------------------------------------------------------- the store
@@ -776,12 +796,14 @@ class StateStore:
         attempt = f"g{lease.generation:06d}-{lease.run_id}-{secrets.token_hex(4)}"
         return StagedState(self, key, attempt=attempt, lease=lease, meta=meta)
 
-    def get(self, key: str) -> CommittedState | None:
-        """The committed, verified state ``key``; None if absent, quarantined or corrupt."""
+    def get(self, key: str, *, hash_files: bool = True) -> CommittedState | None:
+        """The committed, verified state ``key``; None if absent, quarantined or corrupt
+        (and then quarantined). ``hash_files=False`` checks the manifest and the file sizes
+        only, for a caller that reads every file next: reads check each hash as they stream."""
         _check_key(key)
         try:
-            return self._load_verified(key)
-        except (_AlreadyQuarantined, _CorruptState):
+            return self._load_verified(key, hash_files=hash_files)
+        except (_AlreadyQuarantined, CorruptState):
             return None
 
     def peek(self, key: str) -> CommittedState | None:
@@ -798,14 +820,19 @@ class StateStore:
         except StoreError:
             return None
 
-    def latest(self, prefix: str) -> CommittedState | None:
-        """Newest committed state under ``prefix`` that verifies, quarantining bad ones."""
+    def latest(self, prefix: str, *, hash_files: bool = True) -> CommittedState | None:
+        """Newest committed state under ``prefix`` that verifies, quarantining bad ones.
+
+        ``hash_files=False``: the manifest and the file sizes are checked, the contents are
+        not read; the caller's read of the files checks their hashes, and on a mismatch
+        (CorruptState) quarantines the state and asks again.
+        """
         _check_prefix(prefix)
         rejected = []
         for key in reversed(self._key_names(prefix)):
             try:
-                state = self._load_verified(key)
-            except (_AlreadyQuarantined, _CorruptState) as exc:
+                state = self._load_verified(key, hash_files=hash_files)
+            except (_AlreadyQuarantined, CorruptState) as exc:
                 rejected.append(f"{key} ({exc})")
                 continue
             if state is not None:
@@ -1023,7 +1050,7 @@ class StateStore:
                 raise StoreError(f"state {key} already committed by another writer") from None
 
     def _read_commit(self, key: str) -> dict | None:
-        """COMMIT record of ``key``; None if absent; _CorruptState if unreadable."""
+        """COMMIT record of ``key``; None if absent; CorruptState if unreadable."""
         try:
             raw = self._backend.read(posixpath.join(self._key_path(key), COMMIT_NAME))
         except FileNotFoundError:
@@ -1033,30 +1060,32 @@ class StateStore:
             attempt = record["attempt"]
             record["manifest_sha256"]
         except (ValueError, KeyError, TypeError):
-            raise _CorruptState(f"state {key}: COMMIT is not valid", attempt=INVALID_COMMIT) from None
+            raise CorruptState(f"state {key}: COMMIT is not valid", attempt=INVALID_COMMIT) from None
         if not isinstance(attempt, str) or not _SEGMENT_RE.match(attempt):
-            raise _CorruptState(f"state {key}: COMMIT names invalid attempt {attempt!r}", attempt=INVALID_COMMIT)
+            raise CorruptState(f"state {key}: COMMIT names invalid attempt {attempt!r}", attempt=INVALID_COMMIT)
         return record
 
     def _committed_attempt(self, key: str) -> str | None:
         """Attempt named by COMMIT (INVALID_COMMIT if unreadable), None if not committed."""
         try:
             record = self._read_commit(key)
-        except _CorruptState:
+        except CorruptState:
             return INVALID_COMMIT
         return record["attempt"] if record else None
 
-    def _load_verified(self, key: str) -> CommittedState | None:
+    def _load_verified(self, key: str, *, hash_files: bool) -> CommittedState | None:
         """Load and verify ``key``; quarantine it on corruption (then re-raise)."""
         names = self._backend.names(self._key_path(key))
         if COMMIT_NAME not in names:
             return None
         try:
             state = self._load_committed(key, names)
-            if state is not None:
+            if state is not None and hash_files:
                 state.verify()
+            elif state is not None:
+                state.verify_sizes()
             return state
-        except _CorruptState as exc:
+        except CorruptState as exc:
             self._quarantine(key, exc.attempt, str(exc))
             raise
 
@@ -1075,8 +1104,8 @@ class StateStore:
     def _read_manifest(self, key: str, attempt: str, *, expected_sha256: str) -> dict:
         """Manifest of ``attempt``, checked against COMMIT's hash and its own key/attempt."""
 
-        def corrupt(reason: str) -> _CorruptState:
-            return _CorruptState(f"state {key} ({attempt}): {reason}", attempt=attempt)
+        def corrupt(reason: str) -> CorruptState:
+            return CorruptState(f"state {key} ({attempt}): {reason}", attempt=attempt, reason=reason)
 
         try:
             raw = self._backend.read(posixpath.join(self._attempt_path(key, attempt), MANIFEST_NAME))

@@ -349,12 +349,13 @@ def _equal(x, y) -> bool:
     return bool(torch.equal(x, y))
 
 
-def assert_identical(reference: Export, got: Export, *, compare_eval: bool = True) -> None:
-    """Bit-identical weights (every tensor) and byte-identical metrics.jsonl, complete;
-    also a byte-identical eval.json unless ``compare_eval`` is False (a run that changed
-    eval.batch_size, which is allowed to change eval numbers)."""
-    assert_metrics_complete(reference)
-    assert_metrics_complete(got)
+def assert_identical(reference: Export, got: Export, *, compare_eval: bool = True,
+                     total_steps: int = TOTAL_STEPS) -> None:
+    """Bit-identical weights (every tensor) and byte-identical metrics.jsonl, complete
+    (steps 1..total_steps); also a byte-identical eval.json unless ``compare_eval`` is
+    False (a run that changed eval.batch_size, which is allowed to change eval numbers)."""
+    assert_metrics_complete(reference, total_steps)
+    assert_metrics_complete(got, total_steps)
     bad = differing_tensors(reference, got)
     assert not bad, f"{len(bad)} of {len(reference.tensors)} tensors differ from the uninterrupted run: {bad[:5]}"
     if got.metrics != reference.metrics:

@@ -219,6 +219,29 @@ def test_when_no_checkpoint_loads_the_run_stops_with_one_line_and_exit_3(tmp_pat
         assert "state unusable, needs a human" in line and "ckpt-0000000004" in line
 
 
+def test_corrupt_tokenized_data_found_on_its_one_read_is_quarantined_and_tokenized_again(tmp_path, reference):
+    """The done-check looks at the manifest and sizes only; the read that loads the data
+    hashes it, and a mismatch there is quarantined like any corrupt state."""
+    recipe = crash_recipe(tmp_path)
+    killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="kill@step:5"))
+    assert killed.returncode == -9
+    [key_dir] = (tmp_path / "state" / "states").glob("tokenize-*")
+    attempt = json.loads((key_dir / "COMMIT").read_text())["attempt"]
+    target = key_dir / attempt / "train.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    resumed = rmrun("run", recipe)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"quarantined {key_dir.name} ({attempt}): state {key_dir.name} ({attempt}): sha256 mismatch for "
+            "train.safetensors; tokenizing again" in resumed.stdout), resumed.stdout
+    assert "resumed from ckpt-0000000004" in resumed.stdout
+    assert exports_equal(reference, str(tmp_path / "state" / "export")) == []
+    status = rmrun("status", recipe)
+    assert f"quarantined: {key_dir.name} attempt {attempt}: state {key_dir.name} ({attempt}): sha256 mismatch" in (
+        status.stdout), status.stdout
+
+
 # ------------------------------------------------------------------ status of unreachable stores
 
 

@@ -1,7 +1,7 @@
 """The layering the design depends on, checked on the source (STYLE.md, "The shape of the house").
 
 - exactly one module imports ``colossalai.booster`` (rmrun/boost.py);
-- exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK (rmrun/dist.py);
+- exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / GROUP_RANK (rmrun/dist.py);
 - the recipe layer (rmrun/recipe/) imports only the standard library and itself, plus the
   plugin table and the backbone families (data only, standard library only themselves);
 - only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``).
@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rmrun"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
-RANK_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK"}
+RANK_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
 
 
 def _tree(path: Path) -> ast.AST:

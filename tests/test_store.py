@@ -18,6 +18,7 @@ import pytest
 
 from rmrun.store import (
     CommittedState,
+    CorruptState,
     Lease,
     LeaseLost,
     NoValidState,
@@ -272,6 +273,70 @@ def test_corrupt_file_is_quarantined_and_skipped(store_root, tmp_path, corrupt, 
     assert store.committed_keys("ckpt-") == ["ckpt-000001"]
     assert store.latest("ckpt-").key == "ckpt-000001"
     assert len(store.quarantined()) == 1
+
+
+# --------------------------------------------------------------------------- choosing on sizes, hashing on the read
+
+
+def test_choosing_on_sizes_reads_no_file_contents(store_root, monkeypatch):
+    store, lease = new_runner(store_root, "job")
+    commit_state(store, lease, "ckpt-000001", {"model.bin": os.urandom(2048), "opt.bin": b"o1"})
+
+    def refuse(path):
+        raise AssertionError(f"a file was opened: {path}")
+
+    monkeypatch.setattr(store._backend, "open_read", refuse)
+    monkeypatch.setattr(store._backend, "read", lambda path, _read=store._backend.read: (
+        _read(path) if path.endswith(("COMMIT", "MANIFEST.json")) else refuse(path)))
+    assert store.latest("ckpt-", hash_files=False).key == "ckpt-000001"
+    assert store.get("ckpt-000001", hash_files=False) is not None
+    with pytest.raises(AssertionError, match="a file was opened"):
+        store.latest("ckpt-")  # the default reads and hashes every file
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: data[:-1], "size mismatch for model.bin: manifest 4096, found 4095"),
+    (None, "missing file model.bin"),
+], ids=["truncated", "missing"])
+def test_choosing_on_sizes_quarantines_a_wrong_size(store_root, damage, reason):
+    store, lease = new_runner(store_root, "job")
+    payload = os.urandom(4096)
+    commit_state(store, lease, "ckpt-000001", {"model.bin": payload})
+    bad = commit_state(store, lease, "ckpt-000002", {"model.bin": payload[::-1]})
+    if damage is None:
+        remove(file_url(bad, store, "model.bin"))
+    else:
+        overwrite(file_url(bad, store, "model.bin"), damage(payload[::-1]))
+    assert store.latest("ckpt-", hash_files=False).key == "ckpt-000001"
+    [note] = store.quarantined()
+    assert (note["key"], note["attempt"]) == ("ckpt-000002", bad.attempt)
+    assert note["reason"] == f"state ckpt-000002 ({bad.attempt}): {reason}"
+
+
+def test_a_flipped_byte_passes_the_size_check_and_is_caught_by_the_read(store_root, tmp_path):
+    """The hash is checked on the one real read; quarantining with the reason it gives
+    writes the same note a full verification writes, and the previous state is chosen."""
+    store, lease = new_runner(store_root, "job")
+    payload = os.urandom(4096)
+    commit_state(store, lease, "ckpt-000001", {"model.bin": payload})
+    bad = commit_state(store, lease, "ckpt-000002", {"model.bin": payload[::-1], "opt.bin": b"o2"})
+    flipped = bytearray(payload[::-1])
+    flipped[100] ^= 0x01
+    overwrite(file_url(bad, store, "model.bin"), bytes(flipped))
+
+    chosen = store.latest("ckpt-", hash_files=False)
+    assert chosen.key == "ckpt-000002" and store.quarantined() == []
+    with pytest.raises(CorruptState) as info:
+        chosen.get_dir(str(tmp_path / "copy"))
+    assert info.value.attempt == bad.attempt and info.value.reason == "sha256 mismatch for model.bin"
+    assert str(info.value) == f"state ckpt-000002 ({bad.attempt}): sha256 mismatch for model.bin"
+    assert not (tmp_path / "copy" / "model.bin").exists()
+    store.quarantine(chosen.key, reason=info.value.reason, lease=lease)
+
+    assert store.latest("ckpt-", hash_files=False).key == "ckpt-000001"
+    [note] = store.quarantined()
+    assert note["reason"] == str(info.value)  # what latest() with hashing would have written
+    assert store.committed_keys("ckpt-") == ["ckpt-000001"]
 
 
 def test_all_states_corrupt_raises_no_valid_state(store_root):

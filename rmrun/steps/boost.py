@@ -25,20 +25,27 @@ def _is_corrupt(error: BaseException) -> bool:
 
 
 def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
-    """Load the newest checkpoint that loads on every rank; one that verifies but does not
-    load is quarantined with the reason, exactly like a hash mismatch, and the previous
-    one is tried. Raises NoValidState (via latest_checkpoint_key) when none is left."""
+    """Load the newest checkpoint that loads on every rank; one whose files do not match
+    their manifest as they are read, or that verifies but does not load, is quarantined
+    with the reason and the previous one is tried. Raises NoValidState (via
+    latest_checkpoint_key) when none is left."""
     from rmrun.checkpoint import latest_checkpoint_key, load_checkpoint
     from rmrun.collective import gather_all
+    from rmrun.store import CorruptState
 
     reported = False
     while (key := latest_checkpoint_key(ctx)) is not None:
         if not reported:
-            _say_quarantined(ctx)  # latest_checkpoint_key has just verified, quarantining what fails
+            _say_quarantined(ctx)  # latest_checkpoint_key has just checked manifests and sizes, quarantining what fails
             reported = True
         loaded, error = None, None
         try:
             loaded = load_checkpoint(ctx, key, boosted=boosted)
+        except CorruptState as e:  # the one read of its files found a mismatch; every rank raises it
+            if ctx.rank.is_main:
+                ctx.store.quarantine(key, reason=e.reason, lease=ctx.lease)
+            ctx.say(f"quarantined {key} ({e.attempt}): {e}")  # as _say_quarantined reports latest()'s
+            continue
         except LOAD_ERRORS as e:
             if not _is_corrupt(e):
                 raise

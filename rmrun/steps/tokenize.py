@@ -106,32 +106,57 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
     staged.commit()
 
 
-def _load(state) -> dict:
-    from safetensors.numpy import load
+def _load(directory: str) -> dict:
+    import os
+
+    from safetensors.numpy import load_file
 
     from rmrun.data import TokenizedPairs
 
-    stats = json.loads(state.read_bytes("stats.json"))
+    with open(os.path.join(directory, "stats.json")) as f:
+        stats = json.load(f)
     out = {}
     for split, name in ARRAY_FILES.items():
-        if name in state.files:
-            out[split] = TokenizedPairs.from_arrays(load(state.read_bytes(name)), stats[split])
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            out[split] = TokenizedPairs.from_arrays(load_file(path), stats[split])
     return out
+
+
+def _load_node_copy(ctx, step) -> dict | None:
+    """Collective: the tokenized data, read from the store once per node and hashed as it
+    streams; None (after rank 0 quarantined it) when a node found it corrupt."""
+    from rmrun.nodecopy import node_copy
+
+    with node_copy(ctx.store, step.produces, rank=ctx.rank) as copy:
+        if copy.corrupt is None:
+            return _load(copy.directory)
+    if ctx.rank.is_main:
+        ctx.store.quarantine(step.produces, reason=copy.corrupt.reason, lease=ctx.lease)
+    ctx.say(f"quarantined {step.produces} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
+    return None
 
 
 def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     from rmrun.collective import barrier
     from rmrun.faults import fault_point
     from rmrun.model import load_tokenizer
+    from rmrun.store import StoreError
 
     tokenizer = load_tokenizer(model)
-    # The runner's done-check has verified (or quarantined) a committed copy already.
-    if ctx.rank.is_main and ctx.store.peek(step.produces) is None:
-        _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
-    barrier()
-    state = ctx.store.peek(step.produces)  # files are verified against the manifest as they are read
-    if state is None:
-        raise RuntimeError(f"tokenized data {step.produces} is missing from {ctx.store.root}")
+    loaded = None
+    for _ in range(2):  # a copy found corrupt is written again, once
+        # The runner's done-check has checked the manifest and sizes of a committed copy
+        # (quarantining one that fails); its contents are hashed by the one read below.
+        if ctx.rank.is_main and ctx.store.peek(step.produces) is None:
+            _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
+        barrier()
+        loaded = _load_node_copy(ctx, step)
+        if loaded is not None:
+            break
+    if loaded is None:
+        raise StoreError(f"tokenized data {step.produces} in {ctx.store.root} is corrupt again right after "
+                         "it was written: the store does not keep what it is given")
     ctx.artifacts["tokenizer"] = tokenizer
-    ctx.artifacts["data"] = _load(state)
+    ctx.artifacts["data"] = loaded
     fault_point("tokenized", rank=ctx.rank.rank)
