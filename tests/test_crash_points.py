@@ -38,6 +38,7 @@ EVERY_POINT = [
     "eval",
     "checkpoint_write",
     "history_commit",
+    "checkpoint_upload",
     "checkpoint_before_commit",
     "retention",
     "epoch_commit",
