@@ -150,7 +150,7 @@ def static_problems(recipe: Recipe) -> list[str]:
     if recipe.checkpoint.interval_seconds is not None and recipe.checkpoint.interval_seconds <= 0:
         problems.append("[checkpoint].interval_seconds: must be positive")
     if recipe.checkpoint.stop_budget_seconds <= 0:
-        problems.append(f"[checkpoint].stop_budget_seconds: must be positive, got {recipe.checkpoint.stop_budget_seconds}")
+        problems.append(f"[checkpoint].stop_budget_seconds: must be positive, got {recipe.checkpoint.stop_budget_seconds:g}")
     if recipe.model.lora is not None:
         lora = recipe.model.lora
         if lora.r < 1:
