@@ -984,10 +984,13 @@ class StateStore:
         if attempt is not None:
             self._quarantine(key, attempt, f"state {key} ({attempt}): {reason}")
 
-    def quarantined(self) -> list[dict]:
-        """Every quarantine note: [{key, attempt, reason, time}], sorted by key and attempt."""
+    def quarantined(self, key: str | None = None) -> list[dict]:
+        """Every quarantine note (of ``key`` alone if given: one listing, not one per key):
+        [{key, attempt, reason, time}], sorted by key and attempt."""
+        if key is not None:
+            _check_key(key)
         notes = []
-        for key in self._key_names(""):
+        for key in [key] if key is not None else self._key_names(""):
             key_path = self._key_path(key)
             for name in self._backend.names(key_path):
                 if name.startswith(QUARANTINE_PREFIX) and name.endswith(".json"):

@@ -613,6 +613,8 @@ def test_quarantine_marks_a_state_that_verifies_but_does_not_load(store_root):
     [note] = store.quarantined()
     assert note["key"] == "ckpt-2" and note["reason"].endswith("does not load: UnpicklingError: refused")
     store.quarantine("ckpt-1", reason="does not load: KeyError", lease=lease)
+    assert [n["key"] for n in store.quarantined("ckpt-1")] == ["ckpt-1"]  # one key's notes alone
+    assert [n["key"] for n in store.quarantined()] == ["ckpt-1", "ckpt-2"]
     with pytest.raises(NoValidState, match="none verifies"):
         store.latest("ckpt-")
     store.release(lease)
