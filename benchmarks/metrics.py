@@ -151,21 +151,23 @@ def summarize_stall(runs: dict[str, list[dict]], *, total_steps: int, interval: 
     """Training time lost per checkpoint, per variant of benchmarks.checkpoint_stall.
 
     ``stall``: time the training loop spent in the checkpoint hook over the measured steps,
-    less what the hook costs on a step without a checkpoint (the median hook time of the
-    ``none`` runs), per periodic checkpoint. ``end_to_end``: the loop's wall time less the
-    ``none`` run's of the same round, per periodic checkpoint (it also counts a background
-    upload competing with training for the CPU, and all the noise of a shared machine).
+    less what the hook costs on a step without a checkpoint (the run's own median hook time:
+    most steps have none, and it follows the load of the machine during that run), per
+    periodic checkpoint. ``end_to_end``: the loop's wall time less the ``none`` run's of the
+    same round, per periodic checkpoint (it also counts a background upload competing with
+    training for the CPU, and all the noise of a shared machine).
     """
     checkpoints = len(range(interval, total_steps, interval))
-    base_hook = statistics.median(s for run in runs["none"] for s in run["hook_seconds"])
     out = {"total_steps": total_steps, "interval_steps": interval, "periodic_checkpoints": checkpoints,
-           "bytes_per_second": bytes_per_second, "rounds": len(runs["none"]), "idle_hook_seconds": base_hook,
-           "variants": {}}
+           "bytes_per_second": bytes_per_second, "rounds": len(runs["none"]), "variants": {}}
     for variant, variant_runs in runs.items():
-        stalls = [(sum(r["hook_seconds"]) - base_hook * len(r["hook_seconds"])) / checkpoints for r in variant_runs]
+        idle = [statistics.median(r["hook_seconds"]) for r in variant_runs]
+        stalls = [(sum(r["hook_seconds"]) - base * len(r["hook_seconds"])) / checkpoints
+                  for r, base in zip(variant_runs, idle)]
         lost = [(r["loop_seconds"] - none["loop_seconds"]) / checkpoints for r, none in zip(variant_runs, runs["none"])]
         out["variants"][variant] = {
             "stall_per_checkpoint_s": statistics.mean(stalls),
+            "idle_hook_seconds": statistics.mean(idle),
             "end_to_end_lost_per_checkpoint_s": statistics.mean(lost),
             "mean_step_s": statistics.mean(s for r in variant_runs for s in r["step_seconds"]),
             "loop_seconds": [r["loop_seconds"] for r in variant_runs],

@@ -273,7 +273,7 @@ def _checkpoint_stall(doc: dict) -> list[str]:
             snaps = [c["snapshot_seconds"] for c in v["checkpoints"] if c.get("snapshot_seconds") is not None]
             uploads = [c["upload_seconds"] for c in v["checkpoints"] if c.get("upload_seconds") is not None]
             median = (lambda xs: f"{sorted(xs)[len(xs) // 2]:.3f} s" if xs else "—")
-            lost = "—" if name == "none" else f"{v['stall_per_checkpoint_s']:.3f} s"
+            lost = f"{v['stall_per_checkpoint_s']:.3f} s" + (" (noise floor)" if name == "none" else "")
             e2e = "—" if name == "none" else f"{v['end_to_end_lost_per_checkpoint_s']:.3f} s"
             lines.append(f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {median(snaps)} | "
                          f"{median(uploads)} |")
@@ -285,9 +285,12 @@ def _checkpoint_stall(doc: dict) -> list[str]:
         lines += ["", "Hook time: the time the training loop spent in the checkpoint hook (snapshot; with blocking "
                   "uploads also the upload and commit; with background ones the commit at a later step boundary "
                   "and any wait for an upload still running), less the hook's cost on a step without a "
-                  f"checkpoint ({1000 * e['idle_hook_seconds']:.1f} ms, the no-checkpoint run's median). End to "
-                  "end: the loop's wall time less the no-checkpoint run's, per checkpoint; it also counts the "
-                  "upload thread competing for the CPU, and every other process on the machine.", ""]
+                  "checkpoint (each run's median hook time: "
+                  + ", ".join(f"{n} {1000 * v['idle_hook_seconds']:.1f} ms" for n, v in e["variants"].items())
+                  + "). End to end: the loop's wall time less the no-checkpoint run's of the same round, per "
+                  "checkpoint; it also counts the upload thread competing for the CPU, and every other process "
+                  "on the machine: on a shared machine it is mostly noise (compare the no-checkpoint runs' loop "
+                  "times: " + ", ".join(f"{t:.1f} s" for t in e["variants"]["none"]["loop_seconds"]) + ").", ""]
     return lines
 
 
