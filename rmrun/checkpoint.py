@@ -208,7 +208,6 @@ class PendingCheckpoint:
         timings = {"snapshot_seconds": round(max(r["snapshot_seconds"] for r in reports), 3),
                    "upload_seconds": round(max(r["upload_seconds"] for r in reports), 3)}
         started = time.perf_counter()
-        problem = None
         if self.ctx.rank.is_main:
             try:
                 self._commit(reports, timings=timings, keep=keep)
@@ -269,10 +268,11 @@ def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint 
     attempt = broadcast(staged.attempt if staged is not None else None)
     if attempt is None:
         return None
+    rng = capture_rng()  # before the Booster's save, whatever it may draw
     scratch = tempfile.mkdtemp(prefix="rmrun-ckpt-")
     try:
         boosted.save(scratch)
-        _write_json(scratch, f"rng/rank-{ctx.rank.rank:05d}.json", capture_rng())
+        _write_json(scratch, f"rng/rank-{ctx.rank.rank:05d}.json", rng)
         if ctx.rank.is_main:
             # Constant size: the history lives in its pieces; this says how far they reach.
             _write_json(scratch, "trainer.json", dict(trainer_state, metrics=[], evals=[], history_through=step))
