@@ -116,12 +116,16 @@ def _header(doc: dict) -> list[str]:
                 f"(tokens per sequence: mean {lengths['mean']:.0f}, median {lengths['p50']:.0f}, "
                 f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
                 f"max_length).")
+    shape = (f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
+             if train else "")  # (the throughput benchmarks' settings; the stall benchmark says its own)
     lines += [
         f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
-        f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
-        f"{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
+        f"{shape}{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time "
+        f"{meta.get('pytest_seconds', 0):.0f} s.{data}",
         "",
     ]
+    if meta.get("note"):
+        lines += [f"**Note:** {meta['note']}", ""]
     return lines
 
 
@@ -327,9 +331,18 @@ def _method() -> list[str]:
 
 
 def markdown(doc: dict) -> str:
-    lines = (_header(doc) + _goals(doc) + _throughput(doc) + _checkpoint(doc) + _checkpoint_stall(doc) + _startup(doc)
-             + _tokenize(doc))
-    lines += _method()
+    # A run of one benchmark alone (-k test_checkpoint_stall) leaves the other sections out.
+    throughput = bool(_entries(doc, "train"))
+    lines = _header(doc) + _goals(doc)
+    if throughput:
+        lines += _throughput(doc) + _checkpoint(doc)
+    lines += _checkpoint_stall(doc)
+    if throughput or _entries(doc, "startup"):
+        lines += _startup(doc)
+    if throughput or any(b.get("extra_info", {}).get("kind") == "tokenize" for b in doc.get("benchmarks", [])):
+        lines += _tokenize(doc)
+    if throughput:
+        lines += _method()
     return "\n".join(lines)
 
 
