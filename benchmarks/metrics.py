@@ -12,6 +12,7 @@ GOALS = {
     "rmrun_vs_colossalchat": 2.0,  # rmrun pairs/s / ColossalChat-batching pairs/s, at least
     "checkpoint_overhead_pct": 3.0,  # % of training time at the default interval, at most
     "resumed_vs_fresh": 1.5,  # resumed / fresh time to the first step, at most
+    "background_vs_blocking_stall": 0.25,  # training time lost per checkpoint, background / blocking upload, at most
 }
 
 
@@ -144,3 +145,37 @@ def summarize_startup(raw: dict) -> dict:
         "resumed_first_step_number": raw["resumed"][0].get("first_step_number"),
         "rounds": len(fresh), "threads": raw["threads"], "pairs": raw["pairs"],
     }
+
+
+def summarize_stall(runs: dict[str, list[dict]], *, total_steps: int, interval: int, bytes_per_second: float) -> dict:
+    """Training time lost per checkpoint, per variant of benchmarks.checkpoint_stall.
+
+    ``stall``: time the training loop spent in the checkpoint hook over the measured steps,
+    less what the hook costs on a step without a checkpoint (the run's own median hook time:
+    most steps have none, and it follows the load of the machine during that run), per
+    periodic checkpoint. ``end_to_end``: the loop's wall time less the ``none`` run's of the
+    same round, per periodic checkpoint (it also counts a background upload competing with
+    training for the CPU, and all the noise of a shared machine).
+    """
+    checkpoints = len(range(interval, total_steps, interval))
+    out = {"total_steps": total_steps, "interval_steps": interval, "periodic_checkpoints": checkpoints,
+           "bytes_per_second": bytes_per_second, "rounds": len(runs["none"]), "variants": {}}
+    for variant, variant_runs in runs.items():
+        idle = [statistics.median(r["hook_seconds"]) for r in variant_runs]
+        stalls = [(sum(r["hook_seconds"]) - base * len(r["hook_seconds"])) / checkpoints
+                  for r, base in zip(variant_runs, idle)]
+        lost = [(r["loop_seconds"] - none["loop_seconds"]) / checkpoints for r, none in zip(variant_runs, runs["none"])]
+        out["variants"][variant] = {
+            "stall_per_checkpoint_s": statistics.mean(stalls),
+            "idle_hook_seconds": statistics.mean(idle),
+            "end_to_end_lost_per_checkpoint_s": statistics.mean(lost),
+            "mean_step_s": statistics.mean(s for r in variant_runs for s in r["step_seconds"]),
+            "loop_seconds": [r["loop_seconds"] for r in variant_runs],
+            "checkpoints": [c for r in variant_runs for c in r["checkpoints"] if c["step"] < total_steps],
+            "hook_seconds": [r["hook_seconds"] for r in variant_runs],
+            "step_seconds": [r["step_seconds"] for r in variant_runs],
+        }
+    blocking = out["variants"]["blocking"]["stall_per_checkpoint_s"]
+    background = out["variants"]["background"]["stall_per_checkpoint_s"]
+    out["background_vs_blocking"] = background / blocking if blocking > 0 else None
+    return out

@@ -116,12 +116,16 @@ def _header(doc: dict) -> list[str]:
                 f"(tokens per sequence: mean {lengths['mean']:.0f}, median {lengths['p50']:.0f}, "
                 f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
                 f"max_length).")
+    shape = (f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
+             if train else "")  # (the throughput benchmarks' settings; the stall benchmark says its own)
     lines += [
         f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
-        f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
-        f"{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
+        f"{shape}{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time "
+        f"{meta.get('pytest_seconds', 0):.0f} s.{data}",
         "",
     ]
+    if meta.get("note"):
+        lines += [f"**Note:** {meta['note']}", ""]
     return lines
 
 
@@ -157,6 +161,16 @@ def _goals(doc: dict) -> list[str]:
         rows.append(("4. resumed / fresh time to first optimizer step", f"ddp × 1 proc, {e['model']}",
                      f"{e['ratio']:.2f}× ({e['resumed_median_s']:.1f} s / {e['fresh_median_s']:.1f} s)",
                      f"≤ {GOALS['resumed_vs_fresh']:g}×", ok, "" if ok else _why_startup(e)))
+    for e in _entries(doc, "checkpoint_stall"):
+        ratio = e.get("background_vs_blocking")
+        ok = ratio is not None and ratio <= GOALS["background_vs_blocking_stall"]
+        v = e["variants"]
+        rows.append(("5. training time lost per checkpoint, background / blocking upload",
+                     f"ddp × 1 proc, tiny, store at {e['bytes_per_second'] / 2**20:g} MiB/s",
+                     f"{100 * ratio:.1f} % ({1000 * v['background']['stall_per_checkpoint_s']:.0f} ms / "
+                     f"{1000 * v['blocking']['stall_per_checkpoint_s']:.0f} ms)" if ratio is not None else "—",
+                     f"≤ {100 * GOALS['background_vs_blocking_stall']:g} %", ok,
+                     "" if ok else "the snapshot or the commit on the training thread is as slow as the upload"))
     lines = ["## Goals", "", "| goal | config | measured | target | status | why (when missed) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {g} | {c} | {m} | {t} | {_status(ok)} | {w} |" for g, c, m, t, ok, w in rows]
@@ -247,6 +261,43 @@ def _startup(doc: dict) -> list[str]:
     return lines
 
 
+def _checkpoint_stall(doc: dict) -> list[str]:
+    entries = _entries(doc, "checkpoint_stall")
+    if not entries:
+        return []
+    lines = []
+    for e in entries:
+        lines += [f"## Training time lost per checkpoint, store throttled to {e['bytes_per_second'] / 2**20:g} MiB/s",
+                  "", f"Quickstart recipe (tiny Llama, ddp, 1 process), {e['total_steps']} steps, a checkpoint every "
+                  f"{e['interval_steps']} steps ({e['periodic_checkpoints']} measured per run, the last step's "
+                  f"blocking final checkpoint left out), {e['rounds']} round(s) of each variant, in turn.", "",
+                  "| uploads | lost per checkpoint (hook time) | lost per checkpoint (end to end) | mean step | "
+                  "snapshot (median) | upload (median) |", "|---|---:|---:|---:|---:|---:|"]
+        for name, v in e["variants"].items():
+            snaps = [c["snapshot_seconds"] for c in v["checkpoints"] if c.get("snapshot_seconds") is not None]
+            uploads = [c["upload_seconds"] for c in v["checkpoints"] if c.get("upload_seconds") is not None]
+            median = (lambda xs: f"{sorted(xs)[len(xs) // 2]:.3f} s" if xs else "—")
+            lost = f"{v['stall_per_checkpoint_s']:.3f} s" + (" (noise floor)" if name == "none" else "")
+            e2e = "—" if name == "none" else f"{v['end_to_end_lost_per_checkpoint_s']:.3f} s"
+            lines.append(f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {median(snaps)} | "
+                         f"{median(uploads)} |")
+        lines += ["", "Per checkpoint (step: snapshot s / upload s):", ""]
+        for name in ("blocking", "background"):
+            cells = ", ".join(f"{c['step']}: {c['snapshot_seconds']:.3f} / {c['upload_seconds']:.3f}"
+                              for c in e["variants"][name]["checkpoints"])
+            lines.append(f"- {name}: {cells}")
+        lines += ["", "Hook time: the time the training loop spent in the checkpoint hook (snapshot; with blocking "
+                  "uploads also the upload and commit; with background ones the commit at a later step boundary "
+                  "and any wait for an upload still running), less the hook's cost on a step without a "
+                  "checkpoint (each run's median hook time: "
+                  + ", ".join(f"{n} {1000 * v['idle_hook_seconds']:.1f} ms" for n, v in e["variants"].items())
+                  + "). End to end: the loop's wall time less the no-checkpoint run's of the same round, per "
+                  "checkpoint; it also counts the upload thread competing for the CPU, and every other process "
+                  "on the machine: on a shared machine it is mostly noise (compare the no-checkpoint runs' loop "
+                  "times: " + ", ".join(f"{t:.1f} s" for t in e["variants"]["none"]["loop_seconds"]) + ").", ""]
+    return lines
+
+
 def _tokenize(doc: dict) -> list[str]:
     lines = ["## Tokenize (rmrun.data.tokenize_pairs)", "", "| pairs | rounds | pairs/s | tokens/s |",
              "|---:|---:|---:|---:|"]
@@ -280,8 +331,18 @@ def _method() -> list[str]:
 
 
 def markdown(doc: dict) -> str:
-    lines = _header(doc) + _goals(doc) + _throughput(doc) + _checkpoint(doc) + _startup(doc) + _tokenize(doc)
-    lines += _method()
+    # A run of one benchmark alone (-k test_checkpoint_stall) leaves the other sections out.
+    throughput = bool(_entries(doc, "train"))
+    lines = _header(doc) + _goals(doc)
+    if throughput:
+        lines += _throughput(doc) + _checkpoint(doc)
+    lines += _checkpoint_stall(doc)
+    if throughput or _entries(doc, "startup"):
+        lines += _startup(doc)
+    if throughput or any(b.get("extra_info", {}).get("kind") == "tokenize" for b in doc.get("benchmarks", [])):
+        lines += _tokenize(doc)
+    if throughput:
+        lines += _method()
     return "\n".join(lines)
 
 
@@ -326,8 +387,9 @@ def plot(doc: dict, path: Path) -> None:
              f"{m.get('date', '?')}" + (" [SMOKE]" if meta.get("smoke") else ""))
     fig.suptitle(title, fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, 0.035),
-               frameon=False)
+    if labels:  # (a run of the checkpoint-stall benchmark alone has no throughput bars)
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, 0.035),
+                   frameon=False)
     if note:
         fig.text(0.5, 0.01, note, ha="center", fontsize=8, style="italic")
     fig.tight_layout(rect=(0, 0.09, 1, 0.95))

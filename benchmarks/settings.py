@@ -29,6 +29,8 @@ if SMOKE:
     TRAIN_ROUNDS["medium"] = TRAIN_ROUNDS["small"]
     CHECKPOINT_ROUNDS = GPU_CHECKPOINT_ROUNDS = 1
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
+    # Checkpoint stall: steps per run, checkpoint interval, rounds, store bandwidth (bytes/s).
+    STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 9, 4, 1, 64 * 2**20
 else:
     TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 6000, 3
     TRAIN_PAIRS = 2000
@@ -41,3 +43,5 @@ else:
     CHECKPOINT_ROUNDS = 5
     GPU_CHECKPOINT_ROUNDS = 2
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000
+    # The tiny model's checkpoint (model + AdamW state, ~2.1 MB) takes ~1 s at 2 MiB/s.
+    STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 81, 20, 2, 2 * 2**20

@@ -94,7 +94,8 @@ class Boosted:
     def unwrap(self):
         return self.model.unwrap(unwrap_peft=False)
 
-    # checkpoint I/O: local directories; the store moves them
+    # checkpoint I/O: local directories, one per rank (no path is shared); each rank uploads
+    # the files it wrote, so their names must not collide across ranks
     def save(self, directory: str) -> None:
         import os
 
@@ -106,7 +107,9 @@ class Boosted:
             self.booster.save_optimizer(self.optimizer, os.path.join(directory, "optimizer.pt"))
         self.booster.save_lr_scheduler(self.scheduler, os.path.join(directory, "scheduler.pt"))
         scaler = find_grad_scaler(self.optimizer)
-        if scaler is not None:
+        # The same on every rank (overflow checks are all-reduced); each rank uploads what it
+        # writes, so rank 0 alone writes it.
+        if scaler is not None and _world()[0] == 0:
             with open(os.path.join(directory, "loss_scale.json"), "w") as f:
                 json.dump(capture_grad_scaler(scaler), f)
         save_zero_masters(self.model, self.optimizer, directory)

@@ -16,13 +16,16 @@ import os
 import random
 import shutil
 import tempfile
+import threading
+import time
 
 import numpy as np
 import torch
 
-from rmrun.collective import barrier, broadcast, gather_all
+from rmrun.collective import broadcast, gather_all
 from rmrun.faults import fault_point, restore_enabled
 from rmrun.nodecopy import node_copy
+from rmrun.store import StoreError
 
 PREFIX = "ckpt-"
 
@@ -126,45 +129,177 @@ def read_history(store, *, through: int) -> tuple[list, list]:
     return [metrics[s] for s in sorted(metrics)], [evals[s] for s in sorted(evals)]
 
 
-def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | None:
-    """Commit ``ckpt/<step>`` (all ranks call this); returns the key, or None if it exists."""
+# ---------------------------------------------------------------- writing
+#
+# Every rank writes and uploads its own part; no path is shared between ranks.
+#
+# 1. At the step boundary (all ranks, synchronous): rank 0 stages ``ckpt-<step>`` and
+#    hands the attempt's name to every rank; each rank writes what it holds (through the
+#    Booster: its shards if the plugin shards, its RNG streams; rank 0 also the trainer
+#    state) into its own node-local scratch folder. This is the snapshot: the same bytes
+#    whether the upload then blocks or not, so exactness does not depend on it.
+# 2. Each rank uploads the files it wrote into the attempt, several at a time, in a
+#    background thread (rank 0 first commits the history piece). No collective runs
+#    in that thread: collectives stay on the training loop's thread.
+# 3. Once every rank's upload is over (the checkpoint hook learns it from the one
+#    all-reduce it runs at every step anyway), all ranks gather their (name, size, sha256)
+#    lists; rank 0 writes the manifest and publishes COMMIT (lease-fenced) only if every
+#    rank succeeded. A rank that failed makes every rank raise CheckpointFailed and nothing
+#    is committed: the attempt is garbage, removed when the next lease is taken.
+
+
+class CheckpointFailed(StoreError):
+    """A checkpoint was not committed because a rank could not write or upload its part."""
+
+
+class PendingCheckpoint:
+    """A snapshot taken on this rank, its upload running in a background thread."""
+
+    def __init__(self, ctx, *, key: str, step: int, staged, writer, scratch: str, trainer_state: dict,
+                 snapshot_seconds: float):
+        self.ctx = ctx
+        self.key = key
+        self.step = step
+        self.staged = staged  # rank 0's StagedState, None elsewhere
+        self.writer = writer
+        self.scratch = scratch
+        self.trainer_state = trainer_state
+        self.snapshot_seconds = snapshot_seconds
+        self.upload_seconds = 0.0
+        self.entries: list[dict] = []
+        self.error: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._upload, name=f"rmrun-upload-{key}", daemon=True)
+        self._thread.start()
+
+    def uploading(self) -> bool:
+        return self._thread.is_alive()
+
+    def _upload(self) -> None:
+        started = time.perf_counter()
+        try:
+            if self.staged is not None:
+                write_history_piece(self.ctx, self.trainer_state)
+            files = _scratch_files(self.scratch)
+            # The smallest file first, alone: a kill right after it leaves a half-uploaded attempt.
+            first = dict(sorted(files.items(), key=lambda item: os.path.getsize(item[1]))[:1])
+            self.entries = self.writer.put_files(first)
+            fault_point("checkpoint_upload", step=self.step, rank=self.ctx.rank.rank)
+            self.entries += self.writer.put_files({n: p for n, p in files.items() if n not in first})
+        except Exception as e:  # reported to every rank by finish()
+            self.error = e
+        finally:
+            self.upload_seconds = time.perf_counter() - started
+            if self._abandoned:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def finish(self, *, keep: int) -> dict:
+        """All ranks: wait for this rank's upload, gather every rank's files, and commit on
+        rank 0 if every rank succeeded; returns the checkpoint's timings (seconds)."""
+        self._thread.join()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        mine = {"entries": self.entries, "error": _describe(self.error) if self.error else None,
+                "snapshot_seconds": self.snapshot_seconds, "upload_seconds": self.upload_seconds}
+        reports = gather_all(mine)
+        failed = [(rank, report["error"]) for rank, report in enumerate(reports) if report["error"]]
+        if failed:
+            rank, error = failed[0]
+            raise CheckpointFailed(f"checkpoint {self.key} not committed: rank {rank} could not write its part: "
+                                   f"{error}; the last committed checkpoint is intact") from self.error
+        timings = {"snapshot_seconds": round(max(r["snapshot_seconds"] for r in reports), 3),
+                   "upload_seconds": round(max(r["upload_seconds"] for r in reports), 3)}
+        started = time.perf_counter()
+        if self.ctx.rank.is_main:
+            try:
+                self._commit(reports, timings=timings, keep=keep)
+            except Exception as e:
+                broadcast(f"rank 0: {_describe(e)}")
+                raise
+        problem = broadcast(None)
+        if problem:
+            raise CheckpointFailed(f"checkpoint {self.key} not committed: {problem}")
+        timings["commit_seconds"] = round(time.perf_counter() - started, 3)
+        return timings
+
+    def _commit(self, reports: list[dict], *, timings: dict, keep: int) -> None:
+        """Rank 0: every rank's files into the manifest, then COMMIT, then retention."""
+        for report in reports:
+            self.staged.add_files(report["entries"])
+        fault_point("checkpoint_before_commit", step=self.step, rank=0)
+        self.staged.commit(meta=timings)
+        fault_point("retention", step=self.step, rank=0)
+        self.ctx.store.retain(PREFIX, keep=keep, lease=self.ctx.lease)
+
+    def abandon(self) -> None:
+        """Leave this checkpoint uncommitted (the run is failing): no collective, no wait."""
+        self._abandoned = True
+        if not self._thread.is_alive():
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}"
+
+
+def _scratch_files(scratch: str) -> dict[str, str]:
+    """{name in the state: local path} of every file this rank wrote."""
+    files = {}
+    for dirpath, _, filenames in os.walk(scratch):
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            files[os.path.relpath(path, scratch).replace(os.sep, "/")] = path
+    return files
+
+
+def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint | None:
+    """All ranks: snapshot ``ckpt-<step>`` into node-local scratch and start uploading it;
+    None if that checkpoint is committed already."""
+    started = time.perf_counter()
     step = trainer_state["step"]
     key = checkpoint_key(step)
-    exists = broadcast(ctx.store.get(key) is not None if ctx.rank.is_main else None)
-    if exists:
+    staged = None
+    if ctx.rank.is_main and ctx.store.get(key, hash_files=False) is None:
+        staged = ctx.stage(key, meta={
+            "step": step,
+            "epoch": trainer_state["epoch"],
+            "pairs_consumed": trainer_state["pairs_consumed"],
+            "world_size": ctx.rank.world_size,
+            "fingerprint": ctx.identity["fingerprint"],
+        })
+    attempt = broadcast(staged.attempt if staged is not None else None)
+    if attempt is None:
         return None
-    rng_states = gather_all(capture_rng())
-    # Sharded plugins write from every rank into one directory: it must be shared by
-    # the ranks (one node); rank 0 uploads it.
-    tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-ckpt-") if ctx.rank.is_main else None)
+    rng = capture_rng()  # before the Booster's save, whatever it may draw
+    scratch = tempfile.mkdtemp(prefix="rmrun-ckpt-")
     try:
-        boosted.save(tmp)
-        barrier()
+        boosted.save(scratch)
+        _write_json(scratch, f"rng/rank-{ctx.rank.rank:05d}.json", rng)
         if ctx.rank.is_main:
-            fault_point("checkpoint_write", step=step, rank=0)
-            write_history_piece(ctx, trainer_state)
-            staged = ctx.stage(key, meta={
-                "step": step,
-                "epoch": trainer_state["epoch"],
-                "pairs_consumed": trainer_state["pairs_consumed"],
-                "world_size": ctx.rank.world_size,
-                "fingerprint": ctx.identity["fingerprint"],
-            })
-            staged.put_dir(tmp, prefix="")
-            for rank, rng in enumerate(rng_states):
-                staged.write_bytes(f"rng/rank-{rank:05d}.json", json.dumps(rng).encode())
-            fault_point("checkpoint_before_commit", step=step, rank=0)
             # Constant size: the history lives in its pieces; this says how far they reach.
-            compact = dict(trainer_state, metrics=[], evals=[], history_through=step)
-            staged.write_bytes("trainer.json", json.dumps(compact).encode())
-            staged.commit()
-            fault_point("retention", step=step, rank=0)
-            ctx.store.retain(PREFIX, keep=keep, lease=ctx.lease)
-        barrier()
-    finally:
-        if ctx.rank.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return key
+            _write_json(scratch, "trainer.json", dict(trainer_state, metrics=[], evals=[], history_through=step))
+        fault_point("checkpoint_write", step=step, rank=ctx.rank.rank)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return PendingCheckpoint(ctx, key=key, step=step, staged=staged, writer=ctx.store.attempt_writer(key, attempt),
+                             scratch=scratch, trainer_state=trainer_state,
+                             snapshot_seconds=time.perf_counter() - started)
+
+
+def _write_json(directory: str, name: str, data: dict) -> None:
+    path = os.path.join(directory, *name.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(json.dumps(data).encode())
+
+
+def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | None:
+    """Commit ``ckpt-<step>`` and wait for it (all ranks call this); the key, or None if it exists."""
+    pending = start_checkpoint(ctx, boosted=boosted, trainer_state=trainer_state)
+    if pending is None:
+        return None
+    pending.finish(keep=keep)
+    return pending.key
 
 
 def latest_checkpoint_key(ctx) -> str | None:

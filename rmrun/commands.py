@@ -106,6 +106,7 @@ def _status(url: str) -> int:
             meta = latest.manifest["meta"]
             print(f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
                   f"{meta['pairs_consumed']} pairs of the epoch consumed)")
+        _print_checkpoint_times(store, checkpoints[-5:])
     else:
         print("latest checkpoint: none")
     quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
@@ -114,6 +115,19 @@ def _status(url: str) -> int:
     done = store.peek("export") is not None
     print("run: complete" if done else "run: not complete")
     return EXIT_OK
+
+
+def _print_checkpoint_times(store, keys: list[str]) -> None:
+    """What the recent checkpoints cost: the stop-signal budget is their snapshot + upload."""
+    rows = []
+    for key in keys:
+        state = store.peek(key)
+        meta = state.manifest["meta"] if state is not None else {}
+        if "snapshot_seconds" in meta and "upload_seconds" in meta:
+            rows.append(f"  {key}: snapshot {meta['snapshot_seconds']:.3f} s, upload {meta['upload_seconds']:.3f} s")
+    if rows:
+        print("checkpoint times (snapshot: training waits; upload: in the background where checkpoint.async_upload):")
+        print("\n".join(rows))
 
 
 # ------------------------------------------------------------------ run

@@ -44,10 +44,9 @@ class RunContext:
         A quarantined state at the same key (a corrupt checkpoint the run has since
         recomputed) is replaced; its quarantine note is kept as a record for status.
         """
-        for note in self.store.quarantined():
-            if note["key"] == key:
-                self.store.write_record(f"quarantined/{key}-{note['attempt']}", note, lease=self.lease)
-                self.store.delete(key, lease=self.lease)
+        for note in self.store.quarantined(key):  # this key's folder alone: staging stays cheap as keys pile up
+            self.store.write_record(f"quarantined/{key}-{note['attempt']}", note, lease=self.lease)
+            self.store.delete(key, lease=self.lease)
         return self.store.stage(key, lease=self.lease, meta=meta)
 
     def say(self, message: str) -> None:

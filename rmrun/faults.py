@@ -2,11 +2,14 @@
 
 ``RMRUN_FAULTS`` holds comma-separated directives, read once per process:
 
-- ``kill@POINT:STEP`` — SIGKILL this process (rank 0 only unless ``kill@POINT:STEP:all``)
-  when it reaches fault point POINT at optimizer step STEP; ``kill@POINT`` (no step)
-  at the first time it reaches POINT.
+- ``kill@POINT:STEP`` — SIGKILL this process (rank 0 only unless ``kill@POINT:STEP:all``,
+  or ``:rankN`` for rank N alone) when it reaches fault point POINT at optimizer step
+  STEP; ``kill@POINT`` (no step) at the first time it reaches POINT.
 - ``fail@POINT[:STEP]=ERRNO`` — raise ``OSError(ERRNO)`` there instead (``ENOSPC``,
   ``EROFS``, ``EIO``...): a failing disk or bucket, without one.
+- ``term@POINT[:STEP]`` — send this process SIGTERM there and go on (a stop signal that
+  arrives at a known moment, such as during a background upload).
+- ``slow@POINT[:STEP]=SECONDS`` — sleep there (a slow bucket, without one).
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that
   piece of the resume state, so tests can prove they see the difference.
 - ``no-node-copy`` — negative control for the state reads: every process reads the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 # name -> where it is, in run order. A point reached at an optimizer step takes that
 # step; the others are reached once per run (their step is the trainer's step then).
@@ -33,6 +37,8 @@ FAULT_POINTS = {
     "eval": "inside an evaluation",
     "checkpoint_write": "checkpoint files written locally, before they are staged",
     "history_commit": "the metric lines since the last piece staged, before their commit",
+    "checkpoint_upload": "a rank's checkpoint upload under way, its first file uploaded (in the background "
+                         "where checkpoint.async_upload is on)",
     "checkpoint_before_commit": "checkpoint staged, before its commit",
     "retention": "checkpoint committed, before old checkpoints are deleted",
     "epoch_commit": "epoch over, before its epoch marker is committed",
@@ -57,34 +63,39 @@ def node_copy_enabled() -> bool:
     return "no-node-copy" not in _directives()
 
 
-def _matches(spec: str, point: str, step: int) -> tuple[bool, bool]:
-    """(matches, applies to every rank) for ``POINT[:STEP][:all]``."""
+def _matches(spec: str, point: str, step: int, rank: int) -> bool:
+    """Whether ``POINT[:STEP][:all|:rankN]`` applies at (point, step, rank); rank 0 by default."""
     parts = spec.split(":")
     if parts[0] not in FAULT_POINTS:  # a typo must not turn a kill test into a clean run
         raise ValueError(f"RMRUN_FAULTS: unknown fault point {parts[0]!r}; known: {', '.join(FAULT_POINTS)}")
     if parts[0] != point:
-        return False, False
+        return False
     rest = parts[1:]
-    everyone = bool(rest) and rest[-1] == "all"
-    if everyone:
+    ranks = {0}
+    if rest and (rest[-1] == "all" or rest[-1].startswith("rank")):
+        ranks = None if rest[-1] == "all" else {int(rest[-1][len("rank"):])}
         rest = rest[:-1]
-    return (not rest or int(rest[0]) == step), everyone
+    return (not rest or int(rest[0]) == step) and (ranks is None or rank in ranks)
 
 
 def fault_point(point: str, *, step: int = 0, rank: int = 0) -> None:
     assert point in FAULT_POINTS, point
     for directive in _directives():
         action, _, spec = directive.partition("@")
-        if action not in ("kill", "fail"):
+        if action not in ("kill", "fail", "term", "slow"):
             continue
-        spec, _, code = spec.partition("=")
-        matches, everyone = _matches(spec, point, step)
-        if not matches or not (everyone or rank == 0):
+        spec, _, value = spec.partition("=")
+        if not _matches(spec, point, step, rank):
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        number = getattr(errno, code or "EIO")
-        raise OSError(number, f"{os.strerror(number)} (injected at {point})")
+        elif action == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif action == "slow":
+            time.sleep(float(value))
+        else:
+            number = getattr(errno, value or "EIO")
+            raise OSError(number, f"{os.strerror(number)} (injected at {point})")
 
 
 def trace_pairs(*, rank: int, epoch: int, step: int, pair_ids: list[int]) -> None:

@@ -23,6 +23,14 @@ Commit protocol (object stores have no atomic rename):
    file; s3: ``PUT`` with ``If-None-Match: *``; other backends: check then
    write under a process lock), so at most one attempt ever wins a key.
 
+Several writers, one commit: the lease holder stages an attempt and hands its name to
+other processes (the ranks of a job, each on its own machine); each gets an
+:class:`AttemptWriter` that can only upload files into that attempt, several at a
+time, and returns their (name, size, sha256). The holder adds those entries to its
+staged state; before writing the manifest, ``commit()`` checks that every entry is
+present at its size, and refuses to commit otherwise. A writer that fails simply
+never reports: the holder does not commit, and the attempt is garbage.
+
 Readers only trust a key whose ``COMMIT`` exists, whose manifest hashes to the
 value in ``COMMIT`` and whose files match the manifest; anything else is
 quarantined and the next older state is used.  Choosing a state need not read
@@ -61,6 +69,7 @@ from typing import Callable, Iterable, Iterator
 import fsspec
 
 __all__ = [
+    "AttemptWriter",
     "CommittedState",
     "CorruptState",
     "Lease",
@@ -78,11 +87,13 @@ QUARANTINE_PREFIX = "QUARANTINE-"
 LOCK_NAME = "lease.lock"
 CHUNK_SIZE = 8 * 2**20
 GET_THREADS = 8  # files of one state downloaded at once
+UPLOAD_THREADS = 8  # files one writer uploads at a time where the backend has no batched put
 INVALID_COMMIT = "invalid-commit"  # attempt label used to quarantine an unreadable COMMIT
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}\Z")
 _LEASE_FILE_RE = re.compile(r"(\d{12})\.json\Z")
 _ATTEMPT_GENERATION_RE = re.compile(r"g(\d+)-")
+_ATTEMPT_RE = re.compile(r"g\d{6,}-[A-Za-z0-9._-]+\Z")
 _LOCAL_PROTOCOLS = ("file", "local")
 _BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 # Serialises check-then-write "create-only" on backends without a native primitive.
@@ -161,6 +172,26 @@ def _copy_hashing(chunks: Iterable[bytes], write: Callable[[bytes], object]) -> 
         size += len(chunk)
         write(chunk)
     return size, digest.hexdigest()
+
+
+def _hash_local_file(path: str) -> tuple[int, str]:
+    """(size, hex sha256) of a local file."""
+    with open(path, "rb") as f:
+        return _copy_hashing(_read_chunks(f), lambda chunk: None)
+
+
+def _upload_in_threads(write_stream, pairs: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """Stream each (local path, backend path) through ``write_stream``, a few at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def upload(pair: tuple[str, str]) -> tuple[int, str]:
+        with open(pair[0], "rb") as f:
+            return write_stream(pair[1], _read_chunks(f))
+
+    if len(pairs) <= 1:
+        return [upload(pair) for pair in pairs]
+    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(pairs)), thread_name_prefix="rmrun-upload") as pool:
+        return list(pool.map(upload, pairs))
 
 
 def _read_chunks(fileobj) -> Iterator[bytes]:
@@ -315,6 +346,10 @@ class _LocalBackend:
             os.fsync(f.fileno())
         return result
 
+    def put_files(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str]]:
+        """Copy (local path, backend path) pairs, several at a time; (size, sha256) of each."""
+        return _upload_in_threads(self.write_stream, pairs)
+
     def write_atomic(self, path: str, data: bytes) -> None:
         """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync dirs)."""
         temp = self._temp_path(path)
@@ -440,6 +475,16 @@ class _FsspecBackend:
         with self.fs.open(path, "wb") as f:
             return _copy_hashing(chunks, f.write)
 
+    def put_files(self, pairs: list[tuple[str, str]]) -> list[tuple[int, str]]:
+        """Upload (local path, backend path) pairs concurrently: one batched ``put`` on an
+        asynchronous filesystem (s3, gcs...), a few threads elsewhere; (size, sha256) of each.
+        The batched path hashes the local files first; commit() checks the sizes that arrived."""
+        if not getattr(self.fs, "async_impl", False) or len(pairs) <= 1:
+            return _upload_in_threads(self.write_stream, pairs)
+        hashes = [_hash_local_file(local) for local, _ in pairs]
+        self.fs.put([local for local, _ in pairs], [remote for _, remote in pairs])
+        return hashes
+
     def write_atomic(self, path: str, data: bytes) -> None:
         """Overwrite ``path``; a single PUT is atomic on object stores."""
         self.fs.pipe_file(path, data)
@@ -515,6 +560,34 @@ def _make_backend(root: str, storage_options: dict):
 # --------------------------------------------------------------------------- states
 
 
+class AttemptWriter:
+    """Uploads files into an attempt the lease holder staged, from a process without the lease.
+
+    It can only write files under that attempt and say what it wrote; the entries it
+    returns go to the holder, whose :meth:`StagedState.add_files` takes them into the
+    manifest. Nothing it writes is visible unless the holder commits.
+    """
+
+    def __init__(self, store: "StateStore", key: str, *, attempt: str):
+        self.key = key
+        self.attempt = attempt
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"AttemptWriter(key={self.key!r}, attempt={self.attempt!r})"
+
+    def put_files(self, files: dict[str, str]) -> list[dict]:
+        """Upload ``{name: local path}`` concurrently; return their manifest entries
+        ({path, size, sha256}), sorted by name."""
+        names = sorted(files)
+        for name in names:
+            _check_file_name(name)
+        attempt_dir = self._store._attempt_path(self.key, self.attempt)
+        pairs = [(files[name], posixpath.join(attempt_dir, name)) for name in names]
+        results = self._store._backend.put_files(pairs)
+        return [{"path": name, "size": size, "sha256": sha} for name, (size, sha) in zip(names, results)]
+
+
 class StagedState:
     """Files being written for one key; invisible to readers until commit()."""
 
@@ -545,12 +618,36 @@ class StagedState:
             name = posixpath.join(prefix.strip("/"), rel) if prefix.strip("/") else rel
             self.put_file(name, os.path.join(local_dir, *rel.split("/")))
 
-    def commit(self) -> "CommittedState":
-        """Write MANIFEST.json, check the lease, then publish COMMIT create-only."""
+    def put_files(self, files: dict[str, str]) -> None:
+        """Upload ``{name: local path}`` concurrently (see :class:`AttemptWriter`)."""
         self._ensure_open()
+        self.add_files(AttemptWriter(self._store, self.key, attempt=self.attempt).put_files(files))
+
+    def add_files(self, entries: list[dict]) -> None:
+        """Take files another writer uploaded into this attempt into the manifest;
+        commit() checks that each is there at its size."""
+        self._ensure_open()
+        for entry in entries:
+            try:
+                name, size, sha = entry["path"], entry["size"], entry["sha256"]
+            except (KeyError, TypeError):
+                raise StoreError(f"invalid file entry {entry!r} for staged state {self.key}") from None
+            _check_file_name(name)
+            if not isinstance(size, int) or not isinstance(sha, str):
+                raise StoreError(f"invalid file entry {entry!r} for staged state {self.key}")
+            self._claim(name)
+            self._files[name] = {"path": name, "size": size, "sha256": sha}
+
+    def commit(self, *, meta: dict | None = None) -> "CommittedState":
+        """Check every file is there, write MANIFEST.json (with ``meta`` added to the
+        staging meta), check the lease, then publish COMMIT create-only."""
+        self._ensure_open()
+        if meta:
+            self._meta = {**self._meta, **_json_copy(meta, what="state meta")}
         store, backend = self._store, self._store._backend
         attempt_dir = store._attempt_path(self.key, self.attempt)
         backend.sync_tree(attempt_dir)
+        self._check_uploaded(backend.sizes(attempt_dir))
         manifest = self._manifest()
         manifest_bytes = _json_bytes(manifest)
         backend.write_atomic(posixpath.join(attempt_dir, MANIFEST_NAME), manifest_bytes)
@@ -563,12 +660,23 @@ class StagedState:
         self._closed = True
         return CommittedState(store, self.key, attempt=self.attempt, manifest=manifest)
 
+    def _check_uploaded(self, sizes: dict[str, int]) -> None:
+        """Refuse to commit an attempt where a file of the manifest is missing or cut short."""
+        for name, entry in self._files.items():
+            if sizes.get(name) != entry["size"]:
+                found = "missing" if name not in sizes else f"{sizes[name]} bytes, not {entry['size']}"
+                raise StoreError(f"staged state {self.key} ({self.attempt}): file {name} is {found}; not committed")
+
+    def _claim(self, name: str) -> None:
+        """Refuse a second file under the same name."""
+        if name in self._files:
+            raise StoreError(f"file {name!r} already written to staged state {self.key}")
+
     def _write(self, name: str, chunks: Iterable[bytes]) -> None:
         """Write one file of the attempt and remember its size and hash."""
         self._ensure_open()
         _check_file_name(name)
-        if name in self._files:
-            raise StoreError(f"file {name!r} already written to staged state {self.key}")
+        self._claim(name)
         path = posixpath.join(self._store._attempt_path(self.key, self.attempt), name)
         size, sha = self._store._backend.write_stream(path, chunks)
         self._files[name] = {"path": name, "size": size, "sha256": sha}
@@ -796,6 +904,14 @@ class StateStore:
         attempt = f"g{lease.generation:06d}-{lease.run_id}-{secrets.token_hex(4)}"
         return StagedState(self, key, attempt=attempt, lease=lease, meta=meta)
 
+    def attempt_writer(self, key: str, attempt: str) -> AttemptWriter:
+        """A writer of files into ``attempt`` of ``key``, staged by the lease holder (which
+        passes its name on); it needs no lease, and the holder alone can commit."""
+        _check_key(key)
+        if not isinstance(attempt, str) or not _ATTEMPT_RE.match(attempt) or not _SEGMENT_RE.match(attempt):
+            raise StoreError(f"invalid attempt name {attempt!r} for state {key}")
+        return AttemptWriter(self, key, attempt=attempt)
+
     def get(self, key: str, *, hash_files: bool = True) -> CommittedState | None:
         """The committed, verified state ``key``; None if absent, quarantined or corrupt
         (and then quarantined). ``hash_files=False`` checks the manifest and the file sizes
@@ -895,10 +1011,13 @@ class StateStore:
         if attempt is not None:
             self._quarantine(key, attempt, f"state {key} ({attempt}): {reason}")
 
-    def quarantined(self) -> list[dict]:
-        """Every quarantine note: [{key, attempt, reason, time}], sorted by key and attempt."""
+    def quarantined(self, key: str | None = None) -> list[dict]:
+        """Every quarantine note (of ``key`` alone if given: one listing, not one per key):
+        [{key, attempt, reason, time}], sorted by key and attempt."""
+        if key is not None:
+            _check_key(key)
         notes = []
-        for key in self._key_names(""):
+        for key in [key] if key is not None else self._key_names(""):
             key_path = self._key_path(key)
             for name in self._backend.names(key_path):
                 if name.startswith(QUARANTINE_PREFIX) and name.endswith(".json"):

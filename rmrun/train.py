@@ -360,28 +360,76 @@ class EvalHook:
 
 
 class CheckpointHook:
-    """Commit every N steps / seconds, at epoch ends, at the end, and on a stop signal (then exit 75)."""
+    """Commit every N steps / seconds, at epoch ends, at the end, and on a stop signal (then exit 75).
 
-    def __init__(self, *, ctx, every: int | None, seconds: float | None, keep: int, stop: StopSignal):
+    With ``background`` the upload of a periodic checkpoint runs while training goes on
+    (see rmrun/checkpoint.py); it is committed at the first step boundary after every
+    rank's upload is over. At most one is in flight: the next checkpoint waits for it, and
+    the checkpoints at epoch ends, at the end and on a stop signal block until committed.
+    """
+
+    def __init__(self, *, ctx, every: int | None, seconds: float | None, keep: int, stop: StopSignal,
+                 background: bool = False, stop_budget_seconds: float | None = None):
         self.ctx = ctx
         self.every = every
         self.seconds = seconds
         self.keep = keep
         self.stop = stop
+        self.background = background
+        self.stop_budget_seconds = stop_budget_seconds
         self.last = time.monotonic()
+        self.pending = None
+        self.warned = False
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
-        from rmrun.checkpoint import save_checkpoint
+        from rmrun.checkpoint import start_checkpoint
 
         step = trainer.state.step
         by_time = self.ctx.rank.is_main and self.seconds is not None and time.monotonic() - self.last >= self.seconds
-        by_time, stop = any_flag(by_time, self.stop.requested)  # rank 0 decides time; any rank's signal counts
+        uploading = self.pending is not None and self.pending.uploading()
+        # rank 0 decides time; any rank's signal counts; an upload is over when every rank's is
+        by_time, stop, uploading = any_flag(by_time, self.stop.requested, uploading)
+        if self.pending is not None and not uploading:
+            self.finish_pending()
         due = boundary or by_time or stop or (self.every is not None and step % self.every == 0)
         if due:
-            save_checkpoint(self.ctx, boosted=trainer.boosted, trainer_state=trainer.state.to_dict(), keep=self.keep)
+            self.finish_pending()  # on a stop signal too: the upload in flight finishes first
+            self.pending = start_checkpoint(self.ctx, boosted=trainer.boosted, trainer_state=trainer.state.to_dict())
             self.last = time.monotonic()
+            if boundary or stop or not self.background:
+                self._finish(quiet=True)
         if stop:
             raise Preempted(f"stopped by signal after committing the checkpoint at step {step}")
+
+    def finish_pending(self) -> None:
+        """All ranks: wait for the checkpoint in flight, if any, and commit it."""
+        self._finish(quiet=False)
+
+    def _finish(self, *, quiet: bool) -> None:
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        if pending.uploading() and not quiet:
+            self.ctx.say(f"waiting for the background upload of checkpoint {pending.key}")
+        self._check_budget(pending.key, pending.finish(keep=self.keep))
+
+    def abandon(self) -> None:
+        """The run is failing: leave the checkpoint in flight uncommitted (no collective)."""
+        if self.pending is not None:
+            self.pending.abandon()
+            self.pending = None
+
+    def _check_budget(self, key: str, timings: dict) -> None:
+        total = sum(timings.values())
+        if self.warned or self.stop_budget_seconds is None or total <= self.stop_budget_seconds:
+            return
+        self.warned = True
+        self.ctx.say(
+            f"warning: checkpoint {key} took {total:.1f} s to commit (snapshot {timings['snapshot_seconds']:.1f} s, "
+            f"upload {timings['upload_seconds']:.1f} s, commit {timings['commit_seconds']:.1f} s), more than "
+            f"checkpoint.stop_budget_seconds = {self.stop_budget_seconds:g}: the checkpoint taken on a stop signal "
+            f"may not finish before the machine goes away"
+        )
 
 
 def run_epoch(trainer: Trainer, epoch: int, hooks: list) -> None:

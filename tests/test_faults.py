@@ -43,3 +43,24 @@ def test_negative_controls_and_the_point_list(monkeypatch):
     assert not restore_enabled("rng") and restore_enabled("position")
     assert list(FAULT_POINTS)[:3] == ["tokenize_commit", "tokenized", "boosted"]
     assert list(FAULT_POINTS)[-1] == "export_done"
+
+
+def test_rank_selection_term_and_slow(monkeypatch):
+    import signal
+    import time
+
+    monkeypatch.setenv("RMRUN_FAULTS", "fail@checkpoint_upload:2:rank1=EIO")
+    fault_point("checkpoint_upload", step=2, rank=0)  # rank 0 is spared: the directive names rank 1
+    with pytest.raises(OSError, match="injected at checkpoint_upload"):
+        fault_point("checkpoint_upload", step=2, rank=1)
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        monkeypatch.setenv("RMRUN_FAULTS", "term@checkpoint_upload:4,slow@checkpoint_upload:4=0.2")
+        started = time.monotonic()
+        fault_point("checkpoint_upload", step=4)
+        assert received == [signal.SIGTERM] and time.monotonic() - started >= 0.2
+        fault_point("checkpoint_upload", step=5)  # another step: neither
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -55,14 +55,17 @@ def test_plugin_trains_and_resumes_exactly(tmp_path, name, precision, extra, min
     recipe_a, recipe_b = small_recipe(a), small_recipe(b)
     straight = rmrun("run", recipe_a, *_sets(settings), nproc=nproc)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = rmrun("run", recipe_b, *_sets(settings), nproc=nproc, env=child_env(RMRUN_FAULTS="kill@step:5"))
+    # a uploads its checkpoints in the background (the default), b blocks (so that checkpoint 3 is
+    # committed before the kill at step 5): the exports must still be bit-identical.
+    settings_b = {**settings, "checkpoint.async_upload": "false"}
+    killed = rmrun("run", recipe_b, *_sets(settings_b), nproc=nproc, env=child_env(RMRUN_FAULTS="kill@step:5"))
     assert killed.returncode != 0
     if precision == "fp16" and name != "ddp":
         # ZeRO/Gemini/3d keep their dynamic loss scale out of the optimizer state: rmrun saves it.
         saved = sorted((b / "state").rglob("loss_scale.json"))
         assert saved, "no loss_scale.json in the checkpoint of an fp16 run"
         assert json.loads(saved[-1].read_text()), saved[-1]
-    resumed = rmrun("run", recipe_b, *_sets(settings), nproc=nproc)
+    resumed = rmrun("run", recipe_b, *_sets(settings_b), nproc=nproc)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from ckpt-0000000003" in resumed.stdout
     ma = (a / "state" / "export" / "metrics.jsonl").read_text()

@@ -106,7 +106,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
     assert tables == {"run", "data", "model", "model.lora", "plugin", "loss", "schedule", "checkpoint", "eval",
                       "log", "output"}
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 52
+    assert len(KEYS) == 54
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -276,6 +276,7 @@ def test_bad_combination_checkpoint_keep_below_two(tmp_path, keep):
         ("[schedule]\ngrad_clip = -1.0", "[schedule].grad_clip: must be 0 or more, got -1.0"),
         ("[schedule]\nmax_steps = 0", "[schedule].max_steps: must be at least 1 (leave it out to turn it off), got 0"),
         ("[checkpoint]\ninterval_seconds = 0", "[checkpoint].interval_seconds: must be positive"),
+        ("[checkpoint]\nstop_budget_seconds = -30", "[checkpoint].stop_budget_seconds: must be positive, got -30"),
         ("[model.lora]\nr = 0", "[model.lora].r: must be at least 1, got 0"),
         ("[model.lora]\ntarget_modules = []", "[model.lora].target_modules: needs at least one module name"),
     ],

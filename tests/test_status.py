@@ -10,7 +10,10 @@ from tests.helpers import child_env, rmrun, small_recipe
 
 
 def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
-    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 2\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    # Blocking checkpoints: checkpoint 4 is committed before step 5 (a background upload
+    # would be committed at a later step boundary).
+    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 2\nasync_upload = false\n"
+                                          "[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
     killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="kill@step:5"))
     assert killed.returncode == -9
 
@@ -49,7 +52,7 @@ def test_verify_resume_reports_bit_identical_runs(tmp_path):
 
 
 def test_interval_seconds_commits_checkpoints_without_a_step_interval(tmp_path):
-    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_seconds = 0.001\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_seconds = 0.001\nasync_upload = false\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
     killed = rmrun("run", recipe, "--set", "checkpoint.interval_steps=1000000", env=child_env(RMRUN_FAULTS="kill@step:6"))
     assert killed.returncode == -9
     status = rmrun("status", recipe)

@@ -678,6 +678,8 @@ def test_quarantine_marks_a_state_that_verifies_but_does_not_load(store_root):
     [note] = store.quarantined()
     assert note["key"] == "ckpt-2" and note["reason"].endswith("does not load: UnpicklingError: refused")
     store.quarantine("ckpt-1", reason="does not load: KeyError", lease=lease)
+    assert [n["key"] for n in store.quarantined("ckpt-1")] == ["ckpt-1"]  # one key's notes alone
+    assert [n["key"] for n in store.quarantined()] == ["ckpt-1", "ckpt-2"]
     with pytest.raises(NoValidState, match="none verifies"):
         store.latest("ckpt-")
     store.release(lease)
@@ -714,3 +716,72 @@ def test_check_reachable_names_a_missing_bucket(s3_root):
     StateStore(s3_root("reachable")).check_reachable()  # the test bucket exists
     with pytest.raises(FileNotFoundError, match="no such bucket 'no-such-bucket-rmrun'"):
         StateStore("s3://no-such-bucket-rmrun/x").check_reachable()
+
+
+# --------------------------------------------------------------------------- several writers, one commit
+
+
+def _local_files(tmp_path, name: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Write ``files`` under tmp_path/name; {state file name: local path}."""
+    out = {}
+    for rel, data in files.items():
+        path = tmp_path / name / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        out[rel] = str(path)
+    return out
+
+
+def test_writers_without_the_lease_upload_into_the_holders_attempt(store_root, tmp_path):
+    """Rank 0 stages; another writer, with only the attempt's name, uploads its files concurrently;
+    rank 0 takes their entries and commits one state holding both."""
+    store, lease = new_runner(store_root, "rank0")
+    staged = store.stage("ckpt-000002", lease=lease, meta={"step": 2})
+    mine = {"model.safetensors": os.urandom(2**20 + 5), "rng/rank-00000.json": b"[0]"}
+    theirs = {f"shards/rank-00001-{i}.bin": os.urandom(1000 + i) for i in range(12)}
+    theirs["rng/rank-00001.json"] = b"[1]"
+    staged.put_files(_local_files(tmp_path, "rank0", mine))
+    other = StateStore(store_root).attempt_writer("ckpt-000002", staged.attempt)  # another process: no lease
+    entries = other.put_files(_local_files(tmp_path, "rank1", theirs))
+    assert [e["path"] for e in entries] == sorted(theirs)
+    assert all(e["size"] == len(theirs[e["path"]]) and e["sha256"] == sha(theirs[e["path"]]) for e in entries)
+    assert store.get("ckpt-000002") is None  # nothing visible before the holder commits
+    staged.add_files(entries)
+    staged.commit(meta={"upload_seconds": 1.5})
+    state = store.get("ckpt-000002")
+    assert state.files == sorted({**mine, **theirs})
+    assert all(state.read_bytes(name) == data for name, data in {**mine, **theirs}.items())
+    assert state.manifest["meta"] == {"step": 2, "upload_seconds": 1.5}
+
+
+def test_a_file_reported_but_not_uploaded_is_never_committed(store_root, tmp_path):
+    store, lease = new_runner(store_root, "rank0")
+    staged = store.stage("ckpt-000003", lease=lease, meta={})
+    entries = store.attempt_writer("ckpt-000003", staged.attempt).put_files(
+        _local_files(tmp_path, "rank1", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"}))
+    remove(store.url("states", "ckpt-000003", staged.attempt, "b.bin"))  # the upload that never arrived
+    staged.add_files(entries)
+    with pytest.raises(StoreError, match=r"file b\.bin is missing; not committed"):
+        staged.commit()
+    assert store.get("ckpt-000003") is None and store.committed_keys("ckpt-") == []
+    # Negative control: the same entries, all uploaded, do commit.
+    staged = store.stage("ckpt-000003", lease=lease, meta={})
+    staged.add_files(store.attempt_writer("ckpt-000003", staged.attempt).put_files(
+        _local_files(tmp_path, "again", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"})))
+    staged.commit()
+    assert store.committed_keys("ckpt-") == ["ckpt-000003"]
+
+
+def test_two_writers_of_one_name_and_bad_attempt_names_are_refused(store_root, tmp_path):
+    store, lease = new_runner(store_root, "rank0")
+    staged = store.stage("ckpt-000004", lease=lease, meta={})
+    staged.put_files(_local_files(tmp_path, "rank0", {"scheduler.pt": b"x"}))
+    entries = store.attempt_writer("ckpt-000004", staged.attempt).put_files(
+        _local_files(tmp_path, "rank1", {"scheduler.pt": b"x"}))
+    with pytest.raises(StoreError, match="'scheduler.pt' already written to staged state ckpt-000004"):
+        staged.add_files(entries)
+    for attempt in ("../other", "x", "g000001-run-ab/c", ""):
+        with pytest.raises(StoreError, match="invalid attempt name"):
+            store.attempt_writer("ckpt-000004", attempt)
+    with pytest.raises(StoreError, match="invalid file name"):
+        store.attempt_writer("ckpt-000004", staged.attempt).put_files({"../escape": str(tmp_path / "rank0" / "scheduler.pt")})

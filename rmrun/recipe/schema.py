@@ -184,6 +184,23 @@ class CheckpointSection:
     interval_steps: Optional[int] = doc("Commit a checkpoint every N optimizer steps.", 100)
     interval_seconds: Optional[float] = doc("Commit a checkpoint when this many seconds have passed.", None)
     keep: int = doc("Committed checkpoints to keep (at least 2).", 2)
+    async_upload: bool = doc(
+        "Upload checkpoints in the background: at the step boundary every rank writes its part of the state "
+        "to node-local scratch (the same bytes as a blocking checkpoint), training goes on while each rank "
+        "uploads its own files, and the checkpoint is committed once every rank's upload is complete. At most "
+        "one is in flight; the next checkpoint, an epoch end, the end of training and a stop signal wait for "
+        "it (on SIGTERM the upload in flight finishes, then the final checkpoint is taken, blocking). A kill "
+        "during an upload leaves the previous checkpoint as the newest committed one. false: training waits "
+        "for every checkpoint to be committed.",
+        True,
+    )
+    stop_budget_seconds: float = doc(
+        "Time a checkpoint may take from the step boundary to its commit (snapshot + upload + commit) before "
+        "the run warns, once, that a stop signal's final checkpoint may not finish in time: the notice a "
+        "spot machine gets before it is taken away (about 30 s on GCP, 120 s on AWS). Each checkpoint's "
+        "snapshot and upload seconds are recorded with it and shown by `rmrun status`.",
+        120.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,8 @@ NON_RESULT_KEYS = frozenset(
         "checkpoint.interval_steps",
         "checkpoint.interval_seconds",
         "checkpoint.keep",
+        "checkpoint.async_upload",
+        "checkpoint.stop_budget_seconds",
         "eval.interval_steps",
         "eval.batch_size",
         "log.interval_steps",

@@ -64,7 +64,8 @@ def _number_problems(recipe: Recipe) -> list[str]:
     if not 0 <= recipe.run.seed <= SEED_MAX:
         problems.append(f"[run].seed: must be between 0 and 2**63-1, got {recipe.run.seed}")
     floats = [("[schedule].lr", s.lr), ("[schedule].weight_decay", s.weight_decay), ("[schedule].grad_clip", s.grad_clip),
-              ("[loss].margin", recipe.loss.margin), ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds)]
+              ("[loss].margin", recipe.loss.margin), ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds),
+              ("[checkpoint].stop_budget_seconds", recipe.checkpoint.stop_budget_seconds)]
     if lora is not None:
         floats += [("[model.lora].alpha", lora.alpha), ("[model.lora].dropout", lora.dropout)]
     for key, value in floats:
@@ -148,6 +149,8 @@ def static_problems(recipe: Recipe) -> list[str]:
         )
     if recipe.checkpoint.interval_seconds is not None and recipe.checkpoint.interval_seconds <= 0:
         problems.append("[checkpoint].interval_seconds: must be positive")
+    if recipe.checkpoint.stop_budget_seconds <= 0:
+        problems.append(f"[checkpoint].stop_budget_seconds: must be positive, got {recipe.checkpoint.stop_budget_seconds:g}")
     if recipe.model.lora is not None:
         lora = recipe.model.lora
         if lora.r < 1:

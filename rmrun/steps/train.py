@@ -40,7 +40,8 @@ def _hooks(ctx, trainer, *, checkpoint, eval, log):
             log_hook,
             EvalHook(every=eval.interval_steps, log=log_hook),
             CheckpointHook(ctx=ctx, every=checkpoint.interval_steps, seconds=checkpoint.interval_seconds,
-                           keep=checkpoint.keep, stop=StopSignal()),
+                           keep=checkpoint.keep, stop=StopSignal(), background=checkpoint.async_upload,
+                           stop_budget_seconds=checkpoint.stop_budget_seconds),
         ]
     return ctx.artifacts["hooks"]
 
@@ -48,6 +49,7 @@ def _hooks(ctx, trainer, *, checkpoint, eval, log):
 def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) -> None:
     from rmrun.collective import barrier
     from rmrun.faults import fault_point
+    from rmrun.train import NonFiniteLoss
     from rmrun.train import run_epoch as loop
 
     epoch = step.params["epoch"]
@@ -55,8 +57,16 @@ def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) ->
     if trainer.state.epoch <= epoch and not trainer.state.finished:
         hooks = _hooks(ctx, trainer, checkpoint=checkpoint, eval=eval, log=log)
         try:
-            loop(trainer, epoch, hooks)
+            try:
+                loop(trainer, epoch, hooks)
+            except NonFiniteLoss:
+                # Raised by every rank at the same step (the loss is all-reduced): the checkpoint in
+                # flight holds a sound earlier state, so it is committed before the run stops.
+                hooks[-1].finish_pending()
+                raise
+            hooks[-1].finish_pending()  # the epoch's end waits for the checkpoint in flight (none: it blocked)
         except BaseException:
+            hooks[-1].abandon()  # the CheckpointHook: an upload in flight is never committed now
             try:  # keep what was logged (a preemption, say); the original error is what is reported
                 hooks[0].sync()
             except Exception:
