@@ -198,6 +198,16 @@ class RewardReader:
         last = attention_mask.sum(dim=-1) - 1
         return scores[torch.arange(scores.shape[0], device=scores.device), last.to(scores.device), 0]
 
+    def shared_prompt(self, net, batch: dict, *, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) rewards of a shared-prompt batch (``rmrun.data.share``): one decoder
+        forward with its block mask and position ids, read at each pair's two reward tokens."""
+        net(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+            position_ids=batch["position_ids"].to(device), **self._extra)
+        scores, self._scores = self._scores, None
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        return (scores[rows, batch["chosen_end"].to(scores.device), 0],
+                scores[rows, batch["rejected_end"].to(scores.device), 0])
+
 
 def exportable_tokenizer(tokenizer, net):
     """The tokenizer with ``model_input_names`` cut to what the model's forward accepts, so
