@@ -11,7 +11,7 @@ from benchmarks import machine, settings
 
 _SKIPPED: list[dict] = []
 _STARTED = time.time()
-ORDER = ("test_tokenize", "test_train", "test_startup")
+ORDER = ("test_tokenize", "test_train", "test_shared_prompt", "test_startup")
 
 
 def pytest_collection_modifyitems(config, items):

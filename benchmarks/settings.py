@@ -28,6 +28,7 @@ if SMOKE:
     }
     TRAIN_ROUNDS["medium"] = TRAIN_ROUNDS["small"]
     CHECKPOINT_ROUNDS = GPU_CHECKPOINT_ROUNDS = 1
+    SHARED_ROUNDS = {size: dict(rounds) for size, rounds in TRAIN_ROUNDS.items()}
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
 else:
     TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 6000, 3
@@ -40,4 +41,9 @@ else:
     TRAIN_ROUNDS["medium"] = {"max_rounds": 60, "min_rounds": 20, "budget_seconds": 20, "colossalchat_every": 1}
     CHECKPOINT_ROUNDS = 5
     GPU_CHECKPOINT_ROUNDS = 2
+    # The shared-prompt forward against the standard one (and the hand loop), per data profile.
+    SHARED_ROUNDS = {
+        "tiny": {"max_rounds": 160, "min_rounds": 30, "budget_seconds": 45},
+        "small": {"max_rounds": 60, "min_rounds": 12, "budget_seconds": 75},
+    }
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000
