@@ -154,6 +154,9 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
                 "does not take a block mask")
     if plugin.flash_attn:
         return "flash_attention_2 (plugin.flash_attn) takes no block attention mask"
+    if plugin.mixed_precision != "fp32":
+        return (f'the block mask is checked against the standard forward in fp32 only, not in '
+                f'"{plugin.mixed_precision}" (plugin.mixed_precision)')
     directory = _local_model_directory(model.pretrain)
     try:
         model_type = read_model_type(directory) if directory else None

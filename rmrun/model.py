@@ -184,8 +184,11 @@ class RewardReader:
     def __init__(self, net):
         self._scores = None
         score_module(net).register_forward_hook(self._capture)
-        accepted = inspect.signature(classification_model(net).forward).parameters
+        inner = classification_model(net)
+        accepted = inspect.signature(inner.forward).parameters
         self._extra = {"use_cache": False} if "use_cache" in accepted else {}
+        # sdpa takes a bool block mask as it is; eager attention adds a float one to its scores.
+        self._bool_mask = getattr(inner.config, "_attn_implementation", None) == "sdpa"
 
     def _capture(self, module, inputs, output):
         self._scores = output
@@ -201,7 +204,10 @@ class RewardReader:
     def shared_prompt(self, net, batch: dict, *, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) rewards of a shared-prompt batch (``rmrun.data.share``): one decoder
         forward with its block mask and position ids, read at each pair's two reward tokens."""
-        net(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+        from rmrun.data.share import additive_mask
+
+        mask = batch["attention_mask"] if self._bool_mask else additive_mask(batch["attention_mask"], torch.float32)
+        net(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
             position_ids=batch["position_ids"].to(device), **self._extra)
         scores, self._scores = self._scores, None
         rows = torch.arange(scores.shape[0], device=scores.device)

@@ -15,8 +15,9 @@ the reward read at the last chosen and last rejected token is the standard forwa
 The prompt is capped so that each side keeps at least one token of its own (identical
 sides, or one side a prefix of the other): the reward token is never shared.
 
-Padding rows attend to their own position only: a fully masked row would make the fused
-attention kernels return NaN, which would reach the gradients through 0 * NaN.
+Padding attends causally like any other position (its output is never read): a fully
+masked row would make the fused attention kernels return NaN, which would reach the
+gradients through 0 * NaN.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def collate_shared(
     """One shared-prompt batch of ``B`` rows for pairs ``indices``.
 
     ``input_ids`` and ``position_ids`` are ``(B, L)``; ``attention_mask`` is the ``(B, 1, L, L)``
-    additive float mask (0 where a query attends to a key, the float32 minimum elsewhere);
-    ``chosen_end`` and ``rejected_end`` are the positions of each pair's reward tokens;
-    ``num_tokens`` counts the real (non-padding) tokens.
+    bool mask, True where a query attends to a key (:func:`additive_mask` turns it into the
+    float form eager attention adds); ``chosen_end`` and ``rejected_end`` are the positions of
+    each pair's reward tokens; ``num_tokens`` counts the real (non-padding) positions.
     """
     import torch  # here, not at the top, so reading and tokenizing data does not pay for importing torch
 
@@ -67,27 +68,27 @@ def collate_shared(
     longest = max(len(ids) for ids, _, _ in rows)
     input_ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
     position_ids = np.zeros((len(rows), longest), dtype=np.int64)
-    allowed = np.zeros((len(rows), longest, longest), dtype=bool)
-    chosen_end = np.zeros(len(rows), dtype=np.int64)
-    rejected_end = np.zeros(len(rows), dtype=np.int64)
-    for row, (ids, positions, blocks) in enumerate(rows):
+    for row, (ids, positions, _) in enumerate(rows):
         input_ids[row, : len(ids)] = ids
         position_ids[row, : len(ids)] = positions
-        allowed[row] = _block_mask(blocks, longest)
-        chosen_end[row] = blocks[1] - 1
-        rejected_end[row] = len(ids) - 1
-    mask = torch.zeros(allowed.shape, dtype=torch.float32)
-    mask.masked_fill_(~torch.from_numpy(allowed), torch.finfo(torch.float32).min)
+    blocks = np.array([b for _, _, b in rows], dtype=np.int64).reshape(len(rows), 3)
     pair_ids = tokenized.pair_index[np.asarray(indices, dtype=np.int64)]
     return {
         "input_ids": torch.from_numpy(input_ids),
         "position_ids": torch.from_numpy(position_ids),
-        "attention_mask": mask.unsqueeze(1),
-        "chosen_end": torch.from_numpy(chosen_end),
-        "rejected_end": torch.from_numpy(rejected_end),
+        "attention_mask": _block_mask(blocks, longest),
+        "chosen_end": torch.from_numpy(blocks[:, 1] - 1),
+        "rejected_end": torch.from_numpy(blocks[:, 2] - 1),
         "pair_ids": torch.from_numpy(pair_ids.astype(np.int64)),
-        "num_tokens": int(sum(len(ids) for ids, _, _ in rows)),
+        "num_tokens": int(blocks[:, 2].sum()),
     }
+
+
+def additive_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    """The float mask eager attention adds to its scores: 0 where allowed, the dtype's minimum elsewhere."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def _pair_row(tokenized: TokenizedPairs, i: int, p: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
@@ -98,12 +99,14 @@ def _pair_row(tokenized: TokenizedPairs, i: int, p: int) -> tuple[np.ndarray, np
     return ids, positions, (p, len(chosen), len(ids))
 
 
-def _block_mask(blocks: tuple[int, int, int], size: int) -> np.ndarray:
-    """``(size, size)`` bool: which keys each query attends to (see the module docstring)."""
-    prompt_end, chosen_end, end = blocks
-    causal = np.tril(np.ones((size, size), dtype=bool))
-    allowed = causal.copy()
-    allowed[chosen_end:end, prompt_end:chosen_end] = False  # rejected never sees chosen
-    allowed[end:, :] = False
-    allowed[end:, end:] = np.eye(size - end, dtype=bool)  # padding: itself only
-    return allowed
+def _block_mask(blocks: np.ndarray, size: int) -> torch.Tensor:
+    """``(B, 1, size, size)`` bool: causal, less each rejected response's view of its chosen one.
+
+    Padding (after a row's end) attends causally like any position: its output is never read,
+    and no row is fully masked (which would make the fused kernels return NaN)."""
+    import torch
+
+    mask = torch.ones(size, size, dtype=torch.bool).tril_().expand(len(blocks), 1, size, size).clone()
+    for row, (prompt_end, chosen_end, end) in enumerate(blocks.tolist()):
+        mask[row, 0, chosen_end:end, prompt_end:chosen_end] = False
+    return mask
