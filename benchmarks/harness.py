@@ -17,8 +17,11 @@ The ``train`` job builds, on the same model init and the same tokenized data:
   length grouping) and every sequence padded to ``max_length``, as ColossalChat's
   preference collator does;
 - ``shared``: rmrun's Trainer with the shared-prompt forward (one sequence per pair, the
-  prompt run once; ``rmrun.data.share``), on exactly the batches ``rmrun`` takes, so that
-  its steps pair with rmrun's standard-forward steps of the same round;
+  prompt run once; ``rmrun.data.share``) and its own length-grouped batches (grouped by the
+  shared sequence's length), as a run with ``data.share_prompt`` takes them: the same seed
+  shuffles the same pairs into the same mega-chunks, so its step k draws on the pairs of
+  rmrun's step k, ordered by another length;
+- ``packed``: the same with ``data.pack_pairs`` (several pairs per row), on ``shared``'s batches;
 
 and steps them round-robin (one optimizer step of each variant per round, the order
 rotating every round) so that noise from other work on the machine hits them alike. It
@@ -49,7 +52,7 @@ GPU_MODEL_SIZES = ("medium",)
 MEDIUM_OVERRIDES = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
                     "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2816}
 CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
-VARIANTS = ("rmrun", "hand", "colossalchat", "shared")
+VARIANTS = ("rmrun", "hand", "colossalchat", "shared", "packed")
 
 
 # --------------------------------------------------------------------------- pool
@@ -400,7 +403,8 @@ class HandLoop:
         return float(loss), int(mask.sum())
 
 
-def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False):
+def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False,
+                         pack_pairs: bool = False):
     from rmrun.boost import boost
     from rmrun.train import Trainer, TrainState
 
@@ -408,7 +412,7 @@ def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt
     return (cls or Trainer)(
         boosted=boosted, data=data, eval_data=None, tokenizer=_tokenizer(), plan=plan, schedule=recipe.schedule,
         loss=recipe.loss, rank=ranked, state=TrainState(seed=recipe.run.seed), group_by_length=recipe.data.group_by_length,
-        eval_batch_size=recipe.schedule.batch_size, share_prompt=share_prompt,
+        eval_batch_size=recipe.schedule.batch_size, share_prompt=share_prompt, pack_pairs=pack_pairs,
     )
 
 
@@ -442,7 +446,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}")
-    from rmrun.data.share import shared_lengths, shared_prefix_lengths
+    from rmrun.data.share import pack_rows, shared_lengths, shared_prefix_lengths
 
     data = _dataset(num_pairs, seed, max_length, profile)
     tokenizer = _tokenizer()
@@ -465,9 +469,11 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
                                    schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
                                    world_size=ranked.world_size)
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
-    if "shared" in variants:
-        runners["shared"] = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True)
-        schedules["shared"] = rmrun_steps  # the same pairs as rmrun's standard forward, round for round
+    for variant in ("shared", "packed"):
+        if variant in variants:
+            runners[variant] = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True,
+                                                    pack_pairs=variant == "packed")
+            schedules[variant] = list(runners[variant].steps_of_epoch(0))  # grouped by the shared length
     if "colossalchat" in variants:
         cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
                               group_by_length=False, seed=seed, cuda=ranked.cuda)
@@ -495,15 +501,18 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
         """Token positions per padded row (two rows per pair, except ``shared``: one)."""
         if variant == "colossalchat":
             return max_length
-        if variant == "shared":
+        if variant in ("shared", "packed"):
             return int(shared_rows[indices].max()) if len(indices) else 0
         return int(lengths[indices].max()) if len(indices) else 0
 
     def positions(variant, indices) -> tuple[int, int]:
         """(real token positions the forward runs, padded positions) of a batch."""
-        rows = 1 if variant == "shared" else 2
-        real = int(shared_rows[indices].sum()) if variant == "shared" else int(lengths[indices].sum())
-        return real, rows * len(indices) * padded_length(variant, indices)
+        longest = padded_length(variant, indices)
+        if variant == "packed":
+            return int(shared_rows[indices].sum()), len(pack_rows(shared_rows[indices].tolist(), capacity=longest)) * longest
+        if variant == "shared":
+            return int(shared_rows[indices].sum()), len(indices) * longest
+        return int(lengths[indices].sum()), 2 * len(indices) * longest
 
     memory, can_reset, rotations = {}, True, {}
     gc.collect()

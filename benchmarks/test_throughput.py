@@ -7,8 +7,8 @@
   the whole side-by-side measurement (one round); the per-variant numbers are measured per
   optimizer step inside the workers and stored in ``extra_info``.
 - ``test_shared_prompt[profile-size]``: rmrun's standard forward vs its shared-prompt forward
-  (one sequence per pair) vs the hand-written loop, on the same batches, interleaved, on the
-  long-tailed and the prompt-heavy data profiles.
+  (one sequence per pair), without and with packing, vs the hand-written loop, interleaved, on
+  the long-tailed and the prompt-heavy data profiles.
 - ``test_startup[size]``: process start to first optimizer step, fresh vs resumed ``rmrun run``.
 
 CUDA-only plugins are skipped with the reason "needs CUDA" where there is no GPU.
@@ -108,7 +108,7 @@ def test_shared_prompt(benchmark, pools, cuda_available, profile, size):
     pool = pools.get(1)
 
     def measure():
-        return pool.run("train", size=size, variants=("rmrun", "shared", "hand"), num_pairs=settings.TRAIN_PAIRS,
+        return pool.run("train", size=size, variants=("rmrun", "shared", "packed", "hand"), num_pairs=settings.TRAIN_PAIRS,
                         profile=profile, batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
                         **settings.SHARED_ROUNDS[size])
 

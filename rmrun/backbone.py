@@ -133,8 +133,9 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
     blocker = _shared_prompt_blocker(model, plugin)
     if blocker is not None:
         return Forward(STANDARD, blocker)
+    packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
     return Forward(SHARED, "prompt + chosen + rejected in one sequence with a block attention mask "
-                           "(the prompt runs once per pair)")
+                           f"(the prompt runs once per pair){packed}")
 
 
 def shared_prompt_problem(data: DataSection, model: ModelSection, plugin: PluginSection) -> str | None:

@@ -147,7 +147,7 @@ def _build(job: dict, rank):
     trainer = Trainer(boosted=boosted, data=data, eval_data=None, tokenizer=tokenizer, plan=plan,
                       schedule=recipe.schedule, loss=recipe.loss, rank=rank, state=TrainState(seed=recipe.run.seed),
                       group_by_length=recipe.data.group_by_length, eval_batch_size=recipe.schedule.batch_size,
-                      share_prompt=plan.forward == SHARED)
+                      share_prompt=plan.forward == SHARED, pack_pairs=recipe.data.pack_pairs)
     return trainer, num_params
 
 

@@ -210,7 +210,7 @@ class RewardReader:
         net(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
             position_ids=batch["position_ids"].to(device), **self._extra)
         scores, self._scores = self._scores, None
-        rows = torch.arange(scores.shape[0], device=scores.device)
+        rows = batch["reward_rows"].to(scores.device)
         return (scores[rows, batch["chosen_end"].to(scores.device), 0],
                 scores[rows, batch["rejected_end"].to(scores.device), 0])
 

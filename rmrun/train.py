@@ -83,7 +83,7 @@ class Trainer:
     """One optimizer step at a time, and evaluation, on a boosted reward model."""
 
     def __init__(self, *, boosted, data, eval_data, tokenizer, plan, schedule, loss, rank, state: TrainState,
-                 group_by_length: bool, eval_batch_size: int, share_prompt: bool = False):
+                 group_by_length: bool, eval_batch_size: int, share_prompt: bool = False, pack_pairs: bool = False):
         self.boosted = boosted
         self.data = data
         self.eval_data = eval_data
@@ -101,6 +101,7 @@ class Trainer:
         self.dp_group = dp_group
         self.dp_rank = _group_rank(dp_group)
         self.share_prompt = share_prompt
+        self.pack_pairs = pack_pairs
         self._prefixes: dict[int, tuple] = {}  # id(data) -> (data, shared prefix lengths)
         # What a batch is padded to: the longer side, or the shared-prompt sequence.
         self.lengths = shared_lengths(data, self._prefix(data)) if share_prompt else data.lengths().max(axis=1)
@@ -130,7 +131,8 @@ class Trainer:
         from rmrun.data import collate
 
         if self.share_prompt:
-            batch = collate_shared(data, indices, prefix=self._prefix(data), pad_token_id=self.pad_id)
+            batch = collate_shared(data, indices, prefix=self._prefix(data), pad_token_id=self.pad_id,
+                                   pack=self.pack_pairs)
             with self.boosted.forward_context():
                 chosen, rejected = self.read_rewards.shared_prompt(self.boosted.model, batch, device=self.device)
             return chosen.float(), rejected.float(), batch, int(data.lengths()[indices].sum())

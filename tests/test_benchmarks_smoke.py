@@ -50,9 +50,9 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
         for size in ("tiny", "small"):
             name = f"test_shared_prompt[{profile}-{size}]"
             info = next(b for b in doc["benchmarks"] if b["name"] == name)["extra_info"]
-            assert set(info["variants"]) == {"rmrun", "shared", "hand"} and info["profile"] == profile
-            assert {"paired_median", "paired_median_cpu", "overall", "loss_max_abs_diff"} <= set(
-                info["shared_vs_standard"])
+            assert set(info["variants"]) == {"rmrun", "shared", "packed", "hand"} and info["profile"] == profile
+            for faster in ("shared", "packed"):
+                assert {"paired_median", "paired_median_cpu", "overall"} <= set(info[f"{faster}_vs_standard"])
             for variant in info["variants"].values():
                 for metric in ("pairs_per_second", "pairs_per_cpu_second", "tokens_per_second", "padding_fraction",
                                "peak_rss_mib"):
@@ -77,7 +77,8 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
                     "## Process start to first optimizer step", "## Tokenize"):
         assert heading in md, heading
     for goal in ("1. rmrun step / hand-written loop", "2. rmrun batching / ColossalChat batching",
-                 "3. checkpoint overhead", "4. resumed / fresh", "5. shared-prompt / standard forward"):
+                 "3. checkpoint overhead", "4. resumed / fresh", "5. shared-prompt / standard forward",
+                 "5. shared-prompt + packed / standard forward"):
         assert goal in md, goal
     goal_rows = [line for line in md.splitlines() if line.startswith(("| 1.", "| 2.", "| 3.", "| 4.", "| 5."))]
     assert goal_rows and all("MET" in line or "MISSED" in line for line in goal_rows)

@@ -21,7 +21,7 @@ import torch
 
 from rmrun.backbone import SHARED, STANDARD, choose_forward
 from rmrun.data import TokenizedPairs, collate, tokenize_pairs
-from rmrun.data.share import additive_mask, collate_shared, shared_lengths, shared_prefix_lengths
+from rmrun.data.share import additive_mask, collate_shared, pack_rows, shared_lengths, shared_prefix_lengths
 from rmrun.loss import pair_losses
 from rmrun.model import RewardReader
 from rmrun.recipe import RecipeError, load_recipe
@@ -78,6 +78,22 @@ def test_collate_shared_builds_the_block_mask_and_positions():
     assert ((additive == 0) == batch["attention_mask"]).all() and additive.min() == torch.finfo(torch.float32).min
 
 
+def test_packing_puts_pairs_in_blocks_of_their_own():
+    pairs = pairs_of(chosen=[[1, 5, 6, 7, 11, 12], [1, 4], [1, 8, 9]], rejected=[[1, 5, 8, 9], [1, 3], [1, 8, 2]])
+    prefix = shared_prefix_lengths(pairs)  # rows of 8, 3 and 4 tokens
+    assert pack_rows([8, 3, 4], capacity=8) == [[0], [2, 1]]
+    assert pack_rows([2, 2, 3, 1], capacity=4) == [[2, 3], [0, 1]]  # longest first, ties in order
+    batch = collate_shared(pairs, [0, 1, 2], prefix=prefix, pad_token_id=0, pack=True)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 11, 12, 8, 9], [1, 8, 9, 2, 1, 4, 3, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 2, 3], [0, 1, 2, 2, 0, 1, 1, 0]]
+    assert batch["reward_rows"].tolist() == [0, 1, 1]
+    assert batch["chosen_end"].tolist() == [5, 5, 2] and batch["rejected_end"].tolist() == [7, 6, 3]
+    allowed = batch["attention_mask"][1, 0]
+    assert not allowed[4:, :4].any() and not allowed[:4, 4:].any()  # nothing across the two pairs
+    assert allowed[6].tolist() == [False] * 4 + [True, False, True, False]  # 3 sees its prompt [1], not 4
+    assert allowed[7].tolist() == [False] * 7 + [True]  # padding: itself
+
+
 # ----------------------------------------------------------------- equivalence with the standard forward
 
 
@@ -95,6 +111,16 @@ def quickstart_pairs():
     return tokenized, tokenizer
 
 
+def with_short_pairs(tokenized: TokenizedPairs) -> TokenizedPairs:
+    """The pairs and, after them, a short copy of each (both sides cut 12 tokens past their shared
+    prompt, the prompt included)."""
+    prefix = shared_prefix_lengths(tokenized)
+    chosen = [tokenized.chosen(i).tolist() for i in range(len(tokenized))]
+    rejected = [tokenized.rejected(i).tolist() for i in range(len(tokenized))]
+    cut = [min(int(p) + 12, 30) for p in prefix]
+    return pairs_of(chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[:n - 2] for r, n in zip(rejected, cut)])
+
+
 def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
     from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
 
@@ -109,7 +135,7 @@ def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
     return model_class(config)
 
 
-def standard_and_shared(net, tokenized, indices, *, pad_token_id):
+def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False):
     """(rewards, loss, gradients) of the standard forward and of the shared-prompt forward."""
     reader = RewardReader(net)
     results = []
@@ -117,7 +143,7 @@ def standard_and_shared(net, tokenized, indices, *, pad_token_id):
         net.zero_grad()
         if shared:
             batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
-                                   pad_token_id=pad_token_id)
+                                   pad_token_id=pad_token_id, pack=pack)
             chosen, rejected = reader.shared_prompt(net, batch, device=torch.device("cpu"))
         else:
             batch = collate(tokenized, indices, pad_token_id=pad_token_id)
@@ -140,9 +166,10 @@ def assert_equivalent(standard, shared):
         assert error < GRADIENT_TOLERANCE, f"{name}: relative gradient difference {error:.2e}"
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["one-pair-per-row", "packed"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs, family, attn):
+def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs, family, attn, pack):
     tokenized, tokenizer = quickstart_pairs
     net = tiny_decoder(family, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, attn=attn)
     net.eval()  # no dropout in either forward; the comparison is of the arithmetic
@@ -151,10 +178,16 @@ def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs,
     whole = tokenized.lengths().max(axis=1) < 48
     # A whole pair shares its rendered prompt; a truncated one may share no more than the bos.
     assert (prefix[whole] > 1).all() and whole.any() and not whole.all()
-    standard, shared = standard_and_shared(net, tokenized, indices, pad_token_id=tokenizer.pad_token_id)
-    assert_equivalent(standard, shared)
-    # and it is cheaper: fewer token positions than the two sequences of the standard forward
+    # the shared forward is cheaper: fewer token positions than the two sequences of the standard forward
     assert shared_lengths(tokenized, prefix).sum() < tokenized.lengths().sum()
+    if pack:  # with short pairs beside the long ones, so that several share a row
+        tokenized = with_short_pairs(tokenized)
+        indices = np.arange(len(tokenized))
+        batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
+                               pad_token_id=tokenizer.pad_token_id, pack=True)
+        assert len(batch["input_ids"]) < len(indices) - 4
+    standard, shared = standard_and_shared(net, tokenized, indices, pad_token_id=tokenizer.pad_token_id, pack=pack)
+    assert_equivalent(standard, shared)
 
 
 def test_a_lora_reward_model_passes_the_positions_through(quickstart_pairs):
@@ -165,7 +198,8 @@ def test_a_lora_reward_model_passes_the_positions_through(quickstart_pairs):
     model = ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER, init="random", lora=LoraSection(r=4))
     net = build_reward_model(model, tokenizer=tokenizer, seed=0)
     net.eval()
-    standard, shared = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id)
+    standard, shared = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id,
+                                           pack=True)
     assert_equivalent(standard, shared)
 
 

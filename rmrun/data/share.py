@@ -15,9 +15,12 @@ the reward read at the last chosen and last rejected token is the standard forwa
 The prompt is capped so that each side keeps at least one token of its own (identical
 sides, or one side a prefix of the other): the reward token is never shared.
 
-Padding attends causally like any other position (its output is never read): a fully
-masked row would make the fused attention kernels return NaN, which would reach the
-gradients through 0 * NaN.
+Packed (``pack=True``), a row holds several pairs, each in its own segment with its own
+position ids from 0, the mask block-diagonal over the segments: so padding nearly
+vanishes, and the row is never longer than the batch's longest pair sequence, so packing
+only removes rows. Padding attends causally to padding only (its output is never read):
+a fully masked row would make the fused attention kernels return NaN, which would reach
+the gradients through 0 * NaN.
 """
 
 from __future__ import annotations
@@ -51,37 +54,66 @@ def shared_lengths(tokenized: TokenizedPairs, prefix: np.ndarray) -> np.ndarray:
 
 
 def collate_shared(
-    tokenized: TokenizedPairs, indices: Sequence[int], *, prefix: np.ndarray, pad_token_id: int
+    tokenized: TokenizedPairs, indices: Sequence[int], *, prefix: np.ndarray, pad_token_id: int, pack: bool = False
 ) -> dict[str, torch.Tensor]:
-    """One shared-prompt batch of ``B`` rows for pairs ``indices``.
+    """One shared-prompt batch for pairs ``indices``: one pair per row, or with ``pack`` as
+    many pairs per row as fit in the batch's longest pair sequence (:func:`pack_rows`).
 
-    ``input_ids`` and ``position_ids`` are ``(B, L)``; ``attention_mask`` is the ``(B, 1, L, L)``
+    ``input_ids`` and ``position_ids`` are ``(R, L)``; ``attention_mask`` is the ``(R, 1, L, L)``
     bool mask, True where a query attends to a key (:func:`additive_mask` turns it into the
-    float form eager attention adds); ``chosen_end`` and ``rejected_end`` are the positions of
-    each pair's reward tokens; ``num_tokens`` counts the real (non-padding) positions.
+    float form eager attention adds); pair ``k``'s rewards are read in row ``reward_rows[k]``
+    at ``chosen_end[k]`` and ``rejected_end[k]``; ``num_tokens`` counts the real positions.
     """
     import torch  # here, not at the top, so reading and tokenizing data does not pay for importing torch
 
     if len(indices) == 0:
         raise ValueError("collate_shared needs at least one pair index")
-    rows = [_pair_row(tokenized, int(i), int(prefix[i])) for i in indices]
-    longest = max(len(ids) for ids, _, _ in rows)
+    pairs = [_pair_row(tokenized, int(i), int(prefix[i])) for i in indices]
+    lengths = [len(ids) for ids, _, _ in pairs]
+    longest = max(lengths)
+    rows = pack_rows(lengths, capacity=longest) if pack else [[k] for k in range(len(pairs))]
     input_ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
     position_ids = np.zeros((len(rows), longest), dtype=np.int64)
-    for row, (ids, positions, _) in enumerate(rows):
-        input_ids[row, : len(ids)] = ids
-        position_ids[row, : len(ids)] = positions
-    blocks = np.array([b for _, _, b in rows], dtype=np.int64).reshape(len(rows), 3)
+    segments = [[] for _ in rows]  # per row: (start, prompt end, chosen end, end), absolute
+    reward_rows, chosen_end, rejected_end = (np.zeros(len(pairs), dtype=np.int64) for _ in range(3))
+    for row, members in enumerate(rows):
+        start = 0
+        for k in members:
+            ids, positions, (prompt_end, chosen_stop, stop) = pairs[k]
+            input_ids[row, start : start + stop] = ids
+            position_ids[row, start : start + stop] = positions
+            segments[row].append((start, start + prompt_end, start + chosen_stop, start + stop))
+            reward_rows[k], chosen_end[k], rejected_end[k] = row, start + chosen_stop - 1, start + stop - 1
+            start += stop
     pair_ids = tokenized.pair_index[np.asarray(indices, dtype=np.int64)]
     return {
         "input_ids": torch.from_numpy(input_ids),
         "position_ids": torch.from_numpy(position_ids),
-        "attention_mask": _block_mask(blocks, longest),
-        "chosen_end": torch.from_numpy(blocks[:, 1] - 1),
-        "rejected_end": torch.from_numpy(blocks[:, 2] - 1),
+        "attention_mask": _block_mask(segments, longest),
+        "reward_rows": torch.from_numpy(reward_rows),
+        "chosen_end": torch.from_numpy(chosen_end),
+        "rejected_end": torch.from_numpy(rejected_end),
         "pair_ids": torch.from_numpy(pair_ids.astype(np.int64)),
-        "num_tokens": int(blocks[:, 2].sum()),
+        "num_tokens": int(sum(lengths)),
     }
+
+
+def pack_rows(lengths: Sequence[int], *, capacity: int) -> list[list[int]]:
+    """First-fit decreasing: the positions of ``lengths`` grouped into rows of at most
+    ``capacity`` tokens, longest first (ties in input order). A pure function of its inputs,
+    so a resumed run packs every batch exactly as the uninterrupted one."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for k in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        for row, free in enumerate(room):
+            if lengths[k] <= free:
+                rows[row].append(k)
+                room[row] -= lengths[k]
+                break
+        else:
+            rows.append([k])
+            room.append(capacity - lengths[k])
+    return rows
 
 
 def additive_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
@@ -99,14 +131,26 @@ def _pair_row(tokenized: TokenizedPairs, i: int, p: int) -> tuple[np.ndarray, np
     return ids, positions, (p, len(chosen), len(ids))
 
 
-def _block_mask(blocks: np.ndarray, size: int) -> torch.Tensor:
-    """``(B, 1, size, size)`` bool: causal, less each rejected response's view of its chosen one.
+def _block_mask(segments: list[list[tuple[int, int, int, int]]], size: int) -> torch.Tensor:
+    """``(R, 1, size, size)`` bool: causal within each pair's segment of its row, less the
+    rejected response's view of its chosen one; nothing across segments.
 
-    Padding (after a row's end) attends causally like any position: its output is never read,
-    and no row is fully masked (which would make the fused kernels return NaN)."""
+    Padding (after a row's last segment) attends causally to itself: its output is never
+    read, and no row is fully masked (which would make the fused kernels return NaN)."""
     import torch
 
-    mask = torch.ones(size, size, dtype=torch.bool).tril_().expand(len(blocks), 1, size, size).clone()
-    for row, (prompt_end, chosen_end, end) in enumerate(blocks.tolist()):
-        mask[row, 0, chosen_end:end, prompt_end:chosen_end] = False
+    causal = torch.ones(size, size, dtype=torch.bool).tril_()
+    if all(len(row) == 1 and row[0][0] == 0 for row in segments):  # one pair per row: cut from the causal mask
+        mask = causal.expand(len(segments), 1, size, size).clone()
+        for row, ((_, prompt_end, chosen_end, end),) in enumerate(segments):
+            mask[row, 0, chosen_end:end, prompt_end:chosen_end] = False
+            mask[row, 0, end:, :end] = False
+        return mask
+    mask = torch.zeros(len(segments), 1, size, size, dtype=torch.bool)
+    for row, pairs in enumerate(segments):
+        for start, prompt_end, chosen_end, end in pairs:
+            mask[row, 0, start:end, start:end] = causal[: end - start, : end - start]
+            mask[row, 0, chosen_end:end, prompt_end:chosen_end] = False
+        last = pairs[-1][3]
+        mask[row, 0, last:, last:] = causal[: size - last, : size - last]
     return mask

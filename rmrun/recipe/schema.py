@@ -98,6 +98,12 @@ class DataSection:
         "\"off\": always two sequences per pair. `rmrun check` prints which forward runs and why.",
         "auto",
     )
+    pack_pairs: bool = doc(
+        "With the shared-prompt forward, put as many pairs in a row as fit in the batch's longest pair "
+        "sequence (each in its own block of the attention mask, positions from 0), so short pairs fill the "
+        "padding of long ones: fewer rows, same rewards. The packing is a pure function of the batch.",
+        True,
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def _trainer(ctx, *, schedule, loss, data, eval):
             tokenizer=ctx.artifacts["tokenizer"], plan=ctx.plan, schedule=schedule, loss=loss, rank=ctx.rank,
             state=ctx.artifacts["train_state"], group_by_length=data.group_by_length,
             eval_batch_size=eval.batch_size or schedule.batch_size,
-            share_prompt=ctx.plan.forward == SHARED,
+            share_prompt=ctx.plan.forward == SHARED, pack_pairs=data.pack_pairs,
         )
     return ctx.artifacts["trainer"]
 
