@@ -102,7 +102,7 @@ class Trainer:
         self.dp_rank = _group_rank(dp_group)
         self.share_prompt = share_prompt
         self.pack_pairs = pack_pairs
-        self._prefixes: dict[int, tuple] = {}  # id(data) -> (data, shared prefix lengths)
+        self._prefixes: dict[int, tuple] = {}  # id(data) -> (data, shared prefix lengths, pair token counts)
         # What a batch is padded to: the longer side, or the shared-prompt sequence.
         self.lengths = shared_lengths(data, self._prefix(data)) if share_prompt else data.lengths().max(axis=1)
 
@@ -120,7 +120,7 @@ class Trainer:
     def _prefix(self, data) -> np.ndarray:
         """The shared prompt length of each pair of ``data``, computed once per data set."""
         if id(data) not in self._prefixes:
-            self._prefixes[id(data)] = (data, shared_prefix_lengths(data))
+            self._prefixes[id(data)] = (data, shared_prefix_lengths(data), data.lengths().sum(axis=1))
         return self._prefixes[id(data)][1]
 
     def _forward(self, indices: np.ndarray, data):
@@ -135,7 +135,7 @@ class Trainer:
                                    pack=self.pack_pairs)
             with self.boosted.forward_context():
                 chosen, rejected = self.read_rewards.shared_prompt(self.boosted.model, batch, device=self.device)
-            return chosen.float(), rejected.float(), batch, int(data.lengths()[indices].sum())
+            return chosen.float(), rejected.float(), batch, int(self._prefixes[id(data)][2][indices].sum())
         batch = collate(data, indices, pad_token_id=self.pad_id)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         with self.boosted.forward_context():
