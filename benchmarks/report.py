@@ -15,7 +15,7 @@ from pathlib import Path
 from benchmarks.metrics import GOALS
 
 VARIANT_NAMES = {
-    "rmrun": "rmrun (Trainer step, length-grouped, pad to longest)",
+    "rmrun": "rmrun (Trainer step, standard forward, length-grouped, pad to longest)",
     "hand": "hand-written PyTorch loop (same batches)",
     "colossalchat": "ColossalChat batching (random, pad to max_length)",
     "shared": "rmrun with the shared-prompt forward (one sequence per pair, its own length-grouped batches)",
