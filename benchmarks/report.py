@@ -129,7 +129,7 @@ def _header(doc: dict) -> list[str]:
                 f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
                 f"max_length).")
     lines += [
-        f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
+        f"**Run:** {mode}; `benchmarks/run.sh{'' if train else ' -- -k test_shared_prompt'}`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
         f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
         f"{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time {meta.get('pytest_seconds', 0):.0f} s.{data}",
         "",
@@ -256,7 +256,7 @@ def _shared_prompt(doc: dict) -> list[str]:
               "each) for every variant, so tokens/s compares like pairs/s; padding is the share of padded "
               "positions the forward ran (a shared row is prompt + chosen + rejected; packed rows hold several "
               "pairs). pairs/CPU-s divides by the worker's process CPU time (one intra-op thread), which time "
-              "spent descheduled by other work does not inflate. Rewards, losses and gradients of the shared "
+              "spent descheduled by other work (the machine is shared) does not inflate. Rewards, losses and gradients of the shared "
               "and packed forwards equal the standard forward's within fp32 rounding (tests/test_shared_prompt.py).",
               ""]
     return lines
@@ -333,6 +333,8 @@ def _method() -> list[str]:
 
 
 def markdown(doc: dict) -> str:
+    if not _entries(doc, "train"):  # a run of the shared-prompt comparison alone (-k test_shared_prompt)
+        return "\n".join(_header(doc) + _goals(doc) + _shared_prompt(doc))
     lines = _header(doc) + _goals(doc) + _throughput(doc) + _shared_prompt(doc) + _checkpoint(doc) + _startup(doc)
     lines += _tokenize(doc)
     lines += _method()
