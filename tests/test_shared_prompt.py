@@ -2,8 +2,9 @@
 
 One sequence per pair (prompt + chosen + rejected, block attention mask, position ids
 restarting after the prompt) must give the standard forward's rewards, losses and
-gradients up to fp32 rounding, for Llama and Qwen2 with sdpa and eager attention, with
-truncated pairs and padded rows in the batch, and under LoRA. A short quickstart run
+gradients up to fp32 rounding, for Llama and Qwen2 with sdpa and eager attention, one pair
+per row and packed (several pairs per row, block-diagonal mask), with truncated pairs and
+padded rows in the batch, and under LoRA. A short quickstart run
 follows the standard forward's loss curve; a killed-and-resumed run with sharing on is
 bit-identical to an uninterrupted one, and a resume that loses its data position is not.
 Where the forward cannot run, "auto" falls back (the plan says why) and "on" is refused
