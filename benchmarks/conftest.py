@@ -12,7 +12,7 @@ from benchmarks import machine, settings
 
 _SKIPPED: list[dict] = []
 _STARTED = time.time()
-ORDER = ("test_tokenize", "test_train", "test_startup", "test_checkpoint_stall")
+ORDER = ("test_tokenize", "test_train", "test_shared_prompt", "test_startup", "test_checkpoint_stall")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,6 +10,11 @@ rendered conversation, are drawn from log-normal distributions:
 So most sequences are short and a few are very long; everything over ``max_length`` (512
 in the benchmarks) is cut by rmrun's ``overflow = "truncate"``, as in a real run.
 The generator is deterministic for a given seed.
+
+That is the "long-tailed" profile. The "prompt-heavy" one is a multi-turn conversation
+(user, assistant, user) of about 280 tokens with the template (260 of text, sigma 0.15,
+over the three turns) before two responses of about 80 each (sigma 0.3): the shape of
+chat preference data, where the prompt is most of each sequence.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ TINY_MODEL_DIR = ROOT / "recipes" / "assets" / "tiny-llama"
 
 PROMPT_MEDIAN, PROMPT_SIGMA = 40.0, 0.8
 RESPONSE_MEDIAN, RESPONSE_SIGMA = 70.0, 0.9
+# name -> (prompt median, prompt sigma, response median, response sigma, prompt turns)
+PROFILES = {
+    "long-tailed": (PROMPT_MEDIAN, PROMPT_SIGMA, RESPONSE_MEDIAN, RESPONSE_SIGMA, 1),
+    "prompt-heavy": (260.0, 0.15, 80.0, 0.3, 3),
+}
 MAX_LENGTH = 512
 
 
@@ -71,25 +81,28 @@ def _text_of(rng: random.Random, tokens: int) -> str:
     return " ".join(parts)
 
 
-def make_rows(n: int, *, seed: int = 0) -> list[dict]:
+def make_rows(n: int, *, seed: int = 0, profile: str = "long-tailed") -> list[dict]:
     """``n`` rows in ColossalChat's preference format ({context, chosen, rejected})."""
+    prompt_median, prompt_sigma, response_median, response_sigma, turns = PROFILES[profile]
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        prompt = _text_of(rng, _lognormal_tokens(rng, PROMPT_MEDIAN, PROMPT_SIGMA))
-        chosen = _text_of(rng, _lognormal_tokens(rng, RESPONSE_MEDIAN, RESPONSE_SIGMA))
-        rejected = _text_of(rng, _lognormal_tokens(rng, RESPONSE_MEDIAN, RESPONSE_SIGMA))
+        prompt_tokens = _lognormal_tokens(rng, prompt_median, prompt_sigma)
+        context = [{"from": "user" if turn % 2 == 0 else "assistant",
+                    "content": _text_of(rng, max(3, prompt_tokens // turns))} for turn in range(turns)]
+        chosen = _text_of(rng, _lognormal_tokens(rng, response_median, response_sigma))
+        rejected = _text_of(rng, _lognormal_tokens(rng, response_median, response_sigma))
         if rejected == chosen:
             rejected += " " + _text_of(rng, 5)
         rows.append({
-            "context": [{"from": "user", "content": prompt}],
+            "context": context,
             "chosen": [{"from": "assistant", "content": chosen}],
             "rejected": [{"from": "assistant", "content": rejected}],
         })
     return rows
 
 
-def make_pairs(n: int, *, seed: int = 0) -> list:
+def make_pairs(n: int, *, seed: int = 0, profile: str = "long-tailed") -> list:
     """The same rows as :func:`make_rows`, as rmrun ``PreferencePair`` objects."""
     from rmrun.data.formats import Message, PreferencePair
 
@@ -99,7 +112,7 @@ def make_pairs(n: int, *, seed: int = 0) -> list:
     return [
         PreferencePair(prompt=messages(r["context"]), chosen=messages(r["chosen"]),
                        rejected=messages(r["rejected"]), source=f"synthetic:{i}")
-        for i, r in enumerate(make_rows(n, seed=seed))
+        for i, r in enumerate(make_rows(n, seed=seed, profile=profile))
     ]
 
 
@@ -126,10 +139,14 @@ def tokenize(pairs: list, tokenizer, *, max_length: int = MAX_LENGTH):
 if __name__ == "__main__":  # a quick look at the distribution
     import numpy as np
 
+    from rmrun.data.share import shared_prefix_lengths
+
     tok = load_tokenizer()
-    data = tokenize(make_pairs(2000), tok)
-    lengths = data.lengths().ravel()
-    print(f"{len(data)} pairs; tokens per sequence: mean {lengths.mean():.0f}, "
-          f"p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
-          f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}; truncated {data.stats['truncated']}")
-    print(f"tokenize: {data.stats['pairs_per_second']:.0f} pairs/s")
+    for name in PROFILES:
+        data = tokenize(make_pairs(2000, profile=name), tok)
+        lengths = data.lengths().ravel()
+        prompt = shared_prefix_lengths(data)
+        print(f"{name}: {len(data)} pairs; tokens per sequence: mean {lengths.mean():.0f}, "
+              f"p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
+              f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}; shared prompt mean {prompt.mean():.0f}; "
+              f"truncated {data.stats['truncated']}; tokenize {data.stats['pairs_per_second']:.0f} pairs/s")

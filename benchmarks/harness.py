@@ -16,6 +16,12 @@ The ``train`` job builds, on the same model init and the same tokenized data:
 - ``colossalchat``: rmrun's Trainer with ColossalChat's batching: random batches (no
   length grouping) and every sequence padded to ``max_length``, as ColossalChat's
   preference collator does;
+- ``shared``: rmrun's Trainer with the shared-prompt forward (one sequence per pair, the
+  prompt run once; ``rmrun.data.share``) and its own length-grouped batches (grouped by the
+  shared sequence's length), as a run with ``data.share_prompt`` takes them: the same seed
+  shuffles the same pairs into the same mega-chunks, so its step k draws on the pairs of
+  rmrun's step k, ordered by another length;
+- ``packed``: the same with ``data.pack_pairs`` (several pairs per row), on ``shared``'s batches;
 
 and steps them round-robin (one optimizer step of each variant per round, the order
 rotating every round) so that noise from other work on the machine hits them alike. It
@@ -46,7 +52,7 @@ GPU_MODEL_SIZES = ("medium",)
 MEDIUM_OVERRIDES = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
                     "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2816}
 CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
-VARIANTS = ("rmrun", "hand", "colossalchat")
+VARIANTS = ("rmrun", "hand", "colossalchat", "shared", "packed")
 
 
 # --------------------------------------------------------------------------- pool
@@ -263,10 +269,10 @@ def _tokenizer():
 
 
 @lru_cache(maxsize=4)
-def _dataset(num_pairs: int, seed: int, max_length: int):
+def _dataset(num_pairs: int, seed: int, max_length: int, profile: str = "long-tailed"):
     from benchmarks.data import make_pairs, tokenize
 
-    return tokenize(make_pairs(num_pairs, seed=seed), _tokenizer(), max_length=max_length)
+    return tokenize(make_pairs(num_pairs, seed=seed, profile=profile), _tokenizer(), max_length=max_length)
 
 
 def model_dir(size: str) -> str:
@@ -397,7 +403,8 @@ class HandLoop:
         return float(loss), int(mask.sum())
 
 
-def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None):
+def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False,
+                         pack_pairs: bool = False):
     from rmrun.boost import boost
     from rmrun.train import Trainer, TrainState
 
@@ -405,7 +412,7 @@ def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None):
     return (cls or Trainer)(
         boosted=boosted, data=data, eval_data=None, tokenizer=_tokenizer(), plan=plan, schedule=recipe.schedule,
         loss=recipe.loss, rank=ranked, state=TrainState(seed=recipe.run.seed), group_by_length=recipe.data.group_by_length,
-        eval_batch_size=recipe.schedule.batch_size,
+        eval_batch_size=recipe.schedule.batch_size, share_prompt=share_prompt, pack_pairs=pack_pairs,
     )
 
 
@@ -414,7 +421,7 @@ def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None):
 
 def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_rounds: int, min_rounds: int = 2,
               budget_seconds: float = 1e9, colossalchat_every: int = 1, warmup: bool = True,
-              memory_probe: bool = True, num_pairs: int,
+              memory_probe: bool = True, num_pairs: int, profile: str = "long-tailed",
               batch_size: int, max_length: int = 512, seed: int = 0, checkpoint_rounds: int = 0) -> dict:
     """Round-robin optimizer steps of each variant, then checkpoint save/load timings.
 
@@ -439,9 +446,12 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}")
-    data = _dataset(num_pairs, seed, max_length)
+    from rmrun.data.share import pack_rows, shared_lengths, shared_prefix_lengths
+
+    data = _dataset(num_pairs, seed, max_length, profile)
     tokenizer = _tokenizer()
     lengths = data.lengths()
+    shared_rows = shared_lengths(data, shared_prefix_lengths(data))  # token positions of a shared-prompt row
     recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length, group_by_length=True,
                        seed=seed, cuda=ranked.cuda)
     plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
@@ -449,7 +459,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     num_params = sum(p.numel() for p in base.parameters())
 
     runners, schedules = {}, {}
-    if "rmrun" in variants or "hand" in variants:
+    if "rmrun" in variants or "hand" in variants or "shared" in variants:
         rmrun_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
         rmrun_steps = list(rmrun_trainer.steps_of_epoch(0))  # rmrun's sampler: length-grouped batches
         if "rmrun" in variants:
@@ -459,6 +469,11 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
                                    schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
                                    world_size=ranked.world_size)
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
+    for variant in ("shared", "packed"):
+        if variant in variants:
+            runners[variant] = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True,
+                                                    pack_pairs=variant == "packed")
+            schedules[variant] = list(runners[variant].steps_of_epoch(0))  # grouped by the shared length
     if "colossalchat" in variants:
         cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
                               group_by_length=False, seed=seed, cuda=ranked.cuda)
@@ -483,9 +498,21 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
         return line.get("loss", float("nan"))
 
     def padded_length(variant, indices) -> int:
+        """Token positions per padded row (two rows per pair, except ``shared``: one)."""
         if variant == "colossalchat":
             return max_length
+        if variant in ("shared", "packed"):
+            return int(shared_rows[indices].max()) if len(indices) else 0
         return int(lengths[indices].max()) if len(indices) else 0
+
+    def positions(variant, indices) -> tuple[int, int]:
+        """(real token positions the forward runs, padded positions) of a batch."""
+        longest = padded_length(variant, indices)
+        if variant == "packed":
+            return int(shared_rows[indices].sum()), len(pack_rows(shared_rows[indices].tolist(), capacity=longest)) * longest
+        if variant == "shared":
+            return int(shared_rows[indices].sum()), len(indices) * longest
+        return int(lengths[indices].sum()), 2 * len(indices) * longest
 
     memory, can_reset, rotations = {}, True, {}
     gc.collect()
@@ -508,18 +535,20 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
                     can_reset = _reset_peak_rss() and can_reset
                     before = _rss_kib()
                     _reset_peak_gpu(ranked)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 loss = run_step(variant, step)
-                seconds = time.perf_counter() - started
+                seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
                 indices = step.micro_batches[0].indices
+                real, padded = positions(variant, indices)
                 if not memory_probe:
                     memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
                                        "padded_length": padded_length(variant, indices), **_peak_gpu(ranked)}
                 records[variant].append({
                     "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
-                    "pairs": int(step.pairs), "local_pairs": int(len(indices)),
+                    "cpu_seconds": cpu_seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
+                    # the pairs' own tokens (both sides, prompt in each), whichever forward runs
                     "tokens": int(lengths[indices].sum()),
-                    "padded": 2 * len(indices) * padded_length(variant, indices), "loss": float(loss),
+                    "positions": real, "padded": padded, "loss": float(loss),
                 })
             gc.collect()
             round_index += 1
@@ -552,7 +581,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
 
     result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
               "num_params": num_params, "records": records, "memory": memory, "peak_reset": can_reset,
-              "measure_seconds": measure_seconds,
+              "measure_seconds": measure_seconds, "profile": profile,
               "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
                                    "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
                                    "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}

@@ -13,6 +13,9 @@ GOALS = {
     "checkpoint_overhead_pct": 3.0,  # % of training time at the default interval, at most
     "resumed_vs_fresh": 1.5,  # resumed / fresh time to the first step, at most
     "background_vs_blocking_stall": 0.25,  # training time lost per checkpoint, background / blocking upload, at most
+    # shared-prompt forward pairs/s / standard forward pairs/s, at least, per data profile
+    "shared_vs_standard": {"long-tailed": 1.4, "prompt-heavy": 1.8},
+    "packed_vs_standard": {"long-tailed": 1.5, "prompt-heavy": 1.9},  # shared + packed
 }
 
 
@@ -26,8 +29,10 @@ def merge_ranks(rank_results: list[dict], variant: str) -> list[dict]:
             "round": recs[0]["round"],
             "warmup": recs[0]["warmup"],
             "seconds": max(r["seconds"] for r in recs),
+            "cpu_seconds": max(r.get("cpu_seconds", r["seconds"]) for r in recs),
             "pairs": recs[0]["pairs"],
             "tokens": sum(r["tokens"] for r in recs),
+            "positions": sum(r.get("positions", r["tokens"]) for r in recs),
             "padded": sum(r["padded"] for r in recs),
             # rmrun reports the all-rank mean loss, the hand loop its rank's mean: with equal
             # per-rank batches the mean over ranks is the global mean for both.
@@ -42,15 +47,18 @@ def variant_summary(steps: list[dict], memory: list[dict]) -> dict:
     seconds = sum(s["seconds"] for s in timed)
     pairs = sum(s["pairs"] for s in timed)
     tokens = sum(s["tokens"] for s in timed)
+    positions = sum(s["positions"] for s in timed)  # what the forward ran: the shared prompt once
     padded = sum(s["padded"] for s in timed)
+    cpu_seconds = sum(s["cpu_seconds"] for s in timed)
     step_times = [s["seconds"] for s in timed]
     return {
         "steps": len(timed),
         "seconds": seconds,
         "pairs": pairs,
         "pairs_per_second": pairs / seconds if seconds else 0.0,
+        "pairs_per_cpu_second": pairs / cpu_seconds if cpu_seconds else 0.0,
         "tokens_per_second": tokens / seconds if seconds else 0.0,
-        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "padding_fraction": 1 - positions / padded if padded else 0.0,
         "median_step_ms": 1000 * statistics.median(step_times) if step_times else 0.0,
         "mean_step_ms": 1000 * statistics.fmean(step_times) if step_times else 0.0,
         "peak_rss_mib": max(m["peak_rss_kib"] for m in memory) / 1024,
@@ -107,6 +115,12 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
             "median_overhead_ms": 1000 * statistics.median(r - h for h, r in pairs) if pairs else 0.0,
             "loss_max_abs_diff": max(losses) if losses else None,
         }
+    for faster in ("shared", "packed"):
+        if "rmrun" in merged and faster in merged:
+            c = out[f"{faster}_vs_standard"] = _paired_speedup(merged["rmrun"], merged[faster])
+            c["overall"] = variants[faster]["pairs_per_second"] / variants["rmrun"]["pairs_per_second"]
+            c["overall_cpu"] = variants[faster]["pairs_per_cpu_second"] / variants["rmrun"]["pairs_per_cpu_second"]
+            out["profile"] = first.get("profile", "long-tailed")
     if "rmrun" in variants and "colossalchat" in variants:
         cc = variants["colossalchat"]["pairs_per_second"]
         out["rmrun_vs_colossalchat"] = {
@@ -124,6 +138,21 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
             "mean_step_s": step,
             "overhead_pct": 100 * save / (checkpoint_interval * step + save) if step else 0.0,
         }
+    return out
+
+
+def _paired_speedup(baseline: list[dict], faster: list[dict]) -> dict:
+    """Per-round ratios of pairs/s, faster over baseline, of two variants stepped in the same round
+    (wall and process CPU time), their median with a bootstrap 95% CI."""
+    other = {s["round"]: s for s in faster if not s["warmup"]}
+    out = {}
+    for clock in ("seconds", "cpu_seconds"):
+        ratios = [(other[s["round"]]["pairs"] / other[s["round"]][clock]) / (s["pairs"] / s[clock]) for s in baseline
+                  if not s["warmup"] and s["round"] in other and other[s["round"]][clock] > 0 and s[clock] > 0]
+        median = statistics.median(ratios) if ratios else 0.0
+        key = "paired_median" if clock == "seconds" else "paired_median_cpu"
+        out[key], out[f"{key}_ci95"] = median, list(bootstrap_median_ci(ratios))
+        out["steps"] = len(ratios)
     return out
 
 

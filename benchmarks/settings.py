@@ -28,6 +28,7 @@ if SMOKE:
     }
     TRAIN_ROUNDS["medium"] = TRAIN_ROUNDS["small"]
     CHECKPOINT_ROUNDS = GPU_CHECKPOINT_ROUNDS = 1
+    SHARED_ROUNDS = {size: dict(rounds) for size, rounds in TRAIN_ROUNDS.items()}
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
     # Checkpoint stall: steps per run, checkpoint interval, rounds, store bandwidth (bytes/s).
     STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 9, 4, 1, 64 * 2**20
@@ -42,6 +43,11 @@ else:
     TRAIN_ROUNDS["medium"] = {"max_rounds": 60, "min_rounds": 20, "budget_seconds": 20, "colossalchat_every": 1}
     CHECKPOINT_ROUNDS = 5
     GPU_CHECKPOINT_ROUNDS = 2
+    # The shared-prompt forward against the standard one (and the hand loop), per data profile.
+    SHARED_ROUNDS = {
+        "tiny": {"max_rounds": 160, "min_rounds": 30, "budget_seconds": 45},
+        "small": {"max_rounds": 60, "min_rounds": 12, "budget_seconds": 75},
+    }
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000
     # The tiny model's checkpoint (model + AdamW state, ~2.1 MB) takes ~1 s at 2 MiB/s.
     STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 81, 20, 2, 2 * 2**20

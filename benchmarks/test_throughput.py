@@ -6,6 +6,9 @@
   checkpoint save/load. pytest-benchmark's own timing of these entries is the wall time of
   the whole side-by-side measurement (one round); the per-variant numbers are measured per
   optimizer step inside the workers and stored in ``extra_info``.
+- ``test_shared_prompt[profile-size]``: rmrun's standard forward vs its shared-prompt forward
+  (one sequence per pair), without and with packing, vs the hand-written loop, interleaved, on
+  the long-tailed and the prompt-heavy data profiles.
 - ``test_startup[size]``: process start to first optimizer step, fresh vs resumed ``rmrun run``.
 
 CUDA-only plugins are skipped with the reason "needs CUDA" where there is no GPU.
@@ -19,7 +22,8 @@ import math
 import pytest
 
 from benchmarks import settings
-from benchmarks.harness import CUDA_PLUGINS, GPU_MODEL_SIZES, MODEL_SIZES, VARIANTS, model_dir
+from benchmarks.data import PROFILES
+from benchmarks.harness import CUDA_PLUGINS, GPU_MODEL_SIZES, MODEL_SIZES, model_dir
 from benchmarks.metrics import summarize_startup, summarize_train
 
 # (plugin, processes): ddp with 1 and 2 processes on CPU; the CUDA plugins with one process per GPU.
@@ -71,7 +75,7 @@ def test_train(benchmark, pools, cuda_available, plugin, nproc, size):
     if cuda_available and nproc > cuda_available:
         pytest.skip(f"needs {nproc} GPUs")
     # The side-by-side comparisons are about the CPU path (same fp32 arithmetic as the hand loop).
-    variants = VARIANTS if plugin == "ddp" and not cuda_available else ("rmrun",)
+    variants = ("rmrun", "hand", "colossalchat") if plugin == "ddp" and not cuda_available else ("rmrun",)
     pool = pools.get(nproc)
     interval = _checkpoint_interval()
     checkpoint_rounds = settings.GPU_CHECKPOINT_ROUNDS if size in GPU_MODEL_SIZES else settings.CHECKPOINT_ROUNDS
@@ -94,6 +98,28 @@ def test_train(benchmark, pools, cuda_available, plugin, nproc, size):
         # the comparison would not be like for like.
         diff = summary["rmrun_vs_hand"]["loss_max_abs_diff"]
         assert diff is not None and math.isfinite(diff) and diff < 1e-5, diff
+
+
+@pytest.mark.parametrize("size", MODEL_SIZES)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shared_prompt(benchmark, pools, cuda_available, profile, size):
+    if cuda_available:
+        pytest.skip("the shared-prompt comparison is a CPU (fp32, ddp) measurement")
+    pool = pools.get(1)
+
+    def measure():
+        return pool.run("train", size=size, variants=("rmrun", "shared", "packed", "hand"), num_pairs=settings.TRAIN_PAIRS,
+                        profile=profile, batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
+                        **settings.SHARED_ROUNDS[size])
+
+    raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.group = "shared_prompt"
+    summary = summarize_train(raw, checkpoint_interval=_checkpoint_interval())
+    benchmark.extra_info.update({"kind": "shared_prompt", "plugin": "ddp", "nproc": 1, "model": size,
+                                 **summary})
+    for name, v in summary["variants"].items():
+        assert v["steps"] >= 1 and v["pairs_per_second"] > 0, name
+    assert summary["rmrun_vs_hand"]["loss_max_abs_diff"] < 1e-5  # the standard forward is the hand loop's
 
 
 @pytest.mark.parametrize("size", settings.STARTUP_SIZES)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Literal
 
-from rmrun.recipe.schema import PACKAGE_PREFIX
+from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, ModelSection, PluginSection
 
 Family = Literal["encoder", "decoder"]
 
@@ -41,6 +42,16 @@ DECODER_TYPES = frozenset({
     "phimoe", "plbart", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm", "starcoder2", "transfo-xl",
     "xlnet", "zamba", "zamba2",
 })
+
+# Decoder types whose attention takes a 4D block mask and position ids as given (sdpa and
+# eager), checked against the standard forward in tests/test_shared_prompt.py.
+SHARED_PROMPT_TYPES = frozenset({"llama", "qwen2"})
+# Plugins that run the Hugging Face model as it is: the others run it through ColossalAI's
+# shardformer, whose attention builds its own mask (and sequence parallelism splits rows).
+SHARED_PROMPT_PLUGINS = ("ddp",)
+SHARED = "shared-prompt"
+STANDARD = "standard"
+
 
 class BackboneError(ValueError):
     """A model rmrun cannot build a reward model on; one line naming what is missing."""
@@ -68,15 +79,19 @@ def read_model_type(directory: str) -> str | None:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise BackboneError(f"{path}: cannot read the model config: {e}") from None
+    config = _read_config(path)
     model_type = config.get("model_type") if isinstance(config, dict) else None  # absence is reported below
     if not isinstance(model_type, str) or not model_type:
         raise BackboneError(f'{path}: no "model_type"; not a Hugging Face model config')
     return model_type
+
+
+def _read_config(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"{path}: cannot read the model config: {e}") from None
 
 
 def backbone_family(directory: str) -> Family | None:
@@ -99,3 +114,68 @@ def package_directory(value: str) -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return os.path.join(list(spec.submodule_search_locations)[0], *filter(None, sub.split("/")))
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Which forward a run uses (``SHARED`` or ``STANDARD``) and why, as the plan prints it."""
+
+    name: str
+    reason: str
+
+
+def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection) -> Forward:
+    """``data.share_prompt`` resolved against the model and plugin: "on" and "auto" share the
+    prompt where it is supported, "auto" falls back to the standard forward elsewhere (and
+    ``shared_prompt_problem`` refuses "on" there)."""
+    if data.share_prompt == "off":
+        return Forward(STANDARD, "data.share_prompt = \"off\"")
+    blocker = _shared_prompt_blocker(model, plugin)
+    if blocker is not None:
+        return Forward(STANDARD, blocker)
+    packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
+    return Forward(SHARED, "prompt + chosen + rejected in one sequence with a block attention mask "
+                           f"(the prompt runs once per pair){packed}")
+
+
+def shared_prompt_problem(data: DataSection, model: ModelSection, plugin: PluginSection) -> str | None:
+    """The one-line refusal of ``share_prompt = "on"`` where it cannot run, else None."""
+    if data.share_prompt != "on":
+        return None
+    blocker = _shared_prompt_blocker(model, plugin)
+    if blocker is None:
+        return None
+    return f'[data].share_prompt: "on" is not supported here: {blocker}; use "auto" (falls back) or "off"'
+
+
+def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | None:
+    """Why the shared-prompt forward cannot run with this model and plugin, or None."""
+    if plugin.name not in SHARED_PROMPT_PLUGINS:
+        return (f'plugin "{plugin.name}" runs the model through ColossalAI\'s shardformer, whose attention '
+                "does not take a block mask")
+    if plugin.flash_attn:
+        return "flash_attention_2 (plugin.flash_attn) takes no block attention mask"
+    if plugin.mixed_precision != "fp32":
+        return (f'the block mask is checked against the standard forward in fp32 only, not in '
+                f'"{plugin.mixed_precision}" (plugin.mixed_precision)')
+    directory = _local_model_directory(model.pretrain)
+    try:
+        model_type = read_model_type(directory) if directory else None
+    except BackboneError as e:
+        return str(e)
+    if model_type is None:
+        return f"{model.pretrain} is not a local model directory, so its model type is unknown before it loads"
+    if model_type not in SHARED_PROMPT_TYPES:
+        kind = "an encoder reads one pooled reward per sequence" if model_type in ENCODER_TYPES else \
+            f"model type \"{model_type}\" is not one checked with a block mask ({', '.join(sorted(SHARED_PROMPT_TYPES))})"
+        return kind
+    config = _read_config(os.path.join(directory, "config.json"))
+    if config.get("use_sliding_window") or config.get("attn_implementation") == "flash_attention_2":
+        return "the model config asks for sliding-window or flash attention, which a block mask would bypass"
+    return None
+
+
+def _local_model_directory(pretrain: str) -> str | None:
+    if pretrain.startswith(PACKAGE_PREFIX):
+        return package_directory(pretrain)
+    return pretrain if os.path.isdir(pretrain) else None

@@ -128,6 +128,7 @@ def _build(job: dict, rank):
     from rmrun.data import TokenizedPairs
     from rmrun.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
+    from rmrun.backbone import SHARED
     from rmrun.train import Trainer, TrainState
 
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
@@ -145,7 +146,8 @@ def _build(job: dict, rank):
     boosted = boost(net, plan=plan, plugin=plugin, schedule=recipe.schedule, cuda=rank.cuda)
     trainer = Trainer(boosted=boosted, data=data, eval_data=None, tokenizer=tokenizer, plan=plan,
                       schedule=recipe.schedule, loss=recipe.loss, rank=rank, state=TrainState(seed=recipe.run.seed),
-                      group_by_length=recipe.data.group_by_length, eval_batch_size=recipe.schedule.batch_size)
+                      group_by_length=recipe.data.group_by_length, eval_batch_size=recipe.schedule.batch_size,
+                      share_prompt=plan.forward == SHARED, pack_pairs=recipe.data.pack_pairs)
     return trainer, num_params
 
 

@@ -39,6 +39,7 @@ def check(recipe_path: str, *, overrides) -> int:
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"
     print(f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
           f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step")
+    print(f"forward: {plan.forward}: {plan.forward_reason}")
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
     print(f"state: {plan.state}\nexport: {plan.export}")
     print("plan: " + plan.to_json())

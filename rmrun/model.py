@@ -184,8 +184,11 @@ class RewardReader:
     def __init__(self, net):
         self._scores = None
         score_module(net).register_forward_hook(self._capture)
-        accepted = inspect.signature(classification_model(net).forward).parameters
+        inner = classification_model(net)
+        accepted = inspect.signature(inner.forward).parameters
         self._extra = {"use_cache": False} if "use_cache" in accepted else {}
+        # sdpa takes a bool block mask as it is; eager attention adds a float one to its scores.
+        self._bool_mask = getattr(inner.config, "_attn_implementation", None) == "sdpa"
 
     def _capture(self, module, inputs, output):
         self._scores = output
@@ -197,6 +200,19 @@ class RewardReader:
             return scores[:, 0]
         last = attention_mask.sum(dim=-1) - 1
         return scores[torch.arange(scores.shape[0], device=scores.device), last.to(scores.device), 0]
+
+    def shared_prompt(self, net, batch: dict, *, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) rewards of a shared-prompt batch (``rmrun.data.share``): one decoder
+        forward with its block mask and position ids, read at each pair's two reward tokens."""
+        from rmrun.data.share import additive_mask
+
+        mask = batch["attention_mask"] if self._bool_mask else additive_mask(batch["attention_mask"], torch.float32)
+        net(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
+            position_ids=batch["position_ids"].to(device), **self._extra)
+        scores, self._scores = self._scores, None
+        rows = batch["reward_rows"].to(scores.device)
+        return (scores[rows, batch["chosen_end"].to(scores.device), 0],
+                scores[rows, batch["rejected_end"].to(scores.device), 0])
 
 
 def exportable_tokenizer(tokenizer, net):

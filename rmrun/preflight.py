@@ -149,12 +149,15 @@ def input_problems(recipe: Recipe) -> list[str]:
 
 def backbone_problems(recipe: Recipe) -> list[str]:
     """A local model whose type rmrun cannot read a reward from is refused before anything loads."""
-    from rmrun.backbone import BackboneError, backbone_family
+    from rmrun.backbone import BackboneError, backbone_family, shared_prompt_problem
 
     try:
         family = backbone_family(recipe.model.pretrain)
     except BackboneError as e:
         return [f"[model].pretrain: {e}"]
+    sharing = shared_prompt_problem(recipe.data, recipe.model, recipe.plugin)
+    if sharing:
+        return [sharing]
     if recipe.output.colossalchat and family == "encoder":
         return ["[output].colossalchat: ColossalChat's RewardModel reads the reward at a decoder's last token; "
                 f"{recipe.model.pretrain} is an encoder (set colossalchat = false)"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rmrun.collective import any_flag, sum_tensor
+from rmrun.data.share import collate_shared, shared_lengths, shared_prefix_lengths
 from rmrun.faults import fault_point, trace_pairs
 from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
 from rmrun.model import RewardReader
@@ -82,7 +83,7 @@ class Trainer:
     """One optimizer step at a time, and evaluation, on a boosted reward model."""
 
     def __init__(self, *, boosted, data, eval_data, tokenizer, plan, schedule, loss, rank, state: TrainState,
-                 group_by_length: bool, eval_batch_size: int):
+                 group_by_length: bool, eval_batch_size: int, share_prompt: bool = False, pack_pairs: bool = False):
         self.boosted = boosted
         self.data = data
         self.eval_data = eval_data
@@ -99,7 +100,11 @@ class Trainer:
         dp_group = boosted.dp_group
         self.dp_group = dp_group
         self.dp_rank = _group_rank(dp_group)
-        self.lengths = data.lengths().max(axis=1)
+        self.share_prompt = share_prompt
+        self.pack_pairs = pack_pairs
+        self._prefixes: dict[int, tuple] = {}  # id(data) -> (data, shared prefix lengths, pair token counts)
+        # What a batch is padded to: the longer side, or the shared-prompt sequence.
+        self.lengths = shared_lengths(data, self._prefix(data)) if share_prompt else data.lengths().max(axis=1)
 
     # ------------------------------------------------------------- training
     def steps_of_epoch(self, epoch: int):
@@ -112,9 +117,25 @@ class Trainer:
             dp_size=self.plan.dp_size, dp_rank=self.dp_rank, accumulation_steps=self.schedule.accumulation_steps,
         )
 
+    def _prefix(self, data) -> np.ndarray:
+        """The shared prompt length of each pair of ``data``, computed once per data set."""
+        if id(data) not in self._prefixes:
+            self._prefixes[id(data)] = (data, shared_prefix_lengths(data), data.lengths().sum(axis=1))
+        return self._prefixes[id(data)][1]
+
     def _forward(self, indices: np.ndarray, data):
+        """(chosen rewards, rejected rewards, batch, the pairs' token count) of pairs ``indices``.
+
+        The token count is the pairs' own (both sides, prompt included in each) whichever
+        forward runs, so the logged ``tokens`` mean the same under both."""
         from rmrun.data import collate
 
+        if self.share_prompt:
+            batch = collate_shared(data, indices, prefix=self._prefix(data), pad_token_id=self.pad_id,
+                                   pack=self.pack_pairs)
+            with self.boosted.forward_context():
+                chosen, rejected = self.read_rewards.shared_prompt(self.boosted.model, batch, device=self.device)
+            return chosen.float(), rejected.float(), batch, int(self._prefixes[id(data)][2][indices].sum())
         batch = collate(data, indices, pad_token_id=self.pad_id)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         with self.boosted.forward_context():

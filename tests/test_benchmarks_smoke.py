@@ -46,6 +46,17 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
             for variant in info["variants"].values():
                 for metric in ("pairs_per_second", "tokens_per_second", "padding_fraction", "peak_rss_mib"):
                     assert metric in variant
+    for profile in ("long-tailed", "prompt-heavy"):
+        for size in ("tiny", "small"):
+            name = f"test_shared_prompt[{profile}-{size}]"
+            info = next(b for b in doc["benchmarks"] if b["name"] == name)["extra_info"]
+            assert set(info["variants"]) == {"rmrun", "shared", "packed", "hand"} and info["profile"] == profile
+            for faster in ("shared", "packed"):
+                assert {"paired_median", "paired_median_cpu", "overall"} <= set(info[f"{faster}_vs_standard"])
+            for variant in info["variants"].values():
+                for metric in ("pairs_per_second", "pairs_per_cpu_second", "tokens_per_second", "padding_fraction",
+                               "peak_rss_mib"):
+                    assert metric in variant
     skipped = {s["name"]: s["reason"] for s in meta["skipped"]}
     try:
         import torch
@@ -61,15 +72,35 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
     md = md_path.read_text()
     assert "Intel" in md or meta["machine"]["cpu_model"] in md
     assert f"GPU: {meta['machine']['gpu']}" in md
-    for heading in ("## Goals", "## Throughput per plugin and config", "## Checkpoint save / load",
+    for heading in ("## Goals", "## Throughput per plugin and config", "## Shared-prompt forward vs standard",
+                    "## Checkpoint save / load",
                     "## Process start to first optimizer step", "## Tokenize"):
         assert heading in md, heading
     for goal in ("1. rmrun step / hand-written loop", "2. rmrun batching / ColossalChat batching",
-                 "3. checkpoint overhead", "4. resumed / fresh"):
+                 "3. checkpoint overhead", "4. resumed / fresh", "5. shared-prompt / standard forward",
+                 "5. shared-prompt + packed / standard forward"):
         assert goal in md, goal
-    goal_rows = [line for line in md.splitlines() if line.startswith(("| 1.", "| 2.", "| 3.", "| 4."))]
+    goal_rows = [line for line in md.splitlines() if line.startswith(("| 1.", "| 2.", "| 3.", "| 4.", "| 5."))]
     assert goal_rows and all("MET" in line or "MISSED" in line for line in goal_rows)
     if not cuda:
         for plugin in CUDA_PLUGINS:
             assert f"| {plugin} | 1 | tiny, small, medium | — | skipped: needs CUDA |" in md
         assert "| ddp | 1 | medium | — | skipped: needs CUDA |" in md  # the GPU-sized model
+
+
+def test_trl_side_by_side_rates_and_goal_line():
+    from benchmarks.trl_side_by_side import markdown, summarize
+
+    trl = summarize([{"seconds": 0.5, "cpu_seconds": 0.25}] * 4, pairs_per_step=8, tokens=1000, padded=2000,
+                    peak_rss_mib=800)
+    assert trl["pairs_per_second"] == 16 and trl["pairs_per_cpu_second"] == 32 and trl["padding_fraction"] == 0.5
+    assert trl["tokens_per_second"] == 500 and trl["median_step_ms"] == 500
+    fast = dict(trl, pairs_per_second=48.0, pairs_per_cpu_second=96.0)
+    slow = dict(trl, pairs_per_second=32.0, pairs_per_cpu_second=64.0)
+    result = {"machine": {"label": "m", "cpu_model": "cpu", "cores": 2, "torch": "t", "transformers": "x"},
+              "profile": "long-tailed", "size": "tiny", "chunks": 1, "steps_per_chunk": 4, "seconds": 1.0,
+              "trl_versions": {"trl": "1", "transformers": "5", "torch": "2"},
+              "systems": {"trl": trl, "rmrun": slow, "shared": fast}}
+    text = markdown(result)
+    assert "standard forward / TRL: 2.00× pairs/s, 2.00× pairs/CPU-s (goal ≥ 2.5× on long-tailed data: MISSED" in text
+    assert "(the default) / TRL: 3.00× pairs/s, 3.00× pairs/CPU-s (goal ≥ 2.5× on long-tailed data: MET" in text

@@ -35,6 +35,8 @@ class Plan:
     state: str
     export: str
     autocast: str | None = None  # the forward's autocast dtype where rmrun does it (ddp in bf16)
+    forward: str = "standard"  # "shared-prompt" or "standard" (rmrun.backbone.choose_forward)
+    forward_reason: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,6 +54,7 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
 
 
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
+    from rmrun.backbone import choose_forward
     from rmrun.plugins import autocast_dtype, booster_mixed_precision, plugin_call
     from rmrun.recipe.validate import model_parallel_size
 
@@ -66,6 +69,7 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
     num_epochs = min(s.max_epochs, math.ceil(total / per_epoch))
     warmup = s.warmup_steps if s.warmup_steps is not None else math.ceil(DEFAULT_WARMUP_FRACTION * total)
     class_name, args = plugin_call(p, s)
+    forward = choose_forward(recipe.data, recipe.model, p)
     return Plan(
         world_size=world_size,
         dp_size=dp_size,
@@ -83,4 +87,6 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
         state=recipe.state_url,
         export=recipe.export_url,
         autocast=autocast_dtype(p),
+        forward=forward.name,
+        forward_reason=forward.reason,
     )

@@ -89,6 +89,21 @@ class DataSection:
         "function of (seed, epoch).",
         True,
     )
+    share_prompt: Literal["auto", "on", "off"] = doc(
+        "Run each pair's prompt through the model once: prompt + chosen + rejected in one sequence, the "
+        "rejected response masked from the chosen one, rewards read at the end of each (the same rewards as "
+        "two sequences, up to float rounding, for a fraction of the compute). \"auto\": wherever it is "
+        "supported (decoders checked with a block mask, Llama and Qwen2, with sdpa or eager attention, on the "
+        "ddp plugin in fp32), the standard forward elsewhere; \"on\": refuse to run where it is not supported; "
+        "\"off\": always two sequences per pair. `rmrun check` prints which forward runs and why.",
+        "auto",
+    )
+    pack_pairs: bool = doc(
+        "With the shared-prompt forward, put as many pairs in a row as fit in the batch's longest pair "
+        "sequence (each in its own block of the attention mask, positions from 0), so short pairs fill the "
+        "padding of long ones: fewer rows, same rewards. The packing is a pure function of the batch.",
+        True,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from rmrun.graph import epoch_key
 
 
 def _trainer(ctx, *, schedule, loss, data, eval):
+    from rmrun.backbone import SHARED
     from rmrun.train import Trainer
 
     if "trainer" not in ctx.artifacts:
@@ -15,6 +16,7 @@ def _trainer(ctx, *, schedule, loss, data, eval):
             tokenizer=ctx.artifacts["tokenizer"], plan=ctx.plan, schedule=schedule, loss=loss, rank=ctx.rank,
             state=ctx.artifacts["train_state"], group_by_length=data.group_by_length,
             eval_batch_size=eval.batch_size or schedule.batch_size,
+            share_prompt=ctx.plan.forward == SHARED, pack_pairs=data.pack_pairs,
         )
     return ctx.artifacts["trainer"]
 

@@ -1,0 +1,319 @@
+"""The shared-prompt forward (``data.share_prompt``) against the standard one.
+
+One sequence per pair (prompt + chosen + rejected, block attention mask, position ids
+restarting after the prompt) must give the standard forward's rewards, losses and
+gradients up to fp32 rounding, for Llama and Qwen2 with sdpa and eager attention, one pair
+per row and packed (several pairs per row, block-diagonal mask), with truncated pairs and
+padded rows in the batch, and under LoRA. A short quickstart run
+follows the standard forward's loss curve; a killed-and-resumed run with sharing on is
+bit-identical to an uninterrupted one, and a resume that loses its data position is not.
+Where the forward cannot run, "auto" falls back (the plan says why) and "on" is refused
+at check in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from rmrun.backbone import SHARED, STANDARD, choose_forward
+from rmrun.data import TokenizedPairs, collate, tokenize_pairs
+from rmrun.data.share import additive_mask, collate_shared, pack_rows, shared_lengths, shared_prefix_lengths
+from rmrun.loss import pair_losses
+from rmrun.model import RewardReader
+from rmrun.recipe import RecipeError, load_recipe
+from rmrun.recipe.schema import DataSection, ModelSection, PluginSection
+from tests.helpers import REPO, rmrun, small_recipe
+
+QUICKSTART = os.path.join(REPO, "recipes", "quickstart.toml")
+TINY_LLAMA = os.path.join(REPO, "recipes", "assets", "tiny-llama")
+TINY_TOKENIZER = os.path.join(REPO, "recipes", "assets", "tiny-tokenizer")
+REWARD_TOLERANCE = 1e-5  # absolute, rewards of order 1
+GRADIENT_TOLERANCE = 1e-4  # relative, per parameter tensor
+
+
+def pairs_of(chosen: list[list[int]], rejected: list[list[int]]) -> TokenizedPairs:
+    def csr(sequences):
+        ids = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences])
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
+        return ids, offsets
+
+    (ci, co), (ri, ro) = csr(chosen), csr(rejected)
+    return TokenizedPairs(ci, co, ri, ro, np.arange(len(chosen), dtype=np.int64))
+
+
+# ----------------------------------------------------------------- the batch itself
+
+
+def test_shared_prefix_is_the_common_token_prefix_leaving_each_side_a_token():
+    pairs = pairs_of(
+        chosen=[[1, 5, 6, 7, 9], [1, 5, 6], [1, 5, 6], [2, 5]],
+        rejected=[[1, 5, 6, 8], [1, 5, 6], [1, 5, 6, 7], [3, 5]],
+    )
+    # differing at 3; identical (capped at 2); one side a prefix of the other (capped); nothing shared
+    assert shared_prefix_lengths(pairs).tolist() == [3, 2, 2, 0]
+    assert shared_lengths(pairs, shared_prefix_lengths(pairs)).tolist() == [6, 4, 5, 4]
+
+
+def test_collate_shared_builds_the_block_mask_and_positions():
+    pairs = pairs_of(chosen=[[1, 5, 6, 7], [1, 4]], rejected=[[1, 5, 8, 9, 10], [1, 3]])
+    prefix = shared_prefix_lengths(pairs)
+    batch = collate_shared(pairs, [0, 1], prefix=prefix, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 8, 9, 10], [1, 4, 3, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2, 3, 4], [0, 1, 1, 0, 0, 0, 0]]
+    assert batch["chosen_end"].tolist() == [3, 1] and batch["rejected_end"].tolist() == [6, 2]
+    assert batch["num_tokens"] == 7 + 3
+    allowed = batch["attention_mask"][:, 0]
+    assert allowed.dtype == torch.bool and allowed.shape == (2, 7, 7)
+    # pair 0: prompt [1, 5], chosen [6, 7], rejected [8, 9, 10]
+    assert allowed[0, 4].tolist() == [True, True, False, False, True, False, False]  # 8 sees prompt and itself
+    assert allowed[0, 3].tolist() == [True, True, True, True, False, False, False]  # 7: causal over prompt+chosen
+    assert allowed[0, 6].tolist() == [True, True, False, False, True, True, True]
+    # pair 1: no real token attends to padding; padding rows are never fully masked (NaN in fused kernels)
+    assert not allowed[1, :3, 3:].any() and allowed.any(dim=-1).all()
+    additive = additive_mask(batch["attention_mask"], torch.float32)
+    assert ((additive == 0) == batch["attention_mask"]).all() and additive.min() == torch.finfo(torch.float32).min
+
+
+def test_packing_puts_pairs_in_blocks_of_their_own():
+    pairs = pairs_of(chosen=[[1, 5, 6, 7, 11, 12], [1, 4], [1, 8, 9]], rejected=[[1, 5, 8, 9], [1, 3], [1, 8, 2]])
+    prefix = shared_prefix_lengths(pairs)  # rows of 8, 3 and 4 tokens
+    assert pack_rows([8, 3, 4], capacity=8) == [[0], [2, 1]]
+    assert pack_rows([2, 2, 3, 1], capacity=4) == [[2, 3], [0, 1]]  # longest first, ties in order
+    batch = collate_shared(pairs, [0, 1, 2], prefix=prefix, pad_token_id=0, pack=True)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 11, 12, 8, 9], [1, 8, 9, 2, 1, 4, 3, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 2, 3], [0, 1, 2, 2, 0, 1, 1, 0]]
+    assert batch["reward_rows"].tolist() == [0, 1, 1]
+    assert batch["chosen_end"].tolist() == [5, 5, 2] and batch["rejected_end"].tolist() == [7, 6, 3]
+    allowed = batch["attention_mask"][1, 0]
+    assert not allowed[4:, :4].any() and not allowed[:4, 4:].any()  # nothing across the two pairs
+    assert allowed[6].tolist() == [False] * 4 + [True, False, True, False]  # 3 sees its prompt [1], not 4
+    assert allowed[7].tolist() == [False] * 7 + [True]  # padding: itself
+
+
+# ----------------------------------------------------------------- equivalence with the standard forward
+
+
+@pytest.fixture(scope="module")
+def quickstart_pairs():
+    """The quickstart's first 12 pairs, tokenized at a max_length that truncates some of them."""
+    from rmrun.data import read_pairs
+    from rmrun.model import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER))
+    train = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
+    pairs = list(read_pairs([train], format="colossalchat", bad_rows="error"))[:12]
+    tokenized = tokenize_pairs(pairs, tokenizer, max_length=48, overflow="truncate", template=None)
+    assert 0 < tokenized.stats["truncated"] < len(tokenized), "the data should mix truncated and whole pairs"
+    return tokenized, tokenizer
+
+
+def with_short_pairs(tokenized: TokenizedPairs) -> TokenizedPairs:
+    """The pairs and, after them, a short copy of each (both sides cut 12 tokens past their shared
+    prompt, the prompt included)."""
+    prefix = shared_prefix_lengths(tokenized)
+    chosen = [tokenized.chosen(i).tolist() for i in range(len(tokenized))]
+    rejected = [tokenized.rejected(i).tolist() for i in range(len(tokenized))]
+    cut = [min(int(p) + 12, 30) for p in prefix]
+    return pairs_of(chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[:n - 2] for r, n in zip(rejected, cut)])
+
+
+def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
+    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
+
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForSequenceClassification),
+        "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
+    }[family]
+    config = config_class(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=pad_token_id,
+                          attn_implementation=attn)
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False):
+    """(rewards, loss, gradients) of the standard forward and of the shared-prompt forward."""
+    reader = RewardReader(net)
+    results = []
+    for shared in (False, True):
+        net.zero_grad()
+        if shared:
+            batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
+                                   pad_token_id=pad_token_id, pack=pack)
+            chosen, rejected = reader.shared_prompt(net, batch, device=torch.device("cpu"))
+        else:
+            batch = collate(tokenized, indices, pad_token_id=pad_token_id)
+            rewards = reader(net, batch["input_ids"], batch["attention_mask"])
+            chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+        loss = pair_losses("log_sig", chosen, rejected, margin=0.0).mean()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+        results.append((torch.cat([chosen, rejected]).detach(), loss.detach(), grads))
+    return results
+
+
+def assert_equivalent(standard, shared):
+    (rewards_a, loss_a, grads_a), (rewards_b, loss_b, grads_b) = standard, shared
+    assert torch.allclose(rewards_a, rewards_b, rtol=0, atol=REWARD_TOLERANCE), (rewards_a - rewards_b).abs().max()
+    assert torch.allclose(loss_a, loss_b, rtol=0, atol=REWARD_TOLERANCE)
+    assert set(grads_a) == set(grads_b) and grads_a
+    for name, grad in grads_a.items():
+        error = (grad - grads_b[name]).norm() / grad.norm().clamp_min(1e-12)
+        assert error < GRADIENT_TOLERANCE, f"{name}: relative gradient difference {error:.2e}"
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["one-pair-per-row", "packed"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs, family, attn, pack):
+    tokenized, tokenizer = quickstart_pairs
+    net = tiny_decoder(family, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, attn=attn)
+    net.eval()  # no dropout in either forward; the comparison is of the arithmetic
+    indices = np.arange(len(tokenized))
+    prefix = shared_prefix_lengths(tokenized)
+    whole = tokenized.lengths().max(axis=1) < 48
+    # A whole pair shares its rendered prompt; a truncated one may share no more than the bos.
+    assert (prefix[whole] > 1).all() and whole.any() and not whole.all()
+    # the shared forward is cheaper: fewer token positions than the two sequences of the standard forward
+    assert shared_lengths(tokenized, prefix).sum() < tokenized.lengths().sum()
+    if pack:  # with short pairs beside the long ones, so that several share a row
+        tokenized = with_short_pairs(tokenized)
+        indices = np.arange(len(tokenized))
+        batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
+                               pad_token_id=tokenizer.pad_token_id, pack=True)
+        assert len(batch["input_ids"]) < len(indices) - 4
+    standard, shared = standard_and_shared(net, tokenized, indices, pad_token_id=tokenizer.pad_token_id, pack=pack)
+    assert_equivalent(standard, shared)
+
+
+def test_a_lora_reward_model_passes_the_positions_through(quickstart_pairs):
+    from rmrun.model import build_reward_model
+    from rmrun.recipe.schema import LoraSection
+
+    tokenized, tokenizer = quickstart_pairs
+    model = ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER, init="random", lora=LoraSection(r=4))
+    net = build_reward_model(model, tokenizer=tokenizer, seed=0)
+    net.eval()
+    standard, shared = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id,
+                                           pack=True)
+    assert_equivalent(standard, shared)
+
+
+# ----------------------------------------------------------------- which forward runs
+
+
+def decide(**changes):
+    data = DataSection(train=("x.jsonl",), share_prompt=changes.pop("share_prompt", "auto"))
+    model = ModelSection(pretrain=changes.pop("pretrain", TINY_LLAMA))
+    return choose_forward(data, model, PluginSection(**{"mixed_precision": "fp32", **changes}))
+
+
+def test_auto_shares_where_supported_and_says_why_not_elsewhere(tmp_path):
+    assert decide().name == SHARED
+    assert decide(share_prompt="off").name == STANDARD
+    for changes, why in (
+        ({"name": "gemini"}, "shardformer"),
+        ({"name": "3d", "sp": 2, "tp": 2}, "shardformer"),
+        ({"flash_attn": True}, "flash_attention_2"),
+        ({"mixed_precision": "bf16"}, "fp32 only"),
+        ({"pretrain": "some-org/some-model"}, "not a local model directory"),
+    ):
+        forward = decide(**changes)
+        assert forward.name == STANDARD and why in forward.reason, (changes, forward)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert "encoder" in decide(pretrain=str(tmp_path)).reason
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert 'model type "gpt2" is not one checked' in decide(pretrain=str(tmp_path)).reason
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "use_sliding_window": True}))
+    assert "sliding-window" in decide(pretrain=str(tmp_path)).reason
+
+
+def test_on_where_unsupported_is_refused_in_one_line(tmp_path):
+    from rmrun.preflight import preflight
+    from rmrun.recipe.validate import World
+
+    recipe = small_recipe(tmp_path, extra="[plugin]\nflash_attn = true\n")
+    with pytest.raises(RecipeError, match=r'recipe\.toml: \[data\]\.share_prompt: "on" is not supported here: '
+                                          r"flash_attention_2 .*; use \"auto\""):
+        preflight(recipe, overrides=["data.share_prompt=on"], world=World(size=1, cuda=False))
+    assert load_recipe(recipe, overrides=["data.share_prompt=off", "plugin.flash_attn=false"])
+    with pytest.raises(RecipeError, match=r"\[data\]\.share_prompt: 'yes' is not one of 'auto', 'on', 'off'"):
+        load_recipe(recipe, overrides=["data.share_prompt=yes"])
+
+
+def test_check_prints_the_forward_and_why(tmp_path):
+    shared = rmrun("check", small_recipe(tmp_path))
+    assert shared.returncode == 0, shared.stderr
+    assert "forward: shared-prompt: prompt + chosen + rejected in one sequence" in shared.stdout
+    assert json.loads(shared.stdout.split("plan: ", 1)[1])["forward"] == SHARED
+    refused = rmrun("check", small_recipe(tmp_path), "--set", "data.share_prompt=on", "--set", "plugin.flash_attn=true")
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines() == [
+        f'rmrun: {tmp_path / "recipe.toml"}: [data].share_prompt: "on" is not supported here: flash_attention_2 '
+        '(plugin.flash_attn) takes no block attention mask; use "auto" (falls back) or "off"'
+    ]
+
+
+# ----------------------------------------------------------------- training with it
+
+
+def losses_of(tmp_path, label: str, share: str) -> list[float]:
+    run_dir = tmp_path / label
+    run_dir.mkdir()
+    recipe = small_recipe(run_dir, train_pairs=96, extra="")
+    result = rmrun("run", recipe, "--set", f"data.share_prompt={share}", "--set", "data.group_by_length=false",
+                   "--set", "schedule.batch_size=8", "--set", "schedule.max_steps=12",
+                   "--set", "eval.interval_steps=1000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run_dir / "state" / "export" / "plan.json") as f:
+        assert json.load(f)["forward"] == (SHARED if share == "on" else STANDARD)
+    with open(run_dir / "state" / "export" / "metrics.jsonl") as f:
+        return [json.loads(line)["loss"] for line in f]
+
+
+def test_quickstart_training_curve_matches_the_standard_forward(tmp_path):
+    """Same batches (no length grouping, whose key is the row length of each forward), 12 steps."""
+    shared, standard = losses_of(tmp_path, "shared", "on"), losses_of(tmp_path, "standard", "off")
+    assert len(shared) == len(standard) == 12
+    np.testing.assert_allclose(shared, standard, rtol=0, atol=2e-4)
+    assert standard[-1] < standard[0] - 0.05, "the run should learn something in 12 steps"
+
+
+
+# ----------------------------------------------------------------- exact resume with it
+
+
+@pytest.mark.slow
+def test_resume_with_the_shared_prompt_is_bit_identical_and_the_control_is_not(tmp_path):
+    """tests/assets/resume.toml (dropout on) with share_prompt = "on": killed after step 6
+    (checkpoint 4 committed) and resumed, against an uninterrupted run; then the same kill
+    resumed without restoring the data position must differ."""
+    from tests.resume_harness import (
+        ONE_LOCAL, Harness, assert_identical, committed_checkpoints, differing_tensors, read_export,
+    )
+
+    sets = ["data.share_prompt=on"]
+    h = Harness(tmp_path)
+    reference_run = h.new_run(ONE_LOCAL, "reference")
+    h.run(reference_run, sets=sets, expect=0)
+    with open(os.path.join(reference_run.export, "plan.json")) as f:
+        assert json.load(f)["forward"] == SHARED
+    reference = read_export(reference_run.export)
+
+    killed = h.new_run(ONE_LOCAL, "killed")
+    h.run(killed, sets=sets, faults="kill@step:6", expect="killed")
+    assert committed_checkpoints(killed) == [4]
+    control = h.copy_run(killed, "control")
+
+    result = h.run(killed, sets=sets, expect=0)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert_identical(reference, read_export(killed.export))
+
+    h.run(control, sets=sets, faults="no-restore=position", expect=0)
+    got = read_export(control.export)
+    assert differing_tensors(reference, got) and got.metrics != reference.metrics
