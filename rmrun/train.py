@@ -292,7 +292,8 @@ class LogHook:
 
             # purge_step: a resumed run re-does the steps after its checkpoint; TensorBoard
             # then drops the first attempt's events from there on instead of showing both.
-            self.writer = SummaryWriter(tensorboard_dir, purge_step=start_step + 1 if start_step else None)
+            # Also from step 1: a run killed before its first checkpoint committed starts over.
+            self.writer = SummaryWriter(tensorboard_dir, purge_step=start_step + 1)
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
         if not self.enabled:

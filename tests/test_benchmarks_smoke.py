@@ -77,8 +77,8 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
                     "## Process start to first optimizer step", "## Tokenize"):
         assert heading in md, heading
     for goal in ("1. rmrun step / hand-written loop", "2. rmrun batching / ColossalChat batching",
-                 "3. checkpoint overhead", "4. resumed / fresh", "5. shared-prompt / standard forward",
-                 "5. shared-prompt + packed / standard forward"):
+                 "3. checkpoint overhead", "4. resumed / fresh", "6. shared-prompt / standard forward",
+                 "6. shared-prompt + packed / standard forward"):
         assert goal in md, goal
     goal_rows = [line for line in md.splitlines() if line.startswith(("| 1.", "| 2.", "| 3.", "| 4.", "| 5."))]
     assert goal_rows and all("MET" in line or "MISSED" in line for line in goal_rows)

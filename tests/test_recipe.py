@@ -106,7 +106,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
     assert tables == {"run", "data", "model", "model.lora", "plugin", "loss", "schedule", "checkpoint", "eval",
                       "log", "output"}
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 54
+    assert len(KEYS) == 56
 
 
 # ----------------------------------------------------------- error classes, exact text
