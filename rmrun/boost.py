@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -196,13 +197,35 @@ def load_zero_masters(model, optimizer, directory: str) -> None:
             master.copy_(saved[name].to(master.device, master.dtype))
 
 
+def compiles_at_import(plan: Plan) -> bool:
+    """Whether the recipe uses what ColossalAI compiles when ``colossalai.booster`` is
+    imported: its ring-attention helper (``plugin.sp_mode = "ring_attn"``); the rest is fp8
+    communication, which rmrun never turns on."""
+    return plan.plugin_args.get("sequence_parallelism_mode") == "ring_attn"
+
+
+def _import_booster(plan: Plan) -> None:
+    """Import ``colossalai.booster`` (once a process; the first plan decides) with
+    bitsandbytes and, unless the recipe needs them, ColossalAI's import-time compiles left
+    eager, which keeps torch's inductor out of the process (:mod:`rmrun.thirdparty`)."""
+    from rmrun.thirdparty import compile_off, import_bitsandbytes
+
+    if "colossalai.booster" in sys.modules:
+        return
+    import_bitsandbytes()
+    with nullcontext() if compiles_at_import(plan) else compile_off():
+        import colossalai.booster  # noqa: F401
+
+
 def make_plugin(plan: Plan):
+    _import_booster(plan)
     import colossalai.booster.plugin as plugins
 
     return getattr(plugins, plan.plugin_class)(**plan.plugin_args)
 
 
 def boost(model, *, plan: Plan, plugin: PluginSection, schedule: ScheduleSection, cuda: bool) -> Boosted:
+    _import_booster(plan)
     from colossalai.booster import Booster
 
     colossal_plugin = make_plugin(plan)

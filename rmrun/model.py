@@ -137,6 +137,9 @@ def build_reward_model(
 
 
 def _add_lora(net, model: ModelSection):
+    from rmrun.thirdparty import import_bitsandbytes
+
+    import_bitsandbytes()  # peft imports it to look for quantized layers; rmrun has none
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = model.lora
