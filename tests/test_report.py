@@ -26,7 +26,8 @@ from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 serv
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SETTINGS = "[schedule]\nbatch_size = 8\n[checkpoint]\ninterval_steps = 3\n[eval]\ninterval_steps = 3\n"
+# Blocking uploads: the kill at step 5 must find checkpoint 3 committed.
+SETTINGS = "[schedule]\nbatch_size = 8\n[checkpoint]\ninterval_steps = 3\nasync_upload = false\n[eval]\ninterval_steps = 3\n"
 KILL = "kill@step:5"
 RESUME_STEP = 3  # the newest checkpoint before the kill (checked against the state below)
 FIGURES = ("training.png", "throughput.png", "eval.png", "lengths.png", "rewards.png", "calibration.png")
