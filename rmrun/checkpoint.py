@@ -106,17 +106,21 @@ def write_history_piece(ctx, trainer_state: dict) -> None:
     staged.commit()
 
 
+def committed_history(store):
+    """(key, state, piece) of every committed history piece, in step order."""
+    for key in sorted(store.committed_keys(HISTORY_PREFIX)):
+        state = store.peek(key)
+        if state is not None:
+            yield key, state, json.loads(state.read_bytes("history.json"))
+
+
 def read_history(store, *, through: int) -> tuple[list, list]:
     """Metric lines of steps 1..through and the evals up to it, from the committed pieces.
     A gap (a piece lost or quarantined) is a ValueError: the checkpoint cannot continue."""
     metrics, evals = {}, {}
-    for key in sorted(store.committed_keys(HISTORY_PREFIX)):
+    for key, _, piece in committed_history(store):
         if int(key[len(HISTORY_PREFIX):]) > through:  # a later attempt's, beyond this checkpoint
             continue
-        state = store.peek(key)
-        if state is None:
-            continue
-        piece = json.loads(state.read_bytes("history.json"))
         for line in piece["metrics"]:
             if line["step"] <= through:
                 metrics.setdefault(line["step"], line)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-HISTORY_PREFIX = "history-"
 TOKENIZE_PREFIX = "tokenize-"
 
 
@@ -83,12 +82,10 @@ def _json(state, name: str):
 def read_history(store) -> tuple[dict, dict, list[dict]]:
     """Metric lines and evals by step (the first committed copy of each step wins: a resumed run
     recomputes the same lines), and each piece's {end, since, generation, time}."""
+    from rmrun.checkpoint import committed_history
+
     metrics, evals, pieces = {}, {}, []
-    for key in store.committed_keys(HISTORY_PREFIX):
-        state = store.peek(key)
-        if state is None:
-            continue
-        piece = _json(state, "history.json")
+    for _, state, piece in committed_history(store):
         for line in piece["metrics"]:
             metrics.setdefault(line["step"], line)
         for result in piece["evals"]:
