@@ -10,6 +10,9 @@
 - ``term@POINT[:STEP]`` — send this process SIGTERM there and go on (a stop signal that
   arrives at a known moment, such as during a background upload).
 - ``slow@POINT[:STEP]=SECONDS`` — sleep there (a slow bucket, without one).
+- ``wait@POINT[:STEP]=OTHER:STEP`` — at POINT, wait until this process has reached OTHER
+  at that step (in another thread, such as a background upload): orders a race for a
+  test. Fails after 60 s rather than hang.
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that
   piece of the resume state, so tests can prove they see the difference.
 - ``no-node-copy`` — negative control for the state reads: every process reads the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 import time
 
 # name -> where it is, in run order. A point reached at an optimizer step takes that
@@ -78,24 +82,52 @@ def _matches(spec: str, point: str, step: int, rank: int) -> bool:
     return (not rest or int(rest[0]) == step) and (ranks is None or rank in ranks)
 
 
+_reached: set[tuple[str, int]] = set()
+_reached_changed = threading.Condition()
+WAIT_SECONDS = 60.0
+
+
+def _wait_until_reached(other: str) -> None:
+    name, _, step = other.partition(":")
+    if name not in FAULT_POINTS or not step.isdigit():
+        raise ValueError(f"RMRUN_FAULTS: wait@ needs =POINT:STEP with a known point, got {other!r}")
+    with _reached_changed:
+        if not _reached_changed.wait_for(lambda: (name, int(step)) in _reached, timeout=WAIT_SECONDS):
+            raise RuntimeError(f"RMRUN_FAULTS: {other} not reached within {WAIT_SECONDS:.0f} s")
+
+
+def _mark_reached(point: str, step: int) -> None:
+    with _reached_changed:
+        _reached.add((point, step))
+        _reached_changed.notify_all()
+
+
 def fault_point(point: str, *, step: int = 0, rank: int = 0) -> None:
     assert point in FAULT_POINTS, point
-    for directive in _directives():
+    directives = _directives()
+    if not directives:
+        return
+    for directive in directives:
         action, _, spec = directive.partition("@")
-        if action not in ("kill", "fail", "term", "slow"):
+        if action not in ("kill", "fail", "term", "slow", "wait"):
             continue
         spec, _, value = spec.partition("=")
         if not _matches(spec, point, step, rank):
             continue
-        if action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif action == "term":
+        if action == "term":  # sent before the point counts as reached, so a waiter sees it
             os.kill(os.getpid(), signal.SIGTERM)
+            continue
+        _mark_reached(point, step)
+        if action == "wait":
+            _wait_until_reached(value)
+        elif action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         elif action == "slow":
             time.sleep(float(value))
         else:
             number = getattr(errno, value or "EIO")
             raise OSError(number, f"{os.strerror(number)} (injected at {point})")
+    _mark_reached(point, step)
 
 
 def trace_pairs(*, rank: int, epoch: int, step: int, pair_ids: list[int]) -> None:

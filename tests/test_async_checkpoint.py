@@ -88,7 +88,9 @@ def test_a_kill_during_a_background_upload_leaves_the_previous_checkpoint(tmp_pa
 
     recipe = async_recipe(tmp_path)
     state = tmp_path / "state"
-    killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="slow@checkpoint_upload:4=120,kill@step:6"))
+    # The kill at step 6 waits until the upload of 4 has its first file in the store.
+    faults = "slow@checkpoint_upload:4=120,wait@step:6=checkpoint_upload:4,kill@step:6"
+    killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS=faults))
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert steps_logged(killed.stdout) == [1, 2, 3, 4, 5], killed.stdout  # trained on while 4 was uploading
     assert committed(state) == ["ckpt-0000000002"]
@@ -115,17 +117,15 @@ def test_a_kill_during_a_background_upload_leaves_the_previous_checkpoint(tmp_pa
 def test_sigterm_while_an_upload_is_in_flight_finishes_it_then_takes_the_final_checkpoint(tmp_path, reference):
     recipe = async_recipe(tmp_path)
     state = tmp_path / "state"
-    # The stop signal arrives in checkpoint 4's upload, which then takes 2 more seconds.
-    stopped = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="term@checkpoint_upload:4,slow@checkpoint_upload:4=2"))
+    # The stop signal arrives in checkpoint 4's upload, which then takes 2 more seconds; the
+    # hooks of step 5 wait until the signal is sent, so they are the ones that handle it.
+    faults = "term@checkpoint_upload:4,slow@checkpoint_upload:4=2,wait@step:5=checkpoint_upload:4"
+    stopped = rmrun("run", recipe, env=child_env(RMRUN_FAULTS=faults))
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
     assert "waiting for the background upload of checkpoint ckpt-0000000004" in stopped.stdout
-    # The signal is sent from the upload thread and handled by the training thread at its
-    # next step boundary: step 5, or later when step 5 ended before the upload got there.
-    final = re.search(r"after committing the checkpoint at step (\d+); exit 75", stopped.stderr)
-    assert final and int(final.group(1)) >= 5, stopped.stderr[-3000:]
-    final_key = f"ckpt-{int(final.group(1)):010d}"
-    kept = committed(state)
-    assert kept[0] == "ckpt-0000000004" and kept[-1] == final_key, kept
+    assert "after committing the checkpoint at step 5; exit 75" in stopped.stderr, stopped.stderr[-3000:]
+    final_key = "ckpt-0000000005"
+    assert committed(state) == ["ckpt-0000000004", final_key]
     resumed = rmrun("run", recipe)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {final_key}" in resumed.stdout
