@@ -647,17 +647,16 @@ def test_local_roots_are_normalised(tmp_path, monkeypatch):
         StateStore(tmp_path)  # pathlib.Path is refused: roots are str URLs
 
 
-def test_store_module_imports_only_stdlib_and_fsspec():
-    store_py = os.path.join(REPO_ROOT, "rmrun", "store.py")
+def test_store_package_imports_only_stdlib_and_fsspec():
     script = (
-        "import importlib.util, sys; "
-        f"spec = importlib.util.spec_from_file_location('store_under_test', {store_py!r}); "
-        "module = importlib.util.module_from_spec(spec); sys.modules['store_under_test'] = module; "
-        "spec.loader.exec_module(module); "
+        "import sys, pkgutil, importlib, rmrun.store; "
+        "[importlib.import_module(m.name) for m in pkgutil.iter_modules(rmrun.store.__path__, 'rmrun.store.')]; "
+        "rmrun.store.StateStore('memory://imports'); "
         "bad = sorted(m for m in ('torch', 'numpy', 's3fs', 'boto3', 'botocore') if m in sys.modules); "
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == ""
     assert importlib.util.find_spec("fsspec") is not None
 
