@@ -92,7 +92,7 @@ def write_history_piece(ctx, trainer_state: dict) -> None:
     """Rank 0: commit the metric lines and evals since the last committed piece."""
     step = trainer_state["step"]
     key = _history_key(step)
-    if ctx.store.get(key) is not None:  # an earlier attempt reached this step: the same lines
+    if ctx.store.open_verified(key) is not None:  # an earlier attempt reached this step: the same lines
         return
     ends = [int(k[len(HISTORY_PREFIX):]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
     since = max([end for end in ends if end < step], default=0)
@@ -113,7 +113,7 @@ def read_history(store, *, through: int) -> tuple[list, list]:
     for key in sorted(store.committed_keys(HISTORY_PREFIX)):
         if int(key[len(HISTORY_PREFIX):]) > through:  # a later attempt's, beyond this checkpoint
             continue
-        state = store.peek(key)
+        state = store.open_unverified(key)
         if state is None:
             continue
         piece = json.loads(state.read_bytes("history.json"))
@@ -258,7 +258,7 @@ def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint 
     step = trainer_state["step"]
     key = checkpoint_key(step)
     staged = None
-    if ctx.rank.is_main and ctx.store.get(key, hash_files=False) is None:
+    if ctx.rank.is_main and ctx.store.open_verified(key, hash_files=False) is None:
         staged = ctx.stage(key, meta={
             "step": step,
             "epoch": trainer_state["epoch"],

@@ -79,7 +79,7 @@ def _status(url: str) -> int:
     store = StateStore(url)
     store.check_reachable()
     records = store.read_records("steps/")
-    identity = store.peek("run-identity")
+    identity = store.open_unverified("run-identity")
     if identity is None and not records:
         print(f"state {store.root}: fresh (nothing recorded yet)")
         return EXIT_OK
@@ -102,7 +102,7 @@ def _status(url: str) -> int:
         print(line)
     checkpoints = store.committed_keys("ckpt-")
     if checkpoints:
-        latest = store.peek(checkpoints[-1])
+        latest = store.open_unverified(checkpoints[-1])
         if latest is not None:
             meta = latest.manifest["meta"]
             print(f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
@@ -113,7 +113,7 @@ def _status(url: str) -> int:
     quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
     for q in quarantined:
         print(f"quarantined: {q['key']} attempt {q['attempt']}: {q['reason']}")
-    done = store.peek("export") is not None
+    done = store.open_unverified("export") is not None
     print("run: complete" if done else "run: not complete")
     return EXIT_OK
 
@@ -122,7 +122,7 @@ def _print_checkpoint_times(store, keys: list[str]) -> None:
     """What the recent checkpoints cost: the stop-signal budget is their snapshot + upload."""
     rows = []
     for key in keys:
-        state = store.peek(key)
+        state = store.open_unverified(key)
         meta = state.manifest["meta"] if state is not None else {}
         if "snapshot_seconds" in meta and "upload_seconds" in meta:
             rows.append(f"  {key}: snapshot {meta['snapshot_seconds']:.3f} s, upload {meta['upload_seconds']:.3f} s")
@@ -141,7 +141,7 @@ def _identity_check(ctx, recipe_path: str) -> None:
 
     problem = None
     if ctx.rank.is_main:
-        state = ctx.store.get("run-identity")
+        state = ctx.store.open_verified("run-identity")
         if state is None:
             staged = ctx.stage("run-identity", meta={})
             staged.write_bytes("identity.json", json.dumps(ctx.identity, indent=2, sort_keys=True).encode())
@@ -213,7 +213,7 @@ def _run_graph(ctx, recipe: Recipe) -> int:
     def is_done(step) -> bool:
         # The tokenized data is read whole by every run that resumes, and hashed on that
         # read; here its manifest and sizes are enough. The other states are small.
-        return ctx.store.get(step.produces, hash_files=step.kind != "tokenize") is not None
+        return ctx.store.open_verified(step.produces, hash_files=step.kind != "tokenize") is not None
 
     from rmrun.collective import broadcast
 

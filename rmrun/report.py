@@ -39,7 +39,7 @@ def _open_state(target: str):
             url = json.load(f).get("state")
         try:
             store = StateStore(url)
-            found = store.peek("run-identity") is not None
+            found = store.open_unverified("run-identity") is not None
         except (OSError, StoreError, TypeError):
             found = False
         return (store if found else None), f"made from the state of the export {target}: {url}"

@@ -85,7 +85,7 @@ def read_history(store) -> tuple[dict, dict, list[dict]]:
     recomputes the same lines), and each piece's {end, since, generation, time}."""
     metrics, evals, pieces = {}, {}, []
     for key in store.committed_keys(HISTORY_PREFIX):
-        state = store.peek(key)
+        state = store.open_unverified(key)
         if state is None:
             continue
         piece = _json(state, "history.json")
@@ -159,7 +159,7 @@ def newest_tokenized_eval(store):
 
     from rmrun.data import TokenizedPairs
 
-    candidates = [s for s in (store.peek(k) for k in store.committed_keys(TOKENIZE_PREFIX))
+    candidates = [s for s in (store.open_unverified(k) for k in store.committed_keys(TOKENIZE_PREFIX))
                   if s is not None and "eval.safetensors" in s.files]
     if not candidates:
         return None
@@ -171,7 +171,7 @@ def read_state(store) -> RunRecord:
     """Everything the report shows that the state holds (no model is loaded)."""
     from rmrun.snapshot import CHECKPOINT_PREFIX, IDENTITY_KEY
 
-    identity = store.peek(IDENTITY_KEY)
+    identity = store.open_unverified(IDENTITY_KEY)
     recipe_record = store.read_record("recipe")
     metrics, evals, pieces = read_history(store)
     if identity is None and not metrics and recipe_record is None:
@@ -184,7 +184,7 @@ def read_state(store) -> RunRecord:
         record.recipe_text, record.recipe_path = recipe_record["text"], recipe_record["path"]
     record.recipe_keys = keys
     record.metrics = [metrics[s] for s in sorted(metrics)]
-    final_state = store.peek("eval-final")
+    final_state = store.open_unverified("eval-final")
     final = _json(final_state, "eval.json") if final_state is not None else None
     if final is not None:
         record.final = final["final"]
@@ -196,10 +196,10 @@ def read_state(store) -> RunRecord:
         record.first_start, record.resumes = starts[0], starts[1:]
     record.num_starts = store.current_generation()
     record.throughput = throughput(metrics, pieces, starts)
-    checkpoints = (store.peek(k) for k in store.committed_keys(CHECKPOINT_PREFIX))
+    checkpoints = (store.open_unverified(k) for k in store.committed_keys(CHECKPOINT_PREFIX))
     record.checkpoints = [c.manifest["meta"]["step"] for c in checkpoints if c is not None]
     record.quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
-    export = store.peek("export")
+    export = store.open_unverified("export")
     record.export_url = export.manifest["meta"].get("url") if export is not None else None
     record.complete = export is not None
     record.eval_lengths = eval_lengths(store)
@@ -267,7 +267,7 @@ def model_weight_bytes(store) -> int | None:
     """Size of the final model's weights as stored (to decide whether scoring is cheap)."""
     from rmrun.snapshot import newest_checkpoint
 
-    export = store.peek("export")
+    export = store.open_unverified("export")
     if export is not None:
         files = _json(export, "export.json")["files"]
         return sum(f["size"] for name, f in files.items() if name.endswith(".safetensors") and "colossalchat" not in name)

@@ -139,7 +139,7 @@ def _export_of_state(model: str) -> str | None:
     from rmrun.store import StateStore
 
     try:
-        record = StateStore(model).peek("export")
+        record = StateStore(model).open_unverified("export")
     except Exception:  # not a state root at all: the caller reports the path as it was given
         return None
     return record.manifest["meta"].get("url") if record is not None else None

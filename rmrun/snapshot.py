@@ -22,7 +22,7 @@ IDENTITY_KEY = "run-identity"
 def newest_checkpoint(store):
     """The newest committed, non-quarantined checkpoint (its files are verified as they are read)."""
     for key in reversed(store.committed_keys(CHECKPOINT_PREFIX)):
-        state = store.peek(key)
+        state = store.open_unverified(key)
         if state is not None:
             return state
     return None
@@ -33,7 +33,7 @@ def stored_recipe(store):
     or None for a state no run has started in."""
     from rmrun.recipe.loader import recipe_from_keys
 
-    identity = store.peek(IDENTITY_KEY)
+    identity = store.open_unverified(IDENTITY_KEY)
     if identity is None:
         return None
     keys = json.loads(identity.read_bytes("identity.json"))["keys"]

@@ -29,7 +29,7 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: 
         f.write(ctx.plan.to_json())
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         f.write(metrics_jsonl(trainer.state))
-    evaluation = ctx.store.get("eval-final")
+    evaluation = ctx.store.open_verified("eval-final")
     if evaluation is not None:
         with open(os.path.join(directory, "eval.json"), "wb") as f:
             f.write(evaluation.read_bytes("eval.json"))

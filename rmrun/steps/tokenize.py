@@ -148,7 +148,7 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     for _ in range(2):  # a copy found corrupt is written again, once
         # The runner's done-check has checked the manifest and sizes of a committed copy
         # (quarantining one that fails); its contents are hashed by the one read below.
-        if ctx.rank.is_main and ctx.store.peek(step.produces) is None:
+        if ctx.rank.is_main and ctx.store.open_unverified(step.produces) is None:
             _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
         barrier()
         loaded = _load_node_copy(ctx, step)

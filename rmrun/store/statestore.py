@@ -110,18 +110,20 @@ class StateStore:
             raise StoreError(f"invalid attempt name {attempt!r} for state {key}")
         return AttemptWriter(self._layout, key, attempt=attempt)
 
-    def get(self, key: str, *, hash_files: bool = True) -> CommittedState | None:
-        """The committed, verified state ``key``; None if absent, quarantined or corrupt
-        (and then quarantined). ``hash_files=False`` checks the manifest and the file sizes
-        only, for a caller that reads every file next: reads check each hash as they stream."""
+    def open_verified(self, key: str, *, hash_files: bool = True) -> CommittedState | None:
+        """The committed state ``key``, verified against its manifest; None if absent,
+        quarantined or corrupt, and a corrupt one is quarantined here (a write).
+        ``hash_files=False`` checks the manifest and the file sizes only, for a caller that
+        reads every file next: reads check each hash as they stream."""
         check_key(key)
         try:
             return self._load_verified(key, hash_files=hash_files)
         except (AlreadyQuarantined, CorruptState):
             return None
 
-    def peek(self, key: str) -> CommittedState | None:
-        """The committed state ``key`` with its manifest read but its files not verified.
+    def open_unverified(self, key: str) -> CommittedState | None:
+        """The committed state ``key`` with its manifest checked but its files not verified
+        (each file is checked as it is read).
 
         Writes nothing (no quarantine), so read-only views such as ``rmrun status`` use it.
         """
