@@ -15,8 +15,7 @@ import json
 import posixpath
 import sys
 
-CHECKPOINT_PREFIX = "ckpt-"  # rmrun.checkpoint.PREFIX, without importing torch to list states
-IDENTITY_KEY = "run-identity"
+from rmrun.store.keys import CHECKPOINT_PREFIX, IDENTITY_KEY
 
 
 def newest_checkpoint(store):

@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from rmrun.checkpoint import HISTORY_PREFIX, read_history
+from rmrun.checkpoint import read_history
+from rmrun.store.keys import HISTORY_PREFIX
 from rmrun.store import StateStore
 from tests.helpers import rmrun, small_recipe
 

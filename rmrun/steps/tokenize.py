@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from rmrun.recipe.schema import DataSection, ModelSection
+from rmrun.store import keys as store_keys
 
 ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
 
@@ -57,7 +58,7 @@ def _template_digest(chat_template: str | None) -> str | None:
 
 
 def tokenize_key(data: DataSection, model: ModelSection) -> str:
-    return f"tokenize-{data_fingerprint(data, model)[:20]}"
+    return store_keys.tokenize_key(data_fingerprint(data, model))
 
 
 def _tokenize_split(urls, *, data: DataSection, tokenizer, template, family, say):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rmrun.graph import epoch_key
+from rmrun.store.keys import epoch_key
 
 
 def _trainer(ctx, *, schedule, loss, data, eval):

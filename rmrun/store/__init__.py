@@ -50,7 +50,7 @@ Layout of the package: ``backends`` (the local and fsspec storage behind
 :class:`~rmrun.store.backends.StorageBackend`), ``layout`` (paths, names, JSON
 documents), ``lease`` (leases, fencing, the local flock), ``states`` (staging,
 commit, manifests, verified reads), ``statestore`` (:class:`StateStore`, the one
-interface the rest of rmrun uses).
+interface the rest of rmrun uses), ``keys`` (every key and record name rmrun writes).
 """
 
 from __future__ import annotations
