@@ -98,21 +98,6 @@ def read_chunks(fileobj) -> Iterator[bytes]:
     return iter(lambda: fileobj.read(CHUNK_SIZE), b"")
 
 
-def local_files(local_dir: str) -> list[str]:
-    """Relative '/'-separated paths of every regular file under ``local_dir``, sorted."""
-    if not os.path.isdir(local_dir):
-        raise StoreError(f"not a directory: {local_dir}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(local_dir):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, local_dir)
-        for filename in filenames:
-            if os.path.isfile(os.path.join(dirpath, filename)):
-                rel = filename if rel_dir == "." else os.path.join(rel_dir, filename)
-                found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
-
-
 def is_local_url(root: str) -> bool:
     """True for plain paths and file:// URLs."""
     return "://" not in root or root.split("://", 1)[0] in _LOCAL_PROTOCOLS

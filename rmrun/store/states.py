@@ -16,7 +16,7 @@ import posixpath
 import secrets
 from typing import Callable, Iterable
 
-from rmrun.store.backends import SymlinkRefused, copy_hashing, local_files, read_chunks
+from rmrun.store.backends import SymlinkRefused, copy_hashing, read_chunks
 from rmrun.store.errors import CorruptState, StoreError
 from rmrun.store.layout import (
     FORMAT_VERSION,
@@ -33,6 +33,21 @@ from rmrun.store.layout import (
 from rmrun.store.lease import Lease, Leases
 
 GET_THREADS = 8  # files of one state downloaded at once
+
+
+def _local_files(local_dir: str) -> list[str]:
+    """Relative '/'-separated paths of every regular file under ``local_dir``, sorted."""
+    if not os.path.isdir(local_dir):
+        raise StoreError(f"not a directory: {local_dir}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(local_dir):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, local_dir)
+        for filename in filenames:
+            if os.path.isfile(os.path.join(dirpath, filename)):
+                rel = filename if rel_dir == "." else os.path.join(rel_dir, filename)
+                found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
 
 
 def _under_prefix(name: str, prefix: str) -> str | None:
@@ -98,7 +113,7 @@ class StagedState:
 
     def put_dir(self, local_dir: str, *, prefix: str = "") -> None:
         """Upload every file under ``local_dir`` as ``<prefix>/<relative path>``."""
-        for rel in local_files(local_dir):
+        for rel in _local_files(local_dir):
             name = posixpath.join(prefix.strip("/"), rel) if prefix.strip("/") else rel
             self.put_file(name, os.path.join(local_dir, *rel.split("/")))
 

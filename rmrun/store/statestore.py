@@ -180,7 +180,7 @@ class StateStore:
         check_key(key)
         self.check_lease(lease)
         key_path = self._layout.key_path(key)
-        self._backend.remove_file(posixpath.join(key_path, COMMIT_NAME))
+        self._backend.remove_file(self._layout.commit_path(key))
         self._backend.remove_tree(key_path)
 
     def retain(self, prefix: str, *, keep: int, lease: Lease) -> list[str]:
@@ -291,8 +291,7 @@ class StateStore:
     def _quarantine(self, key: str, attempt: str, reason: str) -> None:
         """Record that ``attempt`` of ``key`` must never be used again."""
         note = {"key": key, "attempt": attempt, "reason": reason, "time": utc_now()}
-        path = posixpath.join(self._layout.key_path(key), quarantine_name(attempt))
-        self._backend.write_atomic(path, json_bytes(note))
+        self._backend.write_atomic(self._layout.quarantine_path(key, attempt), json_bytes(note))
 
     def _read_quarantine_note(self, key: str, name: str) -> dict:
         """A quarantine note, tolerating an unreadable one."""
