@@ -76,6 +76,7 @@ def seed_everything(seed: int) -> None:
 # before the checkpoint at <step>, and never deleted by retention. A resume reassembles
 # them (first copy of each step wins: runs are exact, so copies are identical).
 
+
 def write_history_piece(ctx, trainer_state: dict) -> None:
     """Rank 0: commit the metric lines and evals since the last committed piece."""
     step = trainer_state["step"]
