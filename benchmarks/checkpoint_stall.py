@@ -125,12 +125,14 @@ def worker(job_path: str, result_path: str) -> None:
     window = range(1, total)  # the last step's checkpoint is the run's final state: it blocks by design
     hook = timings["hook"]
     from rmrun.store import StateStore
+    from rmrun.store.keys import CHECKPOINT_PREFIX
 
     store = StateStore(f"throttled://stall-{job['variant']}")
     checkpoints = []
-    for key in store.committed_keys("ckpt-"):
-        meta = store.peek(key).manifest["meta"]
-        size = sum(entry["size"] for entry in store.peek(key).manifest["files"])
+    for key in store.committed_keys(CHECKPOINT_PREFIX):
+        manifest = store.open_unverified(key).manifest
+        meta = manifest["meta"]
+        size = sum(entry["size"] for entry in manifest["files"])
         checkpoints.append({"step": meta["step"], "bytes": size, "snapshot_seconds": meta.get("snapshot_seconds"),
                             "upload_seconds": meta.get("upload_seconds")})
     result = {

@@ -54,7 +54,7 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
             key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)
             saves.append(time.perf_counter() - started)
             if rank.is_main:
-                committed = store.get(key)
+                committed = store.open_verified(key)
                 sizes.append(sum(entry["size"] for entry in committed.manifest["files"]))
             barrier()
             started = time.perf_counter()

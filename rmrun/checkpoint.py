@@ -26,16 +26,11 @@ from rmrun.collective import broadcast, gather_all
 from rmrun.faults import fault_point, restore_enabled
 from rmrun.nodecopy import node_copy
 from rmrun.store import StoreError
-
-PREFIX = "ckpt-"
+from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
 
 # Every torch.load in this process, ColossalAI's checkpoint I/O included, refuses
 # arbitrary pickles.
 os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-
-
-def checkpoint_key(step: int) -> str:
-    return f"{PREFIX}{step:010d}"
 
 
 # ---------------------------------------------------------------- RNG streams
@@ -81,18 +76,12 @@ def seed_everything(seed: int) -> None:
 # before the checkpoint at <step>, and never deleted by retention. A resume reassembles
 # them (first copy of each step wins: runs are exact, so copies are identical).
 
-HISTORY_PREFIX = "history-"
-
-
-def _history_key(step: int) -> str:
-    return f"{HISTORY_PREFIX}{step:010d}"
-
 
 def write_history_piece(ctx, trainer_state: dict) -> None:
     """Rank 0: commit the metric lines and evals since the last committed piece."""
     step = trainer_state["step"]
-    key = _history_key(step)
-    if ctx.store.get(key) is not None:  # an earlier attempt reached this step: the same lines
+    key = history_key(step)
+    if ctx.store.open_verified(key) is not None:  # an earlier attempt reached this step: the same lines
         return
     ends = [int(k[len(HISTORY_PREFIX):]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
     since = max([end for end in ends if end < step], default=0)
@@ -109,7 +98,7 @@ def write_history_piece(ctx, trainer_state: dict) -> None:
 def committed_history(store):
     """(key, state, piece) of every committed history piece, in step order."""
     for key in sorted(store.committed_keys(HISTORY_PREFIX)):
-        state = store.peek(key)
+        state = store.open_unverified(key)
         if state is not None:
             yield key, state, json.loads(state.read_bytes("history.json"))
 
@@ -232,7 +221,7 @@ class PendingCheckpoint:
         fault_point("checkpoint_before_commit", step=self.step, rank=0)
         self.staged.commit(meta=timings)
         fault_point("retention", step=self.step, rank=0)
-        self.ctx.store.retain(PREFIX, keep=keep, lease=self.ctx.lease)
+        self.ctx.store.retain(CHECKPOINT_PREFIX, keep=keep, lease=self.ctx.lease)
 
     def abandon(self) -> None:
         """Leave this checkpoint uncommitted (the run is failing): no collective, no wait."""
@@ -262,7 +251,7 @@ def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint 
     step = trainer_state["step"]
     key = checkpoint_key(step)
     staged = None
-    if ctx.rank.is_main and ctx.store.get(key, hash_files=False) is None:
+    if ctx.rank.is_main and ctx.store.open_verified(key, hash_files=False) is None:
         staged = ctx.stage(key, meta={
             "step": step,
             "epoch": trainer_state["epoch"],
@@ -311,7 +300,7 @@ def latest_checkpoint_key(ctx) -> str | None:
     contents are hashed by the one real read, in load_checkpoint); every rank gets its key."""
     key = None
     if ctx.rank.is_main:
-        state = ctx.store.latest(PREFIX, hash_files=False)
+        state = ctx.store.latest(CHECKPOINT_PREFIX, hash_files=False)
         key = state.key if state is not None else None
     return broadcast(key)
 

@@ -9,6 +9,17 @@ import time
 
 from rmrun.recipe import RecipeError, environment_problems, load_recipe, make_plan
 from rmrun.recipe.schema import Recipe
+from rmrun.store.keys import (
+    CHECKPOINT_PREFIX,
+    EXPORT_KEY,
+    IDENTITY_KEY,
+    LEASE_HOLDER_RECORD,
+    PLAN_RECORD,
+    QUARANTINED_RECORDS,
+    RECIPE_RECORD,
+    STEP_RECORDS,
+    TOKENIZE_PREFIX,
+)
 
 # Exit codes, documented in README.md; the CLI exits with what a command returns.
 EXIT_OK = 0  # done (also: the run was already complete)
@@ -30,7 +41,7 @@ def check(recipe_path: str, *, overrides) -> int:
     exact = num_pairs is not None
     num_pairs = num_pairs or 0
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
-    steps = build_graph(num_epochs=plan.num_epochs, tokenize_key="tokenize-<data fingerprint>",
+    steps = build_graph(num_epochs=plan.num_epochs, tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>",
                         has_eval=bool(recipe.data.eval))
     print(f"recipe {recipe_path}: ok")
     print("steps: " + " -> ".join(s.name for s in steps))
@@ -78,16 +89,16 @@ def _status(url: str) -> int:
 
     store = StateStore(url)
     store.check_reachable()
-    records = store.read_records("steps/")
-    identity = store.peek("run-identity")
+    records = store.read_records(STEP_RECORDS)
+    identity = store.open_unverified(IDENTITY_KEY)
     if identity is None and not records:
         print(f"state {store.root}: fresh (nothing recorded yet)")
         return EXIT_OK
     print(f"state {store.root}")
     generation = store.current_generation()
-    lease = store.read_record("lease-holder") or {}
+    lease = store.read_record(LEASE_HOLDER_RECORD) or {}
     print(f"lease: generation {generation}, holder {lease.get('holder', '?')}")
-    plan = store.read_record("plan")
+    plan = store.read_record(PLAN_RECORD)
     if plan:
         print(f"plan: {plan['total_steps']} optimizer steps, {plan['num_epochs']} epoch(s), world size {plan['world_size']}")
     print("steps:")
@@ -100,9 +111,9 @@ def _status(url: str) -> int:
         if record.get("error"):
             line += f"  error: {record['error']}"
         print(line)
-    checkpoints = store.committed_keys("ckpt-")
+    checkpoints = store.committed_keys(CHECKPOINT_PREFIX)
     if checkpoints:
-        latest = store.peek(checkpoints[-1])
+        latest = store.open_unverified(checkpoints[-1])
         if latest is not None:
             meta = latest.manifest["meta"]
             print(f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
@@ -110,10 +121,10 @@ def _status(url: str) -> int:
         _print_checkpoint_times(store, checkpoints[-5:])
     else:
         print("latest checkpoint: none")
-    quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
+    quarantined = store.quarantined() + list(store.read_records(QUARANTINED_RECORDS).values())
     for q in quarantined:
         print(f"quarantined: {q['key']} attempt {q['attempt']}: {q['reason']}")
-    done = store.peek("export") is not None
+    done = store.open_unverified(EXPORT_KEY) is not None
     print("run: complete" if done else "run: not complete")
     return EXIT_OK
 
@@ -122,7 +133,7 @@ def _print_checkpoint_times(store, keys: list[str]) -> None:
     """What the recent checkpoints cost: the stop-signal budget is their snapshot + upload."""
     rows = []
     for key in keys:
-        state = store.peek(key)
+        state = store.open_unverified(key)
         meta = state.manifest["meta"] if state is not None else {}
         if "snapshot_seconds" in meta and "upload_seconds" in meta:
             rows.append(f"  {key}: snapshot {meta['snapshot_seconds']:.3f} s, upload {meta['upload_seconds']:.3f} s")
@@ -141,9 +152,9 @@ def _identity_check(ctx, recipe_path: str) -> None:
 
     problem = None
     if ctx.rank.is_main:
-        state = ctx.store.get("run-identity")
+        state = ctx.store.open_verified(IDENTITY_KEY)
         if state is None:
-            staged = ctx.stage("run-identity", meta={})
+            staged = ctx.stage(IDENTITY_KEY, meta={})
             staged.write_bytes("identity.json", json.dumps(ctx.identity, indent=2, sort_keys=True).encode())
             staged.commit()
         else:
@@ -168,13 +179,13 @@ def _make_context(recipe_path: str, recipe: Recipe, rank):
     if rank.is_main:
         holder = f"{os.uname().nodename}:{os.getpid()}"
         lease = store.acquire_lease(holder=holder)
-        store.write_record("lease-holder", {"holder": holder, "generation": lease.generation, "time": time.time()},
+        store.write_record(LEASE_HOLDER_RECORD, {"holder": holder, "generation": lease.generation, "time": time.time()},
                            lease=lease)
         store.clean_staging(lease=lease)
     with open(recipe_path) as f:
         text = f.read()
     if rank.is_main:  # the recipe as written, for `rmrun report` (the identity holds the resolved keys)
-        store.write_record("recipe", {"name": recipe.run.name, "path": os.path.abspath(recipe_path), "text": text},
+        store.write_record(RECIPE_RECORD, {"name": recipe.run.name, "path": os.path.abspath(recipe_path), "text": text},
                            lease=lease)
     broadcast(None)  # the other ranks start once the lease is held
     identity = run_identity(recipe)
@@ -193,7 +204,7 @@ def _graph(ctx, recipe: Recipe):
     key = broadcast(tokenize_key(recipe.data, recipe.model) if ctx.rank.is_main else None)
     # The number of epochs depends on the pair count only through max_steps; the
     # stored plan (when there is one) has it, else the recipe's max_epochs.
-    stored = ctx.store.read_record("plan")
+    stored = ctx.store.read_record(PLAN_RECORD)
     num_epochs = stored["num_epochs"] if stored else recipe.schedule.max_epochs
     return build_graph(num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval))
 
@@ -213,7 +224,7 @@ def _run_graph(ctx, recipe: Recipe) -> int:
     def is_done(step) -> bool:
         # The tokenized data is read whole by every run that resumes, and hashed on that
         # read; here its manifest and sizes are enough. The other states are small.
-        return ctx.store.get(step.produces, hash_files=step.kind != "tokenize") is not None
+        return ctx.store.open_verified(step.produces, hash_files=step.kind != "tokenize") is not None
 
     from rmrun.collective import broadcast
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from rmrun.dist import Rank
 from rmrun.recipe.plan import Plan
 from rmrun.store import Lease, StateStore
+from rmrun.store.keys import PLAN_RECORD, quarantined_record, step_record
 
 
 @dataclass
@@ -28,15 +29,15 @@ class RunContext:
         """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
         self.plan = self.plan_for(num_pairs)
         if self.rank.is_main:
-            self.store.write_record("plan", self.plan.to_dict(), lease=self.lease)
+            self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.lease)
         return self.plan
 
     def read_record(self, name: str) -> dict | None:
-        return self.store.read_record(f"steps/{name.replace('/', '-')}")
+        return self.store.read_record(step_record(name))
 
     def write_record(self, name: str, data: dict) -> None:
         if self.rank.is_main:
-            self.store.write_record(f"steps/{name.replace('/', '-')}", data, lease=self.lease)
+            self.store.write_record(step_record(name), data, lease=self.lease)
 
     def stage(self, key: str, *, meta: dict):
         """Stage state ``key`` under this run's lease (rank 0).
@@ -45,7 +46,7 @@ class RunContext:
         recomputed) is replaced; its quarantine note is kept as a record for status.
         """
         for note in self.store.quarantined(key):  # this key's folder alone: staging stays cheap as keys pile up
-            self.store.write_record(f"quarantined/{key}-{note['attempt']}", note, lease=self.lease)
+            self.store.write_record(quarantined_record(key, note['attempt']), note, lease=self.lease)
             self.store.delete(key, lease=self.lease)
         return self.store.stage(key, lease=self.lease, meta=meta)
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rmrun.store.keys import EVAL_FINAL_KEY, EXPORT_KEY, epoch_key
+
 # kind -> "module:function"; the function is called as fn(ctx, step, **sections).
 STEP_KINDS = {
     "tokenize": "rmrun.steps.tokenize:run",
@@ -42,10 +44,6 @@ class Step:
         return self.produces is not None
 
 
-def epoch_key(epoch: int) -> str:
-    return f"epoch-{epoch:05d}"
-
-
 def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[Step]:
     """tokenize → boost → train epochs → evaluate → save."""
     steps = [
@@ -67,9 +65,9 @@ def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[S
         )
         previous = name
     if has_eval:
-        steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces="eval-final", sections=("loss", "eval")))
+        steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces=EVAL_FINAL_KEY, sections=("loss", "eval")))
         previous = "evaluate"
-    steps.append(Step("save", "save", needs=(previous, "boost"), produces="export", sections=("output", "data", "loss", "model", "run")))
+    steps.append(Step("save", "save", needs=(previous, "boost"), produces=EXPORT_KEY, sections=("output", "data", "loss", "model", "run")))
     return steps
 
 

@@ -46,7 +46,7 @@ class NodeCopy:
 def _read_into(store: StateStore, key: str, directory: str) -> tuple[dict | None, dict]:
     """Download state ``key`` into ``directory``, hashing as it streams; (what went wrong
     or None, the manifest's meta)."""
-    state = store.peek(key)
+    state = store.open_unverified(key)
     if state is None:
         return {"kind": "missing", "message": f"state {key} vanished from {store.root} while it was being read"}, {}
     try:

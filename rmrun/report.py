@@ -31,6 +31,7 @@ def _open_state(target: str):
     """(store, how it was found): a state root; the state a recipe names; or the state an
     export came from (store None when that state is gone)."""
     from rmrun.store import StateStore, StoreError
+    from rmrun.store.keys import IDENTITY_KEY
 
     if _is_export(target):
         import fsspec
@@ -39,7 +40,7 @@ def _open_state(target: str):
             url = json.load(f).get("state")
         try:
             store = StateStore(url)
-            found = store.peek("run-identity") is not None
+            found = store.open_unverified(IDENTITY_KEY) is not None
         except (OSError, StoreError, TypeError):
             found = False
         return (store if found else None), f"made from the state of the export {target}: {url}"

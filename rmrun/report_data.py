@@ -23,7 +23,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TOKENIZE_PREFIX = "tokenize-"
+from rmrun.store.keys import (
+    CHECKPOINT_PREFIX,
+    EVAL_FINAL_KEY,
+    EXPORT_KEY,
+    HISTORY_PREFIX,
+    IDENTITY_KEY,
+    PLAN_RECORD,
+    QUARANTINED_RECORDS,
+    RECIPE_RECORD,
+    START_RECORDS,
+    TOKENIZE_PREFIX,
+)
+
 
 
 class ReportError(ValueError):
@@ -99,7 +111,7 @@ def read_history(store) -> tuple[dict, dict, list[dict]]:
 def read_starts(store, pieces: list[dict]) -> list[Resume]:
     """Every start that took up training, oldest first: the ``starts/`` records, else inferred
     from the generations of the history pieces."""
-    records = store.read_records("starts/")
+    records = store.read_records(START_RECORDS)
     if records:
         return [Resume(generation=r["generation"], step=r["step"], checkpoint=r.get("checkpoint"), time=r.get("time"),
                        world_size=r.get("world_size"))
@@ -156,7 +168,7 @@ def newest_tokenized_eval(store):
 
     from rmrun.data import TokenizedPairs
 
-    candidates = [s for s in (store.peek(k) for k in store.committed_keys(TOKENIZE_PREFIX))
+    candidates = [s for s in (store.open_unverified(k) for k in store.committed_keys(TOKENIZE_PREFIX))
                   if s is not None and "eval.safetensors" in s.files]
     if not candidates:
         return None
@@ -166,22 +178,21 @@ def newest_tokenized_eval(store):
 
 def read_state(store) -> RunRecord:
     """Everything the report shows that the state holds (no model is loaded)."""
-    from rmrun.snapshot import CHECKPOINT_PREFIX, IDENTITY_KEY
 
-    identity = store.peek(IDENTITY_KEY)
-    recipe_record = store.read_record("recipe")
+    identity = store.open_unverified(IDENTITY_KEY)
+    recipe_record = store.read_record(RECIPE_RECORD)
     metrics, evals, pieces = read_history(store)
     if identity is None and not metrics and recipe_record is None:
         raise ReportError(f"{store.root}: nothing recorded in this state yet (no run has trained there)")
     keys = _json(identity, "identity.json")["keys"] if identity is not None else None
     name = (recipe_record or {}).get("name") or store.root.rstrip("/").split("/")[-1]
     record = RunRecord(source=store.root, name=name)
-    record.plan = store.read_record("plan")
+    record.plan = store.read_record(PLAN_RECORD)
     if recipe_record is not None:
         record.recipe_text, record.recipe_path = recipe_record["text"], recipe_record["path"]
     record.recipe_keys = keys
     record.metrics = [metrics[s] for s in sorted(metrics)]
-    final_state = store.peek("eval-final")
+    final_state = store.open_unverified(EVAL_FINAL_KEY)
     final = _json(final_state, "eval.json") if final_state is not None else None
     if final is not None:
         record.final = final["final"]
@@ -193,10 +204,10 @@ def read_state(store) -> RunRecord:
         record.first_start, record.resumes = starts[0], starts[1:]
     record.num_starts = store.current_generation()
     record.throughput = throughput(metrics, pieces, starts)
-    checkpoints = (store.peek(k) for k in store.committed_keys(CHECKPOINT_PREFIX))
+    checkpoints = (store.open_unverified(k) for k in store.committed_keys(CHECKPOINT_PREFIX))
     record.checkpoints = [c.manifest["meta"]["step"] for c in checkpoints if c is not None]
-    record.quarantined = store.quarantined() + list(store.read_records("quarantined/").values())
-    export = store.peek("export")
+    record.quarantined = store.quarantined() + list(store.read_records(QUARANTINED_RECORDS).values())
+    export = store.open_unverified(EXPORT_KEY)
     record.export_url = export.manifest["meta"].get("url") if export is not None else None
     record.complete = export is not None
     record.eval_lengths = eval_lengths(store)
@@ -264,7 +275,7 @@ def model_weight_bytes(store) -> int | None:
     """Size of the final model's weights as stored (to decide whether scoring is cheap)."""
     from rmrun.snapshot import newest_checkpoint
 
-    export = store.peek("export")
+    export = store.open_unverified(EXPORT_KEY)
     if export is not None:
         files = _json(export, "export.json")["files"]
         return sum(f["size"] for name, f in files.items() if name.endswith(".safetensors") and "colossalchat" not in name)

@@ -137,9 +137,10 @@ def _local_copy(url: str) -> str:
 def _export_of_state(model: str) -> str | None:
     """The export URL a state root (``run.state``) published, if ``model`` is one."""
     from rmrun.store import StateStore
+    from rmrun.store.keys import EXPORT_KEY
 
     try:
-        record = StateStore(model).peek("export")
+        record = StateStore(model).open_unverified(EXPORT_KEY)
     except Exception:  # not a state root at all: the caller reports the path as it was given
         return None
     return record.manifest["meta"].get("url") if record is not None else None

@@ -15,14 +15,13 @@ import json
 import posixpath
 import sys
 
-CHECKPOINT_PREFIX = "ckpt-"  # rmrun.checkpoint.PREFIX, without importing torch to list states
-IDENTITY_KEY = "run-identity"
+from rmrun.store.keys import CHECKPOINT_PREFIX, IDENTITY_KEY
 
 
 def newest_checkpoint(store):
     """The newest committed, non-quarantined checkpoint (its files are verified as they are read)."""
     for key in reversed(store.committed_keys(CHECKPOINT_PREFIX)):
-        state = store.peek(key)
+        state = store.open_unverified(key)
         if state is not None:
             return state
     return None
@@ -33,7 +32,7 @@ def stored_recipe(store):
     or None for a state no run has started in."""
     from rmrun.recipe.loader import recipe_from_keys
 
-    identity = store.peek(IDENTITY_KEY)
+    identity = store.open_unverified(IDENTITY_KEY)
     if identity is None:
         return None
     keys = json.loads(identity.read_bytes("identity.json"))["keys"]

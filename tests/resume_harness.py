@@ -382,7 +382,7 @@ def is_complete(run: RunDirs) -> bool:
     from rmrun.store import StateStore
 
     _clear_s3_cache()
-    return StateStore(run.state).get("export") is not None
+    return StateStore(run.state).open_verified("export") is not None
 
 
 def newest_checkpoint_attempt(run: RunDirs) -> tuple[str, Path]:

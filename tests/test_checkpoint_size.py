@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from rmrun.checkpoint import HISTORY_PREFIX, read_history
+from rmrun.checkpoint import read_history
+from rmrun.store.keys import HISTORY_PREFIX
 from rmrun.store import StateStore
 from tests.helpers import rmrun, small_recipe
 
@@ -27,7 +28,7 @@ def store(tmp_path_factory):
 
 
 def _sizes(store, key):
-    return {f["path"]: f["size"] for f in store.peek(key).manifest["files"]}
+    return {f["path"]: f["size"] for f in store.open_unverified(key).manifest["files"]}
 
 
 def test_checkpoint_bytes_do_not_grow_with_the_step_count(store):
@@ -37,7 +38,7 @@ def test_checkpoint_bytes_do_not_grow_with_the_step_count(store):
     # Every file but the RNG streams (whose JSON digits vary) has the same size at step 10 and 20.
     assert {p: n for p, n in at_10.items() if not p.startswith("rng/")} == \
         {p: n for p, n in at_20.items() if not p.startswith("rng/")}
-    trainer = json.loads(s.peek("ckpt-0000000020").read_bytes("trainer.json"))
+    trainer = json.loads(s.open_unverified("ckpt-0000000020").read_bytes("trainer.json"))
     assert trainer["metrics"] == [] and trainer["evals"] == [] and trainer["history_through"] == 20
 
 

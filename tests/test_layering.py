@@ -4,7 +4,8 @@
 - exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / GROUP_RANK (rmrun/dist.py);
 - the recipe layer (rmrun/recipe/) imports only the standard library and itself, plus the
   plugin table and the backbone families (data only, standard library only themselves);
-- only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``).
+- only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``);
+- state keys and record names are spelled out only in rmrun/store/keys.py.
 """
 
 from __future__ import annotations
@@ -102,3 +103,31 @@ def test_only_the_cli_calls_sys_exit():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "sys"):
                 callers.append(_relative(path))
     assert sorted(set(callers)) == ["rmrun/cli.py"]
+
+
+STORE_NAMING_METHODS = {"stage", "open_verified", "open_unverified", "latest", "committed_keys", "retain", "delete",
+                        "quarantine", "quarantined", "attempt_writer", "write_record", "read_record", "read_records"}
+
+
+def _names_a_key_in_place(node: ast.AST) -> bool:
+    """A call of a store method whose first argument is a string literal or an f-string."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in STORE_NAMING_METHODS and bool(node.args)
+            and (isinstance(node.args[0], ast.JoinedStr)
+                 or isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)))
+
+
+def test_store_keys_are_named_only_in_keys_py():
+    offenders = [f"{_relative(p)}:{n.lineno}" for p in SOURCES for n in ast.walk(_tree(p))
+                 if _names_a_key_in_place(n) and _relative(p) != "rmrun/store/keys.py"]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("source,expected", [
+    ('store.open_unverified("export")', True),
+    ('ctx.store.write_record(f"starts/{n}", {}, lease=lease)', True),
+    ("store.open_unverified(EXPORT_KEY)", False),
+    ('record.get("export")', False),
+])
+def test_the_key_literal_check_itself(source, expected):
+    assert any(_names_a_key_in_place(n) for n in ast.walk(ast.parse(source))) is expected

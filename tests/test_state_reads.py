@@ -171,7 +171,7 @@ def state_files(root: str, key: str) -> dict[str, int]:
     """{URL: size} of every file in the manifest of committed state ``key``."""
     from rmrun.store import StateStore
 
-    state = StateStore(f"{root}/state").peek(key)
+    state = StateStore(f"{root}/state").open_unverified(key)
     assert state is not None, f"{key} is not committed under {root}"
     return {f"{root}/state/states/{key}/{state.attempt}/{e['path']}": e["size"] for e in state.manifest["files"]}
 

@@ -119,7 +119,7 @@ def test_round_trip_bytes_files_and_dirs(store_root, tmp_path):
     staged.put_dir(str(src), prefix="model")
     committed = staged.commit()
 
-    state = store.get("ckpt-000001")
+    state = store.open_verified("ckpt-000001")
     assert state is not None and state.attempt == committed.attempt
     assert state.files == sorted(
         ["nested/dir/blob.bin", "weights.bin", "model/config.json", "model/sub/tok.txt", "model/sub/deeper/empty"]
@@ -152,7 +152,7 @@ def test_manifest_contents(store_root):
     staged.write_bytes("sub/b.bin", b"bb")
     committed = staged.commit()
 
-    manifest = store.get("step-000007").manifest
+    manifest = store.open_verified("step-000007").manifest
     assert manifest == committed.manifest
     assert manifest["format"] == 1
     assert manifest["key"] == "step-000007"
@@ -192,7 +192,7 @@ def test_killed_writer_leaves_nothing_visible_and_is_cleaned(store_root):
     dead.release(dead_lease)
 
     store, lease = new_runner(store_root, "restarted")
-    assert store.get("ckpt-000002") is None
+    assert store.open_verified("ckpt-000002") is None
     assert store.latest("ckpt-") is None
     assert store.committed_keys("ckpt-") == []
 
@@ -215,7 +215,7 @@ def test_half_deleted_states_are_never_chosen(store_root):
     # clean_staging once the job restarts with a new lease.
     remove(store.url("states", "ckpt-000003", "COMMIT"))
     assert store.latest("ckpt-").key == "ckpt-000002"
-    assert store.get("ckpt-000003") is None
+    assert store.open_verified("ckpt-000003") is None
     assert store.committed_keys("ckpt-") == ["ckpt-000001", "ckpt-000002"]
     assert store.clean_staging(lease=lease) == 0  # could still be this lease's staging
     store.release(lease)
@@ -269,7 +269,7 @@ def test_corrupt_file_is_quarantined_and_skipped(store_root, tmp_path, corrupt, 
     assert len(notes) == 1
     assert notes[0]["key"] == "ckpt-000002" and notes[0]["attempt"] == bad.attempt
     assert reason in notes[0]["reason"] and "model.bin" in notes[0]["reason"] and notes[0]["time"]
-    assert store.get("ckpt-000002") is None
+    assert store.open_verified("ckpt-000002") is None
     assert store.committed_keys("ckpt-") == ["ckpt-000001"]
     assert store.latest("ckpt-").key == "ckpt-000001"
     assert len(store.quarantined()) == 1
@@ -289,7 +289,7 @@ def test_choosing_on_sizes_reads_no_file_contents(store_root, monkeypatch):
     monkeypatch.setattr(store._backend, "read", lambda path, _read=store._backend.read: (
         _read(path) if path.endswith(("COMMIT", "MANIFEST.json")) else refuse(path)))
     assert store.latest("ckpt-", hash_files=False).key == "ckpt-000001"
-    assert store.get("ckpt-000001", hash_files=False) is not None
+    assert store.open_verified("ckpt-000001", hash_files=False) is not None
     with pytest.raises(AssertionError, match="a file was opened"):
         store.latest("ckpt-")  # the default reads and hashes every file
 
@@ -422,7 +422,7 @@ def test_superseded_writer_is_fenced(store_root):
     assert store_b.committed_keys("ckpt-") == ["ckpt-000001", "ckpt-000003"]
     state = StateStore(store_root).latest("ckpt-")
     assert state.key == "ckpt-000003" and state.read_bytes("w") == b"b3"
-    assert store_b.get("ckpt-000001").read_bytes("w") == b"a1"
+    assert store_b.open_verified("ckpt-000001").read_bytes("w") == b"a1"
     assert store_b.read_record("status") is None
     assert store_b.clean_staging(lease=lease_b) == 1  # A's unpublished attempt
 
@@ -459,7 +459,7 @@ def test_same_key_staged_twice_commits_once(store_root):
     with pytest.raises(StoreError, match="already committed by another writer") as info:
         second.commit()
     assert not isinstance(info.value, LeaseLost)
-    state = store.get("ckpt-000001")
+    state = store.open_verified("ckpt-000001")
     assert state.read_bytes("w") == b"first" and state.manifest["meta"] == {"n": 1}
     with pytest.raises(StoreError, match="already committed"):
         store.stage("ckpt-000001", lease=lease, meta={})
@@ -490,7 +490,7 @@ def test_racing_commits_of_one_key_have_one_winner(store_root):
     winners = [r for r in results if isinstance(r, CommittedState)]
     assert len(winners) == 1, results
     assert all("already committed" in str(r) for r in results if not isinstance(r, CommittedState))
-    state = store.get("race")
+    state = store.open_verified("race")
     assert state.attempt == winners[0].attempt
     assert state.read_bytes("w") == b"writer-%d" % state.manifest["meta"]["i"]
 
@@ -518,9 +518,9 @@ def test_retain_keeps_newest(store_root):
     deleted = store.retain("ckpt-", keep=2, lease=lease)
     assert deleted == ["ckpt-000001", "ckpt-000002", "ckpt-000003"]
     assert store.committed_keys("ckpt-") == ["ckpt-000004", "ckpt-000005"]
-    assert store.get("ckpt-000001") is None
+    assert store.open_verified("ckpt-000001") is None
     assert not has_files(store.url("states", "ckpt-000001"))
-    assert store.get("other-000001") is not None
+    assert store.open_verified("other-000001") is not None
     assert store.retain("ckpt-", keep=2, lease=lease) == []
     with pytest.raises(StoreError, match="keep"):
         store.retain("ckpt-", keep=-1, lease=lease)
@@ -530,11 +530,11 @@ def test_delete_removes_state(store_root):
     store, lease = new_runner(store_root, "job")
     commit_state(store, lease, "k-1", {"a": b"1"})
     store.delete("k-1", lease=lease)
-    assert store.get("k-1") is None
+    assert store.open_verified("k-1") is None
     assert not has_files(store.url("states", "k-1"))
     store.delete("k-1", lease=lease)  # idempotent
     commit_state(store, lease, "k-1", {"a": b"again"})  # the key can be written again
-    assert store.get("k-1").read_bytes("a") == b"again"
+    assert store.open_verified("k-1").read_bytes("a") == b"again"
 
 
 def test_records_round_trip(store_root):
@@ -558,7 +558,7 @@ def test_records_round_trip(store_root):
 def test_empty_store(store_root):
     store = StateStore(store_root)
     assert store.latest("ckpt-") is None
-    assert store.get("ckpt-000001") is None
+    assert store.open_verified("ckpt-000001") is None
     assert store.committed_keys("") == []
     assert store.quarantined() == []
 
@@ -647,17 +647,16 @@ def test_local_roots_are_normalised(tmp_path, monkeypatch):
         StateStore(tmp_path)  # pathlib.Path is refused: roots are str URLs
 
 
-def test_store_module_imports_only_stdlib_and_fsspec():
-    store_py = os.path.join(REPO_ROOT, "rmrun", "store.py")
+def test_store_package_imports_only_stdlib_and_fsspec():
     script = (
-        "import importlib.util, sys; "
-        f"spec = importlib.util.spec_from_file_location('store_under_test', {store_py!r}); "
-        "module = importlib.util.module_from_spec(spec); sys.modules['store_under_test'] = module; "
-        "spec.loader.exec_module(module); "
+        "import sys, pkgutil, importlib, rmrun.store; "
+        "[importlib.import_module(m.name) for m in pkgutil.iter_modules(rmrun.store.__path__, 'rmrun.store.')]; "
+        "rmrun.store.StateStore('memory://imports'); "
         "bad = sorted(m for m in ('torch', 'numpy', 's3fs', 'boto3', 'botocore') if m in sys.modules); "
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == ""
     assert importlib.util.find_spec("fsspec") is not None
 
@@ -696,7 +695,7 @@ def test_local_reads_do_not_follow_a_symlink_out_of_the_state(tmp_path):
     path = tmp_path / "root" / "states" / "s" / committed.attempt / "data.bin"
     path.unlink()
     path.symlink_to(outside)
-    assert store.get("s") is None
+    assert store.open_verified("s") is None
     [note] = store.quarantined()
     assert "data.bin is a symbolic link" in note["reason"]
     store.release(lease)
@@ -745,10 +744,10 @@ def test_writers_without_the_lease_upload_into_the_holders_attempt(store_root, t
     entries = other.put_files(_local_files(tmp_path, "rank1", theirs))
     assert [e["path"] for e in entries] == sorted(theirs)
     assert all(e["size"] == len(theirs[e["path"]]) and e["sha256"] == sha(theirs[e["path"]]) for e in entries)
-    assert store.get("ckpt-000002") is None  # nothing visible before the holder commits
+    assert store.open_verified("ckpt-000002") is None  # nothing visible before the holder commits
     staged.add_files(entries)
     staged.commit(meta={"upload_seconds": 1.5})
-    state = store.get("ckpt-000002")
+    state = store.open_verified("ckpt-000002")
     assert state.files == sorted({**mine, **theirs})
     assert all(state.read_bytes(name) == data for name, data in {**mine, **theirs}.items())
     assert state.manifest["meta"] == {"step": 2, "upload_seconds": 1.5}
@@ -763,7 +762,7 @@ def test_a_file_reported_but_not_uploaded_is_never_committed(store_root, tmp_pat
     staged.add_files(entries)
     with pytest.raises(StoreError, match=r"file b\.bin is missing; not committed"):
         staged.commit()
-    assert store.get("ckpt-000003") is None and store.committed_keys("ckpt-") == []
+    assert store.open_verified("ckpt-000003") is None and store.committed_keys("ckpt-") == []
     # Negative control: the same entries, all uploaded, do commit.
     staged = store.stage("ckpt-000003", lease=lease, meta={})
     staged.add_files(store.attempt_writer("ckpt-000003", staged.attempt).put_files(

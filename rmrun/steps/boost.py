@@ -77,8 +77,10 @@ def _record_start(ctx, *, key: str | None, state) -> None:
     checkpoint was loaded), for ``rmrun report``."""
     import time
 
+    from rmrun.store.keys import start_record
+
     if ctx.rank.is_main and ctx.lease is not None:
-        ctx.store.write_record(f"starts/{ctx.lease.generation:012d}", {
+        ctx.store.write_record(start_record(ctx.lease.generation), {
             "generation": ctx.lease.generation, "checkpoint": key, "step": state.step, "epoch": state.epoch,
             "pairs_consumed": state.pairs_consumed, "world_size": ctx.rank.world_size, "time": time.time(),
         }, lease=ctx.lease)

@@ -19,10 +19,10 @@ def run(ctx, step, *, loss, eval) -> None:
     from rmrun.faults import fault_point
 
     trainer = ctx.artifacts["trainer"]
-    committed = broadcast(ctx.store.get(step.produces) is not None if ctx.rank.is_main else None)
+    committed = broadcast(ctx.store.open_verified(step.produces) is not None if ctx.rank.is_main else None)
     if committed:
         if ctx.rank.is_main:
-            _say(ctx, json.loads(ctx.store.peek(step.produces).read_bytes("eval.json"))["final"])
+            _say(ctx, json.loads(ctx.store.open_unverified(step.produces).read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
     if history and history[-1]["step"] == trainer.state.step:

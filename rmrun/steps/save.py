@@ -13,6 +13,8 @@ import os
 import shutil
 import tempfile
 
+from rmrun.store.keys import EVAL_FINAL_KEY
+
 
 def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: str,
                   reward_stats: dict | None) -> None:
@@ -29,7 +31,7 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: 
         f.write(ctx.plan.to_json())
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
         f.write(metrics_jsonl(trainer.state))
-    evaluation = ctx.store.get("eval-final")
+    evaluation = ctx.store.open_verified(EVAL_FINAL_KEY)
     if evaluation is not None:
         with open(os.path.join(directory, "eval.json"), "wb") as f:
             f.write(evaluation.read_bytes("eval.json"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from rmrun.recipe.schema import DataSection, ModelSection
+from rmrun.store import keys as store_keys
 
 ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
 
@@ -57,7 +58,7 @@ def _template_digest(chat_template: str | None) -> str | None:
 
 
 def tokenize_key(data: DataSection, model: ModelSection) -> str:
-    return f"tokenize-{data_fingerprint(data, model)[:20]}"
+    return store_keys.tokenize_key(data_fingerprint(data, model))
 
 
 def _tokenize_split(urls, *, data: DataSection, tokenizer, template, family, say):
@@ -148,7 +149,7 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     for _ in range(2):  # a copy found corrupt is written again, once
         # The runner's done-check has checked the manifest and sizes of a committed copy
         # (quarantining one that fails); its contents are hashed by the one read below.
-        if ctx.rank.is_main and ctx.store.peek(step.produces) is None:
+        if ctx.rank.is_main and ctx.store.open_unverified(step.produces) is None:
             _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
         barrier()
         loaded = _load_node_copy(ctx, step)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rmrun.graph import epoch_key
+from rmrun.store.keys import epoch_key
 
 
 def _trainer(ctx, *, schedule, loss, data, eval):
@@ -76,7 +76,7 @@ def run_epoch(ctx, step, *, schedule, loss, checkpoint, eval, log, data, run) ->
             raise
         if trainer.state.finished:
             hooks[0].close()  # the LogHook: progress bar and TensorBoard files
-    if ctx.rank.is_main and ctx.store.get(epoch_key(epoch)) is None:
+    if ctx.rank.is_main and ctx.store.open_verified(epoch_key(epoch)) is None:
         staged = ctx.stage(epoch_key(epoch), meta={"epoch": epoch, "step": trainer.state.step})
         staged.write_bytes("epoch.json", b"{}")
         fault_point("epoch_commit", step=trainer.state.step)
