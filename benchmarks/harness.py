@@ -41,6 +41,7 @@ import traceback
 from functools import lru_cache
 
 from rmrun.bench_worker import checkpoint_timings
+from rmrun.recipe.plugins import PLUGINS
 
 MODEL_SIZES = ("tiny", "small")
 # The small Llama: hidden 256, 4 layers, 4 heads, intermediate 688 (built from the tiny config).
@@ -51,7 +52,6 @@ SMALL_OVERRIDES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_he
 GPU_MODEL_SIZES = ("medium",)
 MEDIUM_OVERRIDES = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
                     "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2816}
-CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 VARIANTS = ("rmrun", "hand", "colossalchat", "shared", "packed")
 
 
@@ -310,7 +310,8 @@ def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group
         data=DataSection(train=("synthetic.jsonl",), max_length=max_length, group_by_length=group_by_length),
         model=ModelSection(pretrain=model_dir(size), tokenizer=str(TOKENIZER_DIR), init="random"),
         # CPU: ddp in fp32 (what the CPU can do well); GPU: every plugin in bf16.
-        plugin=PluginSection(name=plugin, mixed_precision="fp32" if plugin == "ddp" and not cuda else "bf16"),
+        plugin=PluginSection(name=plugin,
+                             mixed_precision="fp32" if not PLUGINS[plugin].needs_cuda and not cuda else "bf16"),
         loss=LossSection(name="log_sig"),
         # The quickstart's optimisation settings; clipping on, as by default.
         schedule=ScheduleSection(max_epochs=1, batch_size=batch_size, lr=5e-4, weight_decay=0.01, grad_clip=1.0),

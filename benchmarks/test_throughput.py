@@ -23,8 +23,9 @@ import pytest
 
 from benchmarks import settings
 from benchmarks.data import PROFILES
-from benchmarks.harness import CUDA_PLUGINS, GPU_MODEL_SIZES, MODEL_SIZES, model_dir
+from benchmarks.harness import GPU_MODEL_SIZES, MODEL_SIZES, model_dir
 from benchmarks.metrics import summarize_startup, summarize_train
+from rmrun.recipe.plugins import CUDA_PLUGINS
 
 # (plugin, processes): ddp with 1 and 2 processes on CPU; the CUDA plugins with one process per GPU.
 PLUGIN_CONFIGS = [("ddp", 1), ("ddp", 2)] + [(name, 1) for name in CUDA_PLUGINS]

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from rmrun.recipe.plugins import PLUGINS
 from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, ModelSection, PluginSection
 
 Family = Literal["encoder", "decoder"]
@@ -46,9 +47,6 @@ DECODER_TYPES = frozenset({
 # Decoder types whose attention takes a 4D block mask and position ids as given (sdpa and
 # eager), checked against the standard forward in tests/test_shared_prompt.py.
 SHARED_PROMPT_TYPES = frozenset({"llama", "qwen2"})
-# Plugins that run the Hugging Face model as it is: the others run it through ColossalAI's
-# shardformer, whose attention builds its own mask (and sequence parallelism splits rows).
-SHARED_PROMPT_PLUGINS = ("ddp",)
 SHARED = "shared-prompt"
 STANDARD = "standard"
 
@@ -150,7 +148,10 @@ def shared_prompt_problem(data: DataSection, model: ModelSection, plugin: Plugin
 
 def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | None:
     """Why the shared-prompt forward cannot run with this model and plugin, or None."""
-    if plugin.name not in SHARED_PROMPT_PLUGINS:
+    # Only a plugin that runs the Hugging Face model as it is (PluginSpec.shared_prompt) takes the
+    # block mask: the others run it through ColossalAI's shardformer, whose attention builds its own
+    # mask (and sequence parallelism splits rows).
+    if not PLUGINS[plugin.name].shared_prompt:
         return (f'plugin "{plugin.name}" runs the model through ColossalAI\'s shardformer, whose attention '
                 "does not take a block mask")
     if plugin.flash_attn:

@@ -128,6 +128,7 @@ def _build(job: dict, rank):
     from rmrun.data import TokenizedPairs
     from rmrun.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
+    from rmrun.recipe.plugins import model_attention
     from rmrun.backbone import SHARED
     from rmrun.train import Trainer, TrainState
 
@@ -138,10 +139,8 @@ def _build(job: dict, rank):
     plan = make_plan(recipe, world_size=rank.world_size, num_pairs=len(data))
     seed_everything(recipe.run.seed + rank.rank)
     plugin = recipe.plugin
-    # As the boost step: gemini and 3d switch flash attention on themselves.
-    attn = "flash_attention_2" if plugin.flash_attn and plugin.name in ("ddp", "zero2", "zero2_cpu") else None
     net = build_reward_model(recipe.model, tokenizer=tokenizer, grad_checkpoint=plugin.grad_checkpoint,
-                             attn_implementation=attn, seed=recipe.run.seed)
+                             attn_implementation=model_attention(plugin), seed=recipe.run.seed)
     num_params = sum(p.numel() for p in net.parameters())
     boosted = boost(net, plan=plan, plugin=plugin, schedule=recipe.schedule, cuda=rank.cuda)
     trainer = Trainer(boosted=boosted, data=data, eval_data=None, tokenizer=tokenizer, plan=plan,

@@ -1,7 +1,9 @@
 """Building the ColossalAI plugin, optimizer and scheduler, and boosting the model.
 
 The one module that imports ``colossalai.booster``; everything that touches the
-Booster (backward, no_sync, checkpoint I/O) goes through :class:`Boosted`.
+Booster or ColossalAI's optimizer internals (backward, no_sync, checkpoint I/O, the
+export's gathered weights, the loss scaler) goes through :class:`Boosted`. What each
+plugin is and does comes from the plugin table (:mod:`rmrun.recipe.plugins`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from typing import Any
 
 import torch
 
-from rmrun.checkpoint import capture_grad_scaler, find_grad_scaler, restore_grad_scaler
 from rmrun.recipe.plan import Plan
+from rmrun.recipe.plugins import PLUGINS
 from rmrun.recipe.schema import PluginSection, ScheduleSection
 
 MIN_LR_RATIO = 0.1
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-SHARDED = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 
 
 def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = MIN_LR_RATIO):
@@ -95,6 +96,10 @@ class Boosted:
     def unwrap(self):
         return self.model.unwrap(unwrap_peft=False)
 
+    def save_sharded_model(self, directory: str) -> None:
+        """The sharded model's full weights gathered into safetensors shards (every rank takes part)."""
+        self.booster.save_model(self.model, directory, shard=True, use_safetensors=True)
+
     # checkpoint I/O: local directories, one per rank (no path is shared); each rank uploads
     # the files it wrote, so their names must not collide across ranks
     def save(self, directory: str) -> None:
@@ -131,6 +136,50 @@ class Boosted:
             with open(saved) as f:
                 restore_grad_scaler(scaler, json.load(f))
         load_zero_masters(self.model, self.optimizer, directory)
+
+
+def find_grad_scaler(optimizer):
+    """The dynamic loss scaler of a boosted optimizer, if it has one.
+
+    ColossalAI's ZeRO and Gemini optimizers keep it in their fp16 mixin and leave it
+    out of their ``state_dict`` (scale, growth and hysteresis counters alike); torch
+    amp's ``GradScaler`` sits on the ddp plugin's optimizer wrapper. Either way rmrun
+    saves it beside the optimizer.
+    """
+    for holder in (optimizer, getattr(optimizer, "optim", None)):
+        if holder is None:
+            continue
+        mixin = getattr(holder, "mixed_precision_mixin", None) or getattr(holder, "mix_precision_mixin", None)
+        if mixin is not None and getattr(mixin, "grad_scaler", None) is not None:
+            return mixin.grad_scaler
+        if getattr(holder, "scaler", None) is not None:
+            return holder.scaler
+    return None
+
+
+def capture_grad_scaler(scaler) -> dict:
+    """Every number in the scaler (for torch's GradScaler: its state_dict), as JSON."""
+    if hasattr(scaler, "_growth_tracker") or type(scaler).__name__ == "GradScaler":
+        return {"kind": "torch", "state": {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}}
+    fields = {}
+    for name, value in vars(scaler).items():
+        if torch.is_tensor(value):
+            fields[name] = {"tensor": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        elif isinstance(value, (bool, int, float, type(None))):
+            fields[name] = value
+    return {"kind": "colossalai", "fields": fields}
+
+
+def restore_grad_scaler(scaler, saved: dict) -> None:
+    if saved["kind"] == "torch":
+        scaler.load_state_dict(saved["state"])
+        return
+    for name, value in saved["fields"].items():
+        current = getattr(scaler, name, None)
+        if isinstance(value, dict) and "tensor" in value:
+            device = current.device if torch.is_tensor(current) else "cpu"
+            value = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]), device=device)
+        setattr(scaler, name, value)
 
 
 # ZeRO (LowLevelZero, and HybridParallel with zero_stage > 0) keeps fp32 master shards
@@ -208,20 +257,43 @@ def _import_booster(plan: Plan) -> None:
     """Import ``colossalai.booster`` (once a process; the first plan decides) with
     bitsandbytes and, unless the recipe needs them, ColossalAI's import-time compiles left
     eager, which keeps torch's inductor out of the process (:mod:`rmrun.thirdparty`)."""
+    _import_booster_module(compiles=compiles_at_import(plan))
+
+
+def _import_booster_module(*, compiles: bool) -> None:
     from rmrun.thirdparty import compile_off, import_bitsandbytes
 
     if "colossalai.booster" in sys.modules:
         return
     import_bitsandbytes()
-    with nullcontext() if compiles_at_import(plan) else compile_off():
+    with nullcontext() if compiles else compile_off():
         import colossalai.booster  # noqa: F401
+
+
+def _colossalai_plugin(class_name: str):
+    def build(**arguments):
+        return plugin_class(class_name)(**arguments)
+
+    return build
+
+
+# A builder for each ColossalAI plugin class the plugin table names (``PluginSpec.class_name``).
+BUILDERS = {name: _colossalai_plugin(name)
+            for name in ("TorchDDPPlugin", "LowLevelZeroPlugin", "GeminiPlugin", "HybridParallelPlugin")}
+
+
+def plugin_class(class_name: str):
+    """The ColossalAI plugin class; ``colossalai.booster`` is imported first where no plan has
+    imported it yet, with its import-time compiles left eager."""
+    _import_booster_module(compiles=False)
+    import colossalai.booster.plugin as plugins
+
+    return getattr(plugins, class_name)
 
 
 def make_plugin(plan: Plan):
     _import_booster(plan)
-    import colossalai.booster.plugin as plugins
-
-    return getattr(plugins, plan.plugin_class)(**plan.plugin_args)
+    return BUILDERS[plan.plugin_class](**plan.plugin_args)
 
 
 def boost(model, *, plan: Plan, plugin: PluginSection, schedule: ScheduleSection, cuda: bool) -> Boosted:
@@ -243,7 +315,7 @@ def boost(model, *, plan: Plan, plugin: PluginSection, schedule: ScheduleSection
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        sharded=plugin.name in SHARDED,
-        clips_itself=plugin.name in SHARDED,
+        sharded=PLUGINS[plugin.name].sharded,
+        clips_itself=PLUGINS[plugin.name].clips_gradients == "plugin",
         autocast=_DTYPES[plan.autocast] if cuda and plan.autocast else None,
     )

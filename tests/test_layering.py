@@ -2,8 +2,8 @@
 
 - exactly one module imports ``colossalai.booster`` (rmrun/boost.py);
 - exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / GROUP_RANK (rmrun/dist.py);
-- the recipe layer (rmrun/recipe/) imports only the standard library and itself, plus the
-  plugin table and the backbone families (data only, standard library only themselves);
+- the recipe layer (rmrun/recipe/, the plugin table included) imports only the standard
+  library and itself, plus the backbone families (data only, standard library only themselves);
 - only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``);
 - state keys and record names are spelled out only in rmrun/store/keys.py.
 """
@@ -50,7 +50,7 @@ def test_only_boost_imports_the_colossalai_booster():
 
 
 def test_the_recipe_layer_imports_nothing_heavy():
-    allowed_rmrun = ("rmrun.recipe", "rmrun.plugins", "rmrun.backbone")
+    allowed_rmrun = ("rmrun.recipe", "rmrun.backbone")
     for path in sorted((PACKAGE / "recipe").glob("*.py")):
         for name in _imported(path):
             top = name.split(".")[0]
@@ -59,7 +59,7 @@ def test_the_recipe_layer_imports_nothing_heavy():
             else:
                 # tomli: tomllib's backport on Python 3.10, pure Python
                 assert top in sys.stdlib_module_names | {"__future__", "tomli"}, (_relative(path), name)
-    for helper in ("plugins.py", "backbone.py"):
+    for helper in ("backbone.py",):
         for name in _imported(PACKAGE / helper):
             top = name.split(".")[0]
             assert top in sys.stdlib_module_names | {"__future__"} or name.startswith(allowed_rmrun), (helper, name)

@@ -18,10 +18,10 @@ from typing import Literal, Union, get_args, get_origin
 
 import pytest
 
-from rmrun.plugins import plugin_call
 from rmrun.recipe import Recipe, RecipeError, World, environment_problems, load_recipe, make_plan
+from rmrun.recipe.plugins import CUDA_PLUGINS, plugin_call
 from rmrun.recipe.schema import LoraSection
-from rmrun.recipe.validate import CUDA_PLUGINS, static_problems
+from rmrun.recipe.validate import static_problems
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(glob.glob(str(REPO / "recipes" / "*.toml")))

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from rmrun.plugins import plugin_call
+from rmrun.recipe.plugins import plugin_call
 from rmrun.recipe.schema import PluginSection, ScheduleSection
 from rmrun.thirdparty import DYNAMO_OFF, KERNELS_NOTICE, _DropKernelsNotice, compile_off
 from tests.helpers import REPO, child_env, small_recipe

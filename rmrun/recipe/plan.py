@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from rmrun.recipe.plugins import autocast_dtype, booster_mixed_precision, plugin_call
 from rmrun.recipe.schema import Recipe
 
 DEFAULT_WARMUP_FRACTION = 0.025
@@ -55,7 +56,6 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
 
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
     from rmrun.backbone import choose_forward
-    from rmrun.plugins import autocast_dtype, booster_mixed_precision, plugin_call
     from rmrun.recipe.validate import model_parallel_size
 
     p, s = recipe.plugin, recipe.schedule

@@ -3,7 +3,8 @@
 ``static_problems`` needs only the recipe and runs at load. ``environment_problems``
 needs the world the run found (process count, CUDA) and runs right after the
 distributed start; it is a pure function of (recipe, world) so tests call it
-without launching processes.
+without launching processes. The checks that depend on the plugin are the plugin
+table's (:mod:`rmrun.recipe.plugins`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from rmrun.recipe.plugins import cuda_problem, plugin_problems
 from rmrun.recipe.schema import PluginSection, Recipe
 
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes < 2**64; rmrun adds 1000 * step + rank to it
@@ -37,10 +39,6 @@ CEILINGS = {
     "[plugin].sp": 65_536,
     "[plugin].microbatch_size": 1_000_000,
 }
-
-GEMINI_PLUGINS = ("gemini", "gemini_auto")
-CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
-
 
 @dataclass(frozen=True)
 class World:
@@ -109,8 +107,9 @@ def _location_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def static_problems(recipe: Recipe) -> list[str]:
-    problems = _number_problems(recipe) + _location_problems(recipe)
+def _size_problems(recipe: Recipe) -> list[str]:
+    """Counts and sizes at their lower bounds; optional intervals at least 1 where given."""
+    problems = []
     p, s = recipe.plugin, recipe.schedule
     if not recipe.data.train:
         problems.append("[data].train: needs at least one file")
@@ -135,6 +134,13 @@ def static_problems(recipe: Recipe) -> list[str]:
     ):
         if value is not None and value < 1:
             problems.append(f"{key}: must be at least 1 (leave it out to turn it off), got {value}")
+    return problems
+
+
+def _schedule_problems(recipe: Recipe) -> list[str]:
+    """A positive learning rate; warmup, weight decay and clipping not negative."""
+    problems = []
+    s = recipe.schedule
     if s.lr <= 0:
         problems.append(f"[schedule].lr: must be positive, got {s.lr}")
     if s.warmup_steps is not None and s.warmup_steps < 0:
@@ -142,73 +148,51 @@ def static_problems(recipe: Recipe) -> list[str]:
     for key in ("weight_decay", "grad_clip"):
         if getattr(s, key) < 0:
             problems.append(f"[schedule].{key}: must be 0 or more, got {getattr(s, key)}")
-    if recipe.checkpoint.keep < 2:
-        problems.append(
-            f"[checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has a fallback, "
-            f"got {recipe.checkpoint.keep}"
-        )
-    if recipe.checkpoint.interval_seconds is not None and recipe.checkpoint.interval_seconds <= 0:
-        problems.append("[checkpoint].interval_seconds: must be positive")
-    if recipe.checkpoint.stop_budget_seconds <= 0:
-        problems.append(f"[checkpoint].stop_budget_seconds: must be positive, got {recipe.checkpoint.stop_budget_seconds:g}")
-    if recipe.model.lora is not None:
-        lora = recipe.model.lora
-        if lora.r < 1:
-            problems.append(f"[model.lora].r: must be at least 1, got {lora.r}")
-        if not lora.target_modules:
-            problems.append("[model.lora].target_modules: needs at least one module name")
-        if p.name in GEMINI_PLUGINS:
-            problems.append(
-                f'[model.lora]: LoRA is not supported with plugin "{p.name}"; use zero2, ddp or 3d'
-            )
-    if p.name == "gemini_auto" and s.accumulation_steps > 1:
-        problems.append(
-            '[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient '
-            'accumulation; use 1 or plugin "gemini"'
-        )
-    if p.name != "3d":
-        for key in ("tp", "pp", "sp"):
-            if getattr(p, key) != 1:
-                problems.append(f'[plugin].{key}: only the "3d" plugin shards models; got {key}={getattr(p, key)}')
-        if p.zero_stage != 0:
-            problems.append('[plugin].zero_stage: only applies to the "3d" plugin (zero2 is its own plugin)')
-        if p.zero_cpu_offload:
-            problems.append('[plugin].zero_cpu_offload: only applies to the "3d" plugin (zero2_cpu is its own plugin)')
-    else:
-        if p.zero_stage not in (0, 1, 2):
-            problems.append(f"[plugin].zero_stage: must be 0, 1 or 2, got {p.zero_stage}")
-        if p.zero_cpu_offload and p.zero_stage == 0:
-            problems.append("[plugin].zero_cpu_offload: offloads ZeRO optimizer state, so it needs zero_stage 1 or 2")
-        if p.pp > 1:
-            problems.append(
-                "[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads "
-                "rewards from the whole batch); use tp, sp or zero_stage to spread the model"
-            )
-        if p.pp > 1 and p.zero_stage > 1:
-            problems.append("[plugin].zero_stage: ZeRO-2 cannot be combined with pipeline parallelism (pp > 1)")
-        if p.sp > 1 and p.sp_mode in ("split_gather", "ring") and p.tp == 1:
-            problems.append(f'[plugin].sp_mode: "{p.sp_mode}" sequence parallelism needs tp > 1')
-        if p.zero_stage > 0 and p.mixed_precision == "fp32":
-            problems.append('[plugin].mixed_precision: ZeRO inside the "3d" plugin needs "bf16" or "fp16"')
-    if p.name in GEMINI_PLUGINS and p.mixed_precision == "fp32":
-        problems.append(f'[plugin].mixed_precision: plugin "{p.name}" trains in "bf16" or "fp16", not "fp32"')
     return problems
+
+
+def _checkpoint_problems(recipe: Recipe) -> list[str]:
+    """A fallback checkpoint kept; positive intervals and stop budget."""
+    problems = []
+    c = recipe.checkpoint
+    if c.keep < 2:
+        problems.append(
+            f"[checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has a fallback, got {c.keep}"
+        )
+    if c.interval_seconds is not None and c.interval_seconds <= 0:
+        problems.append("[checkpoint].interval_seconds: must be positive")
+    if c.stop_budget_seconds <= 0:
+        problems.append(f"[checkpoint].stop_budget_seconds: must be positive, got {c.stop_budget_seconds:g}")
+    return problems
+
+
+def _lora_problems(recipe: Recipe) -> list[str]:
+    """A rank of at least 1 and at least one target module (whether the plugin takes LoRA
+    at all is the plugin table's check)."""
+    lora = recipe.model.lora
+    if lora is None:
+        return []
+    problems = []
+    if lora.r < 1:
+        problems.append(f"[model.lora].r: must be at least 1, got {lora.r}")
+    if not lora.target_modules:
+        problems.append("[model.lora].target_modules: needs at least one module name")
+    return problems
+
+
+def static_problems(recipe: Recipe) -> list[str]:
+    """Every problem the recipe alone shows, one line each."""
+    return (_number_problems(recipe) + _location_problems(recipe) + _size_problems(recipe)
+            + _schedule_problems(recipe) + _checkpoint_problems(recipe) + _lora_problems(recipe)
+            + plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None))
 
 
 def environment_problems(recipe: Recipe, world: World) -> list[str]:
     """Checks that need the world the run is in."""
     problems = []
     p = recipe.plugin
-    if not world.cuda:
-        if p.name in CUDA_PLUGINS:
-            problems.append(
-                f'[plugin].name: "{p.name}" needs CUDA GPUs and this machine has none; '
-                f'use name = "ddp" on CPU'
-            )
-        elif p.mixed_precision != "fp32":
-            problems.append(
-                f'[plugin].mixed_precision: "{p.mixed_precision}" needs CUDA; use "fp32" on CPU'
-            )
+    if not world.cuda and (problem := cuda_problem(p)) is not None:
+        problems.append(problem)
     model_parallel = model_parallel_size(p)
     if world.size % model_parallel:
         if p.sp > 1 and p.sp_mode in ("split_gather", "ring"):

@@ -91,16 +91,15 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
     from rmrun.checkpoint import seed_everything
     from rmrun.faults import fault_point, restore_enabled
     from rmrun.model import build_reward_model
+    from rmrun.recipe.plugins import model_attention
     from rmrun.train import TrainState
 
     data = ctx.artifacts["data"]
     plan = ctx.set_plan(num_pairs=len(data["train"]))
     seed_everything(run.seed + ctx.rank.rank)
-    # The gemini and 3d plugins switch flash attention on themselves (enable_flash_attention).
-    attn = "flash_attention_2" if plugin.flash_attn and plugin.name in ("ddp", "zero2", "zero2_cpu") else None
     net = build_reward_model(
         model, tokenizer=ctx.artifacts["tokenizer"], grad_checkpoint=plugin.grad_checkpoint,
-        attn_implementation=attn, seed=run.seed,
+        attn_implementation=model_attention(plugin), seed=run.seed,
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
