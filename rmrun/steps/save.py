@@ -45,7 +45,7 @@ def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
 
     if boosted.sharded:
         # Every rank takes part in gathering the sharded weights.
-        boosted.booster.save_model(boosted.model, directory, shard=True, use_safetensors=True)
+        boosted.save_sharded_model(directory)
         if ctx.rank.is_main:
             boosted.unwrap().config.save_pretrained(directory)
             exportable_tokenizer(tokenizer, boosted.unwrap()).save_pretrained(directory)
