@@ -6,7 +6,8 @@ keeps one in its optimizer state), every rank's RNG streams, and the trainer sta
 (epoch, absolute count of pairs consumed, optimizer step, meters, metrics and eval
 history). Nothing in it is a pickle that can run code: tensors are safetensors, the
 optimizer and scheduler files are loaded with ``torch.load(weights_only=True)``
-(forced for every load in the process), the rest is JSON.
+(forced for every load in the process by :func:`rmrun.process.configure_process`),
+the rest is JSON.
 """
 
 from __future__ import annotations
@@ -27,11 +28,6 @@ from rmrun.faults import fault_point, restore_enabled
 from rmrun.nodecopy import node_copy
 from rmrun.store import StoreError
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
-
-# Every torch.load in this process, ColossalAI's checkpoint I/O included, refuses
-# arbitrary pickles.
-os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-
 
 # ---------------------------------------------------------------- RNG streams
 

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
+    from rmrun.process import configure_process
+
+    configure_process()
     code = main()
     sys.stdout.flush()
     # Skip interpreter teardown of ColossalAI/torch threads after a clean close.

@@ -53,6 +53,10 @@ def start(*, seed: int) -> Rank:
     """Initialise the default process group (gloo on CPU, nccl on CUDA)."""
     import torch
 
+    from rmrun.process import configure_process
+
+    configure_process()
+
     if "RANK" not in os.environ:
         os.environ.update(
             {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0",
