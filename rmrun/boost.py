@@ -161,7 +161,7 @@ def capture_grad_scaler(scaler) -> dict:
     """Every number in the scaler (for torch's GradScaler: its state_dict), as JSON."""
     if hasattr(scaler, "_growth_tracker") or type(scaler).__name__ == "GradScaler":
         return {"kind": "torch", "state": {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}}
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, value in vars(scaler).items():
         if torch.is_tensor(value):
             fields[name] = {"tensor": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}

@@ -126,14 +126,14 @@ def _size_problems(recipe: Recipe) -> list[str]:
     ):
         if value < low:
             problems.append(f"{key}: must be at least {low}, got {value}")
-    for key, value in (
+    for key, optional in (
         ("[schedule].max_steps", s.max_steps),
         ("[checkpoint].interval_steps", recipe.checkpoint.interval_steps),
         ("[eval].interval_steps", recipe.eval.interval_steps),
         ("[eval].batch_size", recipe.eval.batch_size),
     ):
-        if value is not None and value < 1:
-            problems.append(f"{key}: must be at least 1 (leave it out to turn it off), got {value}")
+        if optional is not None and optional < 1:
+            problems.append(f"{key}: must be at least 1 (leave it out to turn it off), got {optional}")
     return problems
 
 
