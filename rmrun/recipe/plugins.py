@@ -3,10 +3,11 @@
 Each entry holds the ColossalAI class and its constructor arguments (those of
 ColossalChat's ``train_rm.py``), whether it needs CUDA, whether it shards the model
 and optimizer, the precisions it trains in, what it supports (LoRA, gradient
-accumulation), who clips gradients and who casts to the mixed precision, and its own
-cross-field checks. Validation, the plan, the boost step and :mod:`rmrun.boost` read
-it; nothing here imports ColossalAI, so ``rmrun check`` prints the exact constructor
-call without torch.
+accumulation, tp/pp/sp, the shared-prompt forward), who clips gradients, who casts to
+the mixed precision and who turns flash attention on, and its own cross-field checks.
+Validation, the plan, the boost step, the shared-prompt check and :mod:`rmrun.boost`
+read it; nothing here imports ColossalAI, so ``rmrun check`` prints the exact
+constructor call without torch.
 """
 
 from __future__ import annotations
