@@ -1,4 +1,4 @@
-"""Helpers for tests/test_resume.py: start rmrun runs (1 process, or 2 under torchrun)
+"""Helpers for tests/e2e/test_resume.py: start rmrun runs (1 process, or 2 under torchrun)
 on a local or s3:// state, interrupt them, read their exports and compare them bit for bit.
 
 Every run is a child process with its own session (process group), started from a

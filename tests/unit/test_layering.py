@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "rmrun"
+PACKAGE = Path(__file__).resolve().parents[2] / "rmrun"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 RANK_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
 
