@@ -190,7 +190,7 @@ class Child:
             self.kill_group()
             self.proc.wait()
             self._reader.join(timeout=10)
-            raise AssertionError(f"rmrun did not finish within {timeout}s:\n{self.result().describe()}")
+            raise AssertionError(f"rmrun did not finish within {timeout}s:\n{self.result().describe()}") from None
         # Whatever is left of the group (a torchrun worker after a SIGKILL of rank 0)
         # would hold the output pipe open.
         self.kill_group()

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from rmrun.checkpoint import read_history
-from rmrun.store.keys import HISTORY_PREFIX
 from rmrun.store import StateStore
+from rmrun.store.keys import HISTORY_PREFIX
 from tests.helpers import rmrun, small_recipe
 
 
