@@ -24,7 +24,7 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	PYTHONWARNINGS=ignore $(BIN)/rmrun run recipes/quickstart.toml
 
-# tests/test_report.py opens `rmrun report` pages in the system's headless Chromium
+# tests/e2e/test_report.py opens `rmrun report` pages in the system's headless Chromium
 # (Playwright drives it; it never downloads a browser of its own).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -44,9 +44,10 @@ lint: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# The tests not marked slow (multi-process and long runs): for the edit-test loop; CI runs `test`.
+# The unit layer only (no subprocess, torchrun or S3 server): for the edit-test loop; CI runs
+# `test`, which also runs tests/e2e (rmrun in subprocesses, torchrun, S3 on loopback, the browser).
 test-fast: $(STAMP)
-	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 bench: $(STAMP)
 	bash benchmarks/run.sh

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_resume.py: start rmrun runs (1 process, or 2 under torchrun)
+"""Helpers for tests/e2e/test_resume.py: start rmrun runs (1 process, or 2 under torchrun)
 on a local or s3:// state, interrupt them, read their exports and compare them bit for bit.
 
 Every run is a child process with its own session (process group), started from a
@@ -190,7 +190,7 @@ class Child:
             self.kill_group()
             self.proc.wait()
             self._reader.join(timeout=10)
-            raise AssertionError(f"rmrun did not finish within {timeout}s:\n{self.result().describe()}")
+            raise AssertionError(f"rmrun did not finish within {timeout}s:\n{self.result().describe()}") from None
         # Whatever is left of the group (a torchrun worker after a SIGKILL of rank 0)
         # would hold the output pipe open.
         self.kill_group()

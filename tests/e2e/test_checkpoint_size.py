@@ -1,7 +1,7 @@
 """A checkpoint holds only what it needs to continue: its size does not grow with the step count.
 
 The per-step metric lines and eval results go into append-only ``history-<step>`` pieces in
-the store; a resume reassembles them (tests/test_resume.py and tests/test_crash_points.py
+the store; a resume reassembles them (tests/e2e/test_resume.py and tests/e2e/test_crash_points.py
 check that the metrics after a resume stay byte-identical).
 """
 
@@ -12,8 +12,8 @@ import json
 import pytest
 
 from rmrun.checkpoint import read_history
-from rmrun.store.keys import HISTORY_PREFIX
 from rmrun.store import StateStore
+from rmrun.store.keys import HISTORY_PREFIX
 from tests.helpers import rmrun, small_recipe
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from tests.helpers import child_env, rmrun, small_recipe
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 

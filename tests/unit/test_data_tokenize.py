@@ -15,7 +15,7 @@ from rmrun.data.formats import DataError, Message, PreferencePair, read_pairs
 from rmrun.data.template import ChatTemplate, load_chat_template, render_conversations
 from rmrun.data.tokenize import TokenizedPairs, collate, tokenize_pairs
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 COLOSSAL_TEMPLATE = DATA_DIR / "colossalchat_template_tiny-llama.json"
 COLOSSAL_SAMPLE = DATA_DIR / "colossalchat_preference_sample.jsonl"
 

@@ -13,7 +13,7 @@ import pytest
 
 from rmrun.data.formats import BadRowReport, DataError, Message, PreferencePair, read_pairs
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 
 COLOSSAL_ROW = {
     "context": [

@@ -23,7 +23,7 @@ from rmrun.recipe.plugins import CUDA_PLUGINS, plugin_call
 from rmrun.recipe.schema import LoraSection
 from rmrun.recipe.validate import static_problems
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(glob.glob(str(REPO / "recipes" / "*.toml")))
 GPU_RECIPES = ("llama2-7b-zero2.toml", "llama2-7b-3d.toml")
 

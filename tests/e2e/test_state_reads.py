@@ -56,7 +56,7 @@ from tests.resume_harness import (
 )
 from tests.s3counting import counting_s3  # noqa: F401  (module fixture: byte-counting S3 server)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE_TRAIN = REPO / "recipes" / "data" / "quickstart_train.jsonl"
 SOURCE_EVAL = REPO / "recipes" / "data" / "quickstart_eval.jsonl"
 TOTAL_STEPS = 6

@@ -2,7 +2,7 @@
 
 ColossalAI's ZeRO/Gemini optimizers leave their DynamicGradScaler out of the
 optimizer state_dict, so rmrun saves it itself; the real plugins run on CUDA only
-(tests/test_gpu.py), the scaler object itself runs here.
+(tests/e2e/test_gpu.py), the scaler object itself runs here.
 """
 
 from __future__ import annotations

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
-from rmrun.recipe.plugins import plugin_call
-from rmrun.recipe.schema import PluginSection, ScheduleSection
-from rmrun.thirdparty import DYNAMO_OFF, KERNELS_NOTICE, _DropKernelsNotice, compile_off
+from rmrun.thirdparty import DYNAMO_OFF
 from tests.helpers import REPO, child_env, small_recipe
 
 INDUCTOR = "torch._inductor.compile_fx"
@@ -97,45 +94,6 @@ def test_a_command_that_does_not_train_imports_no_training_stack(ran, command):
     assert [m for m in TRAINING_STACK if m in result["modules"]] == []
     if command in ("check", "status", "explain"):
         assert "torch" not in result["modules"]
-
-
-# ------------------------------------------------------------------ the switch itself
-
-
-def test_compile_off_puts_back_what_was_there(monkeypatch):
-    monkeypatch.delenv(DYNAMO_OFF, raising=False)
-    with compile_off():
-        assert os.environ[DYNAMO_OFF] == "1"
-    assert DYNAMO_OFF not in os.environ
-    monkeypatch.setenv(DYNAMO_OFF, "0")
-    with pytest.raises(RuntimeError), compile_off():
-        raise RuntimeError("an import that fails")
-    assert os.environ[DYNAMO_OFF] == "0"
-
-
-def test_only_the_kernels_notice_is_dropped():
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("bitsandbytes.backends.cpu.ops", logging.WARNING, __file__, 1, message, (), None)
-
-    drop = _DropKernelsNotice()
-    assert not drop.filter(record(KERNELS_NOTICE + ": No module named 'kernels'. Please ..."))
-    assert drop.filter(record("Failed to load CPU gemm_4bit_forward: something else"))
-    assert drop.filter(record("some other warning"))
-
-
-@pytest.mark.parametrize("plugin,compiled", [
-    (PluginSection(name="ddp"), False),
-    (PluginSection(name="3d", tp=2), False),
-    (PluginSection(name="3d", sp=2, sp_mode="split_gather"), False),
-    (PluginSection(name="3d", sp=2, sp_mode="ring_attn"), True),
-])
-def test_only_ring_attention_keeps_colossalai_import_time_compiles(plugin, compiled):
-    from types import SimpleNamespace
-
-    from rmrun.boost import compiles_at_import
-
-    _, arguments = plugin_call(plugin, ScheduleSection())
-    assert compiles_at_import(SimpleNamespace(plugin_args=arguments)) is compiled
 
 
 @pytest.mark.parametrize("sp_mode", ["split_gather", "ring_attn"])

@@ -1,6 +1,6 @@
 """rmrun.nodecopy in one process (no process group: the collectives are no-ops), the
 decision every process takes from the readers' reports, and the node layout rmrun.dist
-reads from the launcher. The multi-process behaviour is tested in tests/test_state_reads.py."""
+reads from the launcher. The multi-process behaviour is tested in tests/e2e/test_state_reads.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ColossalAI's ``load_model`` rebuilds ZeRO's masters from the bf16/fp16 working weights,
 dropping their low bits; rmrun saves each rank's masters and puts them back. The real
-plugins run on CUDA (tests/test_gpu.py); the save/restore itself runs here on a stand-in
+plugins run on CUDA (tests/e2e/test_gpu.py); the save/restore itself runs here on a stand-in
 optimizer that holds the same ``working_to_master_param`` map as ColossalAI's.
 """
 

@@ -27,7 +27,7 @@ from rmrun.store import (
 )
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --------------------------------------------------------------------------- fixtures and helpers

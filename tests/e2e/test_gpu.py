@@ -1,7 +1,7 @@
 """Each ColossalAI plugin trains a few steps on CUDA and resumes exactly.
 
 Marked ``gpu``: skipped, with the reason, on machines without CUDA GPUs.
-Run on a GPU machine with ``python -m pytest -m gpu tests/test_gpu.py``.
+Run on a GPU machine with ``python -m pytest -m gpu tests/e2e/test_gpu.py``.
 """
 
 from __future__ import annotations

@@ -106,13 +106,12 @@ def _weights(state) -> dict:
 
 
 def test_accumulation_matches_a_larger_batch(tmp_path):
-    common = "group_by_length = false\n"
     a = tmp_path / "a"
     b = tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    recipe_a = small_recipe(a, train_pairs=48, extra=f"[schedule]\nbatch_size = 2\naccumulation_steps = 4\nmax_epochs = 1\n")
-    recipe_b = small_recipe(b, train_pairs=48, extra=f"[schedule]\nbatch_size = 8\naccumulation_steps = 1\nmax_epochs = 1\n")
+    recipe_a = small_recipe(a, train_pairs=48, extra="[schedule]\nbatch_size = 2\naccumulation_steps = 4\nmax_epochs = 1\n")
+    recipe_b = small_recipe(b, train_pairs=48, extra="[schedule]\nbatch_size = 8\naccumulation_steps = 1\nmax_epochs = 1\n")
     for recipe in (recipe_a, recipe_b):
         result = rmrun("run", recipe, "--set", "data.group_by_length=false")
         assert result.returncode == 0, result.stderr[-2000:]

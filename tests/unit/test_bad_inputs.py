@@ -206,19 +206,6 @@ def test_an_empty_eval_file_is_named_as_eval(tmp_path, capsys):
     assert "[data].eval: no preference pairs" in line and "nothing to evaluate" in line
 
 
-def test_every_pair_dropped_at_tokenize_is_an_error_with_the_counts(tmp_path):
-    """Only tokenizing knows that every pair is longer than max_length: exit 2, one line."""
-    from tests.helpers import child_env, rmrun
-
-    recipe = _write_recipe(tmp_path, None)
-    done = rmrun("run", recipe, "--set", "data.overflow=drop", "--set", "data.max_length=8",
-                 env=child_env(CUDA_VISIBLE_DEVICES=""))
-    assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
-    [line] = [x for x in done.stderr.splitlines() if x.startswith("rmrun: ")]
-    assert "[data].train: no preference pairs left in" in line and "32 dropped as longer than max_length 8" in line
-
-
 def test_a_known_protocol_whose_package_is_missing_names_the_package(monkeypatch):
     import importlib.util
 
