@@ -38,7 +38,7 @@ import socket
 import tempfile
 import time
 import traceback
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from rmrun.bench_worker import checkpoint_timings
 
@@ -216,7 +216,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _libc():
     import ctypes
     import ctypes.util
@@ -261,7 +261,7 @@ def _peak_rss_kib() -> int:
 # --------------------------------------------------------------------------- building blocks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer():
     from benchmarks.data import load_tokenizer
 
@@ -302,8 +302,15 @@ def model_dir(size: str) -> str:
 def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int,
               cuda: bool = False):
     from benchmarks.data import TOKENIZER_DIR
-    from rmrun.recipe.schema import (DataSection, LossSection, ModelSection, PluginSection, Recipe, RunSection,
-                                     ScheduleSection)
+    from rmrun.recipe.schema import (
+        DataSection,
+        LossSection,
+        ModelSection,
+        PluginSection,
+        Recipe,
+        RunSection,
+        ScheduleSection,
+    )
 
     return Recipe(
         run=RunSection(name="bench", seed=seed),

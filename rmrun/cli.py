@@ -9,7 +9,6 @@ unusable, needs a human; 75 preempted after a committed checkpoint (requeue me);
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE

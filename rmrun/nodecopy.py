@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from rmrun.collective import barrier, gather_all
 from rmrun.dist import Rank

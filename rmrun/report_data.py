@@ -27,7 +27,6 @@ from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
     EVAL_FINAL_KEY,
     EXPORT_KEY,
-    HISTORY_PREFIX,
     IDENTITY_KEY,
     PLAN_RECORD,
     QUARANTINED_RECORDS,
@@ -35,7 +34,6 @@ from rmrun.store.keys import (
     START_RECORDS,
     TOKENIZE_PREFIX,
 )
-
 
 
 class ReportError(ValueError):

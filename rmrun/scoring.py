@@ -77,7 +77,7 @@ def write_model_card(directory: str, *, run_name: str, model, data, evaluation: 
                     f"{' with LoRA (merged)' if model.lora else ''}, by rmrun. The recipe it was trained with is "
                     "`recipe.toml`, the resolved plan `plan.json`, every step's metrics `metrics.jsonl`.", "",
                     "Training data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
-                    + (f"; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval)
+                    + ("; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval)
                        if data.eval else "") + f" (max_length {data.max_length}, overflow `{data.overflow}`).", ""]
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
@@ -204,9 +204,17 @@ class Row:
 def read_rows(urls, *, format: str) -> list[Row]:
     """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, others
     pairwise), and single responses: ``{"prompt": ..., "response": "..."}``."""
-    from rmrun.data.formats import (DataError, Message, PreferencePair, _BadRow, _iter_raw_rows,
-                                    _check_prompt_roles, _parse_colossalchat_row, _parse_messages,
-                                    _parse_pairwise_row)
+    from rmrun.data.formats import (
+        DataError,
+        Message,
+        PreferencePair,
+        _BadRow,
+        _check_prompt_roles,
+        _iter_raw_rows,
+        _parse_colossalchat_row,
+        _parse_messages,
+        _parse_pairwise_row,
+    )
 
     rows = []
     for url in urls:

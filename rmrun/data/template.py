@@ -9,8 +9,8 @@ policy model sees at generation time.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import fsspec
 import jinja2

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 

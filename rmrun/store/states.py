@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import secrets
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from rmrun.store.backends import SymlinkRefused, copy_hashing, read_chunks
 from rmrun.store.errors import CorruptState, StoreError
@@ -137,7 +137,7 @@ class StagedState:
             self._claim(name)
             self._files[name] = {"path": name, "size": size, "sha256": sha}
 
-    def commit(self, *, meta: dict | None = None) -> "CommittedState":
+    def commit(self, *, meta: dict | None = None) -> CommittedState:
         """Check every file is there, write MANIFEST.json (with ``meta`` added to the
         staging meta), check the lease, then publish COMMIT create-only."""
         self._ensure_open()
