@@ -94,7 +94,9 @@ def read_history(store) -> tuple[dict, dict, list[dict]]:
     recomputes the same lines), and each piece's {end, since, generation, time}."""
     from rmrun.checkpoint import committed_history
 
-    metrics, evals, pieces = {}, {}, []
+    metrics: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    pieces: list[dict] = []
     for _, state, piece in committed_history(store):
         for line in piece["metrics"]:
             metrics.setdefault(line["step"], line)
@@ -138,7 +140,8 @@ def throughput(metrics: dict, pieces: list[dict], starts: list[Resume]) -> list[
     (history pieces; a start's record for the first), evaluation and checkpoint time included."""
     pairs = pairs_per_step([metrics[s] for s in sorted(metrics)])
     start_time = {s.generation: (s.step, s.time) for s in starts if s.time is not None}
-    points, last = [], {}
+    points: list[dict] = []
+    last: dict[int, tuple[int, float]] = {}  # generation: (step, time) of its latest commit
     for piece in sorted(pieces, key=lambda p: p["time"]):
         generation, since = piece["generation"], piece["since"]
         reference = last.get(generation)

@@ -16,8 +16,13 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 CONTRACT_FILE = "rmrun.json"
 CONTRACT_VERSION = 1
@@ -104,9 +109,9 @@ def write_model_card(directory: str, *, run_name: str, model, data, evaluation: 
 class Export:
     directory: str
     contract: dict
-    tokenizer: object
-    net: object
-    device: object
+    tokenizer: PreTrainedTokenizerBase
+    net: torch.nn.Module
+    device: torch.device
 
     @property
     def family(self) -> str:
@@ -229,6 +234,7 @@ def read_rows(urls, *, format: str) -> list[Row]:
                     response = raw["response"]
                     if not isinstance(response, str) or not response:
                         raise _BadRow("wrong type", '"response" must be a non-empty string')
+                    messages: tuple[Message, ...]
                     if isinstance(prompt, str):
                         messages = (Message("user", prompt),) if prompt else ()
                     else:
@@ -338,17 +344,18 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     rejected = torch.tensor([scores[i][1] for i in kept], dtype=torch.float32)
     lengths = np.array([[scores[i][2], scores[i][3]] for i in kept], dtype=np.int64)
     losses = pair_losses(loss["name"], chosen, rejected, margin=loss["margin"])
-    report = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
+    report: dict[str, Any] = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
               **metrics_from_sums(pair_sums(chosen, rejected, losses))}
     report["ties"] = int((chosen == rejected).sum())
     report["longer_wins_accuracy"] = longer_wins_credit(lengths) / len(kept)
     correct = (chosen > rejected).numpy()
     report["accuracy_by_length"] = accuracy_by_length(length_bucket_counts(lengths, correct))
     report.update(calibration(chosen.numpy().astype(np.float64) - rejected.numpy().astype(np.float64)))
-    subsets = {}
+    subsets: dict[str, list[float]] = {}  # subset: [pairs, correct]
     for k, i in enumerate(kept):
-        if rows[i].subset is not None:
-            entry = subsets.setdefault(rows[i].subset, [0, 0.0])
+        subset = rows[i].subset
+        if subset is not None:
+            entry = subsets.setdefault(subset, [0, 0.0])
             entry[0] += 1
             entry[1] += float(correct[k])
     if subsets:
@@ -424,11 +431,12 @@ def _gather(scores: dict, world_size: int) -> dict | None:
         return scores
     import torch.distributed as tdist
 
-    parts = [None] * world_size if tdist.get_rank() == 0 else None
+    # gather_object fills the placeholders with every rank's dict.
+    parts: list[Any] | None = [None] * world_size if tdist.get_rank() == 0 else None
     tdist.gather_object(scores, parts, dst=0)
     if parts is None:
         return None
-    merged = {}
+    merged: dict = {}
     for part in parts:
         merged.update(part)
     return merged

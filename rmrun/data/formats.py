@@ -138,6 +138,7 @@ def read_pairs(
                 message = f"{source}: {bad.detail}"
                 if bad_rows == "error":
                     raise DataError(message) from None
+                assert report is not None  # "skip" without a report was refused above
                 report.record(bad.reason, message=message)
 
 
@@ -236,9 +237,9 @@ def _parse_pairwise_row(row: Any, *, source: str) -> PreferencePair:
     if prompt_value is None:
         return _parse_implicit_prompt(chosen_value, rejected_value, source=source)
     if isinstance(prompt_value, str):
-        chosen = (Message("assistant", _require_str(chosen_value, field="chosen")),)
-        rejected = (Message("assistant", _require_str(rejected_value, field="rejected")),)
-        prompt = (Message("user", prompt_value),) if prompt_value != "" else ()
+        chosen: tuple[Message, ...] = (Message("assistant", _require_str(chosen_value, field="chosen")),)
+        rejected: tuple[Message, ...] = (Message("assistant", _require_str(rejected_value, field="rejected")),)
+        prompt: tuple[Message, ...] = (Message("user", prompt_value),) if prompt_value != "" else ()
         return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
     if isinstance(prompt_value, list):
         prompt = _parse_messages(prompt_value, field="prompt", role_key="role")

@@ -300,7 +300,7 @@ def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | N
 
 
 def _apply_override(raw: dict, parts: list[str], value, problems: list[str], text: str) -> None:
-    cls = Recipe
+    cls: type = Recipe
     node = raw
     for i, part in enumerate(parts):
         fields = _section_fields(cls)

@@ -245,8 +245,8 @@ class CommittedState:
         """Download every file under folder ``prefix`` ('' = all) into ``local_dir``, a few
         at a time, each checked against the manifest as it streams; the first file (in
         name order) that does not match raises CorruptState."""
-        selected = {name: _under_prefix(name, prefix) for name in self.files}
-        selected = {name: rel for name, rel in selected.items() if rel}
+        relative = {name: _under_prefix(name, prefix) for name in self.files}
+        selected = {name: rel for name, rel in relative.items() if rel}
         if prefix.strip("/") and not selected:
             raise StoreError(f"state {self.key} has no files under {prefix!r}")
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(GET_THREADS, max(1, len(selected)))) as pool:
