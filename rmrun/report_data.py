@@ -254,7 +254,8 @@ class Scored:
 def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     """Rewards of the tokenized eval pairs under the final model: the export when the run
     published one, else its newest checkpoint; None when there is neither or no eval set."""
-    from rmrun.scoring import calibration, open_export, score_tokenized
+    from rmrun.export import open_export
+    from rmrun.scoring import calibration, score_tokenized
     from rmrun.snapshot import newest_checkpoint, open_checkpoint
 
     tokenized = newest_tokenized_eval(store)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import fsspec
 import jinja2
 
-from rmrun.data.formats import DataError, Message
+from rmrun.data.pairs import DataError, Message
 from rmrun.recipe.schema import is_template_text
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rmrun.data.formats import DataError, PreferencePair
+from rmrun.data.pairs import DataError, PreferencePair
 from rmrun.data.template import ChatTemplate, end_of_assistant_token, render_conversations, resolve_chat_template
 
 if TYPE_CHECKING:
