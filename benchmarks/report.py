@@ -141,7 +141,8 @@ def _header(doc: dict) -> list[str]:
     return lines
 
 
-def _goals(doc: dict) -> list[str]:
+def _goal_rows(doc: dict) -> list[tuple]:
+    """(goal, config, measured, target, met, why when missed) for every goal check in ``doc``."""
     rows = []
     train = _entries(doc, "train")
     for e in train:
@@ -194,6 +195,12 @@ def _goals(doc: dict) -> list[str]:
                          f"{c['paired_median_ci95'][1]:.2f}, {c['steps']} rounds; CPU time "
                          f"{c['paired_median_cpu']:.2f}×; whole-run {c['overall']:.2f}×)",
                          f"≥ {target:g}×", ok, "" if ok else _why_shared(e, faster)))
+    return rows
+
+
+def _goals(doc: dict) -> list[str]:
+    rows = _goal_rows(doc)
+    train = _entries(doc, "train")
     lines = ["## Goals", "", "| goal | config | measured | target | status | why (when missed) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {g} | {c} | {m} | {t} | {_status(ok)} | {w} |" for g, c, m, t, ok, w in rows]
