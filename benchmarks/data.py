@@ -23,7 +23,7 @@ import json
 import math
 import random
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ PROFILES = {
 MAX_LENGTH = 512
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentences() -> tuple[str, ...]:
     """Distinct sentences of the quickstart data (the tokenizer was trained on them)."""
     seen = {}
@@ -56,7 +56,7 @@ def _sentences() -> tuple[str, ...]:
     return tuple(seen)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentence_tokens() -> tuple[int, ...]:
     """Approximate token count of each sentence (with its leading space), from the tiny tokenizer."""
     from tokenizers import Tokenizer

@@ -32,13 +32,14 @@ store, on the rmrun variant's trained model and optimizer.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import socket
 import tempfile
 import time
 import traceback
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from rmrun.bench_worker import checkpoint_timings
 from rmrun.recipe.plugins import PLUGINS
@@ -216,7 +217,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _libc():
     import ctypes
     import ctypes.util
@@ -261,7 +262,7 @@ def _peak_rss_kib() -> int:
 # --------------------------------------------------------------------------- building blocks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer():
     from benchmarks.data import load_tokenizer
 
@@ -302,8 +303,15 @@ def model_dir(size: str) -> str:
 def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int,
               cuda: bool = False):
     from benchmarks.data import TOKENIZER_DIR
-    from rmrun.recipe.schema import (DataSection, LossSection, ModelSection, PluginSection, Recipe, RunSection,
-                                     ScheduleSection)
+    from rmrun.recipe.schema import (
+        DataSection,
+        LossSection,
+        ModelSection,
+        PluginSection,
+        Recipe,
+        RunSection,
+        ScheduleSection,
+    )
 
     return Recipe(
         run=RunSection(name="bench", seed=seed),
@@ -435,20 +443,16 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     steps themselves.
     Returns this rank's raw records; the caller aggregates over ranks.
     """
-    import gc
-
     import numpy as np
     import torch
 
-    from rmrun.collective import broadcast
+    from rmrun.data.share import shared_lengths, shared_prefix_lengths
     from rmrun.model import build_reward_model
     from rmrun.recipe.plan import make_plan
 
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}")
-    from rmrun.data.share import pack_rows, shared_lengths, shared_prefix_lengths
-
     data = _dataset(num_pairs, seed, max_length, profile)
     tokenizer = _tokenizer()
     lengths = data.lengths()
@@ -458,7 +462,41 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
     base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
     num_params = sum(p.numel() for p in base.parameters())
+    runners, schedules = _build_variants(ranked, variants, base=base, data=data, recipe=recipe, plan=plan,
+                                         pad_id=tokenizer.pad_token_id, size=size, plugin=plugin,
+                                         batch_size=batch_size, max_length=max_length, seed=seed)
+    del base
+    steps = _VariantSteps(runners=runners, schedules=schedules, lengths=lengths, shared_rows=shared_rows,
+                          max_length=max_length)
 
+    memory: dict = {}
+    gc.collect()
+    gc.disable()  # no collector pauses inside timed steps; collected between rounds instead
+    try:
+        records, can_reset, measure_seconds = _timed_rounds(
+            steps, ranked, memory=memory, memory_probe=memory_probe, warmup=warmup, max_rounds=max_rounds,
+            min_rounds=min_rounds, budget_seconds=budget_seconds, colossalchat_every=colossalchat_every)
+        if memory_probe:
+            can_reset = _probe_memory(steps, ranked, memory=memory) and can_reset
+    finally:
+        gc.enable()
+
+    result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
+              "num_params": num_params, "records": records, "memory": memory, "peak_reset": can_reset,
+              "measure_seconds": measure_seconds, "profile": profile,
+              "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
+                                   "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
+                                   "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}
+    if checkpoint_rounds and "rmrun" in runners:
+        result["checkpoint"] = checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
+    runners.clear()
+    gc.collect()
+    return result
+
+
+def _build_variants(ranked, variants, *, base, data, recipe, plan, pad_id: int, size: str, plugin: str,
+                    batch_size: int, max_length: int, seed: int) -> tuple[dict, dict]:
+    """({variant: its trainer or loop}, {variant: its epoch's optimizer steps}), each on a copy of ``base``."""
     runners, schedules = {}, {}
     if "rmrun" in variants or "hand" in variants or "shared" in variants:
         rmrun_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
@@ -466,7 +504,7 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
         if "rmrun" in variants:
             runners["rmrun"], schedules["rmrun"] = rmrun_trainer, rmrun_steps
     if "hand" in variants:
-        runners["hand"] = HandLoop(copy.deepcopy(base), data=data, pad_id=tokenizer.pad_token_id,
+        runners["hand"] = HandLoop(copy.deepcopy(base), data=data, pad_id=pad_id,
                                    schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
                                    world_size=ranked.world_size)
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
@@ -483,114 +521,125 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
         cc_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), cc_recipe, plan, data, cls=cls)
         runners["colossalchat"] = cc_trainer
         schedules["colossalchat"] = list(cc_trainer.steps_of_epoch(0))  # random batches
-    del base
-    order = [v for v in VARIANTS if v in runners]
-    records = {v: [] for v in order}
-    taken = {v: 0 for v in order}
+    return runners, schedules
 
-    def run_step(variant, step) -> float:
+
+class _VariantSteps:
+    """The variants taking part (in ``VARIANTS`` order): one optimizer step of each, and what a
+    batch costs each in token positions."""
+
+    def __init__(self, *, runners: dict, schedules: dict, lengths, shared_rows, max_length: int):
+        self.runners = runners
+        self.schedules = schedules
+        self.lengths = lengths  # (pairs, 2) token counts
+        self.shared_rows = shared_rows  # token positions of each pair's shared-prompt row
+        self.max_length = max_length
+        self.order = [v for v in VARIANTS if v in runners]
+
+    def run_step(self, variant, step) -> float:
         indices = step.micro_batches[0].indices  # accumulation_steps = 1
         if variant == "hand":
-            loss, _ = runners["hand"].step(indices)
+            loss, _ = self.runners["hand"].step(indices)
             return loss
-        trainer = runners[variant]
+        trainer = self.runners[variant]
         line = trainer.optimizer_step(step)
         trainer.advance(step, line)
         return line.get("loss", float("nan"))
 
-    def padded_length(variant, indices) -> int:
+    def padded_length(self, variant, indices) -> int:
         """Token positions per padded row (two rows per pair, except ``shared``: one)."""
         if variant == "colossalchat":
-            return max_length
+            return self.max_length
         if variant in ("shared", "packed"):
-            return int(shared_rows[indices].max()) if len(indices) else 0
-        return int(lengths[indices].max()) if len(indices) else 0
+            return int(self.shared_rows[indices].max()) if len(indices) else 0
+        return int(self.lengths[indices].max()) if len(indices) else 0
 
-    def positions(variant, indices) -> tuple[int, int]:
+    def positions(self, variant, indices) -> tuple[int, int]:
         """(real token positions the forward runs, padded positions) of a batch."""
-        longest = padded_length(variant, indices)
+        from rmrun.data.share import pack_rows
+
+        longest = self.padded_length(variant, indices)
+        shared_rows = self.shared_rows
         if variant == "packed":
             return int(shared_rows[indices].sum()), len(pack_rows(shared_rows[indices].tolist(), capacity=longest)) * longest
         if variant == "shared":
             return int(shared_rows[indices].sum()), len(indices) * longest
-        return int(lengths[indices].sum()), 2 * len(indices) * longest
+        return int(self.lengths[indices].sum()), 2 * len(indices) * longest
 
-    memory, can_reset, rotations = {}, True, {}
-    gc.collect()
-    gc.disable()  # no collector pauses inside timed steps; collected between rounds instead
+
+def _timed_rounds(steps: _VariantSteps, ranked, *, memory: dict, memory_probe: bool, warmup: bool,
+                  max_rounds: int, min_rounds: int, budget_seconds: float,
+                  colossalchat_every: int) -> tuple[dict, bool, float]:
+    """Round-robin timed steps: ({variant: its step records}, whether the peak RSS could be reset
+    before each step, the seconds they took). Without ``memory_probe`` each step's peak memory
+    goes into ``memory``."""
+    from rmrun.collective import broadcast
+
+    records: dict = {v: [] for v in steps.order}
+    taken = {v: 0 for v in steps.order}
+    can_reset, rotations = True, {}
     began = time.monotonic()
-    try:
-        round_index = 0
-        while True:
-            present = [v for v in order if v != "colossalchat" or round_index % colossalchat_every == 0]
-            # Rotate the order among the rounds that have this same set of variants, so that each
-            # variant goes first, second, ... equally often (whatever colossalchat_every is).
-            seen = rotations.get(tuple(present), 0)
-            rotations[tuple(present)] = seen + 1
-            shift = seen % len(present)
-            for variant in present[shift:] + present[:shift]:
-                steps = schedules[variant]
-                step = steps[taken[variant] % len(steps)]
-                taken[variant] += 1
-                if not memory_probe:
-                    can_reset = _reset_peak_rss() and can_reset
-                    before = _rss_kib()
-                    _reset_peak_gpu(ranked)
-                started, cpu_started = time.perf_counter(), time.process_time()
-                loss = run_step(variant, step)
-                seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-                indices = step.micro_batches[0].indices
-                real, padded = positions(variant, indices)
-                if not memory_probe:
-                    memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                                       "padded_length": padded_length(variant, indices), **_peak_gpu(ranked)}
-                records[variant].append({
-                    "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
-                    "cpu_seconds": cpu_seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
-                    # the pairs' own tokens (both sides, prompt in each), whichever forward runs
-                    "tokens": int(lengths[indices].sum()),
-                    "positions": real, "padded": padded, "loss": float(loss),
-                })
-            gc.collect()
-            round_index += 1
-            timed = round_index - 1 if warmup else round_index  # rounds after the warm-up
-            go_on = timed < max_rounds and (timed < min_rounds or time.monotonic() - began < budget_seconds)
-            if ranked.world_size > 1:  # rank 0 decides, so every rank runs the same collectives
-                go_on = broadcast(go_on if ranked.is_main else None)
-            if not go_on:
-                break
-        measure_seconds = time.monotonic() - began
+    round_index = 0
+    while True:
+        present = [v for v in steps.order if v != "colossalchat" or round_index % colossalchat_every == 0]
+        # Rotate the order among the rounds that have this same set of variants, so that each
+        # variant goes first, second, ... equally often (whatever colossalchat_every is).
+        seen = rotations.get(tuple(present), 0)
+        rotations[tuple(present)] = seen + 1
+        shift = seen % len(present)
+        for variant in present[shift:] + present[:shift]:
+            schedule = steps.schedules[variant]
+            step = schedule[taken[variant] % len(schedule)]
+            taken[variant] += 1
+            if not memory_probe:
+                can_reset = _reset_peak_rss() and can_reset
+                before = _rss_kib()
+                _reset_peak_gpu(ranked)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            loss = steps.run_step(variant, step)
+            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+            indices = step.micro_batches[0].indices
+            real, padded = steps.positions(variant, indices)
+            if not memory_probe:
+                memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
+                                   "padded_length": steps.padded_length(variant, indices), **_peak_gpu(ranked)}
+            records[variant].append({
+                "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
+                "cpu_seconds": cpu_seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
+                # the pairs' own tokens (both sides, prompt in each), whichever forward runs
+                "tokens": int(steps.lengths[indices].sum()),
+                "positions": real, "padded": padded, "loss": float(loss),
+            })
+        gc.collect()
+        round_index += 1
+        timed = round_index - 1 if warmup else round_index  # rounds after the warm-up
+        go_on = timed < max_rounds and (timed < min_rounds or time.monotonic() - began < budget_seconds)
+        if ranked.world_size > 1:  # rank 0 decides, so every rank runs the same collectives
+            go_on = broadcast(go_on if ranked.is_main else None)
+        if not go_on:
+            break
+    return records, can_reset, time.monotonic() - began
 
-        # Peak memory, untimed: one more step of each variant on its largest batch of the epoch
-        # (what bounds a real run's peak), with freed heap pages returned to the OS and the
-        # kernel's high-water mark reset just before. Not done in the timed steps: re-faulting
-        # the returned pages would be timed too.
-        for variant in order if memory_probe else ():
-            steps = schedules[variant]
-            largest = max(steps, key=lambda st: padded_length(variant, st.micro_batches[0].indices)
-                          * len(st.micro_batches[0].indices))
-            gc.collect()
-            can_reset = _reset_peak_rss() and can_reset
-            before = _rss_kib()
-            _reset_peak_gpu(ranked)
-            run_step(variant, largest)
-            memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                               "padded_length": padded_length(variant, largest.micro_batches[0].indices),
-                               **_peak_gpu(ranked)}
-    finally:
-        gc.enable()
 
-    result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
-              "num_params": num_params, "records": records, "memory": memory, "peak_reset": can_reset,
-              "measure_seconds": measure_seconds, "profile": profile,
-              "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
-                                   "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
-                                   "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}
-    if checkpoint_rounds and "rmrun" in runners:
-        result["checkpoint"] = checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
-    runners.clear()
-    gc.collect()
-    return result
+def _probe_memory(steps: _VariantSteps, ranked, *, memory: dict) -> bool:
+    """Peak memory, untimed, into ``memory``: one more step of each variant on its largest batch
+    of the epoch (what bounds a real run's peak), with freed heap pages returned to the OS and
+    the kernel's high-water mark reset just before; whether every reset worked. Not done in the
+    timed steps: re-faulting the returned pages would be timed too."""
+    can_reset = True
+    for variant in steps.order:
+        schedule = steps.schedules[variant]
+        largest = max(schedule, key=lambda st: steps.padded_length(variant, st.micro_batches[0].indices)
+                      * len(st.micro_batches[0].indices))
+        gc.collect()
+        can_reset = _reset_peak_rss() and can_reset
+        before = _rss_kib()
+        _reset_peak_gpu(ranked)
+        steps.run_step(variant, largest)
+        memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
+                           "padded_length": steps.padded_length(variant, largest.micro_batches[0].indices),
+                           **_peak_gpu(ranked)}
+    return can_reset
 
 
 JOBS = {"train": train_job}

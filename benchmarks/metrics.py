@@ -98,23 +98,7 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
                 num_params=out["num_params"], tokens_per_second=v["padded_tokens_per_second"],
                 world_size=out["world_size"], peak_flops=peak_flops)
     if "rmrun" in merged and "hand" in merged:
-        # Same batches in the same round: paired per-step ratios are immune to slow phases
-        # of the machine that hit a whole round.
-        hand = {s["round"]: s for s in merged["hand"] if not s["warmup"]}
-        pairs = [(hand[s["round"]]["seconds"], s["seconds"]) for s in merged["rmrun"]
-                 if not s["warmup"] and s["round"] in hand]
-        ratios = [h / r for h, r in pairs if r > 0]
-        q1, median, q3 = _quantiles(ratios) if ratios else (0.0, 0.0, 0.0)
-        low, high = bootstrap_median_ci(ratios)
-        losses = [abs(a["loss"] - b["loss"]) for a, b in zip(merged["rmrun"], merged["hand"])]
-        out["rmrun_vs_hand"] = {
-            "paired_median": median, "paired_q1": q1, "paired_q3": q3, "steps": len(ratios),
-            "paired_median_ci95": [low, high],
-            "overall": variants["rmrun"]["pairs_per_second"] / variants["hand"]["pairs_per_second"]
-            if variants["hand"]["pairs_per_second"] else 0.0,
-            "median_overhead_ms": 1000 * statistics.median(r - h for h, r in pairs) if pairs else 0.0,
-            "loss_max_abs_diff": max(losses) if losses else None,
-        }
+        out["rmrun_vs_hand"] = _rmrun_vs_hand(merged, variants)
     for faster in ("shared", "packed"):
         if "rmrun" in merged and faster in merged:
             c = out[f"{faster}_vs_standard"] = _paired_speedup(merged["rmrun"], merged[faster])
@@ -139,6 +123,27 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
             "overhead_pct": 100 * save / (checkpoint_interval * step + save) if step else 0.0,
         }
     return out
+
+
+def _rmrun_vs_hand(merged: dict, variants: dict) -> dict:
+    """rmrun against the hand-written loop: per-step time ratios, overall pairs/s, loss agreement."""
+    # Same batches in the same round: paired per-step ratios are immune to slow phases
+    # of the machine that hit a whole round.
+    hand = {s["round"]: s for s in merged["hand"] if not s["warmup"]}
+    pairs = [(hand[s["round"]]["seconds"], s["seconds"]) for s in merged["rmrun"]
+             if not s["warmup"] and s["round"] in hand]
+    ratios = [h / r for h, r in pairs if r > 0]
+    q1, median, q3 = _quantiles(ratios) if ratios else (0.0, 0.0, 0.0)
+    low, high = bootstrap_median_ci(ratios)
+    losses = [abs(a["loss"] - b["loss"]) for a, b in zip(merged["rmrun"], merged["hand"])]
+    return {
+        "paired_median": median, "paired_q1": q1, "paired_q3": q3, "steps": len(ratios),
+        "paired_median_ci95": [low, high],
+        "overall": variants["rmrun"]["pairs_per_second"] / variants["hand"]["pairs_per_second"]
+        if variants["hand"]["pairs_per_second"] else 0.0,
+        "median_overhead_ms": 1000 * statistics.median(r - h for h, r in pairs) if pairs else 0.0,
+        "loss_max_abs_diff": max(losses) if losses else None,
+    }
 
 
 def _paired_speedup(baseline: list[dict], faster: list[dict]) -> dict:

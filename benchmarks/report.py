@@ -141,7 +141,8 @@ def _header(doc: dict) -> list[str]:
     return lines
 
 
-def _goals(doc: dict) -> list[str]:
+def _goal_rows(doc: dict) -> list[tuple]:
+    """(goal, config, measured, target, met, why when missed) for every goal check in ``doc``."""
     rows = []
     train = _entries(doc, "train")
     for e in train:
@@ -194,6 +195,12 @@ def _goals(doc: dict) -> list[str]:
                          f"{c['paired_median_ci95'][1]:.2f}, {c['steps']} rounds; CPU time "
                          f"{c['paired_median_cpu']:.2f}×; whole-run {c['overall']:.2f}×)",
                          f"≥ {target:g}×", ok, "" if ok else _why_shared(e, faster)))
+    return rows
+
+
+def _goals(doc: dict) -> list[str]:
+    rows = _goal_rows(doc)
+    train = _entries(doc, "train")
     lines = ["## Goals", "", "| goal | config | measured | target | status | why (when missed) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {g} | {c} | {m} | {t} | {_status(ok)} | {w} |" for g, c, m, t, ok, w in rows]
@@ -304,14 +311,18 @@ def _startup(doc: dict) -> list[str]:
         tok = e.get("fresh_tokenized_median_s")
         loaded = e.get("resumed_checkpoint_loaded_median_s")
         lines.append(f"| {e['model']} | {e['fresh_median_s']:.2f} s | {e['resumed_median_s']:.2f} s | "
-                     f"{e['ratio']:.2f}× | {'%.2f s' % tok if tok is not None else '—'} | "
-                     f"{'%.2f s' % loaded if loaded is not None else '—'} | {e['rounds']} |")
+                     f"{e['ratio']:.2f}× | {f'{tok:.2f} s' if tok is not None else '—'} | "
+                     f"{f'{loaded:.2f} s' if loaded is not None else '—'} | {e['rounds']} |")
     if not _entries(doc, "startup"):
         lines.append("| (not measured) | | | | | | |")
     lines += ["", "Fresh: empty state root (tokenize, boost, train). Resumed: the same command after the fresh "
               "run was stopped with SIGTERM (checkpoint committed, exit 75). Times are from process creation "
               "to the first `step N/M` log line (`--set log.interval_steps=1`).", ""]
     return lines
+
+
+def _median_text(xs: list[float]) -> str:
+    return f"{sorted(xs)[len(xs) // 2]:.3f} s" if xs else "—"
 
 
 def _checkpoint_stall(doc: dict) -> list[str]:
@@ -329,11 +340,10 @@ def _checkpoint_stall(doc: dict) -> list[str]:
         for name, v in e["variants"].items():
             snaps = [c["snapshot_seconds"] for c in v["checkpoints"] if c.get("snapshot_seconds") is not None]
             uploads = [c["upload_seconds"] for c in v["checkpoints"] if c.get("upload_seconds") is not None]
-            median = (lambda xs: f"{sorted(xs)[len(xs) // 2]:.3f} s" if xs else "—")
             lost = f"{v['stall_per_checkpoint_s']:.3f} s" + (" (noise floor)" if name == "none" else "")
             e2e = "—" if name == "none" else f"{v['end_to_end_lost_per_checkpoint_s']:.3f} s"
-            lines.append(f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {median(snaps)} | "
-                         f"{median(uploads)} |")
+            lines.append(f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {_median_text(snaps)} | "
+                         f"{_median_text(uploads)} |")
         lines += ["", "Per checkpoint (step: snapshot s / upload s):", ""]
         for name in ("blocking", "background"):
             cells = ", ".join(f"{c['step']}: {c['snapshot_seconds']:.3f} / {c['upload_seconds']:.3f}"

@@ -83,7 +83,7 @@ class _Run:
                 if self.first_step.is_set():
                     break
                 raise RuntimeError(f"rmrun run exited with {self.proc.returncode} before its first step; "
-                                   f"see {self.log_path}:\n" + "\n".join(l for _, l in self.lines[-15:]))
+                                   f"see {self.log_path}:\n" + "\n".join(text for _, text in self.lines[-15:]))
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"no optimizer step within {timeout:.0f}s; see {self.log_path}")
@@ -106,9 +106,9 @@ class _Run:
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as err:
             self.kill()
-            raise RuntimeError(f"rmrun run did not stop within {timeout:.0f}s of SIGTERM; see {self.log_path}")
+            raise RuntimeError(f"rmrun run did not stop within {timeout:.0f}s of SIGTERM; see {self.log_path}") from err
         self.reader.join(timeout=5)
         return code
 

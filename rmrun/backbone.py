@@ -164,7 +164,7 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
         model_type = read_model_type(directory) if directory else None
     except BackboneError as e:
         return str(e)
-    if model_type is None:
+    if directory is None or model_type is None:
         return f"{model.pretrain} is not a local model directory, so its model type is unknown before it loads"
     if model_type not in SHARED_PROMPT_TYPES:
         kind = "an encoder reads one pooled reward per sequence" if model_type in ENCODER_TYPES else \

@@ -9,7 +9,6 @@ unusable, needs a human; 75 preempted after a committed checkpoint (requeue me);
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -25,20 +24,30 @@ def _recipe_keys_help() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
         epilog="Exit codes: 0 done, 2 recipe, data or usage error (never retry), 3 state unusable (needs a\n"
         "human), 75 preempted after a committed checkpoint (requeue), 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n" + _recipe_keys_help(),
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_recipe_commands(sub)
+    _add_verify_resume(sub)
+    _add_scoring_commands(sub)
+    _add_report(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _add_recipe_commands(sub) -> None:
+    """run, check, status and explain: what a recipe is and what its run has done."""
     for name, text in (
         ("run", "run the recipe's step graph (resumes from the state store if it has a checkpoint)"),
         ("check", "validate the recipe and print the resolved plan; no training, no torch import"),
     ):
-        p = sub.add_parser(name, help=text, description=text, epilog=_recipe_keys_help(), formatter_class=fmt)
+        p = sub.add_parser(name, help=text, description=text, epilog=_recipe_keys_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", help="recipe TOML file")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe key, e.g. --set schedule.lr=1e-5 (repeatable)")
@@ -46,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="recipe TOML file or state URL")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("explain", help="document every recipe key")
+
+
+def _add_verify_resume(sub) -> None:
     p = sub.add_parser("verify-resume", help="run a recipe uninterrupted and with SIGKILLs; compare bit for bit")
     p.add_argument("recipe")
     p.add_argument("--kills", type=int, default=2, help="number of SIGKILLs at random steps (default 2)")
@@ -57,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed choosing the kill steps")
     p.add_argument("--workdir", default=None, help="where the two runs keep their state (default: a temp dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_scoring_commands(sub) -> None:
+    """score and eval: an exported reward model on files of rows."""
     for name, text in (
         ("score", "score rows with an exported reward model: one JSON line per row (rewards, and the margin of "
                   "a pair), text rendered exactly as in training"),
@@ -70,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None,
                        help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout")
         p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+
+
+def _add_report(sub) -> None:
     text = ("write an HTML page about a run from its state alone (local or any fsspec URL): training, eval and "
             "throughput curves with epoch ends and resumes marked, reward histograms, accuracy by length against "
             "the longer-wins baseline, calibration, recipe and plan")
@@ -80,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rewards", choices=("auto", "yes", "no"), default="auto",
                    help="score the eval pairs with the final model for the reward histograms and calibration: "
                         "auto (default) does when the weights are under 2 GiB or a GPU is present")
+
+
+def _add_bench(sub) -> None:
     text = ("time short throw-away runs of a recipe for every combination of swept keys, side by side, on this "
             "machine; rank them and write bench.json, bench.md and bench.png")
     p = sub.add_parser("bench", help=text, description=text)
@@ -94,7 +116,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="rounds; each runs every combination once, order rotating (default 2)")
     p.add_argument("--pairs", type=int, default=512, help="training pairs in the seeded sample (default 512)")
     p.add_argument("--out", default=None, help="directory for the files (default ./rmrun-bench-<run.name>)")
-    return parser
 
 
 def _bench(args) -> int:
@@ -138,8 +159,8 @@ def _use(args) -> int:
 
 def _report(args) -> int:
     from rmrun.data import DataError
+    from rmrun.export import ScoreError
     from rmrun.report import ReportError, report
-    from rmrun.scoring import ScoreError
 
     try:
         return report(args.target, out=args.out, rewards=args.rewards)

@@ -75,7 +75,7 @@ def _matches(spec: str, point: str, step: int, rank: int) -> bool:
     if parts[0] != point:
         return False
     rest = parts[1:]
-    ranks = {0}
+    ranks: set[int] | None = {0}
     if rest and (rest[-1] == "all" or rest[-1].startswith("rank")):
         ranks = None if rest[-1] == "all" else {int(rest[-1][len("rank"):])}
         rest = rest[:-1]

@@ -17,7 +17,7 @@ import inspect
 
 import torch
 
-from rmrun.recipe.schema import ModelSection
+from rmrun.recipe.schema import LoraSection, ModelSection
 
 
 class ModelError(ValueError):
@@ -110,7 +110,7 @@ def build_reward_model(
     config = _load_config(model)
     _family(config, model)  # refuses a backbone without a usable head, in one line
     config.pad_token_id = tokenizer.pad_token_id
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs: dict[str, str | bool] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     kwargs["trust_remote_code"] = model.trust_remote_code  # explicit: never a "[y/N]" prompt
     # Same weights on every rank, whatever the rank's own random stream.
     with torch.random.fork_rng(devices=[]):
@@ -132,21 +132,20 @@ def build_reward_model(
     if grad_checkpoint:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model.lora is not None:
-        net = _add_lora(net, model)
+        net = _add_lora(net, model.lora)
     return net
 
 
-def _add_lora(net, model: ModelSection):
+def _add_lora(net, lora: LoraSection):
     from rmrun.thirdparty import import_bitsandbytes
 
     import_bitsandbytes()  # peft imports it to look for quantized layers; rmrun has none
     from peft import LoraConfig, TaskType, get_peft_model
 
-    lora = model.lora
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; it divides by r, so a float is fine
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         modules_to_save=head_names(net),

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from rmrun.collective import barrier, gather_all
 from rmrun.dist import Rank
@@ -60,7 +60,10 @@ def _read_into(store: StateStore, key: str, directory: str) -> tuple[dict | None
 def node_copy(store: StateStore, key: str, *, rank: Rank) -> Iterator[NodeCopy]:
     """Collective (every process calls it): this node's verified copy of state ``key``."""
     reads_here = rank.is_node_leader or not node_copy_enabled()
-    directory, problem, meta, error = None, None, {}, None
+    directory: str | None = None
+    problem: dict | None = None
+    meta: dict = {}
+    error: Exception | None = None
     if reads_here:
         directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
         try:

@@ -27,7 +27,6 @@ from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
     EVAL_FINAL_KEY,
     EXPORT_KEY,
-    HISTORY_PREFIX,
     IDENTITY_KEY,
     PLAN_RECORD,
     QUARANTINED_RECORDS,
@@ -35,7 +34,6 @@ from rmrun.store.keys import (
     START_RECORDS,
     TOKENIZE_PREFIX,
 )
-
 
 
 class ReportError(ValueError):
@@ -96,7 +94,9 @@ def read_history(store) -> tuple[dict, dict, list[dict]]:
     recomputes the same lines), and each piece's {end, since, generation, time}."""
     from rmrun.checkpoint import committed_history
 
-    metrics, evals, pieces = {}, {}, []
+    metrics: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    pieces: list[dict] = []
     for _, state, piece in committed_history(store):
         for line in piece["metrics"]:
             metrics.setdefault(line["step"], line)
@@ -140,7 +140,8 @@ def throughput(metrics: dict, pieces: list[dict], starts: list[Resume]) -> list[
     (history pieces; a start's record for the first), evaluation and checkpoint time included."""
     pairs = pairs_per_step([metrics[s] for s in sorted(metrics)])
     start_time = {s.generation: (s.step, s.time) for s in starts if s.time is not None}
-    points, last = [], {}
+    points: list[dict] = []
+    last: dict[int, tuple[int, float]] = {}  # generation: (step, time) of its latest commit
     for piece in sorted(pieces, key=lambda p: p["time"]):
         generation, since = piece["generation"], piece["since"]
         reference = last.get(generation)
@@ -253,7 +254,8 @@ class Scored:
 def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     """Rewards of the tokenized eval pairs under the final model: the export when the run
     published one, else its newest checkpoint; None when there is neither or no eval set."""
-    from rmrun.scoring import calibration, open_export, score_tokenized
+    from rmrun.export import open_export
+    from rmrun.scoring import calibration, score_tokenized
     from rmrun.snapshot import newest_checkpoint, open_checkpoint
 
     tokenized = newest_tokenized_eval(store)

@@ -12,8 +12,8 @@ rank's micro-batch is one block of pairs of similar length, so padding stays sma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

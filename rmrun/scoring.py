@@ -10,181 +10,18 @@ accuracy.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-CONTRACT_FILE = "rmrun.json"
-CONTRACT_VERSION = 1
+from rmrun.export import Export, ScoreError, open_export
+
 SUBSET_KEYS = ("subset", "category")
 CALIBRATION_BINS = 10
-
-
-class ScoreError(ValueError):
-    """A user error in ``rmrun score`` / ``rmrun eval``: one line, exit code 2."""
-
-
-# ------------------------------------------------------------------ the export's contract
-
-
-def write_contract(directory: str, *, data, loss, family: str, reward_stats: dict | None) -> None:
-    """``rmrun.json`` (how text becomes tokens and rewards for this model) and, with
-    ``reward_stats``, ``mean``/``std``/``normalize_reward`` in ``config.json``."""
-    contract = contract_for(data=data, loss=loss, family=family, reward_stats=reward_stats)
-    with open(os.path.join(directory, CONTRACT_FILE), "w") as f:
-        json.dump(contract, f, indent=2, sort_keys=True)
-    if reward_stats is not None:
-        path = os.path.join(directory, "config.json")
-        with open(path) as f:
-            config = json.load(f)
-        config.update({"mean": reward_stats["mean"], "std": reward_stats["std"], "normalize_reward": False})
-        with open(path, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-
-
-def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
-    """What ``rmrun.json`` holds for a model trained with these ``[data]`` and ``[loss]`` sections."""
-    from rmrun.data import load_chat_template
-
-    template = load_chat_template(data.chat_template)
-    return {
-        "version": CONTRACT_VERSION,
-        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
-        "family": family,
-        "chat_template": dataclasses.asdict(template) if template is not None else None,
-        "loss": {"name": loss.name, "margin": loss.margin},
-        "reward_stats": reward_stats,
-    }
-
-
-def write_model_card(directory: str, *, run_name: str, model, data, evaluation: dict | None,
-                     reward_stats: dict | None) -> None:
-    """``README.md``: a Hugging Face model card (metadata, data, result, how to load and score)."""
-    base = os.path.basename(model.pretrain.rstrip("/")) if model.init == "pretrained" else None
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-classification",
-            "tags:", "- reward-model", "- rlhf", "- rmrun"]
-    if base and "/" in model.pretrain and not os.path.isabs(model.pretrain) and not os.path.exists(model.pretrain):
-        meta.append(f"base_model: {model.pretrain}")  # a hub id
-    meta.append("---")
-    init = f"fine-tuned from `{base}`" if base else f"trained from the config of `{os.path.basename(model.pretrain)}`"
-    lines = meta + ["", f"# {run_name}: a reward model", "",
-                    f"A sequence-classification reward model (one score per sequence), {init}"
-                    f"{' with LoRA (merged)' if model.lora else ''}, by rmrun. The recipe it was trained with is "
-                    "`recipe.toml`, the resolved plan `plan.json`, every step's metrics `metrics.jsonl`.", "",
-                    "Training data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
-                    + (f"; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval)
-                       if data.eval else "") + f" (max_length {data.max_length}, overflow `{data.overflow}`).", ""]
-    if evaluation:
-        lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
-        for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):
-            if evaluation.get(key) is not None:
-                value = evaluation[key]
-                lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-        lines.append("")
-    if reward_stats:
-        lines += [f"Rewards over the {reward_stats['pairs']} training pairs (both responses): mean "
-                  f"{reward_stats['mean']:.4f}, std {reward_stats['std']:.4f}; stored in `config.json` as "
-                  "`mean` / `std` (`normalize_reward: false`).", ""]
-    lines += ["## Use", "", "```python",
-              "from transformers import pipeline",
-              "score = pipeline(\"text-classification\", model=\"PATH\", function_to_apply=\"none\")",
-              "```", "",
-              "Text must be rendered with the chat template the model was trained with; `rmrun score PATH "
-              "FILE.jsonl` and `rmrun eval PATH FILE.jsonl` do that from `rmrun.json`.", ""]
-    with open(os.path.join(directory, "README.md"), "w") as f:
-        f.write("\n".join(lines))
-
-
-@dataclass
-class Export:
-    directory: str
-    contract: dict
-    tokenizer: object
-    net: object
-    device: object
-
-    @property
-    def family(self) -> str:
-        return self.contract.get("family", "decoder")
-
-    @property
-    def template(self):
-        from rmrun.data import ChatTemplate
-
-        saved = self.contract.get("chat_template")
-        return ChatTemplate(**saved) if saved else None
-
-
-def _local_copy(url: str) -> str:
-    """A local directory holding the export at ``url`` (downloaded once per process)."""
-    import tempfile
-
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.isdir(path):
-        raise ScoreError(f"{url}: no such export directory")
-    local = tempfile.mkdtemp(prefix="rmrun-export-")
-    fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
-    return local
-
-
-def _export_of_state(model: str) -> str | None:
-    """The export URL a state root (``run.state``) published, if ``model`` is one."""
-    from rmrun.store import StateStore
-    from rmrun.store.keys import EXPORT_KEY
-
-    try:
-        record = StateStore(model).open_unverified(EXPORT_KEY)
-    except Exception:  # not a state root at all: the caller reports the path as it was given
-        return None
-    return record.manifest["meta"].get("url") if record is not None else None
-
-
-def open_export(model: str, *, device=None) -> Export:
-    """Load an export directory (local path or fsspec URL) made by ``rmrun run``, or the export
-    a state root published."""
-    local_export = "://" not in model and os.path.exists(os.path.join(model, "config.json"))
-    if not local_export:
-        published = _export_of_state(model)
-        if published is not None:
-            model = published
-        else:  # a state whose run has not exported yet: its newest committed checkpoint
-            from rmrun.snapshot import open_newest_checkpoint
-
-            snapshot = open_newest_checkpoint(model, device=device)
-            if snapshot is not None:
-                return snapshot
-    directory = model if "://" not in model else _local_copy(model)
-    if not os.path.isdir(directory):
-        raise ScoreError(f"{model}: no such export directory")
-    contract_path = os.path.join(directory, CONTRACT_FILE)
-    if not os.path.exists(os.path.join(directory, "config.json")):
-        raise ScoreError(f"{model}: not a model directory (no config.json)")
-    if not os.path.exists(contract_path):
-        raise ScoreError(f"{model}: no {CONTRACT_FILE}; it was not exported by this version of rmrun "
-                         "(run `rmrun run` on its recipe again to re-export it)")
-    try:
-        with open(contract_path) as f:
-            contract = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ScoreError(f"{contract_path}: unreadable: {e}") from None
-    if contract.get("version") != CONTRACT_VERSION:
-        raise ScoreError(f"{contract_path}: version {contract.get('version')!r}; this rmrun reads {CONTRACT_VERSION}")
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    device = device or torch.device("cpu")
-    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    net = AutoModelForSequenceClassification.from_pretrained(directory, torch_dtype=torch.float32,
-                                                             trust_remote_code=False)
-    net.to(device).eval()
-    return Export(directory=directory, contract=contract, tokenizer=tokenizer, net=net, device=device)
 
 
 # ------------------------------------------------------------------ rows
@@ -204,9 +41,9 @@ class Row:
 def read_rows(urls, *, format: str) -> list[Row]:
     """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, others
     pairwise), and single responses: ``{"prompt": ..., "response": "..."}``."""
-    from rmrun.data.formats import (DataError, Message, PreferencePair, _BadRow, _iter_raw_rows,
-                                    _check_prompt_roles, _parse_colossalchat_row, _parse_messages,
-                                    _parse_pairwise_row)
+    from rmrun.data.formats import _iter_raw_rows
+    from rmrun.data.pairs import DataError, Message, PreferencePair, _BadRow
+    from rmrun.data.rows import _check_prompt_roles, _parse_colossalchat_row, _parse_messages, _parse_pairwise_row
 
     rows = []
     for url in urls:
@@ -221,6 +58,7 @@ def read_rows(urls, *, format: str) -> list[Row]:
                     response = raw["response"]
                     if not isinstance(response, str) or not response:
                         raise _BadRow("wrong type", '"response" must be a non-empty string')
+                    messages: tuple[Message, ...]
                     if isinstance(prompt, str):
                         messages = (Message("user", prompt),) if prompt else ()
                     else:
@@ -330,17 +168,18 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     rejected = torch.tensor([scores[i][1] for i in kept], dtype=torch.float32)
     lengths = np.array([[scores[i][2], scores[i][3]] for i in kept], dtype=np.int64)
     losses = pair_losses(loss["name"], chosen, rejected, margin=loss["margin"])
-    report = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
+    report: dict[str, Any] = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
               **metrics_from_sums(pair_sums(chosen, rejected, losses))}
     report["ties"] = int((chosen == rejected).sum())
     report["longer_wins_accuracy"] = longer_wins_credit(lengths) / len(kept)
     correct = (chosen > rejected).numpy()
     report["accuracy_by_length"] = accuracy_by_length(length_bucket_counts(lengths, correct))
     report.update(calibration(chosen.numpy().astype(np.float64) - rejected.numpy().astype(np.float64)))
-    subsets = {}
+    subsets: dict[str, list[float]] = {}  # subset: [pairs, correct]
     for k, i in enumerate(kept):
-        if rows[i].subset is not None:
-            entry = subsets.setdefault(rows[i].subset, [0, 0.0])
+        subset = rows[i].subset
+        if subset is not None:
+            entry = subsets.setdefault(subset, [0, 0.0])
             entry[0] += 1
             entry[1] += float(correct[k])
     if subsets:
@@ -416,11 +255,12 @@ def _gather(scores: dict, world_size: int) -> dict | None:
         return scores
     import torch.distributed as tdist
 
-    parts = [None] * world_size if tdist.get_rank() == 0 else None
+    # gather_object fills the placeholders with every rank's dict.
+    parts: list[Any] | None = [None] * world_size if tdist.get_rank() == 0 else None
     tdist.gather_object(scores, parts, dst=0)
     if parts is None:
         return None
-    merged = {}
+    merged: dict = {}
     for part in parts:
         merged.update(part)
     return merged

@@ -25,7 +25,8 @@ the gradients through 0 * NaN.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,8 +55,9 @@ def shared_lengths(tokenized: TokenizedPairs, prefix: np.ndarray) -> np.ndarray:
 
 
 def collate_shared(
-    tokenized: TokenizedPairs, indices: Sequence[int], *, prefix: np.ndarray, pad_token_id: int, pack: bool = False
-) -> dict[str, torch.Tensor]:
+    tokenized: TokenizedPairs, indices: Sequence[int] | np.ndarray, *, prefix: np.ndarray, pad_token_id: int,
+    pack: bool = False,
+) -> dict[str, Any]:  # tensors, and the int num_tokens
     """One shared-prompt batch for pairs ``indices``: one pair per row, or with ``pack`` as
     many pairs per row as fit in the batch's longest pair sequence (:func:`pack_rows`).
 
@@ -74,7 +76,8 @@ def collate_shared(
     rows = pack_rows(lengths, capacity=longest) if pack else [[k] for k in range(len(pairs))]
     input_ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
     position_ids = np.zeros((len(rows), longest), dtype=np.int64)
-    segments = [[] for _ in rows]  # per row: (start, prompt end, chosen end, end), absolute
+    # per row: (start, prompt end, chosen end, end), absolute
+    segments: list[list[tuple[int, int, int, int]]] = [[] for _ in rows]
     reward_rows, chosen_end, rejected_end = (np.zeros(len(pairs), dtype=np.int64) for _ in range(3))
     for row, members in enumerate(rows):
         start = 0

@@ -9,13 +9,13 @@ policy model sees at generation time.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import fsspec
 import jinja2
 
-from rmrun.data.formats import DataError, Message
+from rmrun.data.pairs import DataError, Message
 from rmrun.recipe.schema import is_template_text
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rmrun.data.formats import DataError, PreferencePair
+from rmrun.data.pairs import DataError, PreferencePair
 from rmrun.data.template import ChatTemplate, end_of_assistant_token, render_conversations, resolve_chat_template
 
 if TYPE_CHECKING:
@@ -327,7 +328,9 @@ class _PairArraysBuilder:
             lengths = _concatenate(self._chunks[f"{side}_lengths"], dtype=np.int64)
             arrays[f"{side}_offsets"] = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)])
         arrays["pair_index"] = _concatenate(self._chunks["pair_index"], dtype=np.int64)
-        return TokenizedPairs(**arrays)
+        return TokenizedPairs(chosen_ids=arrays["chosen_ids"], chosen_offsets=arrays["chosen_offsets"],
+                              rejected_ids=arrays["rejected_ids"], rejected_offsets=arrays["rejected_offsets"],
+                              pair_index=arrays["pair_index"])
 
 
 def _concatenate(chunks: list[np.ndarray], *, dtype) -> np.ndarray:
@@ -338,7 +341,9 @@ def _concatenate(chunks: list[np.ndarray], *, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- batching
 
 
-def collate(tokenized: TokenizedPairs, indices: Sequence[int], *, pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    tokenized: TokenizedPairs, indices: Sequence[int] | np.ndarray, *, pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """One batch for a single forward pass over both sides.
 
     ``input_ids`` is ``(2B, L)``: rows ``0..B-1`` are the chosen and ``B..2B-1`` the rejected

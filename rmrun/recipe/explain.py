@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from rmrun.recipe.loader import _dataclass_in, _type_name
+from rmrun.recipe.decode import _dataclass_in, _type_name
 from rmrun.recipe.schema import Recipe
 
 

@@ -11,6 +11,10 @@ file or the Jinja template text itself.
 This module imports only the standard library.
 """
 
+# Optional[X] stays: typing.get_type_hints gives typing.Union for it but types.UnionType
+# for ``X | None``, and code that reads the schema by its types compares origins with Union.
+# ruff: noqa: UP045
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

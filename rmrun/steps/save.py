@@ -18,7 +18,7 @@ from rmrun.store.keys import EVAL_FINAL_KEY
 
 def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: str,
                   reward_stats: dict | None) -> None:
-    from rmrun.scoring import write_contract, write_model_card
+    from rmrun.export import write_contract, write_model_card
     from rmrun.train import metrics_jsonl
 
     from rmrun.model import model_family

@@ -11,7 +11,8 @@ import posixpath
 import secrets
 import shutil
 import threading
-from typing import IO, Callable, Iterable, Iterator, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Protocol
 
 from rmrun.store.errors import StoreError
 

@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import TextIO
 
 from rmrun.store.errors import LeaseLost, StoreError
 from rmrun.store.layout import LEASE_DIR, LEASE_FILE_RE, LOCK_NAME, Layout, json_bytes, new_run_id, utc_now
@@ -35,7 +36,7 @@ class Leases:
         self._layout = layout
         self._backend = layout.backend
         self._root = root
-        self._lock_file = None
+        self._lock_file: TextIO | None = None
 
     def acquire(self, *, holder: str) -> Lease:
         """Take the next generation (previous max + 1); on a local root, also the flock."""

@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import secrets
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from rmrun.store.backends import SymlinkRefused, copy_hashing, read_chunks
 from rmrun.store.errors import CorruptState, StoreError
@@ -137,7 +137,7 @@ class StagedState:
             self._claim(name)
             self._files[name] = {"path": name, "size": size, "sha256": sha}
 
-    def commit(self, *, meta: dict | None = None) -> "CommittedState":
+    def commit(self, *, meta: dict | None = None) -> CommittedState:
         """Check every file is there, write MANIFEST.json (with ``meta`` added to the
         staging meta), check the lease, then publish COMMIT create-only."""
         self._ensure_open()
@@ -245,8 +245,8 @@ class CommittedState:
         """Download every file under folder ``prefix`` ('' = all) into ``local_dir``, a few
         at a time, each checked against the manifest as it streams; the first file (in
         name order) that does not match raises CorruptState."""
-        selected = {name: _under_prefix(name, prefix) for name in self.files}
-        selected = {name: rel for name, rel in selected.items() if rel}
+        relative = {name: _under_prefix(name, prefix) for name in self.files}
+        selected = {name: rel for name, rel in relative.items() if rel}
         if prefix.strip("/") and not selected:
             raise StoreError(f"state {self.key} has no files under {prefix!r}")
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(GET_THREADS, max(1, len(selected)))) as pool:

@@ -217,11 +217,11 @@ class StateStore:
         if key is not None:
             check_key(key)
         notes = []
-        for key in [key] if key is not None else self._layout.key_names(""):
-            key_path = self._layout.key_path(key)
+        for each in [key] if key is not None else self._layout.key_names(""):
+            key_path = self._layout.key_path(each)
             for name in self._backend.names(key_path):
                 if name.startswith(QUARANTINE_PREFIX) and name.endswith(".json"):
-                    notes.append(self._read_quarantine_note(key, name))
+                    notes.append(self._read_quarantine_note(each, name))
         return notes
 
     # ----------------------------------------------------------------- records

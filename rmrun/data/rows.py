@@ -1,0 +1,202 @@
+"""Rows to preference pairs: the ``colossalchat`` and ``pairwise`` row formats, and the
+checks every pair passes (roles alternate, responses not empty, chosen differs from rejected).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rmrun.data.pairs import (
+    BAD_ROLES,
+    EMPTY_RESPONSE,
+    IDENTICAL_RESPONSES,
+    MISSING_KEY,
+    NOT_AN_OBJECT,
+    ROLES,
+    WRONG_TYPE,
+    Message,
+    PreferencePair,
+    _BadRow,
+    _json_type_name,
+)
+
+
+def _parse_colossalchat_row(row: Any, *, source: str) -> PreferencePair:
+    """``{"context": [{"from", "content"}], "chosen": [...], "rejected": [...]}``."""
+    row = _require_object(row)
+    prompt = _parse_messages(_require_key(row, "context"), field="context", role_key="from")
+    chosen = _parse_messages(_require_key(row, "chosen"), field="chosen", role_key="from")
+    rejected = _parse_messages(_require_key(row, "rejected"), field="rejected", role_key="from")
+    return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="context", allow_empty_prompt=False)
+
+
+def _parse_pairwise_row(row: Any, *, source: str) -> PreferencePair:
+    """TRL's preference formats: explicit prompt (text or messages) or implicit prompt."""
+    row = _require_object(row)
+    chosen_value = _require_key(row, "chosen")
+    rejected_value = _require_key(row, "rejected")
+    prompt_value = row.get("prompt")  # optional: absent means the implicit-prompt form
+    if prompt_value is None:
+        return _parse_implicit_prompt(chosen_value, rejected_value, source=source)
+    if isinstance(prompt_value, str):
+        chosen: tuple[Message, ...] = (Message("assistant", _require_str(chosen_value, field="chosen")),)
+        rejected: tuple[Message, ...] = (Message("assistant", _require_str(rejected_value, field="rejected")),)
+        prompt: tuple[Message, ...] = (Message("user", prompt_value),) if prompt_value != "" else ()
+        return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
+    if isinstance(prompt_value, list):
+        prompt = _parse_messages(prompt_value, field="prompt", role_key="role")
+        chosen = _parse_messages(chosen_value, field="chosen", role_key="role")
+        rejected = _parse_messages(rejected_value, field="rejected", role_key="role")
+        return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
+    raise _BadRow(WRONG_TYPE, f'"prompt" must be a string or a list of messages, got {_json_type_name(prompt_value)}')
+
+
+def _parse_implicit_prompt(chosen_value: Any, rejected_value: Any, *, source: str) -> PreferencePair:
+    """No "prompt" key: plain strings are prompt-less responses; conversations share their prompt.
+
+    Plain strings are not split at a common character prefix (as TRL does) because a
+    character split can land mid-word; the whole text is scored as the response instead.
+    """
+    if isinstance(chosen_value, str):
+        chosen = (Message("assistant", chosen_value),)
+        rejected = (Message("assistant", _require_str(rejected_value, field="rejected")),)
+        return _checked_pair((), chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
+    chosen_conversation = _parse_messages(chosen_value, field="chosen", role_key="role")
+    rejected_conversation = _parse_messages(rejected_value, field="rejected", role_key="role")
+    shared = _common_prefix_length(chosen_conversation, rejected_conversation)
+    return _checked_pair(
+        chosen_conversation[:shared],
+        chosen_conversation[shared:],
+        rejected_conversation[shared:],
+        source=source,
+        prompt_field="shared prefix of chosen and rejected",
+        allow_empty_prompt=True,
+    )
+
+
+def _common_prefix_length(first: Sequence[Message], second: Sequence[Message]) -> int:
+    """Number of leading messages two conversations have in common."""
+    length = 0
+    for left, right in zip(first, second):
+        if left != right:
+            break
+        length += 1
+    return length
+
+
+_ROW_PARSERS: dict[str, Callable[..., PreferencePair]] = {
+    "colossalchat": _parse_colossalchat_row,
+    "pairwise": _parse_pairwise_row,
+}
+
+
+def _require_object(row: Any) -> dict:
+    """The row itself must be a JSON object; readers hand over _BadRow for undecodable lines."""
+    if isinstance(row, _BadRow):
+        raise row
+    if not isinstance(row, dict):
+        raise _BadRow(NOT_AN_OBJECT, f"expected a JSON object, got {_json_type_name(row)}")
+    return row
+
+
+def _require_key(row: dict, key: str) -> Any:
+    """A required key; null counts as missing because Parquet fills absent columns with null."""
+    if key not in row:
+        raise _BadRow(MISSING_KEY, f'missing key "{key}"')
+    if row[key] is None:
+        raise _BadRow(MISSING_KEY, f'"{key}" is null')
+    return row[key]
+
+
+def _require_str(value: Any, *, field: str) -> str:
+    if not isinstance(value, str):
+        raise _BadRow(WRONG_TYPE, f'"{field}" must be a string, got {_json_type_name(value)}')
+    return value
+
+
+def _parse_messages(value: Any, *, field: str, role_key: str) -> tuple[Message, ...]:
+    """A list of ``{role_key: role, "content": str}`` objects (ColossalChat uses "from", TRL "role")."""
+    if not isinstance(value, list):
+        raise _BadRow(WRONG_TYPE, f'"{field}" must be a list of messages, got {_json_type_name(value)}')
+    messages = []
+    for position, item in enumerate(value):
+        where = f'"{field}"[{position}]'
+        if not isinstance(item, dict):
+            raise _BadRow(WRONG_TYPE, f"{where} must be an object, got {_json_type_name(item)}")
+        for key in (role_key, "content"):
+            if item.get(key) is None:
+                raise _BadRow(MISSING_KEY, f'{where}: missing key "{key}"')
+        role, content = item[role_key], item["content"]
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise _BadRow(WRONG_TYPE, f'{where}: "{role_key}" and "content" must be strings')
+        if role not in ROLES:
+            raise _BadRow(BAD_ROLES, f"{where}: unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        messages.append(Message(role, content))
+    return tuple(messages)
+
+
+# --------------------------------------------------------------------------- pair checks
+
+
+def _checked_pair(
+    prompt: tuple[Message, ...],
+    chosen: tuple[Message, ...],
+    rejected: tuple[Message, ...],
+    *,
+    source: str,
+    prompt_field: str,
+    allow_empty_prompt: bool,
+) -> PreferencePair:
+    """Apply the checks every format shares, then build the pair."""
+    _check_prompt_roles(prompt, field=prompt_field, allow_empty=allow_empty_prompt)
+    for field, response in (("chosen", chosen), ("rejected", rejected)):
+        _check_response_not_empty(response, field=field)
+        _check_response_roles(response, field=field)
+    if _normalized(chosen) == _normalized(rejected):
+        raise _BadRow(IDENTICAL_RESPONSES, '"chosen" is identical to "rejected"; the pair carries no preference')
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, source=source)
+
+
+def _check_prompt_roles(prompt: Sequence[Message], *, field: str, allow_empty: bool) -> None:
+    """Optional leading system turn, then user/assistant alternating, ending with a user turn."""
+    if not prompt:
+        if allow_empty:
+            return
+        raise _BadRow(BAD_ROLES, f'"{field}" is empty; it must end with a user turn')
+    turns = prompt[1:] if prompt[0].role == "system" else prompt
+    _check_alternation(turns, field=field, first_role="user", offset=len(prompt) - len(turns))
+    if prompt[-1].role != "user":
+        raise _BadRow(BAD_ROLES, f'"{field}" must end with a user turn, not {prompt[-1].role!r}')
+
+
+def _check_response_roles(response: Sequence[Message], *, field: str) -> None:
+    """A response continues the conversation: assistant first, alternating, assistant last."""
+    _check_alternation(response, field=field, first_role="assistant", offset=0)
+    if response[-1].role != "assistant":
+        raise _BadRow(BAD_ROLES, f'"{field}" must end with an assistant turn, not {response[-1].role!r}')
+
+
+def _check_alternation(turns: Sequence[Message], *, field: str, first_role: str, offset: int) -> None:
+    """Roles must go first_role, other, first_role, ...; a system turn is only allowed first in the prompt."""
+    other_role = "assistant" if first_role == "user" else "user"
+    for position, message in enumerate(turns):
+        expected = first_role if position % 2 == 0 else other_role
+        if message.role != expected:
+            raise _BadRow(
+                BAD_ROLES,
+                f'roles do not alternate in "{field}": message {position + offset} is {message.role!r}, expected {expected!r}',
+            )
+
+
+def _check_response_not_empty(response: Sequence[Message], *, field: str) -> None:
+    if not response:
+        raise _BadRow(EMPTY_RESPONSE, f'"{field}" is empty')
+    for message in response:
+        if not message.content.strip():
+            raise _BadRow(EMPTY_RESPONSE, f'"{field}" is empty')
+
+
+def _normalized(response: Sequence[Message]) -> tuple[tuple[str, str], ...]:
+    """Responses differing only in surrounding whitespace give the reward model no signal."""
+    return tuple((message.role, message.content.strip()) for message in response)
