@@ -7,18 +7,26 @@ export, the committed result is adopted, not computed or staged again.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
+
+from rmrun.recipe.schema import EvalSection, LossSection
+
+if TYPE_CHECKING:
+    from rmrun.context import RunContext
+    from rmrun.graph import Step
 
 
-def _say(ctx, final: dict) -> None:
+def _say(ctx: RunContext, final: dict) -> None:
     ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
             f"longer-wins baseline {final['longer_wins_accuracy']:.4f}")
 
 
-def run(ctx, step, *, loss, eval) -> None:
+def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:
     from rmrun.collective import broadcast
     from rmrun.faults import fault_point
 
-    trainer = ctx.artifacts["trainer"]
+    trainer = ctx.trainer
+    assert trainer is not None
     committed = broadcast(ctx.store.open_verified(step.produces) is not None if ctx.rank.is_main else None)
     if committed:
         if ctx.rank.is_main:
