@@ -88,8 +88,11 @@ class RunSession:
         if self.rank.is_main:
             holder = f"{os.uname().nodename}:{os.getpid()}"
             lease = self.lease = store.acquire_lease(holder=holder)
-            store.write_record(LEASE_HOLDER_RECORD, {"holder": holder, "generation": lease.generation,
-                                                     "time": time.time()}, lease=lease)
+            store.write_record(
+                LEASE_HOLDER_RECORD,
+                {"holder": holder, "generation": lease.generation, "time": time.time()},
+                lease=lease,
+            )
             store.clean_staging(lease=lease)
         with open(self.recipe_path) as f:
             text = f.read()
@@ -203,8 +206,15 @@ class GraphWalk:
             self._check_gives(step, before)
         except BaseException as e:
             try:
-                self._record(step, {"state": "failed", "attempts": attempts, "finished": time.time(),
-                                    "error": f"{type(e).__name__}: {e}"[:500]})
+                self._record(
+                    step,
+                    {
+                        "state": "failed",
+                        "attempts": attempts,
+                        "finished": time.time(),
+                        "error": f"{type(e).__name__}: {e}"[:500],
+                    },
+                )
             except Exception:  # noqa: BLE001 - a full or read-only disk: the first error is the one to report
                 pass
             raise

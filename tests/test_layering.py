@@ -5,7 +5,10 @@
 - the recipe layer (rmrun/recipe/) imports only the standard library and itself, plus the
   plugin table and the backbone families (data only, standard library only themselves);
 - only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``);
-- state keys and record names are spelled out only in rmrun/store/keys.py.
+- state keys and record names are spelled out only in rmrun/store/keys.py;
+- the runner (rmrun/runner.py, rmrun/graph.py) never imports a step's module: each step's
+  function is named in ``STEP_KINDS`` and imported when it runs; no other module defines
+  a function with a step function's name.
 """
 
 from __future__ import annotations
@@ -131,3 +134,28 @@ def test_store_keys_are_named_only_in_keys_py():
 ])
 def test_the_key_literal_check_itself(source, expected):
     assert any(_names_a_key_in_place(n) for n in ast.walk(ast.parse(source))) is expected
+
+
+RUNNER_MODULES = ("runner.py", "graph.py", "context.py", "commands.py")
+
+
+def test_the_runner_never_imports_a_step_module():
+    for name in RUNNER_MODULES:
+        imported = [n for n in _imported(PACKAGE / name) if n == "rmrun.steps" or n.startswith("rmrun.steps.")]
+        assert imported == [], (name, imported)
+
+
+def _top_level_functions(path: Path) -> set[str]:
+    return {n.name for n in _tree(path).body if isinstance(n, ast.FunctionDef)}
+
+
+def test_each_step_kind_names_a_step_function_whose_name_is_its_own():
+    from rmrun.graph import STEP_KINDS
+
+    elsewhere = set().union(*(_top_level_functions(p) for p in SOURCES if p.parent != PACKAGE / "steps"))
+    for kind, target in STEP_KINDS.items():
+        module, _, function = target.partition(":")
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        assert module.startswith("rmrun.steps.") and path.is_file(), (kind, target)
+        assert function in _top_level_functions(path), (kind, target)
+        assert function not in elsewhere, f"{target}: another module defines {function}() too"
