@@ -51,6 +51,13 @@ class Step:
     def persistent(self) -> bool:
         return self.produces is not None
 
+    @property
+    def key(self) -> str:
+        """The state key a persistent step produces."""
+        if self.produces is None:
+            raise GraphError(f"step {self.name} is transient: it produces no state")
+        return self.produces
+
 
 def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[Step]:
     """tokenize → boost → train epochs → evaluate → save."""

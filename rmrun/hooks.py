@@ -19,6 +19,7 @@ from rmrun.collective import any_flag
 from rmrun.trainer import Hook, Preempted, Trainer
 
 if TYPE_CHECKING:
+    from rmrun.checkpoint import PendingCheckpoint
     from rmrun.context import RunContext
 
 class StopSignal:
@@ -174,7 +175,7 @@ class CheckpointHook:
         self.background = background
         self.stop_budget_seconds = stop_budget_seconds
         self.last = time.monotonic()
-        self.pending = None
+        self.pending: PendingCheckpoint | None = None
         self.warned = False
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:

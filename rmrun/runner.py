@@ -156,7 +156,7 @@ class RunSession:
     def _is_done(self, ctx: RunContext, step: Step) -> bool:
         # The tokenized data is read whole by every run that resumes, and hashed on that
         # read; here its manifest and sizes are enough. The other states are small.
-        return ctx.store.open_verified(step.produces, hash_files=step.kind != "tokenize") is not None
+        return ctx.store.open_verified(step.key, hash_files=step.kind != "tokenize") is not None
 
     def _run_graph(self, ctx: RunContext) -> None:
         steps = self._graph(ctx)

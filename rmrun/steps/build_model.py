@@ -112,7 +112,7 @@ def build_model(ctx: RunContext, step: Step, *, model: ModelSection, plugin: Plu
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
-    if key is None:
+    if key is None or loaded is None:
         state = TrainState(seed=run.seed)
     else:
         state = TrainState.from_dict(loaded)

@@ -27,10 +27,10 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
 
     trainer = ctx.trainer
     assert trainer is not None
-    committed = broadcast(ctx.store.open_verified(step.produces) is not None if ctx.rank.is_main else None)
+    committed = broadcast(ctx.store.open_verified(step.key) is not None if ctx.rank.is_main else None)
     if committed:
         if ctx.rank.is_main:
-            _say(ctx, json.loads(ctx.store.open_unverified(step.produces).read_bytes("eval.json"))["final"])
+            _say(ctx, json.loads(ctx.store.open_unverified(step.key).read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
     if history and history[-1]["step"] == trainer.state.step:
@@ -38,7 +38,7 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
     else:
         final = trainer.evaluate()
     if ctx.rank.is_main:
-        staged = ctx.stage(step.produces, meta={"step": trainer.state.step})
+        staged = ctx.stage(step.key, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()

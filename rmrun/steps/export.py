@@ -116,7 +116,7 @@ def export(ctx: RunContext, step: Step, *, output: OutputSection, data: DataSect
                 write_colossalchat_reward_model(tmp)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
             _upload(tmp, plan.export, step=trainer.state.step)
-            staged = ctx.stage(step.produces, meta={"url": plan.export, "step": trainer.state.step})
+            staged = ctx.stage(step.key, meta={"url": plan.export, "step": trainer.state.step})
             staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
             fault_point("export_commit", step=trainer.state.step)
             staged.commit()

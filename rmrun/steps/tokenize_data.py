@@ -43,7 +43,7 @@ def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSectio
 
     template = load_chat_template(data.chat_template)
     family = model_family(model)
-    staged = ctx.stage(step.produces, meta={"step": "tokenize"})
+    staged = ctx.stage(step.key, meta={"step": "tokenize"})
     stats = {}
     for split, urls in (("train", data.train), ("eval", data.eval)):
         if not urls:
@@ -88,12 +88,12 @@ def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | 
     streams; None (after rank 0 quarantined it) when a node found it corrupt."""
     from rmrun.nodecopy import node_copy
 
-    with node_copy(ctx.store, step.produces, rank=ctx.rank) as copy:
+    with node_copy(ctx.store, step.key, rank=ctx.rank) as copy:
         if copy.corrupt is None:
             return _load(copy.directory)
     if ctx.rank.is_main:
-        ctx.store.quarantine(step.produces, reason=copy.corrupt.reason, lease=ctx.lease)
-    ctx.say(f"quarantined {step.produces} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
+        ctx.store.quarantine(step.key, reason=copy.corrupt.reason, lease=ctx.lease)
+    ctx.say(f"quarantined {step.key} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
     return None
 
 
@@ -108,14 +108,14 @@ def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: Mode
     for _ in range(2):  # a copy found corrupt is written again, once
         # The runner's done-check has checked the manifest and sizes of a committed copy
         # (quarantining one that fails); its contents are hashed by the one read below.
-        if ctx.rank.is_main and ctx.store.open_unverified(step.produces) is None:
+        if ctx.rank.is_main and ctx.store.open_unverified(step.key) is None:
             _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
         barrier()
         loaded = _load_node_copy(ctx, step)
         if loaded is not None:
             break
     if loaded is None:
-        raise StoreError(f"tokenized data {step.produces} in {ctx.store.root} is corrupt again right after "
+        raise StoreError(f"tokenized data {step.key} in {ctx.store.root} is corrupt again right after "
                          "it was written: the store does not keep what it is given")
     ctx.tokenizer = tokenizer
     ctx.data = loaded
