@@ -29,8 +29,9 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
     assert trainer is not None
     committed = broadcast(ctx.store.open_verified(step.key) is not None if ctx.rank.is_main else None)
     if committed:
-        if ctx.rank.is_main:
-            _say(ctx, json.loads(ctx.store.open_unverified(step.key).read_bytes("eval.json"))["final"])
+        state = ctx.store.open_unverified(step.key) if ctx.rank.is_main else None
+        if state is not None:
+            _say(ctx, json.loads(state.read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
     if history and history[-1]["step"] == trainer.state.step:

@@ -26,10 +26,9 @@ if TYPE_CHECKING:
 
 def _export_files(ctx: RunContext, directory: str, trainer: Trainer, *, data, loss, model, run_name: str,
                   reward_stats: dict | None) -> None:
+    from rmrun.model import model_family
     from rmrun.scoring import write_contract, write_model_card
     from rmrun.trainer import metrics_jsonl
-
-    from rmrun.model import model_family
 
     write_contract(directory, data=data, loss=loss, family=model_family(model), reward_stats=reward_stats)
 
