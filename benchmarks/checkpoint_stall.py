@@ -85,10 +85,11 @@ def write_recipe(directory: Path, *, variant: str, total_steps: int, interval: i
 
 def _instrument() -> dict:
     """Time every CheckpointHook.after_step and optimizer step of this process's run."""
-    from rmrun import train
+    from rmrun.hooks import CheckpointHook
+    from rmrun.trainer import Trainer
 
     timings = {"hook": {}, "step": {}, "step_started": {}}
-    hook_after_step, optimizer_step = train.CheckpointHook.after_step, train.Trainer.optimizer_step
+    hook_after_step, optimizer_step = CheckpointHook.after_step, Trainer.optimizer_step
 
     def timed_hook(self, trainer, *, boundary):
         started = time.perf_counter()
@@ -104,8 +105,8 @@ def _instrument() -> dict:
         timings["step_started"][self.state.step + 1] = started
         return line
 
-    train.CheckpointHook.after_step = timed_hook
-    train.Trainer.optimizer_step = timed_step
+    CheckpointHook.after_step = timed_hook
+    Trainer.optimizer_step = timed_step
     return timings
 
 

@@ -9,7 +9,7 @@ ColossalAI import once and runs every model size.
 
 The ``train`` job builds, on the same model init and the same tokenized data:
 
-- ``rmrun``: rmrun's :class:`~rmrun.train.Trainer` on a ddp-boosted model, batches from
+- ``rmrun``: rmrun's :class:`~rmrun.trainer.Trainer` on a ddp-boosted model, batches from
   rmrun's sampler (length-grouped), padded to the longest sequence of the batch;
 - ``hand``: a hand-written PyTorch loop (plain AdamW, same collate, one concatenated
   chosen+rejected forward, loss, backward, clip, step) on exactly the batches ``rmrun`` takes;
@@ -346,7 +346,7 @@ def _pad_to_max_collate(tokenized, indices, *, pad_token_id: int, max_length: in
 
 
 def _colossalchat_trainer_class():
-    from rmrun.train import Trainer
+    from rmrun.trainer import Trainer
 
     class PadToMaxTrainer(Trainer):
         """rmrun's Trainer with ColossalChat's batching (the only thing that differs)."""
@@ -415,7 +415,7 @@ class HandLoop:
 def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False,
                          pack_pairs: bool = False):
     from rmrun.boost import boost
-    from rmrun.train import Trainer, TrainState
+    from rmrun.trainer import Trainer, TrainState
 
     boosted = boost(net, plan=plan, plugin=recipe.plugin, schedule=recipe.schedule, cuda=ranked.cuda)
     return (cls or Trainer)(

@@ -130,7 +130,7 @@ def _build(job: dict, rank):
     from rmrun.recipe import load_recipe, make_plan
     from rmrun.recipe.plugins import model_attention
     from rmrun.backbone import SHARED
-    from rmrun.train import Trainer, TrainState
+    from rmrun.trainer import Trainer, TrainState
 
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
     tokenizer = load_tokenizer(recipe.model)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
-from rmrun.recipe import RecipeError, environment_problems, load_recipe, make_plan
-from rmrun.recipe.schema import Recipe
+from rmrun.recipe import RecipeError, load_recipe, make_plan
 from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
     EXPORT_KEY,
@@ -16,7 +13,6 @@ from rmrun.store.keys import (
     LEASE_HOLDER_RECORD,
     PLAN_RECORD,
     QUARANTINED_RECORDS,
-    RECIPE_RECORD,
     STEP_RECORDS,
     TOKENIZE_PREFIX,
 )
@@ -145,99 +141,6 @@ def _print_checkpoint_times(store, keys: list[str]) -> None:
 # ------------------------------------------------------------------ run
 
 
-def _identity_check(ctx, recipe_path: str) -> None:
-    """Refuse to resume under a recipe whose result-changing keys differ."""
-    from rmrun.collective import broadcast
-    from rmrun.fingerprint import changed_keys
-
-    problem = None
-    if ctx.rank.is_main:
-        state = ctx.store.open_verified(IDENTITY_KEY)
-        if state is None:
-            staged = ctx.stage(IDENTITY_KEY, meta={})
-            staged.write_bytes("identity.json", json.dumps(ctx.identity, indent=2, sort_keys=True).encode())
-            staged.commit()
-        else:
-            stored = json.loads(state.read_bytes("identity.json"))
-            changes = changed_keys(stored, ctx.identity)
-            if changes:
-                problem = (f"{recipe_path}: cannot resume the run in {ctx.store.root}: result-changing keys differ "
-                           f"from the stored run ({'; '.join(changes)}); use a new run.name or run.state")
-    problem = broadcast(problem)
-    if problem:
-        raise RecipeError([problem])
-
-
-def _make_context(recipe_path: str, recipe: Recipe, rank):
-    from rmrun.collective import broadcast
-    from rmrun.context import RunContext
-    from rmrun.fingerprint import digest, run_identity
-    from rmrun.store import StateStore
-
-    store = StateStore(recipe.state_url)
-    lease = None
-    if rank.is_main:
-        holder = f"{os.uname().nodename}:{os.getpid()}"
-        lease = store.acquire_lease(holder=holder)
-        store.write_record(LEASE_HOLDER_RECORD, {"holder": holder, "generation": lease.generation, "time": time.time()},
-                           lease=lease)
-        store.clean_staging(lease=lease)
-    with open(recipe_path) as f:
-        text = f.read()
-    if rank.is_main:  # the recipe as written, for `rmrun report` (the identity holds the resolved keys)
-        store.write_record(RECIPE_RECORD, {"name": recipe.run.name, "path": os.path.abspath(recipe_path), "text": text},
-                           lease=lease)
-    broadcast(None)  # the other ranks start once the lease is held
-    identity = run_identity(recipe)
-    identity["fingerprint"] = digest(identity)
-    return RunContext(
-        store=store, lease=lease, rank=rank, recipe_path=recipe_path, recipe_text=text, identity=identity,
-        plan_for=lambda num_pairs: make_plan(recipe, world_size=rank.world_size, num_pairs=num_pairs),
-    )
-
-
-def _graph(ctx, recipe: Recipe):
-    from rmrun.collective import broadcast
-    from rmrun.graph import build_graph
-    from rmrun.steps.tokenize import tokenize_key
-
-    key = broadcast(tokenize_key(recipe.data, recipe.model) if ctx.rank.is_main else None)
-    # The number of epochs depends on the pair count only through max_steps; the
-    # stored plan (when there is one) has it, else the recipe's max_epochs.
-    stored = ctx.store.read_record(PLAN_RECORD)
-    num_epochs = stored["num_epochs"] if stored else recipe.schedule.max_epochs
-    return build_graph(num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval))
-
-
-def _run_graph(ctx, recipe: Recipe) -> int:
-    import dataclasses
-
-    from rmrun.graph import Runner
-
-    steps = _graph(ctx, recipe)
-    sections = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}
-
-    def record(name: str, data: dict) -> None:
-        order = [s.name for s in steps].index(name)
-        ctx.write_record(name, {"name": name, "order": order, **data})
-
-    def is_done(step) -> bool:
-        # The tokenized data is read whole by every run that resumes, and hashed on that
-        # read; here its manifest and sizes are enough. The other states are small.
-        return ctx.store.open_verified(step.produces, hash_files=step.kind != "tokenize") is not None
-
-    from rmrun.collective import broadcast
-
-    done = broadcast([s.name for s in steps if s.persistent and is_done(s)] if ctx.rank.is_main else None)
-    if all(s.name in done for s in steps if s.persistent):
-        ctx.say(f"run {recipe.run.name} is complete: the export is at {recipe.export_url}")
-        return EXIT_OK
-    if done:
-        ctx.say(f"resuming run {recipe.run.name} from {ctx.store.root}: done {', '.join(done)}")
-    Runner(ctx, steps, sections=sections, record=record).run(lambda s: s.name in done)
-    return EXIT_OK
-
-
 def _os_error_line(e: OSError) -> str:
     import errno
 
@@ -248,27 +151,21 @@ def _os_error_line(e: OSError) -> str:
 
 
 def run(recipe_path: str, *, overrides) -> int:
+    """Preflight, start the process group, run the session; its outcome becomes the exit code."""
     from rmrun.preflight import preflight
 
     recipe, _, _ = preflight(recipe_path, overrides=overrides)
     from rmrun import dist
     from rmrun.data import DataError
     from rmrun.model import ModelError
+    from rmrun.runner import RunSession
     from rmrun.store import NoValidState, StoreError
-    from rmrun.train import NonFiniteLoss, Preempted
+    from rmrun.trainer import NonFiniteLoss, Preempted
 
     rank = dist.start(seed=recipe.run.seed)
     try:
-        problems = environment_problems(recipe, rank.world)
-        if problems:
-            raise RecipeError([f"{recipe_path}: {p}" for p in problems])
-        ctx = _make_context(recipe_path, recipe, rank)
-        try:
-            _identity_check(ctx, recipe_path)
-            return _run_graph(ctx, recipe)
-        finally:
-            if ctx.lease is not None:
-                ctx.store.release(ctx.lease)
+        RunSession(recipe_path, recipe, rank=rank).run()
+        return EXIT_OK
     except (DataError, ModelError, NonFiniteLoss) as e:
         _err(str(e).splitlines()[0])
         return EXIT_USAGE

@@ -1,15 +1,32 @@
-"""What every step shares: the store and its lease, the process's rank, the plan,
-and the in-memory artifacts transient steps hand to later ones."""
+"""What every step shares: the store and its lease, the process's rank, the recipe and
+its plan, and the typed hand-offs between steps.
+
+A hand-off is a field that one step gives and later steps take, as the step graph
+declares (``Step.gives`` / ``Step.takes`` in rmrun/graph.py): the runner checks before
+it runs anything that each field a step takes is given by a step it needs, and after a
+step that it set what it gives. None until then.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rmrun.dist import Rank
+from rmrun.recipe import make_plan
 from rmrun.recipe.plan import Plan
+from rmrun.recipe.schema import Recipe
 from rmrun.store import Lease, StateStore
 from rmrun.store.keys import PLAN_RECORD, quarantined_record, step_record
+
+if TYPE_CHECKING:
+    from rmrun.boost import Boosted
+    from rmrun.data import TokenizedPairs
+    from rmrun.hooks import Hooks
+    from rmrun.trainer import Trainer, TrainState
+
+# The fields steps hand to one another; Step.gives and Step.takes name them.
+HANDOFFS = ("tokenizer", "data", "plan", "boosted", "train_state", "trainer")
 
 
 @dataclass
@@ -20,17 +37,32 @@ class RunContext:
     recipe_path: str
     recipe_text: str
     identity: dict
-    plan_for: Callable[[int], Plan] | None = None  # num_pairs -> plan, known once data is tokenized
-    plan: Plan | None = None
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    recipe: Recipe | None = None  # what the plan is made from (set_plan)
     log: Any = print
+
+    # Hand-offs, each set by one step kind.
+    tokenizer: Any = None  # tokenize: the Hugging Face tokenizer
+    data: dict[str, TokenizedPairs] | None = None  # tokenize: "train" and, with eval files, "eval"
+    plan: Plan | None = None  # boost, once the pair count is known
+    boosted: Boosted | None = None  # boost: model, optimizer and scheduler through the Booster
+    train_state: TrainState | None = None  # boost: fresh, or from the newest loadable checkpoint
+    trainer: Trainer | None = None  # the first train epoch
+
+    # Not a hand-off: made by the first train epoch that trains (none when every epoch is
+    # done), used by the later ones, closed by the run session on every path.
+    hooks: Hooks | None = None
 
     def set_plan(self, *, num_pairs: int) -> Plan:
         """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
-        self.plan = self.plan_for(num_pairs)
+        assert self.recipe is not None, "a context that makes a plan holds the recipe"
+        self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs)
         if self.rank.is_main:
             self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.lease)
         return self.plan
+
+    def handoffs(self) -> dict[str, Any]:
+        """The hand-off fields as they are now."""
+        return {name: getattr(self, name) for name in HANDOFFS}
 
     def read_record(self, name: str) -> dict | None:
         return self.store.read_record(step_record(name))
@@ -46,7 +78,7 @@ class RunContext:
         recomputed) is replaced; its quarantine note is kept as a record for status.
         """
         for note in self.store.quarantined(key):  # this key's folder alone: staging stays cheap as keys pile up
-            self.store.write_record(quarantined_record(key, note['attempt']), note, lease=self.lease)
+            self.store.write_record(quarantined_record(key, note["attempt"]), note, lease=self.lease)
             self.store.delete(key, lease=self.lease)
         return self.store.stage(key, lease=self.lease, meta=meta)
 

@@ -5,6 +5,10 @@ or output paths) and the versions of rmrun, ColossalAI and torch. Resuming under
 different fingerprint is refused with the list of keys that changed. The world size
 is recorded beside it: a change is allowed and reported, because the data position
 is kept sample-exact across it.
+
+The data fingerprint names the tokenized data set (its state key): the files'
+contents, the tokenizer files, the template, max_length, the overflow and bad-row
+policies. Runs that agree on it share one tokenized copy in a state root.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import os
 from importlib import metadata
 
 from rmrun.recipe.loader import flatten, recipe_to_dict
-from rmrun.recipe.schema import NON_RESULT_KEYS, Recipe
+from rmrun.recipe.schema import NON_RESULT_KEYS, DataSection, ModelSection, Recipe, is_template_text
+from rmrun.store import keys
 
 
 def _version(package: str) -> str:
@@ -76,3 +81,45 @@ def directory_digest(path: str) -> str:
             with open(full, "rb") as f:
                 hasher.update(f.read())
     return hasher.hexdigest()
+
+
+def _file_digest(url: str) -> str:
+    from rmrun.data import DataError
+
+    try:
+        return file_digest(url)
+    except FileNotFoundError:
+        raise DataError(f"{url}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{url}: cannot read: {e}") from None
+
+
+def data_fingerprint(data: DataSection, model: ModelSection) -> str:
+    from rmrun.backbone import backbone_family
+
+    return digest(
+        {
+            "train": [_file_digest(u) for u in data.train],
+            "eval": [_file_digest(u) for u in data.eval],
+            "format": data.format,
+            # How rendered text becomes ids; a new rule must not reuse data tokenized by an old one.
+            "rule": "scored-text-2",
+            "max_length": data.max_length,
+            "overflow": data.overflow,
+            "bad_rows": data.bad_rows,
+            "template": _template_digest(data.chat_template),
+            "tokenizer": directory_digest(model.tokenizer or model.pretrain),
+            "family": backbone_family(model.pretrain),
+        }
+    )
+
+
+def _template_digest(chat_template: str | None) -> str | None:
+    if chat_template is None:
+        return None
+    return digest({"text": chat_template}) if is_template_text(chat_template) else _file_digest(chat_template)
+
+
+def tokenize_key(data: DataSection, model: ModelSection) -> str:
+    """The state key of the tokenized data set."""
+    return keys.tokenize_key(data_fingerprint(data, model))

@@ -1,9 +1,12 @@
-"""The step graph as data, and the runner that walks it.
+"""The step graph as data.
 
-A step has a name, the steps it needs, the state key it produces (persistent steps)
-and the recipe sections it receives. The runner asks the state store what is done,
-skips it, runs the rest in order and records each step's status. It never imports a
-step's code itself: ``kind`` is looked up in :data:`STEP_KINDS` when the step runs.
+A step has a name, the steps it needs, the state key it produces (persistent steps),
+the recipe sections it receives, and the run-context fields it gives to later steps
+and takes from earlier ones (rmrun/context.py). :func:`check_graph` refuses a graph in
+which a step takes a field that no step it needs (directly or not) gives, or in which
+two steps give one field. The runner (rmrun/runner.py) asks the state store what is
+done, skips it and runs the rest in order. Neither imports a step's code: ``kind`` is
+looked up in :data:`STEP_KINDS` when the step runs.
 
 Every step is idempotent, so a run killed anywhere can simply be started again: a step
 whose output is already committed adopts it (a needed, done step loads it); one whose
@@ -14,20 +17,23 @@ lease is taken, and runs again. ``rmrun.faults.FAULT_POINTS`` names each crash p
 from __future__ import annotations
 
 import importlib
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from rmrun.store.keys import EVAL_FINAL_KEY, EXPORT_KEY, epoch_key
 
 # kind -> "module:function"; the function is called as fn(ctx, step, **sections).
 STEP_KINDS = {
-    "tokenize": "rmrun.steps.tokenize:run",
-    "boost": "rmrun.steps.boost:run",
-    "train_epoch": "rmrun.steps.train:run_epoch",
-    "evaluate": "rmrun.steps.evaluate:run",
-    "save": "rmrun.steps.save:run",
+    "tokenize": "rmrun.steps.tokenize_data:tokenize_data",
+    "boost": "rmrun.steps.build_model:build_model",
+    "train_epoch": "rmrun.steps.train_epoch:train_epoch",
+    "evaluate": "rmrun.steps.evaluate_final:evaluate_final",
+    "save": "rmrun.steps.export:export",
 }
+
+
+class GraphError(Exception):
+    """A step graph whose hand-offs do not add up, or a step that broke its declaration."""
 
 
 @dataclass(frozen=True)
@@ -38,21 +44,33 @@ class Step:
     produces: str | None = None  # state key; None for transient steps
     sections: tuple[str, ...] = ()
     params: dict = field(default_factory=dict)
+    gives: tuple[str, ...] = ()  # run-context fields this step sets
+    takes: tuple[str, ...] = ()  # run-context fields this step reads, given by steps it needs
 
     @property
     def persistent(self) -> bool:
         return self.produces is not None
 
+    @property
+    def key(self) -> str:
+        """The state key a persistent step produces."""
+        if self.produces is None:
+            raise GraphError(f"step {self.name} is transient: it produces no state")
+        return self.produces
+
 
 def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[Step]:
     """tokenize → boost → train epochs → evaluate → save."""
     steps = [
-        Step("tokenize", "tokenize", produces=tokenize_key, sections=("data", "model")),
-        Step("boost", "boost", needs=("tokenize",), sections=("model", "plugin", "schedule", "run")),
+        Step("tokenize", "tokenize", produces=tokenize_key, sections=("data", "model"), gives=("tokenizer", "data")),
+        Step("boost", "boost", needs=("tokenize",), sections=("model", "plugin", "schedule", "run"),
+             takes=("tokenizer", "data"), gives=("plan", "boosted", "train_state")),
     ]
     previous = "boost"
     for epoch in range(num_epochs):
         name = f"train/epoch-{epoch}"
+        # Every later epoch needs the first, so it runs (done or not) and makes the trainer.
+        first = epoch == 0
         steps.append(
             Step(
                 name,
@@ -61,29 +79,62 @@ def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[S
                 produces=epoch_key(epoch),
                 sections=("schedule", "loss", "checkpoint", "eval", "log", "data", "run"),
                 params={"epoch": epoch},
+                takes=("tokenizer", "data", "plan", "boosted", "train_state") if first else ("plan", "trainer"),
+                gives=("trainer",) if first else (),
             )
         )
         previous = name
     if has_eval:
-        steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces=EVAL_FINAL_KEY, sections=("loss", "eval")))
+        steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces=EVAL_FINAL_KEY,
+                          sections=("loss", "eval"), takes=("trainer",)))
         previous = "evaluate"
-    steps.append(Step("save", "save", needs=(previous, "boost"), produces=EXPORT_KEY, sections=("output", "data", "loss", "model", "run")))
+    steps.append(Step("save", "save", needs=(previous, "boost"), produces=EXPORT_KEY,
+                      sections=("output", "data", "loss", "model", "run"),
+                      takes=("tokenizer", "plan", "boosted", "trainer")))
+    check_graph(steps)
     return steps
 
 
-def _resolve(kind: str) -> Callable:
+def check_graph(steps: list[Step]) -> None:
+    """Raise :class:`GraphError` unless every step needs only earlier steps, takes only
+    fields given by steps it needs (directly or not), and each field has one giver."""
+    problems = []
+    givers: dict[str, str] = {}
+    upstream: dict[str, set[str]] = {}  # step -> every step it needs, directly or not
+    for step in steps:
+        if step.kind not in STEP_KINDS:
+            problems.append(f"step {step.name}: unknown kind {step.kind!r}")
+        upstream[step.name] = set()
+        for need in step.needs:
+            if need not in upstream:
+                problems.append(f"step {step.name} needs {need!r}, which is not an earlier step")
+                continue
+            upstream[step.name] |= {need} | upstream[need]
+        for name in step.gives:
+            if name in givers:
+                problems.append(f"steps {givers[name]} and {step.name} both give {name!r}")
+            givers.setdefault(name, step.name)
+        for name in step.takes:
+            if givers.get(name) not in upstream[step.name]:
+                problems.append(f"step {step.name} takes {name!r}, which no step it needs gives")
+    if problems:
+        raise GraphError("the step graph does not add up: " + "; ".join(problems))
+
+
+def step_function(kind: str) -> Callable:
+    """The function that runs steps of ``kind``, imported when first needed."""
     module, _, function = STEP_KINDS[kind].partition(":")
     return getattr(importlib.import_module(module), function)
 
 
-def pending_steps(steps: list[Step], is_done: Callable[[Step], bool]) -> list[Step]:
-    """Persistent steps not yet done, and everything they need, in graph order.
+def pending_steps(steps: list[Step], *, done: set[str]) -> list[Step]:
+    """Persistent steps not in ``done``, and everything they need, in graph order.
 
     A needed step that is already done (tokenize) still runs: it loads its committed
     output instead of computing it again.
     """
     by_name = {s.name: s for s in steps}
-    needed = {s.name for s in steps if s.persistent and not is_done(s)}
+    needed = {s.name for s in steps if s.persistent and s.name not in done}
     frontier = list(needed)
     while frontier:
         for need in by_name[frontier.pop()].needs:
@@ -91,36 +142,3 @@ def pending_steps(steps: list[Step], is_done: Callable[[Step], bool]) -> list[St
                 needed.add(need)
                 frontier.append(need)
     return [s for s in steps if s.name in needed]
-
-
-class Runner:
-    """Walks the graph; records pending / running / done / failed per step."""
-
-    def __init__(self, ctx: Any, steps: list[Step], *, sections: dict[str, Any], record: Callable[[str, dict], None]):
-        self.ctx = ctx
-        self.steps = steps
-        self.sections = sections
-        self.record = record
-
-    def run(self, is_done: Callable[[Step], bool]) -> list[str]:
-        """Run what is not done; returns the names of the steps that ran."""
-        ran = []
-        for step in pending_steps(self.steps, is_done):
-            attempts = self._attempts(step)
-            self.record(step.name, {"state": "running", "attempts": attempts, "started": time.time()})
-            try:
-                _resolve(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
-            except BaseException as e:
-                try:
-                    self.record(step.name, {"state": "failed", "attempts": attempts, "finished": time.time(),
-                                            "error": f"{type(e).__name__}: {e}"[:500]})
-                except Exception:  # noqa: BLE001 - a full or read-only disk: the first error is the one to report
-                    pass
-                raise
-            self.record(step.name, {"state": "done", "attempts": attempts, "finished": time.time()})
-            ran.append(step.name)
-        return ran
-
-    def _attempts(self, step: Step) -> int:
-        previous = self.ctx.read_record(step.name) or {}
-        return int(previous.get("attempts", 0)) + 1

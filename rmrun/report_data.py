@@ -289,7 +289,7 @@ def model_weight_bytes(store) -> int | None:
 
 def length_baseline(lengths: np.ndarray) -> list[dict]:
     """Longer-response-wins accuracy per length bucket (the training-time evaluation's buckets)."""
-    from rmrun.train import accuracy_by_length, length_bucket_counts
+    from rmrun.trainer import accuracy_by_length, length_bucket_counts
 
     diff = lengths[:, 0].astype(np.int64) - lengths[:, 1]
     credit = (diff > 0) + 0.5 * (diff == 0)

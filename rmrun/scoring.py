@@ -159,7 +159,7 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     import torch
 
     from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
-    from rmrun.train import accuracy_by_length, length_bucket_counts, longer_wins_credit
+    from rmrun.trainer import accuracy_by_length, length_bucket_counts, longer_wins_credit
 
     kept = [i for i, row in enumerate(rows) if i in scores and not row.single]
     if not kept:

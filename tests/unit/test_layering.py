@@ -54,7 +54,8 @@ BOOSTER = "booster"
 
 # tomli: tomllib's backport on Python 3.10, pure Python.
 STANDARD_LIBRARY = frozenset(sys.stdlib_module_names) | {"__future__", "tomli"}
-RUNNER_MODULES = ("runner.py", "graph.py")
+# The run's owner and what it hands to steps: none imports a step module.
+RUNNER_MODULES = ("runner.py", "graph.py", "context.py", "commands.py")
 BOOSTER_IMPORTER = "rmrun/boost.py"
 
 # Data-only modules outside rmrun/recipe/ that the recipe layer still imports: the
@@ -305,3 +306,19 @@ def test_store_keys_are_named_only_in_keys_py():
 ])
 def test_the_key_literal_check_itself(source, expected):
     assert any(_names_a_key_in_place(n) for n in ast.walk(ast.parse(source))) is expected
+
+
+def _top_level_functions(path: Path) -> set[str]:
+    return {n.name for n in _tree(path).body if isinstance(n, ast.FunctionDef)}
+
+
+def test_each_step_kind_names_a_step_function_whose_name_is_its_own():
+    from rmrun.graph import STEP_KINDS
+
+    elsewhere = set().union(*(_top_level_functions(p) for p in SOURCES if p.parent != PACKAGE / "steps"))
+    for kind, target in STEP_KINDS.items():
+        module, _, function = target.partition(":")
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        assert module.startswith("rmrun.steps.") and path.is_file(), (kind, target)
+        assert function in _top_level_functions(path), (kind, target)
+        assert function not in elsewhere, f"{target}: another module defines {function}() too"

@@ -7,22 +7,31 @@ export, the committed result is adopted, not computed or staged again.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
+
+from rmrun.recipe.schema import EvalSection, LossSection
+
+if TYPE_CHECKING:
+    from rmrun.context import RunContext
+    from rmrun.graph import Step
 
 
-def _say(ctx, final: dict) -> None:
+def _say(ctx: RunContext, final: dict) -> None:
     ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
             f"longer-wins baseline {final['longer_wins_accuracy']:.4f}")
 
 
-def run(ctx, step, *, loss, eval) -> None:
+def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:
     from rmrun.collective import broadcast
     from rmrun.faults import fault_point
 
-    trainer = ctx.artifacts["trainer"]
-    committed = broadcast(ctx.store.open_verified(step.produces) is not None if ctx.rank.is_main else None)
+    trainer = ctx.trainer
+    assert trainer is not None
+    committed = broadcast(ctx.store.open_verified(step.key) is not None if ctx.rank.is_main else None)
     if committed:
-        if ctx.rank.is_main:
-            _say(ctx, json.loads(ctx.store.open_unverified(step.produces).read_bytes("eval.json"))["final"])
+        state = ctx.store.open_unverified(step.key) if ctx.rank.is_main else None
+        if state is not None:
+            _say(ctx, json.loads(state.read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
     if history and history[-1]["step"] == trainer.state.step:
@@ -30,7 +39,7 @@ def run(ctx, step, *, loss, eval) -> None:
     else:
         final = trainer.evaluate()
     if ctx.rank.is_main:
-        staged = ctx.stage(step.produces, meta={"step": trainer.state.step})
+        staged = ctx.stage(step.key, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()

@@ -12,21 +12,29 @@ import json
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
+from rmrun.recipe.schema import DataSection, LossSection, ModelSection, OutputSection, RunSection
 from rmrun.store.keys import EVAL_FINAL_KEY
 
+if TYPE_CHECKING:
+    from rmrun.boost import Boosted
+    from rmrun.context import RunContext
+    from rmrun.graph import Step
+    from rmrun.trainer import Trainer
 
-def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: str,
+
+def _export_files(ctx: RunContext, directory: str, trainer: Trainer, *, data, loss, model, run_name: str,
                   reward_stats: dict | None) -> None:
     from rmrun.export import write_contract, write_model_card
-    from rmrun.train import metrics_jsonl
-
     from rmrun.model import model_family
+    from rmrun.trainer import metrics_jsonl
 
     write_contract(directory, data=data, loss=loss, family=model_family(model), reward_stats=reward_stats)
 
     with open(os.path.join(directory, "recipe.toml"), "w") as f:
         f.write(ctx.recipe_text)
+    assert ctx.plan is not None
     with open(os.path.join(directory, "plan.json"), "w") as f:
         f.write(ctx.plan.to_json())
     with open(os.path.join(directory, "metrics.jsonl"), "w") as f:
@@ -40,7 +48,7 @@ def _export_files(ctx, directory: str, trainer, *, data, loss, model, run_name: 
                      model=model, data=data, evaluation=final, reward_stats=reward_stats)
 
 
-def _write_model(ctx, directory: str, boosted, tokenizer) -> None:
+def _write_model(ctx: RunContext, directory: str, boosted: Boosted, tokenizer) -> None:
     from rmrun.model import export_reward_model, exportable_tokenizer
 
     if boosted.sharded:
@@ -80,22 +88,24 @@ def _upload(local_dir: str, url: str, *, step: int) -> None:
             fault_point("export_upload", step=step)
 
 
-def _reward_stats(trainer) -> dict:
+def _reward_stats(trainer: Trainer) -> dict:
     """Mean and std of the final model's rewards over every training pair, both responses."""
     result = trainer.evaluate(data=trainer.data)
     return {"mean": (result["chosen_reward"] + result["rejected_reward"]) / 2, "std": result["reward_std"],
             "pairs": result["pairs"], "data": "train"}
 
 
-def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (sections arrive by table name)
+def export(ctx: RunContext, step: Step, *, output: OutputSection, data: DataSection, loss: LossSection,
+           model: ModelSection, run: RunSection) -> None:
     from rmrun.collective import barrier, broadcast
     from rmrun.faults import fault_point
 
-    trainer = ctx.artifacts["trainer"]
+    trainer, plan = ctx.trainer, ctx.plan
+    assert trainer is not None and plan is not None and ctx.boosted is not None
     stats = _reward_stats(trainer) if output.reward_stats else None  # every rank takes part
     tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
     try:
-        _write_model(ctx, tmp, ctx.artifacts["boosted"], ctx.artifacts["tokenizer"])
+        _write_model(ctx, tmp, ctx.boosted, ctx.tokenizer)
         barrier()
         if ctx.rank.is_main:
             _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
@@ -104,13 +114,13 @@ def run(ctx, step, *, output, data, loss, model, run) -> None:  # noqa: A002 (se
 
                 write_colossalchat_reward_model(tmp)
             ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
-            _upload(tmp, ctx.plan.export, step=trainer.state.step)
-            staged = ctx.stage(step.produces, meta={"url": ctx.plan.export, "step": trainer.state.step})
+            _upload(tmp, plan.export, step=trainer.state.step)
+            staged = ctx.stage(step.key, meta={"url": plan.export, "step": trainer.state.step})
             staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
             fault_point("export_commit", step=trainer.state.step)
             staged.commit()
             fault_point("export_done", step=trainer.state.step)
-            ctx.say(f"exported the reward model to {ctx.plan.export}")
+            ctx.say(f"exported the reward model to {plan.export}")
         barrier()
     finally:
         if ctx.rank.is_main:

@@ -8,57 +8,16 @@ same state root. Rank 0 tokenizes and commits; the other ranks load what it comm
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from rmrun.recipe.schema import DataSection, ModelSection
-from rmrun.store import keys as store_keys
+
+if TYPE_CHECKING:
+    from rmrun.context import RunContext
+    from rmrun.data import TokenizedPairs
+    from rmrun.graph import Step
 
 ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
-
-
-def _file_digest(url: str) -> str:
-    from rmrun.data import DataError
-    from rmrun.fingerprint import file_digest
-
-    try:
-        return file_digest(url)
-    except FileNotFoundError:
-        raise DataError(f"{url}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{url}: cannot read: {e}") from None
-
-
-def data_fingerprint(data: DataSection, model: ModelSection) -> str:
-    from rmrun.backbone import backbone_family
-    from rmrun.fingerprint import digest, directory_digest
-
-    return digest(
-        {
-            "train": [_file_digest(u) for u in data.train],
-            "eval": [_file_digest(u) for u in data.eval],
-            "format": data.format,
-            # How rendered text becomes ids; a new rule must not reuse data tokenized by an old one.
-            "rule": "scored-text-2",
-            "max_length": data.max_length,
-            "overflow": data.overflow,
-            "bad_rows": data.bad_rows,
-            "template": _template_digest(data.chat_template),
-            "tokenizer": directory_digest(model.tokenizer or model.pretrain),
-            "family": backbone_family(model.pretrain),
-        }
-    )
-
-
-def _template_digest(chat_template: str | None) -> str | None:
-    from rmrun.fingerprint import digest
-    from rmrun.recipe.schema import is_template_text
-
-    if chat_template is None:
-        return None
-    return digest({"text": chat_template}) if is_template_text(chat_template) else _file_digest(chat_template)
-
-
-def tokenize_key(data: DataSection, model: ModelSection) -> str:
-    return store_keys.tokenize_key(data_fingerprint(data, model))
 
 
 def _tokenize_split(urls, *, data: DataSection, tokenizer, template, family, say):
@@ -75,7 +34,7 @@ def _tokenize_split(urls, *, data: DataSection, tokenizer, template, family, say
     return tokenized, stats
 
 
-def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
+def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
     from safetensors.numpy import save
 
     from rmrun.data import DataError, load_chat_template
@@ -84,7 +43,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
 
     template = load_chat_template(data.chat_template)
     family = model_family(model)
-    staged = ctx.stage(step.produces, meta={"step": "tokenize"})
+    staged = ctx.stage(step.key, meta={"step": "tokenize"})
     stats = {}
     for split, urls in (("train", data.train), ("eval", data.eval)):
         if not urls:
@@ -107,7 +66,7 @@ def _write(ctx, step, *, data: DataSection, model: ModelSection, tokenizer) -> N
     staged.commit()
 
 
-def _load(directory: str) -> dict:
+def _load(directory: str) -> dict[str, TokenizedPairs]:
     import os
 
     from safetensors.numpy import load_file
@@ -124,21 +83,21 @@ def _load(directory: str) -> dict:
     return out
 
 
-def _load_node_copy(ctx, step) -> dict | None:
+def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | None:
     """Collective: the tokenized data, read from the store once per node and hashed as it
     streams; None (after rank 0 quarantined it) when a node found it corrupt."""
     from rmrun.nodecopy import node_copy
 
-    with node_copy(ctx.store, step.produces, rank=ctx.rank) as copy:
+    with node_copy(ctx.store, step.key, rank=ctx.rank) as copy:
         if copy.corrupt is None:
             return _load(copy.directory)
     if ctx.rank.is_main:
-        ctx.store.quarantine(step.produces, reason=copy.corrupt.reason, lease=ctx.lease)
-    ctx.say(f"quarantined {step.produces} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
+        ctx.store.quarantine(step.key, reason=copy.corrupt.reason, lease=ctx.lease)
+    ctx.say(f"quarantined {step.key} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
     return None
 
 
-def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
+def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection) -> None:
     from rmrun.collective import barrier
     from rmrun.faults import fault_point
     from rmrun.model import load_tokenizer
@@ -149,15 +108,15 @@ def run(ctx, step, *, data: DataSection, model: ModelSection) -> None:
     for _ in range(2):  # a copy found corrupt is written again, once
         # The runner's done-check has checked the manifest and sizes of a committed copy
         # (quarantining one that fails); its contents are hashed by the one read below.
-        if ctx.rank.is_main and ctx.store.open_unverified(step.produces) is None:
+        if ctx.rank.is_main and ctx.store.open_unverified(step.key) is None:
             _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
         barrier()
         loaded = _load_node_copy(ctx, step)
         if loaded is not None:
             break
     if loaded is None:
-        raise StoreError(f"tokenized data {step.produces} in {ctx.store.root} is corrupt again right after "
+        raise StoreError(f"tokenized data {step.key} in {ctx.store.root} is corrupt again right after "
                          "it was written: the store does not keep what it is given")
-    ctx.artifacts["tokenizer"] = tokenizer
-    ctx.artifacts["data"] = loaded
+    ctx.tokenizer = tokenizer
+    ctx.data = loaded
     fault_point("tokenized", rank=ctx.rank.rank)

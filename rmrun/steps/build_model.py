@@ -4,8 +4,15 @@ optimizer and scheduler through the Booster, then the newest committed checkpoin
 from __future__ import annotations
 
 import pickle
+from typing import TYPE_CHECKING
 
 from rmrun.recipe.schema import ModelSection, PluginSection, RunSection, ScheduleSection
+
+if TYPE_CHECKING:
+    from rmrun.boost import Boosted
+    from rmrun.context import RunContext
+    from rmrun.graph import Step
+    from rmrun.trainer import TrainState
 
 
 # What a committed checkpoint that verifies but cannot be loaded raises: a refused or
@@ -24,7 +31,7 @@ def _is_corrupt(error: BaseException) -> bool:
     return isinstance(error, LOAD_ERRORS) and not isinstance(error, (LeaseLost, torch.cuda.OutOfMemoryError))
 
 
-def _load_newest_loadable(ctx, boosted) -> tuple[str | None, dict | None]:
+def _load_newest_loadable(ctx: RunContext, boosted: Boosted) -> tuple[str | None, dict | None]:
     """Load the newest checkpoint that loads on every rank; one whose files do not match
     their manifest as they are read, or that verifies but does not load, is quarantined
     with the reason and the previous one is tried. Raises NoValidState (via
@@ -64,7 +71,7 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else "no message"
 
 
-def _say_quarantined(ctx) -> None:
+def _say_quarantined(ctx: RunContext) -> None:
     """Resume says what it (or an earlier attempt) quarantined, and why."""
     if not ctx.rank.is_main:
         return
@@ -72,7 +79,7 @@ def _say_quarantined(ctx) -> None:
         ctx.say(f"quarantined {note['key']} ({note['attempt']}): {note['reason']}")
 
 
-def _record_start(ctx, *, key: str | None, state) -> None:
+def _record_start(ctx: RunContext, *, key: str | None, state: TrainState) -> None:
     """``starts/<generation>``: where this start of the run took up training (a resume, when a
     checkpoint was loaded), for ``rmrun report``."""
     import time
@@ -86,24 +93,25 @@ def _record_start(ctx, *, key: str | None, state) -> None:
         }, lease=ctx.lease)
 
 
-def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection, run: RunSection) -> None:
+def build_model(ctx: RunContext, step: Step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection,
+                run: RunSection) -> None:
     from rmrun.boost import boost
     from rmrun.checkpoint import seed_everything
     from rmrun.faults import fault_point, restore_enabled
     from rmrun.model import build_reward_model
     from rmrun.recipe.plugins import model_attention
-    from rmrun.train import TrainState
+    from rmrun.trainer import TrainState
 
-    data = ctx.artifacts["data"]
-    plan = ctx.set_plan(num_pairs=len(data["train"]))
+    assert ctx.data is not None
+    plan = ctx.set_plan(num_pairs=len(ctx.data["train"]))
     seed_everything(run.seed + ctx.rank.rank)
     net = build_reward_model(
-        model, tokenizer=ctx.artifacts["tokenizer"], grad_checkpoint=plugin.grad_checkpoint,
+        model, tokenizer=ctx.tokenizer, grad_checkpoint=plugin.grad_checkpoint,
         attn_implementation=model_attention(plugin), seed=run.seed,
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
-    if key is None:
+    if key is None or loaded is None:
         state = TrainState(seed=run.seed)
     else:
         state = TrainState.from_dict(loaded)
@@ -111,6 +119,6 @@ def run(ctx, step, *, model: ModelSection, plugin: PluginSection, schedule: Sche
             state.pairs_consumed = 0
         ctx.say(f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed")
     _record_start(ctx, key=key, state=state)
-    ctx.artifacts["boosted"] = boosted
-    ctx.artifacts["train_state"] = state
+    ctx.boosted = boosted
+    ctx.train_state = state
     fault_point("boosted", step=state.step, rank=ctx.rank.rank)

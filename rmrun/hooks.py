@@ -1,0 +1,250 @@
+"""The training loop's hooks: periodic work after each optimizer step, with a cadence.
+
+Logging (terminal and TensorBoard), evaluation, checkpoints and the stop signal that
+turns a preemption into a committed checkpoint and exit 75. :class:`Hooks` holds the
+three a run uses, in the order they run, and closes them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rmrun.collective import any_flag
+from rmrun.trainer import Hook, Preempted, Trainer
+
+if TYPE_CHECKING:
+    from rmrun.checkpoint import PendingCheckpoint
+    from rmrun.context import RunContext
+
+class StopSignal:
+    """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+class LogHook:
+    """metrics to the terminal: a progress bar on a TTY, plain lines every N steps otherwise."""
+
+    SYNC_SECONDS = 60
+
+    def __init__(self, *, every: int, plan, rank, mode: str, tensorboard_dir: str | None, start_step: int,
+                 tensorboard_url: str | None = None, sync_steps: int | None = None):
+        """``tensorboard_dir``: a local directory for the event files; ``tensorboard_url``: where
+        they are copied (a state on s3://, gs://...) every minute, every ``sync_steps`` steps (the
+        checkpoint interval: what a resume keeps is in the store), at epoch ends and at the end."""
+        self.sync_steps = sync_steps
+        self.every = every
+        self.plan = plan
+        self.enabled = rank.is_main
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = None
+        self.lines = mode != "off" and not use_bar
+        self.started = time.monotonic()
+        self.start_step = start_step
+        self.pairs = 0
+        if self.enabled and use_bar and mode != "off":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=plan.total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self.writer = None
+        self.tensorboard_dir, self.tensorboard_url = tensorboard_dir, tensorboard_url
+        self.synced: dict[str, int] = {}
+        self.last_sync = time.monotonic()
+        if self.enabled and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: a resumed run re-does the steps after its checkpoint; TensorBoard
+            # then drops the first attempt's events from there on instead of showing both.
+            # Also from step 1: a run killed before its first checkpoint committed starts over.
+            self.writer = SummaryWriter(tensorboard_dir, purge_step=start_step + 1)
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        if not self.enabled:
+            return
+        line = trainer.state.metrics[-1]
+        self.pairs += trainer.plan.pairs_per_step
+        elapsed = time.monotonic() - self.started
+        rate = self.pairs / elapsed if elapsed > 0 else 0.0
+        done = trainer.state.step - self.start_step
+        eta = (self.plan.total_steps - trainer.state.step) * elapsed / max(done, 1)
+        if self.writer is not None:
+            for key in ("loss", "accuracy", "margin", "lr"):
+                if line.get(key) is not None:
+                    self.writer.add_scalar(f"train/{key}", line[key], line["step"])
+            if (boundary or time.monotonic() - self.last_sync >= self.SYNC_SECONDS
+                    or (self.sync_steps and line["step"] % self.sync_steps == 0)):
+                self.sync()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", acc=f"{line.get('accuracy', 0):.3f}",
+                                 lr=f"{line['lr']:.2e}", pairs_s=f"{rate:.1f}")
+            self.bar.update(1)
+        elif self.lines and (line["step"] % self.every == 0 or boundary):
+            print(
+                f"step {line['step']}/{self.plan.total_steps} epoch {line['epoch']} loss {line.get('loss', 0):.4f} "
+                f"acc {line.get('accuracy', 0):.3f} lr {line['lr']:.3e} {rate:.1f} pairs/s eta {eta:.0f}s",
+                flush=True,
+            )
+
+    def log_eval(self, result: dict) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for key in ("loss", "accuracy", "margin"):
+                self.writer.add_scalar(f"eval/{key}", result[key], result["step"])
+        message = (f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
+                   f"(longer-wins baseline {result['longer_wins_accuracy']:.3f})")
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def sync(self) -> None:
+        """Flush the event files and copy new or grown ones to ``tensorboard_url``."""
+        self.last_sync = time.monotonic()
+        if self.writer is None:
+            return
+        self.writer.flush()
+        if self.tensorboard_url is None:
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.tensorboard_url)
+        for name in sorted(os.listdir(self.tensorboard_dir)):
+            path = os.path.join(self.tensorboard_dir, name)
+            size = os.path.getsize(path)
+            if os.path.isfile(path) and self.synced.get(name) != size:
+                fs.put_file(path, f"{root.rstrip('/')}/{name}")
+                self.synced[name] = size
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.writer is not None:
+            self.sync()
+            self.writer.close()
+            self.writer = None
+
+
+class EvalHook:
+    """Evaluate every N steps and at each epoch end (when there is eval data)."""
+
+    def __init__(self, *, every: int | None, log: LogHook):
+        self.every = every
+        self.log = log
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        if trainer.eval_data is None:
+            return
+        due = boundary or (self.every is not None and trainer.state.step % self.every == 0)
+        done = trainer.state.evals and trainer.state.evals[-1]["step"] == trainer.state.step
+        if due and not done:
+            result = trainer.evaluate()
+            trainer.state.evals.append(result)
+            self.log.log_eval(result)
+
+
+class CheckpointHook:
+    """Commit every N steps / seconds, at epoch ends, at the end, and on a stop signal (then exit 75).
+
+    With ``background`` the upload of a periodic checkpoint runs while training goes on
+    (see rmrun/checkpoint.py); it is committed at the first step boundary after every
+    rank's upload is over. At most one is in flight: the next checkpoint waits for it, and
+    the checkpoints at epoch ends, at the end and on a stop signal block until committed.
+    """
+
+    def __init__(self, *, ctx: RunContext, every: int | None, seconds: float | None, keep: int, stop: StopSignal,
+                 background: bool = False, stop_budget_seconds: float | None = None):
+        self.ctx = ctx
+        self.every = every
+        self.seconds = seconds
+        self.keep = keep
+        self.stop = stop
+        self.background = background
+        self.stop_budget_seconds = stop_budget_seconds
+        self.last = time.monotonic()
+        self.pending: PendingCheckpoint | None = None
+        self.warned = False
+
+    def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
+        from rmrun.checkpoint import start_checkpoint
+
+        step = trainer.state.step
+        by_time = self.ctx.rank.is_main and self.seconds is not None and time.monotonic() - self.last >= self.seconds
+        uploading = self.pending is not None and self.pending.uploading()
+        # rank 0 decides time; any rank's signal counts; an upload is over when every rank's is
+        by_time, stop, uploading = any_flag(by_time, self.stop.requested, uploading)
+        if self.pending is not None and not uploading:
+            self.finish_pending()
+        due = boundary or by_time or stop or (self.every is not None and step % self.every == 0)
+        if due:
+            self.finish_pending()  # on a stop signal too: the upload in flight finishes first
+            self.pending = start_checkpoint(self.ctx, boosted=trainer.boosted, trainer_state=trainer.state.to_dict())
+            self.last = time.monotonic()
+            if boundary or stop or not self.background:
+                self._finish(quiet=True)
+        if stop:
+            raise Preempted(f"stopped by signal after committing the checkpoint at step {step}")
+
+    def finish_pending(self) -> None:
+        """All ranks: wait for the checkpoint in flight, if any, and commit it."""
+        self._finish(quiet=False)
+
+    def _finish(self, *, quiet: bool) -> None:
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        if pending.uploading() and not quiet:
+            self.ctx.say(f"waiting for the background upload of checkpoint {pending.key}")
+        self._check_budget(pending.key, pending.finish(keep=self.keep))
+
+    def abandon(self) -> None:
+        """The run is failing: leave the checkpoint in flight uncommitted (no collective)."""
+        if self.pending is not None:
+            self.pending.abandon()
+            self.pending = None
+
+    def _check_budget(self, key: str, timings: dict) -> None:
+        total = sum(timings.values())
+        if self.warned or self.stop_budget_seconds is None or total <= self.stop_budget_seconds:
+            return
+        self.warned = True
+        self.ctx.say(
+            f"warning: checkpoint {key} took {total:.1f} s to commit (snapshot {timings['snapshot_seconds']:.1f} s, "
+            f"upload {timings['upload_seconds']:.1f} s, commit {timings['commit_seconds']:.1f} s), more than "
+            f"checkpoint.stop_budget_seconds = {self.stop_budget_seconds:g}: the checkpoint taken on a stop signal "
+            f"may not finish before the machine goes away"
+        )
+
+
+@dataclass
+class Hooks:
+    """The hooks of a run, in the order they run after each step (the checkpoint last, so
+    it holds the evaluation of its step)."""
+
+    log: LogHook
+    eval: EvalHook
+    checkpoint: CheckpointHook
+
+    def __iter__(self) -> Iterator[Hook]:
+        return iter((self.log, self.eval, self.checkpoint))
+
+    def close(self) -> None:
+        """Leave a checkpoint still in flight uncommitted (no collective; a finished epoch
+        has none), close the progress bar and the TensorBoard writer (synced to the store)."""
+        try:
+            self.checkpoint.abandon()
+        finally:
+            self.log.close()

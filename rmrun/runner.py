@@ -1,0 +1,237 @@
+"""One run of a recipe in this process, from taking the lease to giving it back.
+
+:class:`RunSession` owns everything a run holds: the lease (rank 0), the identity
+check, the recipe record, the context and its plan, the step graph, the done-check
+and the step records (pending → running → done or failed, with the attempt count).
+One ``finally`` closes what the run opened, whatever happened: the hooks (progress
+bar, TensorBoard writer), then the lease. It raises what the run raised; the caller
+maps that to an exit code.
+
+The session never imports a step's code: the graph names each step's function
+(rmrun/graph.py, ``STEP_KINDS``), imported when the step runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+from rmrun.collective import broadcast
+from rmrun.context import HANDOFFS, RunContext
+from rmrun.dist import Rank
+from rmrun.graph import GraphError, Step, build_graph, pending_steps, step_function
+from rmrun.recipe import RecipeError, environment_problems
+from rmrun.recipe.schema import Recipe
+from rmrun.store import Lease, StateStore
+from rmrun.store.keys import IDENTITY_KEY, LEASE_HOLDER_RECORD, PLAN_RECORD, RECIPE_RECORD
+
+
+class RunSession:
+    """Runs ``recipe`` (read from ``recipe_path``) in this process of the group ``rank``."""
+
+    def __init__(self, recipe_path: str, recipe: Recipe, *, rank: Rank):
+        self.recipe_path = recipe_path
+        self.recipe = recipe
+        self.rank = rank
+        self.store: StateStore | None = None
+        self.lease: Lease | None = None  # rank 0, once taken
+        self.ctx: RunContext | None = None
+
+    def run(self) -> None:
+        """Run what is not done yet; close everything on every path."""
+        failing = True
+        try:
+            self._check_environment()
+            self.ctx = self._open()
+            self._check_identity(self.ctx)
+            self._run_graph(self.ctx)
+            failing = False
+        finally:
+            self.close(failing=failing)
+
+    def close(self, *, failing: bool) -> None:
+        """Close the hooks, then give the lease back. Each is tried; when the run is
+        failing its error is the one reported, else the first error closing raised."""
+        closers: list[Callable[[], None]] = []
+        if self.ctx is not None and self.ctx.hooks is not None:
+            closers.append(self.ctx.hooks.close)
+        if self.lease is not None:
+            closers.append(self._release)
+        errors = []
+        for close in closers:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - the next one still closes
+                errors.append(e)
+        if errors and not failing:
+            raise errors[0]
+
+    def _release(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None and self.store is not None:
+            self.store.release(lease)
+
+    # ------------------------------------------------------------- opening
+
+    def _check_environment(self) -> None:
+        """The checks that need the process group (world size, CUDA)."""
+        problems = environment_problems(self.recipe, self.rank.world)
+        if problems:
+            raise RecipeError([f"{self.recipe_path}: {p}" for p in problems])
+
+    def _open(self) -> RunContext:
+        """Take the lease (rank 0) and record who holds it and the recipe as written."""
+        store = self.store = StateStore(self.recipe.state_url)
+        if self.rank.is_main:
+            holder = f"{os.uname().nodename}:{os.getpid()}"
+            lease = self.lease = store.acquire_lease(holder=holder)
+            store.write_record(
+                LEASE_HOLDER_RECORD,
+                {"holder": holder, "generation": lease.generation, "time": time.time()},
+                lease=lease,
+            )
+            store.clean_staging(lease=lease)
+        with open(self.recipe_path) as f:
+            text = f.read()
+        if self.rank.is_main:  # the recipe as written, for `rmrun report` (the identity holds the resolved keys)
+            store.write_record(
+                RECIPE_RECORD,
+                {"name": self.recipe.run.name, "path": os.path.abspath(self.recipe_path), "text": text},
+                lease=self.lease,
+            )
+        broadcast(None)  # the other ranks start once the lease is held
+        from rmrun.fingerprint import digest, run_identity
+
+        identity = run_identity(self.recipe)
+        identity["fingerprint"] = digest(identity)
+        return RunContext(
+            store=store,
+            lease=self.lease,
+            rank=self.rank,
+            recipe_path=self.recipe_path,
+            recipe_text=text,
+            identity=identity,
+            recipe=self.recipe,
+        )
+
+    def _check_identity(self, ctx: RunContext) -> None:
+        """Refuse to resume under a recipe whose result-changing keys differ."""
+        from rmrun.fingerprint import changed_keys
+
+        problem = None
+        if ctx.rank.is_main:
+            state = ctx.store.open_verified(IDENTITY_KEY)
+            if state is None:
+                staged = ctx.stage(IDENTITY_KEY, meta={})
+                staged.write_bytes("identity.json", json.dumps(ctx.identity, indent=2, sort_keys=True).encode())
+                staged.commit()
+            else:
+                stored = json.loads(state.read_bytes("identity.json"))
+                changes = changed_keys(stored, ctx.identity)
+                if changes:
+                    problem = (
+                        f"{self.recipe_path}: cannot resume the run in {ctx.store.root}: result-changing keys "
+                        f"differ from the stored run ({'; '.join(changes)}); use a new run.name or run.state"
+                    )
+        problem = broadcast(problem)
+        if problem:
+            raise RecipeError([problem])
+
+    # ------------------------------------------------------------- the graph
+
+    def _graph(self, ctx: RunContext) -> list[Step]:
+        from rmrun.fingerprint import tokenize_key
+
+        recipe = self.recipe
+        key = broadcast(tokenize_key(recipe.data, recipe.model) if ctx.rank.is_main else None)
+        # The number of epochs depends on the pair count only through max_steps; the
+        # stored plan (when there is one) has it, else the recipe's max_epochs.
+        stored = ctx.store.read_record(PLAN_RECORD)
+        num_epochs = stored["num_epochs"] if stored else recipe.schedule.max_epochs
+        return build_graph(num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval))
+
+    def _is_done(self, ctx: RunContext, step: Step) -> bool:
+        # The tokenized data is read whole by every run that resumes, and hashed on that
+        # read; here its manifest and sizes are enough. The other states are small.
+        return ctx.store.open_verified(step.key, hash_files=step.kind != "tokenize") is not None
+
+    def _run_graph(self, ctx: RunContext) -> None:
+        steps = self._graph(ctx)
+        walk = GraphWalk(ctx, steps, sections=_sections(self.recipe))
+        persistent = [s for s in steps if s.persistent]
+        done = broadcast([s.name for s in persistent if self._is_done(ctx, s)] if ctx.rank.is_main else None)
+        if len(done) == len(persistent):
+            ctx.say(f"run {self.recipe.run.name} is complete: the export is at {self.recipe.export_url}")
+            return
+        if done:
+            ctx.say(f"resuming run {self.recipe.run.name} from {ctx.store.root}: done {', '.join(done)}")
+        walk.run(done=set(done))
+
+
+def _sections(recipe: Recipe) -> dict[str, object]:
+    return {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}
+
+
+class GraphWalk:
+    """Runs the steps of a graph that are not done, in order, recording each one's state
+    (running, then done or failed, with its attempt count) and checking that it set the
+    context fields it gives and no other."""
+
+    def __init__(self, ctx: RunContext, steps: list[Step], *, sections: dict[str, object]):
+        unknown = sorted({name for s in steps for name in s.gives + s.takes} - set(HANDOFFS))
+        if unknown:
+            raise GraphError(f"the step graph names {', '.join(unknown)}, not fields the run context hands off")
+        self.ctx = ctx
+        self.steps = steps
+        self.sections = sections
+        self.order = {s.name: i for i, s in enumerate(steps)}
+
+    def run(self, *, done: set[str]) -> list[str]:
+        """Run the steps not in ``done`` and those they need; returns the names that ran."""
+        ran = []
+        for step in pending_steps(self.steps, done=done):
+            self.run_step(step)
+            ran.append(step.name)
+        return ran
+
+    def run_step(self, step: Step) -> None:
+        attempts = self._attempts(step)
+        self._record(step, {"state": "running", "attempts": attempts, "started": time.time()})
+        try:
+            before = self.ctx.handoffs()
+            step_function(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
+            self._check_gives(step, before)
+        except BaseException as e:
+            try:
+                self._record(
+                    step,
+                    {
+                        "state": "failed",
+                        "attempts": attempts,
+                        "finished": time.time(),
+                        "error": f"{type(e).__name__}: {e}"[:500],
+                    },
+                )
+            except Exception:  # noqa: BLE001 - a full or read-only disk: the first error is the one to report
+                pass
+            raise
+        self._record(step, {"state": "done", "attempts": attempts, "finished": time.time()})
+
+    def _check_gives(self, step: Step, before: dict) -> None:
+        after = self.ctx.handoffs()
+        unset = [name for name in step.gives if after[name] is None]
+        undeclared = [name for name in HANDOFFS if after[name] is not before[name] and name not in step.gives]
+        if unset:
+            raise GraphError(f"step {step.name} did not set {', '.join(unset)}, which it gives")
+        if undeclared:
+            raise GraphError(f"step {step.name} set {', '.join(undeclared)}, which it does not give")
+
+    def _record(self, step: Step, data: dict) -> None:
+        self.ctx.write_record(step.name, {"name": step.name, "order": self.order[step.name], **data})
+
+    def _attempts(self, step: Step) -> int:
+        previous = self.ctx.read_record(step.name) or {}
+        return int(previous.get("attempts", 0)) + 1
