@@ -74,9 +74,9 @@ def write_recipe(directory: Path, *, variant: str, total_steps: int, interval: i
     path.write_text(
         f'extends = "{QUICKSTART}"\n'
         f'[run]\nname = "stall-{variant}"\nstate = "throttled://stall-{variant}"\n'
-        f'[schedule]\nmax_steps = {total_steps}\n'
-        f'[checkpoint]\ninterval_steps = {every}\nkeep = 1000\nasync_upload = {"true" if variant == "background" else "false"}\n'
-        f'[eval]\ninterval_steps = 1000000\n'
+        f"[schedule]\nmax_steps = {total_steps}\n"
+        f"[checkpoint]\ninterval_steps = {every}\nkeep = 1000\nasync_upload = {'true' if variant == 'background' else 'false'}\n"
+        f"[eval]\ninterval_steps = 1000000\n"
         f'[log]\nprogress = "off"\n'
         f'[output]\ndir = "{directory / ("export-" + variant)}"\nreward_stats = false\n'
     )
@@ -134,8 +134,14 @@ def worker(job_path: str, result_path: str) -> None:
         manifest = store.open_unverified(key).manifest
         meta = manifest["meta"]
         size = sum(entry["size"] for entry in manifest["files"])
-        checkpoints.append({"step": meta["step"], "bytes": size, "snapshot_seconds": meta.get("snapshot_seconds"),
-                            "upload_seconds": meta.get("upload_seconds")})
+        checkpoints.append(
+            {
+                "step": meta["step"],
+                "bytes": size,
+                "snapshot_seconds": meta.get("snapshot_seconds"),
+                "upload_seconds": meta.get("upload_seconds"),
+            }
+        )
     result = {
         "variant": job["variant"],
         "hook_seconds": [hook[s][1] - hook[s][0] for s in window],
@@ -146,21 +152,42 @@ def worker(job_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(result))
 
 
-def measure(variant: str, *, workdir: Path, total_steps: int, interval: int, bytes_per_second: float,
-            threads: int = 1) -> dict:
+def measure(
+    variant: str, *, workdir: Path, total_steps: int, interval: int, bytes_per_second: float, threads: int = 1
+) -> dict:
     """One ``rmrun run`` of ``variant`` in a fresh process; its timings."""
     import subprocess
 
     directory = Path(tempfile.mkdtemp(prefix=f"stall-{variant}-", dir=workdir))
     recipe = write_recipe(directory, variant=variant, total_steps=total_steps, interval=interval)
     job, result = directory / "job.json", directory / "result.json"
-    job.write_text(json.dumps({"recipe": str(recipe), "variant": variant, "total_steps": total_steps,
-                               "bytes_per_second": bytes_per_second}))
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    job.write_text(
+        json.dumps(
+            {
+                "recipe": str(recipe),
+                "variant": variant,
+                "total_steps": total_steps,
+                "bytes_per_second": bytes_per_second,
+            }
+        )
+    )
+    env = dict(
+        os.environ,
+        PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("RMRUN_FAULTS", None)
-    done = subprocess.run([sys.executable, "-m", "benchmarks.checkpoint_stall", str(job), str(result)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.checkpoint_stall", str(job), str(result)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"checkpoint stall worker ({variant}) failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return json.loads(result.read_text())

@@ -26,8 +26,9 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_logreport(report):
     if report.skipped and report.when in ("setup", "call"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _SKIPPED.append({"name": report.nodeid.split("::")[-1], "nodeid": report.nodeid,
-                         "reason": reason.removeprefix("Skipped: ")})
+        _SKIPPED.append(
+            {"name": report.nodeid.split("::")[-1], "nodeid": report.nodeid, "reason": reason.removeprefix("Skipped: ")}
+        )
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -88,17 +88,21 @@ def make_rows(n: int, *, seed: int = 0, profile: str = "long-tailed") -> list[di
     rows = []
     for _ in range(n):
         prompt_tokens = _lognormal_tokens(rng, prompt_median, prompt_sigma)
-        context = [{"from": "user" if turn % 2 == 0 else "assistant",
-                    "content": _text_of(rng, max(3, prompt_tokens // turns))} for turn in range(turns)]
+        context = [
+            {"from": "user" if turn % 2 == 0 else "assistant", "content": _text_of(rng, max(3, prompt_tokens // turns))}
+            for turn in range(turns)
+        ]
         chosen = _text_of(rng, _lognormal_tokens(rng, response_median, response_sigma))
         rejected = _text_of(rng, _lognormal_tokens(rng, response_median, response_sigma))
         if rejected == chosen:
             rejected += " " + _text_of(rng, 5)
-        rows.append({
-            "context": context,
-            "chosen": [{"from": "assistant", "content": chosen}],
-            "rejected": [{"from": "assistant", "content": rejected}],
-        })
+        rows.append(
+            {
+                "context": context,
+                "chosen": [{"from": "assistant", "content": chosen}],
+                "rejected": [{"from": "assistant", "content": rejected}],
+            }
+        )
     return rows
 
 
@@ -110,8 +114,12 @@ def make_pairs(n: int, *, seed: int = 0, profile: str = "long-tailed") -> list:
         return tuple(Message("user" if m["from"] == "user" else "assistant", m["content"]) for m in items)
 
     return [
-        PreferencePair(prompt=messages(r["context"]), chosen=messages(r["chosen"]),
-                       rejected=messages(r["rejected"]), source=f"synthetic:{i}")
+        PreferencePair(
+            prompt=messages(r["context"]),
+            chosen=messages(r["chosen"]),
+            rejected=messages(r["rejected"]),
+            source=f"synthetic:{i}",
+        )
         for i, r in enumerate(make_rows(n, seed=seed, profile=profile))
     ]
 
@@ -146,7 +154,9 @@ if __name__ == "__main__":  # a quick look at the distribution
         data = tokenize(make_pairs(2000, profile=name), tok)
         lengths = data.lengths().ravel()
         prompt = shared_prefix_lengths(data)
-        print(f"{name}: {len(data)} pairs; tokens per sequence: mean {lengths.mean():.0f}, "
-              f"p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
-              f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}; shared prompt mean {prompt.mean():.0f}; "
-              f"truncated {data.stats['truncated']}; tokenize {data.stats['pairs_per_second']:.0f} pairs/s")
+        print(
+            f"{name}: {len(data)} pairs; tokens per sequence: mean {lengths.mean():.0f}, "
+            f"p50 {np.percentile(lengths, 50):.0f}, p90 {np.percentile(lengths, 90):.0f}, "
+            f"p99 {np.percentile(lengths, 99):.0f}, max {lengths.max()}; shared prompt mean {prompt.mean():.0f}; "
+            f"truncated {data.stats['truncated']}; tokenize {data.stats['pairs_per_second']:.0f} pairs/s"
+        )

@@ -46,13 +46,25 @@ from rmrun.recipe.plugins import PLUGINS
 
 MODEL_SIZES = ("tiny", "small")
 # The small Llama: hidden 256, 4 layers, 4 heads, intermediate 688 (built from the tiny config).
-SMALL_OVERRIDES = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-                   "num_key_value_heads": 4, "head_dim": 64, "intermediate_size": 688}
+SMALL_OVERRIDES = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "intermediate_size": 688,
+}
 # On a GPU the plugins are timed on a model big enough to matter (hidden 1024, 12 layers, 16 heads,
 # intermediate 2816: ~156M parameters with the tiny tokenizer's vocabulary), in bf16.
 GPU_MODEL_SIZES = ("medium",)
-MEDIUM_OVERRIDES = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16,
-                    "num_key_value_heads": 16, "head_dim": 64, "intermediate_size": 2816}
+MEDIUM_OVERRIDES = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "head_dim": 64,
+    "intermediate_size": 2816,
+}
 VARIANTS = ("rmrun", "hand", "colossalchat", "shared", "packed")
 
 
@@ -83,8 +95,9 @@ class WorkerPool:
         self.conns, self.procs = [], []
         for rank in range(nproc):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(rank, nproc, port, threads, child), daemon=True,
-                               name=f"bench-rank{rank}")
+            proc = ctx.Process(
+                target=_worker_main, args=(rank, nproc, port, threads, child), daemon=True, name=f"bench-rank{rank}"
+            )
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -149,9 +162,18 @@ class WorkerPool:
 
 
 def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                       "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     try:
         import warnings
 
@@ -200,8 +222,10 @@ def _peak_gpu(ranked) -> dict:
     import torch
 
     torch.cuda.synchronize()
-    return {"peak_gpu_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+    return {
+        "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()),
+        "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+    }
 
 
 def _reset_peak_rss() -> bool:
@@ -300,8 +324,9 @@ def model_dir(size: str) -> str:
     return directory
 
 
-def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int,
-              cuda: bool = False):
+def _sections(
+    size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int, cuda: bool = False
+):
     from benchmarks.data import TOKENIZER_DIR
     from rmrun.recipe.schema import (
         DataSection,
@@ -318,8 +343,9 @@ def _sections(size: str, *, plugin: str, batch_size: int, max_length: int, group
         data=DataSection(train=("synthetic.jsonl",), max_length=max_length, group_by_length=group_by_length),
         model=ModelSection(pretrain=model_dir(size), tokenizer=str(TOKENIZER_DIR), init="random"),
         # CPU: ddp in fp32 (what the CPU can do well); GPU: every plugin in bf16.
-        plugin=PluginSection(name=plugin,
-                             mixed_precision="fp32" if not PLUGINS[plugin].needs_cuda and not cuda else "bf16"),
+        plugin=PluginSection(
+            name=plugin, mixed_precision="fp32" if not PLUGINS[plugin].needs_cuda and not cuda else "bf16"
+        ),
         loss=LossSection(name="log_sig"),
         # The quickstart's optimisation settings; clipping on, as by default.
         schedule=ScheduleSection(max_epochs=1, batch_size=batch_size, lr=5e-4, weight_decay=0.01, grad_clip=1.0),
@@ -383,15 +409,18 @@ class HandLoop:
         params = [p for p in net.parameters() if p.requires_grad]
         decay = [p for n, p in net.named_parameters() if p.requires_grad and p.ndim >= 2 and "norm" not in n.lower()]
         decay_ids = {id(p) for p in decay}
-        groups = [{"params": decay, "weight_decay": schedule.weight_decay},
-                  {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": schedule.weight_decay},
+            {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
+        ]
         self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.95), eps=1e-8)
         # Clip what the optimizer steps, in its order (the global norm's summation order, and so
         # the last bits of the clipped gradients, follow it): rmrun does the same, so both
         # trajectories stay bit-identical and every later step is still like for like.
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(warmup_steps=plan.warmup_steps, total_steps=plan.total_steps))
+            self.optimizer, warmup_cosine(warmup_steps=plan.warmup_steps, total_steps=plan.total_steps)
+        )
 
     def step(self, indices) -> tuple[float, int]:
         import torch
@@ -412,26 +441,52 @@ class HandLoop:
         return float(loss), int(mask.sum())
 
 
-def _build_rmrun_trainer(ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False,
-                         pack_pairs: bool = False):
+def _build_rmrun_trainer(
+    ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False, pack_pairs: bool = False
+):
     from rmrun.boost import boost
     from rmrun.trainer import Trainer, TrainState
 
     boosted = boost(net, plan=plan, plugin=recipe.plugin, schedule=recipe.schedule, cuda=ranked.cuda)
     return (cls or Trainer)(
-        boosted=boosted, data=data, eval_data=None, tokenizer=_tokenizer(), plan=plan, schedule=recipe.schedule,
-        loss=recipe.loss, rank=ranked, state=TrainState(seed=recipe.run.seed), group_by_length=recipe.data.group_by_length,
-        eval_batch_size=recipe.schedule.batch_size, share_prompt=share_prompt, pack_pairs=pack_pairs,
+        boosted=boosted,
+        data=data,
+        eval_data=None,
+        tokenizer=_tokenizer(),
+        plan=plan,
+        schedule=recipe.schedule,
+        loss=recipe.loss,
+        rank=ranked,
+        state=TrainState(seed=recipe.run.seed),
+        group_by_length=recipe.data.group_by_length,
+        eval_batch_size=recipe.schedule.batch_size,
+        share_prompt=share_prompt,
+        pack_pairs=pack_pairs,
     )
 
 
 # --------------------------------------------------------------------------- the train job
 
 
-def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_rounds: int, min_rounds: int = 2,
-              budget_seconds: float = 1e9, colossalchat_every: int = 1, warmup: bool = True,
-              memory_probe: bool = True, num_pairs: int, profile: str = "long-tailed",
-              batch_size: int, max_length: int = 512, seed: int = 0, checkpoint_rounds: int = 0) -> dict:
+def train_job(
+    ranked,
+    *,
+    size: str,
+    plugin: str = "ddp",
+    variants=VARIANTS,
+    max_rounds: int,
+    min_rounds: int = 2,
+    budget_seconds: float = 1e9,
+    colossalchat_every: int = 1,
+    warmup: bool = True,
+    memory_probe: bool = True,
+    num_pairs: int,
+    profile: str = "long-tailed",
+    batch_size: int,
+    max_length: int = 512,
+    seed: int = 0,
+    checkpoint_rounds: int = 0,
+) -> dict:
     """Round-robin optimizer steps of each variant, then checkpoint save/load timings.
 
     Round 0 is a warm-up (first-step costs: optimizer state, DDP's first iteration) and is
@@ -457,36 +512,76 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     tokenizer = _tokenizer()
     lengths = data.lengths()
     shared_rows = shared_lengths(data, shared_prefix_lengths(data))  # token positions of a shared-prompt row
-    recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length, group_by_length=True,
-                       seed=seed, cuda=ranked.cuda)
+    recipe = _sections(
+        size,
+        plugin=plugin,
+        batch_size=batch_size,
+        max_length=max_length,
+        group_by_length=True,
+        seed=seed,
+        cuda=ranked.cuda,
+    )
     plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
     base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
     num_params = sum(p.numel() for p in base.parameters())
-    runners, schedules = _build_variants(ranked, variants, base=base, data=data, recipe=recipe, plan=plan,
-                                         pad_id=tokenizer.pad_token_id, size=size, plugin=plugin,
-                                         batch_size=batch_size, max_length=max_length, seed=seed)
+    runners, schedules = _build_variants(
+        ranked,
+        variants,
+        base=base,
+        data=data,
+        recipe=recipe,
+        plan=plan,
+        pad_id=tokenizer.pad_token_id,
+        size=size,
+        plugin=plugin,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+    )
     del base
-    steps = _VariantSteps(runners=runners, schedules=schedules, lengths=lengths, shared_rows=shared_rows,
-                          max_length=max_length)
+    steps = _VariantSteps(
+        runners=runners, schedules=schedules, lengths=lengths, shared_rows=shared_rows, max_length=max_length
+    )
 
     memory: dict = {}
     gc.collect()
     gc.disable()  # no collector pauses inside timed steps; collected between rounds instead
     try:
         records, can_reset, measure_seconds = _timed_rounds(
-            steps, ranked, memory=memory, memory_probe=memory_probe, warmup=warmup, max_rounds=max_rounds,
-            min_rounds=min_rounds, budget_seconds=budget_seconds, colossalchat_every=colossalchat_every)
+            steps,
+            ranked,
+            memory=memory,
+            memory_probe=memory_probe,
+            warmup=warmup,
+            max_rounds=max_rounds,
+            min_rounds=min_rounds,
+            budget_seconds=budget_seconds,
+            colossalchat_every=colossalchat_every,
+        )
         if memory_probe:
             can_reset = _probe_memory(steps, ranked, memory=memory) and can_reset
     finally:
         gc.enable()
 
-    result = {"rank": ranked.rank, "world_size": ranked.world_size, "threads": torch.get_num_threads(),
-              "num_params": num_params, "records": records, "memory": memory, "peak_reset": can_reset,
-              "measure_seconds": measure_seconds, "profile": profile,
-              "sequence_lengths": {"mean": float(lengths.mean()), "p50": float(np.percentile(lengths, 50)),
-                                   "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
-                                   "truncated": int(data.stats.get("truncated", 0)), "pairs": len(data)}}
+    result = {
+        "rank": ranked.rank,
+        "world_size": ranked.world_size,
+        "threads": torch.get_num_threads(),
+        "num_params": num_params,
+        "records": records,
+        "memory": memory,
+        "peak_reset": can_reset,
+        "measure_seconds": measure_seconds,
+        "profile": profile,
+        "sequence_lengths": {
+            "mean": float(lengths.mean()),
+            "p50": float(np.percentile(lengths, 50)),
+            "p90": float(np.percentile(lengths, 90)),
+            "max": int(lengths.max()),
+            "truncated": int(data.stats.get("truncated", 0)),
+            "pairs": len(data),
+        },
+    }
     if checkpoint_rounds and "rmrun" in runners:
         result["checkpoint"] = checkpoint_timings(ranked, runners["rmrun"], rounds=checkpoint_rounds)
     runners.clear()
@@ -494,8 +589,21 @@ def train_job(ranked, *, size: str, plugin: str = "ddp", variants=VARIANTS, max_
     return result
 
 
-def _build_variants(ranked, variants, *, base, data, recipe, plan, pad_id: int, size: str, plugin: str,
-                    batch_size: int, max_length: int, seed: int) -> tuple[dict, dict]:
+def _build_variants(
+    ranked,
+    variants,
+    *,
+    base,
+    data,
+    recipe,
+    plan,
+    pad_id: int,
+    size: str,
+    plugin: str,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+) -> tuple[dict, dict]:
     """({variant: its trainer or loop}, {variant: its epoch's optimizer steps}), each on a copy of ``base``."""
     runners, schedules = {}, {}
     if "rmrun" in variants or "hand" in variants or "shared" in variants:
@@ -504,18 +612,32 @@ def _build_variants(ranked, variants, *, base, data, recipe, plan, pad_id: int, 
         if "rmrun" in variants:
             runners["rmrun"], schedules["rmrun"] = rmrun_trainer, rmrun_steps
     if "hand" in variants:
-        runners["hand"] = HandLoop(copy.deepcopy(base), data=data, pad_id=pad_id,
-                                   schedule=recipe.schedule, plan=plan, device=rmrun_trainer.device,
-                                   world_size=ranked.world_size)
+        runners["hand"] = HandLoop(
+            copy.deepcopy(base),
+            data=data,
+            pad_id=pad_id,
+            schedule=recipe.schedule,
+            plan=plan,
+            device=rmrun_trainer.device,
+            world_size=ranked.world_size,
+        )
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
     for variant in ("shared", "packed"):
         if variant in variants:
-            runners[variant] = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True,
-                                                    pack_pairs=variant == "packed")
+            runners[variant] = _build_rmrun_trainer(
+                ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True, pack_pairs=variant == "packed"
+            )
             schedules[variant] = list(runners[variant].steps_of_epoch(0))  # grouped by the shared length
     if "colossalchat" in variants:
-        cc_recipe = _sections(size, plugin=plugin, batch_size=batch_size, max_length=max_length,
-                              group_by_length=False, seed=seed, cuda=ranked.cuda)
+        cc_recipe = _sections(
+            size,
+            plugin=plugin,
+            batch_size=batch_size,
+            max_length=max_length,
+            group_by_length=False,
+            seed=seed,
+            cuda=ranked.cuda,
+        )
         cls = _colossalchat_trainer_class()
         cls.max_length = max_length
         cc_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), cc_recipe, plan, data, cls=cls)
@@ -561,15 +683,26 @@ class _VariantSteps:
         longest = self.padded_length(variant, indices)
         shared_rows = self.shared_rows
         if variant == "packed":
-            return int(shared_rows[indices].sum()), len(pack_rows(shared_rows[indices].tolist(), capacity=longest)) * longest
+            return int(shared_rows[indices].sum()), len(
+                pack_rows(shared_rows[indices].tolist(), capacity=longest)
+            ) * longest
         if variant == "shared":
             return int(shared_rows[indices].sum()), len(indices) * longest
         return int(self.lengths[indices].sum()), 2 * len(indices) * longest
 
 
-def _timed_rounds(steps: _VariantSteps, ranked, *, memory: dict, memory_probe: bool, warmup: bool,
-                  max_rounds: int, min_rounds: int, budget_seconds: float,
-                  colossalchat_every: int) -> tuple[dict, bool, float]:
+def _timed_rounds(
+    steps: _VariantSteps,
+    ranked,
+    *,
+    memory: dict,
+    memory_probe: bool,
+    warmup: bool,
+    max_rounds: int,
+    min_rounds: int,
+    budget_seconds: float,
+    colossalchat_every: int,
+) -> tuple[dict, bool, float]:
     """Round-robin timed steps: ({variant: its step records}, whether the peak RSS could be reset
     before each step, the seconds they took). Without ``memory_probe`` each step's peak memory
     goes into ``memory``."""
@@ -601,15 +734,27 @@ def _timed_rounds(steps: _VariantSteps, ranked, *, memory: dict, memory_probe: b
             indices = step.micro_batches[0].indices
             real, padded = steps.positions(variant, indices)
             if not memory_probe:
-                memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                                   "padded_length": steps.padded_length(variant, indices), **_peak_gpu(ranked)}
-            records[variant].append({
-                "round": round_index, "warmup": warmup and round_index == 0, "seconds": seconds,
-                "cpu_seconds": cpu_seconds, "pairs": int(step.pairs), "local_pairs": int(len(indices)),
-                # the pairs' own tokens (both sides, prompt in each), whichever forward runs
-                "tokens": int(steps.lengths[indices].sum()),
-                "positions": real, "padded": padded, "loss": float(loss),
-            })
+                memory[variant] = {
+                    "peak_rss_kib": _peak_rss_kib(),
+                    "rss_before_kib": before,
+                    "padded_length": steps.padded_length(variant, indices),
+                    **_peak_gpu(ranked),
+                }
+            records[variant].append(
+                {
+                    "round": round_index,
+                    "warmup": warmup and round_index == 0,
+                    "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
+                    "pairs": int(step.pairs),
+                    "local_pairs": int(len(indices)),
+                    # the pairs' own tokens (both sides, prompt in each), whichever forward runs
+                    "tokens": int(steps.lengths[indices].sum()),
+                    "positions": real,
+                    "padded": padded,
+                    "loss": float(loss),
+                }
+            )
         gc.collect()
         round_index += 1
         timed = round_index - 1 if warmup else round_index  # rounds after the warm-up
@@ -629,16 +774,21 @@ def _probe_memory(steps: _VariantSteps, ranked, *, memory: dict) -> bool:
     can_reset = True
     for variant in steps.order:
         schedule = steps.schedules[variant]
-        largest = max(schedule, key=lambda st: steps.padded_length(variant, st.micro_batches[0].indices)
-                      * len(st.micro_batches[0].indices))
+        largest = max(
+            schedule,
+            key=lambda st: steps.padded_length(variant, st.micro_batches[0].indices) * len(st.micro_batches[0].indices),
+        )
         gc.collect()
         can_reset = _reset_peak_rss() and can_reset
         before = _rss_kib()
         _reset_peak_gpu(ranked)
         steps.run_step(variant, largest)
-        memory[variant] = {"peak_rss_kib": _peak_rss_kib(), "rss_before_kib": before,
-                           "padded_length": steps.padded_length(variant, largest.micro_batches[0].indices),
-                           **_peak_gpu(ranked)}
+        memory[variant] = {
+            "peak_rss_kib": _peak_rss_kib(),
+            "rss_before_kib": before,
+            "padded_length": steps.padded_length(variant, largest.micro_batches[0].indices),
+            **_peak_gpu(ranked),
+        }
     return can_reset
 
 

@@ -25,19 +25,21 @@ def merge_ranks(rank_results: list[dict], variant: str) -> list[dict]:
     per_rank = [r["records"][variant] for r in rank_results]
     steps = []
     for recs in zip(*per_rank):
-        steps.append({
-            "round": recs[0]["round"],
-            "warmup": recs[0]["warmup"],
-            "seconds": max(r["seconds"] for r in recs),
-            "cpu_seconds": max(r.get("cpu_seconds", r["seconds"]) for r in recs),
-            "pairs": recs[0]["pairs"],
-            "tokens": sum(r["tokens"] for r in recs),
-            "positions": sum(r.get("positions", r["tokens"]) for r in recs),
-            "padded": sum(r["padded"] for r in recs),
-            # rmrun reports the all-rank mean loss, the hand loop its rank's mean: with equal
-            # per-rank batches the mean over ranks is the global mean for both.
-            "loss": statistics.fmean(r["loss"] for r in recs),
-        })
+        steps.append(
+            {
+                "round": recs[0]["round"],
+                "warmup": recs[0]["warmup"],
+                "seconds": max(r["seconds"] for r in recs),
+                "cpu_seconds": max(r.get("cpu_seconds", r["seconds"]) for r in recs),
+                "pairs": recs[0]["pairs"],
+                "tokens": sum(r["tokens"] for r in recs),
+                "positions": sum(r.get("positions", r["tokens"]) for r in recs),
+                "padded": sum(r["padded"] for r in recs),
+                # rmrun reports the all-rank mean loss, the hand loop its rank's mean: with equal
+                # per-rank batches the mean over ranks is the global mean for both.
+                "loss": statistics.fmean(r["loss"] for r in recs),
+            }
+        )
     return steps
 
 
@@ -64,9 +66,14 @@ def variant_summary(steps: list[dict], memory: list[dict]) -> dict:
         "peak_rss_mib": max(m["peak_rss_kib"] for m in memory) / 1024,
         "resident_before_step_mib": max(m["rss_before_kib"] for m in memory) / 1024,
         "memory_probe_padded_length": max(m["padded_length"] for m in memory),
-        **({"peak_gpu_mib": max(m["peak_gpu_bytes"] for m in memory) / 2**20,
-            "peak_gpu_reserved_mib": max(m["peak_gpu_reserved_bytes"] for m in memory) / 2**20}
-           if all("peak_gpu_bytes" in m for m in memory) else {}),
+        **(
+            {
+                "peak_gpu_mib": max(m["peak_gpu_bytes"] for m in memory) / 2**20,
+                "peak_gpu_reserved_mib": max(m["peak_gpu_reserved_bytes"] for m in memory) / 2**20,
+            }
+            if all("peak_gpu_bytes" in m for m in memory)
+            else {}
+        ),
         "padded_tokens_per_second": padded / seconds if seconds else 0.0,
         "step_seconds": [round(s["seconds"], 5) for s in timed],
         "step_rounds": [s["round"] for s in timed],
@@ -85,18 +92,24 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
         "sequence_lengths": first["sequence_lengths"],
         "peak_rss_reset_worked": bool(first["peak_reset"]),
         "measure_seconds": max(r["measure_seconds"] for r in rank_results),
-        "variants": {v: variant_summary(steps, [r["memory"][v] for r in rank_results])
-                     for v, steps in merged.items()},
+        "variants": {v: variant_summary(steps, [r["memory"][v] for r in rank_results]) for v, steps in merged.items()},
     }
     variants = out["variants"]
     for v in variants.values():
-        mfu = model_flops_utilization(num_params=out["num_params"], tokens_per_second=v["tokens_per_second"],
-                                      world_size=out["world_size"], peak_flops=peak_flops)
+        mfu = model_flops_utilization(
+            num_params=out["num_params"],
+            tokens_per_second=v["tokens_per_second"],
+            world_size=out["world_size"],
+            peak_flops=peak_flops,
+        )
         if mfu is not None:
             v["mfu"] = mfu
             v["mfu_with_padding"] = model_flops_utilization(
-                num_params=out["num_params"], tokens_per_second=v["padded_tokens_per_second"],
-                world_size=out["world_size"], peak_flops=peak_flops)
+                num_params=out["num_params"],
+                tokens_per_second=v["padded_tokens_per_second"],
+                world_size=out["world_size"],
+                peak_flops=peak_flops,
+            )
     if "rmrun" in merged and "hand" in merged:
         out["rmrun_vs_hand"] = _rmrun_vs_hand(merged, variants)
     for faster in ("shared", "packed"):
@@ -116,9 +129,12 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
         save = statistics.median(saves)
         step = variants["rmrun"]["mean_step_ms"] / 1000
         out["checkpoint"] = {
-            "save_seconds": saves, "load_seconds": loads,
-            "save_median_s": save, "load_median_s": statistics.median(loads),
-            "bytes": first["checkpoint"]["bytes"], "interval_steps": checkpoint_interval,
+            "save_seconds": saves,
+            "load_seconds": loads,
+            "save_median_s": save,
+            "load_median_s": statistics.median(loads),
+            "bytes": first["checkpoint"]["bytes"],
+            "interval_steps": checkpoint_interval,
             "mean_step_s": step,
             "overhead_pct": 100 * save / (checkpoint_interval * step + save) if step else 0.0,
         }
@@ -130,17 +146,22 @@ def _rmrun_vs_hand(merged: dict, variants: dict) -> dict:
     # Same batches in the same round: paired per-step ratios are immune to slow phases
     # of the machine that hit a whole round.
     hand = {s["round"]: s for s in merged["hand"] if not s["warmup"]}
-    pairs = [(hand[s["round"]]["seconds"], s["seconds"]) for s in merged["rmrun"]
-             if not s["warmup"] and s["round"] in hand]
+    pairs = [
+        (hand[s["round"]]["seconds"], s["seconds"]) for s in merged["rmrun"] if not s["warmup"] and s["round"] in hand
+    ]
     ratios = [h / r for h, r in pairs if r > 0]
     q1, median, q3 = _quantiles(ratios) if ratios else (0.0, 0.0, 0.0)
     low, high = bootstrap_median_ci(ratios)
     losses = [abs(a["loss"] - b["loss"]) for a, b in zip(merged["rmrun"], merged["hand"])]
     return {
-        "paired_median": median, "paired_q1": q1, "paired_q3": q3, "steps": len(ratios),
+        "paired_median": median,
+        "paired_q1": q1,
+        "paired_q3": q3,
+        "steps": len(ratios),
         "paired_median_ci95": [low, high],
         "overall": variants["rmrun"]["pairs_per_second"] / variants["hand"]["pairs_per_second"]
-        if variants["hand"]["pairs_per_second"] else 0.0,
+        if variants["hand"]["pairs_per_second"]
+        else 0.0,
         "median_overhead_ms": 1000 * statistics.median(r - h for h, r in pairs) if pairs else 0.0,
         "loss_max_abs_diff": max(losses) if losses else None,
     }
@@ -152,8 +173,11 @@ def _paired_speedup(baseline: list[dict], faster: list[dict]) -> dict:
     other = {s["round"]: s for s in faster if not s["warmup"]}
     out = {}
     for clock in ("seconds", "cpu_seconds"):
-        ratios = [(other[s["round"]]["pairs"] / other[s["round"]][clock]) / (s["pairs"] / s[clock]) for s in baseline
-                  if not s["warmup"] and s["round"] in other and other[s["round"]][clock] > 0 and s[clock] > 0]
+        ratios = [
+            (other[s["round"]]["pairs"] / other[s["round"]][clock]) / (s["pairs"] / s[clock])
+            for s in baseline
+            if not s["warmup"] and s["round"] in other and other[s["round"]][clock] > 0 and s[clock] > 0
+        ]
         median = statistics.median(ratios) if ratios else 0.0
         key = "paired_median" if clock == "seconds" else "paired_median_cpu"
         out[key], out[f"{key}_ci95"] = median, list(bootstrap_median_ci(ratios))
@@ -171,13 +195,17 @@ def summarize_startup(raw: dict) -> dict:
         return statistics.median(values) if values else None
 
     return {
-        "fresh_seconds": fresh, "resumed_seconds": resumed,
-        "fresh_median_s": fresh_median, "resumed_median_s": resumed_median,
+        "fresh_seconds": fresh,
+        "resumed_seconds": resumed,
+        "fresh_median_s": fresh_median,
+        "resumed_median_s": resumed_median,
         "ratio": resumed_median / fresh_median if fresh_median else 0.0,
         "fresh_tokenized_median_s": median_of(raw["fresh"], "tokenized"),
         "resumed_checkpoint_loaded_median_s": median_of(raw["resumed"], "resumed"),
         "resumed_first_step_number": raw["resumed"][0].get("first_step_number"),
-        "rounds": len(fresh), "threads": raw["threads"], "pairs": raw["pairs"],
+        "rounds": len(fresh),
+        "threads": raw["threads"],
+        "pairs": raw["pairs"],
     }
 
 
@@ -192,12 +220,20 @@ def summarize_stall(runs: dict[str, list[dict]], *, total_steps: int, interval: 
     training for the CPU, and all the noise of a shared machine).
     """
     checkpoints = len(range(interval, total_steps, interval))
-    out = {"total_steps": total_steps, "interval_steps": interval, "periodic_checkpoints": checkpoints,
-           "bytes_per_second": bytes_per_second, "rounds": len(runs["none"]), "variants": {}}
+    out = {
+        "total_steps": total_steps,
+        "interval_steps": interval,
+        "periodic_checkpoints": checkpoints,
+        "bytes_per_second": bytes_per_second,
+        "rounds": len(runs["none"]),
+        "variants": {},
+    }
     for variant, variant_runs in runs.items():
         idle = [statistics.median(r["hook_seconds"]) for r in variant_runs]
-        stalls = [(sum(r["hook_seconds"]) - base * len(r["hook_seconds"])) / checkpoints
-                  for r, base in zip(variant_runs, idle)]
+        stalls = [
+            (sum(r["hook_seconds"]) - base * len(r["hook_seconds"])) / checkpoints
+            for r, base in zip(variant_runs, idle)
+        ]
         lost = [(r["loop_seconds"] - none["loop_seconds"]) / checkpoints for r, none in zip(variant_runs, runs["none"])]
         out["variants"][variant] = {
             "stall_per_checkpoint_s": statistics.mean(stalls),

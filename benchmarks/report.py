@@ -21,8 +21,13 @@ VARIANT_NAMES = {
     "shared": "rmrun with the shared-prompt forward (one sequence per pair, its own length-grouped batches)",
     "packed": "the shared-prompt forward with several pairs per row (data.pack_pairs)",
 }
-SHORT_NAMES = {"rmrun": "rmrun", "hand": "hand-written", "colossalchat": "ColossalChat batching",
-               "shared": "rmrun shared-prompt", "packed": "rmrun shared-prompt + packed"}
+SHORT_NAMES = {
+    "rmrun": "rmrun",
+    "hand": "hand-written",
+    "colossalchat": "ColossalChat batching",
+    "shared": "rmrun shared-prompt",
+    "packed": "rmrun shared-prompt + packed",
+}
 MODEL_ORDER = {"tiny": 0, "small": 1, "medium": 2}
 
 
@@ -59,11 +64,15 @@ def _why_hand(entry: dict) -> str:
     if cmp["steps"] < 5:
         why += "too few paired steps to tell"
     elif entry["nproc"] == 1:
-        why += ("~2/3 DDP wrapping a 1-process model (buffer broadcast, reducer, find_unused_parameters), "
-                "~1/3 Trainer bookkeeping (metric sums and all-reduces); see README")
+        why += (
+            "~2/3 DDP wrapping a 1-process model (buffer broadcast, reducer, find_unused_parameters), "
+            "~1/3 Trainer bookkeeping (metric sums and all-reduces); see README"
+        )
     else:
-        why += ("find_unused_parameters=True and two metric all-reduces per step (cross-process syncs) that "
-                "the hand loop's DDP does not do; see README")
+        why += (
+            "find_unused_parameters=True and two metric all-reduces per step (cross-process syncs) that "
+            "the hand loop's DDP does not do; see README"
+        )
     high = cmp["paired_median_ci95"][1]
     if high >= GOALS["rmrun_vs_hand"]:
         why += f"; not significant (CI reaches {high:.3f})"
@@ -72,25 +81,32 @@ def _why_hand(entry: dict) -> str:
 
 def _why_colossalchat(entry: dict) -> str:
     r, c = entry["variants"]["rmrun"], entry["variants"]["colossalchat"]
-    return (f"padding {r['padding_fraction']:.0%} vs {c['padding_fraction']:.0%}, but rmrun's non-padding "
-            f"tokens/s ({r['tokens_per_second']:.0f}) is lower than ColossalChat's ({c['tokens_per_second']:.0f}): "
-            "per-step fixed costs, not tokens, dominate at this size")
+    return (
+        f"padding {r['padding_fraction']:.0%} vs {c['padding_fraction']:.0%}, but rmrun's non-padding "
+        f"tokens/s ({r['tokens_per_second']:.0f}) is lower than ColossalChat's ({c['tokens_per_second']:.0f}): "
+        "per-step fixed costs, not tokens, dominate at this size"
+    )
 
 
 def _why_shared(entry: dict, faster: str) -> str:
     r, s = entry["variants"]["rmrun"], entry["variants"][faster]
     saved = 1 - s["padded_tokens_per_second"] / s["pairs_per_second"] / (
-        r["padded_tokens_per_second"] / r["pairs_per_second"])
-    return (f"it runs {saved:.0%} fewer (padded) positions per pair than the standard forward, which bounds the "
-            "gain of the layers; attention over a dense block mask still scores every query-key pair of a row, "
-            "and the optimizer step costs the same")
+        r["padded_tokens_per_second"] / r["pairs_per_second"]
+    )
+    return (
+        f"it runs {saved:.0%} fewer (padded) positions per pair than the standard forward, which bounds the "
+        "gain of the layers; attention over a dense block mask still scores every query-key pair of a row, "
+        "and the optimizer step costs the same"
+    )
 
 
 def _why_checkpoint(entry: dict) -> str:
     ck = entry["checkpoint"]
     size = f"{ck['bytes'] / 1e6:.0f} MB" if ck.get("bytes") else "the checkpoint"
-    return (f"one save takes {ck['save_median_s']:.2f} s vs a {1000 * ck['mean_step_s']:.0f} ms mean step: "
-            f"{size} written, sha256-hashed and committed through the store each time")
+    return (
+        f"one save takes {ck['save_median_s']:.2f} s vs a {1000 * ck['mean_step_s']:.0f} ms mean step: "
+        f"{size} written, sha256-hashed and committed through the store each time"
+    )
 
 
 def _why_startup(entry: dict) -> str:
@@ -118,18 +134,24 @@ def _header(doc: dict) -> list[str]:
         f"{m.get('transformers', '?')} · Python {m.get('python', '?')} · {m.get('date', '?')}",
         "",
     ]
-    mode = "**SMOKE** (one short iteration of each benchmark; numbers are not meaningful)" if meta.get("smoke") \
-        else "full"
+    mode = (
+        "**SMOKE** (one short iteration of each benchmark; numbers are not meaningful)" if meta.get("smoke") else "full"
+    )
     train = _entries(doc, "train")
     lengths = train[0]["sequence_lengths"] if train else None
     data = ""
     if lengths:
-        data = (f" Training data: {lengths.get('pairs', '?')} synthetic preference pairs with log-normal lengths "
-                f"(tokens per sequence: mean {lengths['mean']:.0f}, median {lengths['p50']:.0f}, "
-                f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
-                f"max_length).")
-    shape = (f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
-             if train else "")  # (the throughput benchmarks' settings; the stall benchmark says its own)
+        data = (
+            f" Training data: {lengths.get('pairs', '?')} synthetic preference pairs with log-normal lengths "
+            f"(tokens per sequence: mean {lengths['mean']:.0f}, median {lengths['p50']:.0f}, "
+            f"p90 {lengths['p90']:.0f}, max {lengths['max']}; {lengths['truncated']} pairs truncated to "
+            f"max_length)."
+        )
+    shape = (
+        f"batch {meta.get('batch_size', '?')} pairs per rank per step; max_length {meta.get('max_length', '?')}; "
+        if train
+        else ""
+    )  # (the throughput benchmarks' settings; the stall benchmark says its own)
     lines += [
         f"**Run:** {mode}; `benchmarks/run.sh`; {meta.get('threads_per_rank', '?')} intra-op thread per rank; "
         f"{shape}{'bf16 (every plugin)' if m.get('gpu', 'none') != 'none' else 'fp32'}; pytest wall time "
@@ -150,64 +172,114 @@ def _goal_rows(doc: dict) -> list[tuple]:
             continue
         c = e["rmrun_vs_hand"]
         ok = c["paired_median"] >= GOALS["rmrun_vs_hand"]
-        rows.append(("1. rmrun step / hand-written loop, pairs/s", _config(e),
-                     f"{c['paired_median']:.3f} (95% CI {c['paired_median_ci95'][0]:.3f}–"
-                     f"{c['paired_median_ci95'][1]:.3f}, {c['steps']} paired steps; whole-run {c['overall']:.3f})",
-                     f"≥ {GOALS['rmrun_vs_hand']}", ok, "" if ok else _why_hand(e)))
+        rows.append(
+            (
+                "1. rmrun step / hand-written loop, pairs/s",
+                _config(e),
+                f"{c['paired_median']:.3f} (95% CI {c['paired_median_ci95'][0]:.3f}–"
+                f"{c['paired_median_ci95'][1]:.3f}, {c['steps']} paired steps; whole-run {c['overall']:.3f})",
+                f"≥ {GOALS['rmrun_vs_hand']}",
+                ok,
+                "" if ok else _why_hand(e),
+            )
+        )
     for e in train:
         if "rmrun_vs_colossalchat" not in e:
             continue
         ratio = e["rmrun_vs_colossalchat"]["ratio"]
         ok = ratio >= GOALS["rmrun_vs_colossalchat"]
-        rows.append(("2. rmrun batching / ColossalChat batching, pairs/s", _config(e), f"{ratio:.2f}×",
-                     f"≥ {GOALS['rmrun_vs_colossalchat']:g}×", ok, "" if ok else _why_colossalchat(e)))
+        rows.append(
+            (
+                "2. rmrun batching / ColossalChat batching, pairs/s",
+                _config(e),
+                f"{ratio:.2f}×",
+                f"≥ {GOALS['rmrun_vs_colossalchat']:g}×",
+                ok,
+                "" if ok else _why_colossalchat(e),
+            )
+        )
     for e in train:
         if "checkpoint" not in e:
             continue
         ck = e["checkpoint"]
         ok = ck["overhead_pct"] <= GOALS["checkpoint_overhead_pct"]
-        rows.append((f"3. checkpoint overhead every {ck['interval_steps']} steps (default)", _config(e),
-                     f"{ck['overhead_pct']:.2f} %", f"≤ {GOALS['checkpoint_overhead_pct']:g} %", ok,
-                     "" if ok else _why_checkpoint(e)))
+        rows.append(
+            (
+                f"3. checkpoint overhead every {ck['interval_steps']} steps (default)",
+                _config(e),
+                f"{ck['overhead_pct']:.2f} %",
+                f"≤ {GOALS['checkpoint_overhead_pct']:g} %",
+                ok,
+                "" if ok else _why_checkpoint(e),
+            )
+        )
     for e in _entries(doc, "startup"):
         ok = e["ratio"] <= GOALS["resumed_vs_fresh"]
-        rows.append(("4. resumed / fresh time to first optimizer step", f"ddp × 1 proc, {e['model']}",
-                     f"{e['ratio']:.2f}× ({e['resumed_median_s']:.1f} s / {e['fresh_median_s']:.1f} s)",
-                     f"≤ {GOALS['resumed_vs_fresh']:g}×", ok, "" if ok else _why_startup(e)))
+        rows.append(
+            (
+                "4. resumed / fresh time to first optimizer step",
+                f"ddp × 1 proc, {e['model']}",
+                f"{e['ratio']:.2f}× ({e['resumed_median_s']:.1f} s / {e['fresh_median_s']:.1f} s)",
+                f"≤ {GOALS['resumed_vs_fresh']:g}×",
+                ok,
+                "" if ok else _why_startup(e),
+            )
+        )
     for e in _entries(doc, "checkpoint_stall"):
         ratio = e.get("background_vs_blocking")
         ok = ratio is not None and ratio <= GOALS["background_vs_blocking_stall"]
         v = e["variants"]
-        rows.append(("5. training time lost per checkpoint, background / blocking upload",
-                     f"ddp × 1 proc, tiny, store at {e['bytes_per_second'] / 2**20:g} MiB/s",
-                     f"{100 * ratio:.1f} % ({1000 * v['background']['stall_per_checkpoint_s']:.0f} ms / "
-                     f"{1000 * v['blocking']['stall_per_checkpoint_s']:.0f} ms)" if ratio is not None else "—",
-                     f"≤ {100 * GOALS['background_vs_blocking_stall']:g} %", ok,
-                     "" if ok else "the snapshot or the commit on the training thread is as slow as the upload"))
+        rows.append(
+            (
+                "5. training time lost per checkpoint, background / blocking upload",
+                f"ddp × 1 proc, tiny, store at {e['bytes_per_second'] / 2**20:g} MiB/s",
+                f"{100 * ratio:.1f} % ({1000 * v['background']['stall_per_checkpoint_s']:.0f} ms / "
+                f"{1000 * v['blocking']['stall_per_checkpoint_s']:.0f} ms)"
+                if ratio is not None
+                else "—",
+                f"≤ {100 * GOALS['background_vs_blocking_stall']:g} %",
+                ok,
+                "" if ok else "the snapshot or the commit on the training thread is as slow as the upload",
+            )
+        )
     for e in _entries(doc, "shared_prompt"):
         for faster, what in (("shared", "shared-prompt"), ("packed", "shared-prompt + packed")):
             if f"{faster}_vs_standard" not in e:
                 continue
             c, target = e[f"{faster}_vs_standard"], GOALS[f"{faster}_vs_standard"][e["profile"]]
             ok = c["paired_median"] >= target
-            rows.append((f"6. {what} / standard forward, pairs/s ({e['profile']} data)", _config(e),
-                         f"{c['paired_median']:.2f}× (95% CI {c['paired_median_ci95'][0]:.2f}–"
-                         f"{c['paired_median_ci95'][1]:.2f}, {c['steps']} rounds; CPU time "
-                         f"{c['paired_median_cpu']:.2f}×; whole-run {c['overall']:.2f}×)",
-                         f"≥ {target:g}×", ok, "" if ok else _why_shared(e, faster)))
+            rows.append(
+                (
+                    f"6. {what} / standard forward, pairs/s ({e['profile']} data)",
+                    _config(e),
+                    f"{c['paired_median']:.2f}× (95% CI {c['paired_median_ci95'][0]:.2f}–"
+                    f"{c['paired_median_ci95'][1]:.2f}, {c['steps']} rounds; CPU time "
+                    f"{c['paired_median_cpu']:.2f}×; whole-run {c['overall']:.2f}×)",
+                    f"≥ {target:g}×",
+                    ok,
+                    "" if ok else _why_shared(e, faster),
+                )
+            )
     return rows
 
 
 def _goals(doc: dict) -> list[str]:
     rows = _goal_rows(doc)
     train = _entries(doc, "train")
-    lines = ["## Goals", "", "| goal | config | measured | target | status | why (when missed) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## Goals",
+        "",
+        "| goal | config | measured | target | status | why (when missed) |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [f"| {g} | {c} | {m} | {t} | {_status(ok)} | {w} |" for g, c, m, t, ok, w in rows]
     diffs = [e["rmrun_vs_hand"]["loss_max_abs_diff"] for e in train if "rmrun_vs_hand" in e]
     if diffs:
-        lines += ["", f"rmrun and the hand-written loop trained the same trajectory: largest per-step loss "
-                  f"difference {max(diffs):.1e} (the check fails above 1e-5)."]
+        lines += [
+            "",
+            f"rmrun and the hand-written loop trained the same trajectory: largest per-step loss "
+            f"difference {max(diffs):.1e} (the check fails above 1e-5).",
+        ]
     if not rows:
         lines.append("| (no goal measured) | | | | | |")
     met = sum(1 for r in rows if r[4])
@@ -216,10 +288,13 @@ def _goals(doc: dict) -> list[str]:
 
 
 def _throughput(doc: dict) -> list[str]:
-    lines = ["## Throughput per plugin and config", "",
-             "| plugin | procs | model | variant | pairs/s | non-padding tokens/s | padding | median step | "
-             "peak memory per process @ padded length | MFU | steps |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Throughput per plugin and config",
+        "",
+        "| plugin | procs | model | variant | pairs/s | non-padding tokens/s | padding | median step | "
+        "peak memory per process @ padded length | MFU | steps |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in _entries(doc, "train"):
         for name, v in e["variants"].items():
             memory = f"{v['peak_rss_mib']:.0f} MiB RSS"
@@ -230,26 +305,32 @@ def _throughput(doc: dict) -> list[str]:
                 f"| {e['plugin']} | {e['nproc']} | {_model_label(e)} | {SHORT_NAMES.get(name, name)} | "
                 f"{v['pairs_per_second']:.1f} | {v['tokens_per_second']:.0f} | {v['padding_fraction']:.1%} | "
                 f"{v['median_step_ms']:.0f} ms | {memory} @ {v['memory_probe_padded_length']} | {mfu} | "
-                f"{v['steps']} |")
+                f"{v['steps']} |"
+            )
     skipped = {}  # (plugin, procs, reason) -> models, in order
     for s in doc.get("rmrun_bench", {}).get("skipped", []):
         name = s["name"]
         if name.startswith("test_train["):
-            plugin, procs, model = name[len("test_train["):-1].split("-")
+            plugin, procs, model = name[len("test_train[") : -1].split("-")
             skipped.setdefault((plugin, procs.removesuffix("proc"), s["reason"]), []).append(model)
     for (plugin, procs, reason), models in skipped.items():
         lines.append(f"| {plugin} | {procs} | {', '.join(models)} | — | skipped: {reason} | | | | | | |")
-    lines += ["", "MFU: 6 × parameters × non-padding tokens/s over the GPU's dense bf16 peak "
-              f"({(doc.get('rmrun_bench', {}).get('machine', {}).get('peak_bf16_flops_per_gpu') or 0) / 1e12:.0f} "
-              "TFLOP/s here); attention's quadratic term is not counted. Peak GPU memory: "
-              "torch.cuda.max_memory_allocated of the worker during the untimed probe step.",
-              "", "Variants: " + "; ".join(f"**{SHORT_NAMES[k]}** = {v}" for k, v in VARIANT_NAMES.items()) + ".",
-              "Peak RSS: the kernel's high-water mark (VmHWM) of one worker process during an extra, untimed "
-              "step of that variant on its largest batch of the epoch (freed heap pages returned to the OS "
-              "and the mark reset just before); the variants share the process, so it includes all of their "
-              "models and optimizer states. With long-tailed data rmrun's largest length-grouped batch is "
-              "max_length long as well, so its peak is ColossalChat's; the saving is in the typical batch "
-              "(see the padding column).", ""]
+    lines += [
+        "",
+        "MFU: 6 × parameters × non-padding tokens/s over the GPU's dense bf16 peak "
+        f"({(doc.get('rmrun_bench', {}).get('machine', {}).get('peak_bf16_flops_per_gpu') or 0) / 1e12:.0f} "
+        "TFLOP/s here); attention's quadratic term is not counted. Peak GPU memory: "
+        "torch.cuda.max_memory_allocated of the worker during the untimed probe step.",
+        "",
+        "Variants: " + "; ".join(f"**{SHORT_NAMES[k]}** = {v}" for k, v in VARIANT_NAMES.items()) + ".",
+        "Peak RSS: the kernel's high-water mark (VmHWM) of one worker process during an extra, untimed "
+        "step of that variant on its largest batch of the epoch (freed heap pages returned to the OS "
+        "and the mark reset just before); the variants share the process, so it includes all of their "
+        "models and optimizer states. With long-tailed data rmrun's largest length-grouped batch is "
+        "max_length long as well, so its peak is ColossalChat's; the saving is in the typical batch "
+        "(see the padding column).",
+        "",
+    ]
     return lines
 
 
@@ -257,10 +338,13 @@ def _shared_prompt(doc: dict) -> list[str]:
     entries = _entries(doc, "shared_prompt")
     if not entries:
         return []
-    lines = ["## Shared-prompt forward vs standard forward (ddp × 1 proc, fp32)", "",
-             "| data | model | variant | pairs/s | pairs/CPU-s | non-padding tokens/s | padding | median step | "
-             "peak RSS @ padded length | steps |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Shared-prompt forward vs standard forward (ddp × 1 proc, fp32)",
+        "",
+        "| data | model | variant | pairs/s | pairs/CPU-s | non-padding tokens/s | padding | median step | "
+        "peak RSS @ padded length | steps |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in sorted(entries, key=lambda e: (e["profile"], MODEL_ORDER.get(e["model"], 9))):
         lengths = e["sequence_lengths"]
         for name, v in e["variants"].items():
@@ -268,56 +352,78 @@ def _shared_prompt(doc: dict) -> list[str]:
                 f"| {e['profile']} (mean {lengths['mean']:.0f} tokens/side) | {_model_label(e)} | "
                 f"{SHORT_NAMES.get(name, name)} | {v['pairs_per_second']:.1f} | {v['pairs_per_cpu_second']:.1f} | "
                 f"{v['tokens_per_second']:.0f} | {v['padding_fraction']:.1%} | {v['median_step_ms']:.0f} ms | "
-                f"{v['peak_rss_mib']:.0f} MiB @ {v['memory_probe_padded_length']} | {v['steps']} |")
-    lines += ["", "Same initial weights, interleaved step by step. rmrun and the hand-written loop take the same "
-              "batches; the shared-prompt variants take their own (grouped by the shared sequence's length, as a "
-              "run with data.share_prompt does) from the same seed, so round k of every variant draws on the same "
-              "mega-chunk of pairs; goal 5 is the median over rounds of the per-round pairs/s ratio, the whole-run "
-              "ratio beside it. Non-padding tokens are the pairs' own tokens (both sides, the prompt counted in "
-              "each) for every variant, so tokens/s compares like pairs/s; padding is the share of padded "
-              "positions the forward ran (a shared row is prompt + chosen + rejected; packed rows hold several "
-              "pairs). pairs/CPU-s divides by the worker's process CPU time (one intra-op thread), which time "
-              "spent descheduled by other work (the machine is shared) does not inflate. Rewards, losses and gradients of the shared "
-              "and packed forwards equal the standard forward's within fp32 rounding (tests/test_shared_prompt.py).",
-              ""]
+                f"{v['peak_rss_mib']:.0f} MiB @ {v['memory_probe_padded_length']} | {v['steps']} |"
+            )
+    lines += [
+        "",
+        "Same initial weights, interleaved step by step. rmrun and the hand-written loop take the same "
+        "batches; the shared-prompt variants take their own (grouped by the shared sequence's length, as a "
+        "run with data.share_prompt does) from the same seed, so round k of every variant draws on the same "
+        "mega-chunk of pairs; goal 5 is the median over rounds of the per-round pairs/s ratio, the whole-run "
+        "ratio beside it. Non-padding tokens are the pairs' own tokens (both sides, the prompt counted in "
+        "each) for every variant, so tokens/s compares like pairs/s; padding is the share of padded "
+        "positions the forward ran (a shared row is prompt + chosen + rejected; packed rows hold several "
+        "pairs). pairs/CPU-s divides by the worker's process CPU time (one intra-op thread), which time "
+        "spent descheduled by other work (the machine is shared) does not inflate. Rewards, losses and gradients of the shared "
+        "and packed forwards equal the standard forward's within fp32 rounding (tests/test_shared_prompt.py).",
+        "",
+    ]
     return lines
 
 
 def _checkpoint(doc: dict) -> list[str]:
-    lines = ["## Checkpoint save / load (rmrun.checkpoint, local state store)", "",
-             "| plugin | procs | model | checkpoint size | save (median) | load (median) | mean rmrun step | "
-             "overhead at the default interval |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Checkpoint save / load (rmrun.checkpoint, local state store)",
+        "",
+        "| plugin | procs | model | checkpoint size | save (median) | load (median) | mean rmrun step | "
+        "overhead at the default interval |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for e in _entries(doc, "train"):
         ck = e.get("checkpoint")
         if not ck:
             continue
         size = f"{ck['bytes'] / 1e6:.1f} MB" if ck.get("bytes") else "?"
-        lines.append(f"| {e['plugin']} | {e['nproc']} | {e['model']} | {size} | {1000 * ck['save_median_s']:.0f} ms | "
-                     f"{1000 * ck['load_median_s']:.0f} ms | {1000 * ck['mean_step_s']:.0f} ms | "
-                     f"{ck['overhead_pct']:.2f} % (every {ck['interval_steps']} steps) |")
-    lines += ["", "Overhead = save / (interval × mean step + save). A save here is the whole commit: "
-              "model, optimizer and scheduler through the Booster, RNG states, trainer state, manifest "
-              "hashes, COMMIT and retention of older checkpoints.", ""]
+        lines.append(
+            f"| {e['plugin']} | {e['nproc']} | {e['model']} | {size} | {1000 * ck['save_median_s']:.0f} ms | "
+            f"{1000 * ck['load_median_s']:.0f} ms | {1000 * ck['mean_step_s']:.0f} ms | "
+            f"{ck['overhead_pct']:.2f} % (every {ck['interval_steps']} steps) |"
+        )
+    lines += [
+        "",
+        "Overhead = save / (interval × mean step + save). A save here is the whole commit: "
+        "model, optimizer and scheduler through the Booster, RNG states, trainer state, manifest "
+        "hashes, COMMIT and retention of older checkpoints.",
+        "",
+    ]
     return lines
 
 
 def _startup(doc: dict) -> list[str]:
-    lines = ["## Process start to first optimizer step (`rmrun run` subprocesses)", "",
-             "| model | fresh (median) | resumed (median) | resumed / fresh | fresh: data tokenized at | "
-             "resumed: checkpoint loaded at | runs each |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Process start to first optimizer step (`rmrun run` subprocesses)",
+        "",
+        "| model | fresh (median) | resumed (median) | resumed / fresh | fresh: data tokenized at | "
+        "resumed: checkpoint loaded at | runs each |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in _entries(doc, "startup"):
         tok = e.get("fresh_tokenized_median_s")
         loaded = e.get("resumed_checkpoint_loaded_median_s")
-        lines.append(f"| {e['model']} | {e['fresh_median_s']:.2f} s | {e['resumed_median_s']:.2f} s | "
-                     f"{e['ratio']:.2f}× | {f'{tok:.2f} s' if tok is not None else '—'} | "
-                     f"{f'{loaded:.2f} s' if loaded is not None else '—'} | {e['rounds']} |")
+        lines.append(
+            f"| {e['model']} | {e['fresh_median_s']:.2f} s | {e['resumed_median_s']:.2f} s | "
+            f"{e['ratio']:.2f}× | {f'{tok:.2f} s' if tok is not None else '—'} | "
+            f"{f'{loaded:.2f} s' if loaded is not None else '—'} | {e['rounds']} |"
+        )
     if not _entries(doc, "startup"):
         lines.append("| (not measured) | | | | | | |")
-    lines += ["", "Fresh: empty state root (tokenize, boost, train). Resumed: the same command after the fresh "
-              "run was stopped with SIGTERM (checkpoint committed, exit 75). Times are from process creation "
-              "to the first `step N/M` log line (`--set log.interval_steps=1`).", ""]
+    lines += [
+        "",
+        "Fresh: empty state root (tokenize, boost, train). Resumed: the same command after the fresh "
+        "run was stopped with SIGTERM (checkpoint committed, exit 75). Times are from process creation "
+        "to the first `step N/M` log line (`--set log.interval_steps=1`).",
+        "",
+    ]
     return lines
 
 
@@ -331,54 +437,78 @@ def _checkpoint_stall(doc: dict) -> list[str]:
         return []
     lines = []
     for e in entries:
-        lines += [f"## Training time lost per checkpoint, store throttled to {e['bytes_per_second'] / 2**20:g} MiB/s",
-                  "", f"Quickstart recipe (tiny Llama, ddp, 1 process), {e['total_steps']} steps, a checkpoint every "
-                  f"{e['interval_steps']} steps ({e['periodic_checkpoints']} measured per run, the last step's "
-                  f"blocking final checkpoint left out), {e['rounds']} round(s) of each variant, in turn.", "",
-                  "| uploads | lost per checkpoint (hook time) | lost per checkpoint (end to end) | mean step | "
-                  "snapshot (median) | upload (median) |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## Training time lost per checkpoint, store throttled to {e['bytes_per_second'] / 2**20:g} MiB/s",
+            "",
+            f"Quickstart recipe (tiny Llama, ddp, 1 process), {e['total_steps']} steps, a checkpoint every "
+            f"{e['interval_steps']} steps ({e['periodic_checkpoints']} measured per run, the last step's "
+            f"blocking final checkpoint left out), {e['rounds']} round(s) of each variant, in turn.",
+            "",
+            "| uploads | lost per checkpoint (hook time) | lost per checkpoint (end to end) | mean step | "
+            "snapshot (median) | upload (median) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, v in e["variants"].items():
             snaps = [c["snapshot_seconds"] for c in v["checkpoints"] if c.get("snapshot_seconds") is not None]
             uploads = [c["upload_seconds"] for c in v["checkpoints"] if c.get("upload_seconds") is not None]
             lost = f"{v['stall_per_checkpoint_s']:.3f} s" + (" (noise floor)" if name == "none" else "")
             e2e = "—" if name == "none" else f"{v['end_to_end_lost_per_checkpoint_s']:.3f} s"
-            lines.append(f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {_median_text(snaps)} | "
-                         f"{_median_text(uploads)} |")
+            lines.append(
+                f"| {name} | {lost} | {e2e} | {1000 * v['mean_step_s']:.0f} ms | {_median_text(snaps)} | "
+                f"{_median_text(uploads)} |"
+            )
         lines += ["", "Per checkpoint (step: snapshot s / upload s):", ""]
         for name in ("blocking", "background"):
-            cells = ", ".join(f"{c['step']}: {c['snapshot_seconds']:.3f} / {c['upload_seconds']:.3f}"
-                              for c in e["variants"][name]["checkpoints"])
+            cells = ", ".join(
+                f"{c['step']}: {c['snapshot_seconds']:.3f} / {c['upload_seconds']:.3f}"
+                for c in e["variants"][name]["checkpoints"]
+            )
             lines.append(f"- {name}: {cells}")
-        lines += ["", "Hook time: the time the training loop spent in the checkpoint hook (snapshot; with blocking "
-                  "uploads also the upload and commit; with background ones the commit at a later step boundary "
-                  "and any wait for an upload still running), less the hook's cost on a step without a "
-                  "checkpoint (each run's median hook time: "
-                  + ", ".join(f"{n} {1000 * v['idle_hook_seconds']:.1f} ms" for n, v in e["variants"].items())
-                  + "). End to end: the loop's wall time less the no-checkpoint run's of the same round, per "
-                  "checkpoint; it also counts the upload thread competing for the CPU, and every other process "
-                  "on the machine: on a shared machine it is mostly noise (compare the no-checkpoint runs' loop "
-                  "times: " + ", ".join(f"{t:.1f} s" for t in e["variants"]["none"]["loop_seconds"]) + ").", ""]
+        lines += [
+            "",
+            "Hook time: the time the training loop spent in the checkpoint hook (snapshot; with blocking "
+            "uploads also the upload and commit; with background ones the commit at a later step boundary "
+            "and any wait for an upload still running), less the hook's cost on a step without a "
+            "checkpoint (each run's median hook time: "
+            + ", ".join(f"{n} {1000 * v['idle_hook_seconds']:.1f} ms" for n, v in e["variants"].items())
+            + "). End to end: the loop's wall time less the no-checkpoint run's of the same round, per "
+            "checkpoint; it also counts the upload thread competing for the CPU, and every other process "
+            "on the machine: on a shared machine it is mostly noise (compare the no-checkpoint runs' loop "
+            "times: " + ", ".join(f"{t:.1f} s" for t in e["variants"]["none"]["loop_seconds"]) + ").",
+            "",
+        ]
     return lines
 
 
 def _tokenize(doc: dict) -> list[str]:
-    lines = ["## Tokenize (rmrun.data.tokenize_pairs)", "", "| pairs | rounds | pairs/s | tokens/s |",
-             "|---:|---:|---:|---:|"]
+    lines = [
+        "## Tokenize (rmrun.data.tokenize_pairs)",
+        "",
+        "| pairs | rounds | pairs/s | tokens/s |",
+        "|---:|---:|---:|---:|",
+    ]
     for b in doc.get("benchmarks", []):
         e = b.get("extra_info", {})
         if e.get("kind") == "tokenize":
-            lines.append(f"| {e['pairs']} | {b['stats']['rounds']} | {e['pairs_per_second']:.0f} | "
-                         f"{e['tokens_per_second']:.0f} |")
+            lines.append(
+                f"| {e['pairs']} | {b['stats']['rounds']} | {e['pairs_per_second']:.0f} | "
+                f"{e['tokens_per_second']:.0f} |"
+            )
     if not any(b.get("extra_info", {}).get("kind") == "tokenize" for b in doc.get("benchmarks", [])):
         lines.append("| (not measured) | | | |")
-    lines += ["", "Median over rounds; both sides of each pair rendered with the chat template and tokenized "
-              "with the shipped tiny tokenizer (fast, batched).", ""]
+    lines += [
+        "",
+        "Median over rounds; both sides of each pair rendered with the chat template and tokenized "
+        "with the shipped tiny tokenizer (fast, batched).",
+        "",
+    ]
     return lines
 
 
 def _method() -> list[str]:
     return [
-        "## How it was measured", "",
+        "## How it was measured",
+        "",
         "- Variants run **side by side in the same worker processes, interleaved step by step** (one "
         "optimizer step of each per round, the order rotating every round; ColossalChat batching, whose steps "
         "all cost about the same, joins every few rounds). The first round is a warm-up and is not counted.",
@@ -446,17 +576,31 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_ylabel("pairs / s (higher is better)")
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
-    skipped = sorted({s["name"][len("test_train["):].split("-")[0] for s in meta.get("skipped", [])
-                      if s["name"].startswith("test_train[")})
+    skipped = sorted(
+        {
+            s["name"][len("test_train[") :].split("-")[0]
+            for s in meta.get("skipped", [])
+            if s["name"].startswith("test_train[")
+        }
+    )
     note = f"skipped (needs CUDA): {', '.join(skipped)}" if skipped else ""
-    title = (f"rmrun pairs/s — {m.get('label', '?')}: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
-             f"GPU {m.get('gpu', '?')}; torch {m.get('torch', '?')}, colossalai {m.get('colossalai', '?')}; "
-             f"{m.get('date', '?')}" + (" [SMOKE]" if meta.get("smoke") else ""))
+    title = (
+        f"rmrun pairs/s — {m.get('label', '?')}: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
+        f"GPU {m.get('gpu', '?')}; torch {m.get('torch', '?')}, colossalai {m.get('colossalai', '?')}; "
+        f"{m.get('date', '?')}" + (" [SMOKE]" if meta.get("smoke") else "")
+    )
     fig.suptitle(title, fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if labels:  # (a run of the checkpoint-stall benchmark alone has no throughput bars)
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, 0.035),
-                   frameon=False)
+        fig.legend(
+            handles,
+            labels,
+            loc="lower center",
+            ncol=len(labels),
+            fontsize=9,
+            bbox_to_anchor=(0.5, 0.035),
+            frameon=False,
+        )
     if note:
         fig.text(0.5, 0.01, note, ha="center", fontsize=8, style="italic")
     fig.tight_layout(rect=(0, 0.09, 1, 0.95))

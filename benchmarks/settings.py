@@ -21,10 +21,22 @@ if SMOKE:
     TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 300, 1
     TRAIN_PAIRS = 200
     TRAIN_ROUNDS = {  # per model size: rounds after the warm-up round
-        "tiny": {"max_rounds": 1, "min_rounds": 1, "budget_seconds": 0, "colossalchat_every": 1, "warmup": False,
-                 "memory_probe": False},
-        "small": {"max_rounds": 1, "min_rounds": 1, "budget_seconds": 0, "colossalchat_every": 1, "warmup": False,
-                 "memory_probe": False},
+        "tiny": {
+            "max_rounds": 1,
+            "min_rounds": 1,
+            "budget_seconds": 0,
+            "colossalchat_every": 1,
+            "warmup": False,
+            "memory_probe": False,
+        },
+        "small": {
+            "max_rounds": 1,
+            "min_rounds": 1,
+            "budget_seconds": 0,
+            "colossalchat_every": 1,
+            "warmup": False,
+            "memory_probe": False,
+        },
     }
     TRAIN_ROUNDS["medium"] = TRAIN_ROUNDS["small"]
     CHECKPOINT_ROUNDS = GPU_CHECKPOINT_ROUNDS = 1

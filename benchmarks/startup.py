@@ -61,8 +61,15 @@ class _Run:
         self.first_step = threading.Event()
         self.log_path = log_path
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -82,8 +89,10 @@ class _Run:
                 self.reader.join(timeout=5)
                 if self.first_step.is_set():
                     break
-                raise RuntimeError(f"rmrun run exited with {self.proc.returncode} before its first step; "
-                                   f"see {self.log_path}:\n" + "\n".join(text for _, text in self.lines[-15:]))
+                raise RuntimeError(
+                    f"rmrun run exited with {self.proc.returncode} before its first step; "
+                    f"see {self.log_path}:\n" + "\n".join(text for _, text in self.lines[-15:])
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"no optimizer step within {timeout:.0f}s; see {self.log_path}")
@@ -119,8 +128,16 @@ class _Run:
         self.reader.join(timeout=5)
 
 
-def measure_startup(*, model_dir: str, rounds: int, num_pairs: int, batch_size: int = 8, threads: int = 1,
-                    timeout: float = 300, keep_logs: Path | None = None) -> dict:
+def measure_startup(
+    *,
+    model_dir: str,
+    rounds: int,
+    num_pairs: int,
+    batch_size: int = 8,
+    threads: int = 1,
+    timeout: float = 300,
+    keep_logs: Path | None = None,
+) -> dict:
     """``rounds`` x (fresh run, then a run resumed from the fresh run's committed checkpoint)."""
     work = Path(tempfile.mkdtemp(prefix="rmrun-bench-startup-"))
     try:
@@ -136,15 +153,24 @@ def measure_startup(*, model_dir: str, rounds: int, num_pairs: int, batch_size: 
         for r in range(rounds):
             state = work / f"state-{r}"
             argv = rmrun_command() + [
-                "run", str(recipe), "--set", "schedule.max_steps=1000", "--set", "log.interval_steps=1",
-                "--set", "log.progress=lines", "--set", f"run.state={state}",
+                "run",
+                str(recipe),
+                "--set",
+                "schedule.max_steps=1000",
+                "--set",
+                "log.interval_steps=1",
+                "--set",
+                "log.progress=lines",
+                "--set",
+                f"run.state={state}",
             ]
             run = _Run(argv, env=env, log_path=work / f"fresh-{r}.log")
             run.wait_first_step(timeout)
             code = run.stop(timeout)
             if code != EXIT_PREEMPTED:
-                raise RuntimeError(f"fresh run exited {code} after SIGTERM, expected {EXIT_PREEMPTED}; "
-                                   f"see {run.log_path}")
+                raise RuntimeError(
+                    f"fresh run exited {code} after SIGTERM, expected {EXIT_PREEMPTED}; see {run.log_path}"
+                )
             fresh.append(run.milestone_seconds())
             run = _Run(argv, env=env, log_path=work / f"resumed-{r}.log")
             try:

@@ -20,15 +20,25 @@ def test_checkpoint_stall(benchmark, tmp_path):
     def measure_rounds():
         for _ in range(settings.STALL_ROUNDS):
             for variant in VARIANTS:
-                runs[variant].append(measure(variant, workdir=tmp_path, total_steps=settings.STALL_STEPS,
-                                             interval=settings.STALL_INTERVAL,
-                                             bytes_per_second=settings.STALL_BYTES_PER_SECOND,
-                                             threads=settings.THREADS_PER_RANK))
+                runs[variant].append(
+                    measure(
+                        variant,
+                        workdir=tmp_path,
+                        total_steps=settings.STALL_STEPS,
+                        interval=settings.STALL_INTERVAL,
+                        bytes_per_second=settings.STALL_BYTES_PER_SECOND,
+                        threads=settings.THREADS_PER_RANK,
+                    )
+                )
 
     benchmark.pedantic(measure_rounds, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.group = "checkpoint_stall"
-    summary = summarize_stall(runs, total_steps=settings.STALL_STEPS, interval=settings.STALL_INTERVAL,
-                              bytes_per_second=settings.STALL_BYTES_PER_SECOND)
+    summary = summarize_stall(
+        runs,
+        total_steps=settings.STALL_STEPS,
+        interval=settings.STALL_INTERVAL,
+        bytes_per_second=settings.STALL_BYTES_PER_SECOND,
+    )
     for variant in ("blocking", "background"):
         checkpoints = summary["variants"][variant]["checkpoints"]
         assert len(checkpoints) == summary["periodic_checkpoints"] * summary["rounds"], checkpoints

@@ -52,16 +52,22 @@ def test_tokenize(benchmark):
     tokenizer = load_tokenizer()
     pairs = make_pairs(settings.TOKENIZE_PAIRS, seed=2)
     tokenize(pairs[:64], tokenizer)  # template compilation and tokenizer warm-up, untimed
-    result = benchmark.pedantic(tokenize, args=(pairs, tokenizer), rounds=settings.TOKENIZE_ROUNDS,
-                                iterations=1, warmup_rounds=0)
+    result = benchmark.pedantic(
+        tokenize, args=(pairs, tokenizer), rounds=settings.TOKENIZE_ROUNDS, iterations=1, warmup_rounds=0
+    )
     benchmark.group = "tokenize"
     median = benchmark.stats.stats.median
     assert len(result) == len(pairs)
-    benchmark.extra_info.update({
-        "kind": "tokenize", "pairs": len(pairs), "tokens": result.stats["tokens"],
-        "pairs_per_second": len(pairs) / median, "tokens_per_second": result.stats["tokens"] / median,
-        "truncated": result.stats["truncated"],
-    })
+    benchmark.extra_info.update(
+        {
+            "kind": "tokenize",
+            "pairs": len(pairs),
+            "tokens": result.stats["tokens"],
+            "pairs_per_second": len(pairs) / median,
+            "tokens_per_second": result.stats["tokens"] / median,
+            "truncated": result.stats["truncated"],
+        }
+    )
 
 
 @pytest.mark.parametrize("size", MODEL_SIZES + GPU_MODEL_SIZES)
@@ -82,9 +88,17 @@ def test_train(benchmark, pools, cuda_available, plugin, nproc, size):
     checkpoint_rounds = settings.GPU_CHECKPOINT_ROUNDS if size in GPU_MODEL_SIZES else settings.CHECKPOINT_ROUNDS
 
     def measure():
-        return pool.run("train", size=size, plugin=plugin, variants=variants, num_pairs=settings.TRAIN_PAIRS,
-                        batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
-                        checkpoint_rounds=checkpoint_rounds, **settings.TRAIN_ROUNDS[size])
+        return pool.run(
+            "train",
+            size=size,
+            plugin=plugin,
+            variants=variants,
+            num_pairs=settings.TRAIN_PAIRS,
+            batch_size=settings.BATCH_SIZE,
+            max_length=settings.MAX_LENGTH,
+            checkpoint_rounds=checkpoint_rounds,
+            **settings.TRAIN_ROUNDS[size],
+        )
 
     raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.group = "train"
@@ -109,15 +123,21 @@ def test_shared_prompt(benchmark, pools, cuda_available, profile, size):
     pool = pools.get(1)
 
     def measure():
-        return pool.run("train", size=size, variants=("rmrun", "shared", "packed", "hand"), num_pairs=settings.TRAIN_PAIRS,
-                        profile=profile, batch_size=settings.BATCH_SIZE, max_length=settings.MAX_LENGTH,
-                        **settings.SHARED_ROUNDS[size])
+        return pool.run(
+            "train",
+            size=size,
+            variants=("rmrun", "shared", "packed", "hand"),
+            num_pairs=settings.TRAIN_PAIRS,
+            profile=profile,
+            batch_size=settings.BATCH_SIZE,
+            max_length=settings.MAX_LENGTH,
+            **settings.SHARED_ROUNDS[size],
+        )
 
     raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.group = "shared_prompt"
     summary = summarize_train(raw, checkpoint_interval=_checkpoint_interval())
-    benchmark.extra_info.update({"kind": "shared_prompt", "plugin": "ddp", "nproc": 1, "model": size,
-                                 **summary})
+    benchmark.extra_info.update({"kind": "shared_prompt", "plugin": "ddp", "nproc": 1, "model": size, **summary})
     for name, v in summary["variants"].items():
         assert v["steps"] >= 1 and v["pairs_per_second"] > 0, name
     assert summary["rmrun_vs_hand"]["loss_max_abs_diff"] < 1e-5  # the standard forward is the hand loop's
@@ -130,13 +150,16 @@ def test_startup(benchmark, pools, size):
     pools.close()  # no idle worker processes beside the runs being timed
 
     def measure():
-        return measure_startup(model_dir=model_dir(size), rounds=settings.STARTUP_ROUNDS,
-                               num_pairs=settings.STARTUP_PAIRS, batch_size=settings.BATCH_SIZE,
-                               threads=settings.THREADS_PER_RANK)
+        return measure_startup(
+            model_dir=model_dir(size),
+            rounds=settings.STARTUP_ROUNDS,
+            num_pairs=settings.STARTUP_PAIRS,
+            batch_size=settings.BATCH_SIZE,
+            threads=settings.THREADS_PER_RANK,
+        )
 
     raw = benchmark.pedantic(measure, rounds=1, iterations=1, warmup_rounds=0)
     benchmark.group = "startup"
     summary = summarize_startup(raw)
-    benchmark.extra_info.update({"kind": "startup", "plugin": "ddp", "nproc": 1, "model": size, **summary,
-                                 "raw": raw})
+    benchmark.extra_info.update({"kind": "startup", "plugin": "ddp", "nproc": 1, "model": size, **summary, "raw": raw})
     assert summary["resumed_first_step_number"] > 1  # it really continued from a checkpoint

@@ -59,23 +59,51 @@ def main(source: str, target: str) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         args = RewardConfig(
-            output_dir=out, per_device_train_batch_size=job["batch_size"], max_steps=job["steps"],
-            learning_rate=job["lr"], weight_decay=job["weight_decay"], max_grad_norm=job["grad_clip"],
-            lr_scheduler_type="constant", warmup_steps=0, seed=job["seed"], max_length=None,
-            use_cpu=True, dataloader_num_workers=0, report_to=[], save_strategy="no", logging_steps=10**9,
+            output_dir=out,
+            per_device_train_batch_size=job["batch_size"],
+            max_steps=job["steps"],
+            learning_rate=job["lr"],
+            weight_decay=job["weight_decay"],
+            max_grad_norm=job["grad_clip"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            seed=job["seed"],
+            max_length=None,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=10**9,
             disable_tqdm=True,
             # TRL's defaults are bf16 and gradient checkpointing; rmrun here runs fp32, no recomputation.
-            bf16=False, gradient_checkpointing=False,
+            bf16=False,
+            gradient_checkpointing=False,
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                data_collator=collate, callbacks=[clock])
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            data_collator=collate,
+            callbacks=[clock],
+        )
         trainer.train()
     import transformers
     import trl
 
     with open(target, "w") as f:
-        json.dump({"steps": clock.steps, "batches": collated, "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                                                      "torch": torch.__version__}}, f)
+        json.dump(
+            {
+                "steps": clock.steps,
+                "batches": collated,
+                "versions": {
+                    "trl": trl.__version__,
+                    "transformers": transformers.__version__,
+                    "torch": torch.__version__,
+                },
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

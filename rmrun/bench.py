@@ -105,7 +105,9 @@ def parse_sweeps(texts: list[str]) -> list[tuple[str, list[str]]]:
     return sweeps
 
 
-def expand(recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets: list[str], scratch: str) -> list[Combination]:
+def expand(
+    recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets: list[str], scratch: str
+) -> list[Combination]:
     keys = [k for k, _ in sweeps]
     combos = []
     for values in itertools.product(*(v for _, v in sweeps)):
@@ -129,8 +131,9 @@ def check_sweeps(recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets:
             try:
                 load_recipe(recipe_path, overrides=[*sets, f"{key}={value}"], validate=False)
             except RecipeError as e:
-                problems += [p.replace(f"--set {key}={value}:", f"--sweep {key}={','.join(values)}:")
-                             for p in e.problems]
+                problems += [
+                    p.replace(f"--set {key}={value}:", f"--sweep {key}={','.join(values)}:") for p in e.problems
+                ]
                 if any("unknown key" in p or "is a table" in p or "is not a table" in p for p in e.problems):
                     break  # the key itself is wrong: the other values would say the same
     if problems:
@@ -178,8 +181,9 @@ def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
 
     rng = random.Random(seed)
     reservoir: list[tuple[int, object]] = []
-    pairs = read_pairs(recipe.data.train, format=recipe.data.format, bad_rows=recipe.data.bad_rows,
-                       report=BadRowReport())
+    pairs = read_pairs(
+        recipe.data.train, format=recipe.data.format, bad_rows=recipe.data.bad_rows, report=BadRowReport()
+    )
     for i, pair in enumerate(pairs):
         if i < num_pairs:
             reservoir.append((i, pair))
@@ -199,17 +203,26 @@ def tokenize_sample(recipe: Recipe, *, num_pairs: int, seed: int, directory: str
 
     pairs = _sample_pairs(recipe, num_pairs=num_pairs, seed=seed)
     tokenizer = load_tokenizer(recipe.model)
-    tokenized = tokenize_pairs(pairs, tokenizer, max_length=recipe.data.max_length, overflow=recipe.data.overflow,
-                               template=load_chat_template(recipe.data.chat_template))
+    tokenized = tokenize_pairs(
+        pairs,
+        tokenizer,
+        max_length=recipe.data.max_length,
+        overflow=recipe.data.overflow,
+        template=load_chat_template(recipe.data.chat_template),
+    )
     os.makedirs(directory, exist_ok=True)
     data, stats = os.path.join(directory, "train.safetensors"), os.path.join(directory, "stats.json")
     save_file(tokenized.to_arrays(), data)
     with open(stats, "w") as f:
         json.dump(tokenized.stats, f)
     lengths = tokenized.lengths()
-    return {"data": data, "data_stats": stats, "pairs": len(tokenized),
-            "mean_tokens_per_pair": float(lengths.sum() / max(1, len(tokenized))),
-            "max_tokens": int(lengths.max()) if len(tokenized) else 0}
+    return {
+        "data": data,
+        "data_stats": stats,
+        "pairs": len(tokenized),
+        "mean_tokens_per_pair": float(lengths.sum() / max(1, len(tokenized))),
+        "max_tokens": int(lengths.max()) if len(tokenized) else 0,
+    }
 
 
 def _data_key(recipe: Recipe) -> str:
@@ -251,9 +264,12 @@ def run_worker(job: dict, *, directory: str, world_size: int, port: int | None) 
     with open(job_path, "w") as f:
         json.dump(job, f)
     with open(os.path.join(directory, "worker.log"), "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rmrun.bench_worker", job_path, result_path],
-                                env=_worker_env(world_size=world_size, port=port), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rmrun.bench_worker", job_path, result_path],
+            env=_worker_env(world_size=world_size, port=port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             code = proc.wait(timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -305,8 +321,9 @@ class Group:
         return gather_all(value) if self.world_size > 1 else [value]
 
 
-def run_rounds(combos: list[Combination], *, samples: dict, rounds: int, steps: int, scratch: str, group: Group,
-               say) -> None:
+def run_rounds(
+    combos: list[Combination], *, samples: dict, rounds: int, steps: int, scratch: str, group: Group, say
+) -> None:
     runnable = [c for c in combos if c.status == "runnable"]
     for r in range(rounds):
         shift = r % max(1, len(runnable))
@@ -314,8 +331,14 @@ def run_rounds(combos: list[Combination], *, samples: dict, rounds: int, steps: 
             if c.status != "runnable":
                 continue
             sample = samples[_data_key(c.recipe)]
-            job = {"recipe": c.recipe_path, "overrides": c.overrides, "data": sample["data"],
-                   "data_stats": sample["data_stats"], "steps": steps, "memory_cap_mib": _memory_cap(c.label)}
+            job = {
+                "recipe": c.recipe_path,
+                "overrides": c.overrides,
+                "data": sample["data"],
+                "data_stats": sample["data_stats"],
+                "steps": steps,
+                "memory_cap_mib": _memory_cap(c.label),
+            }
             directory = os.path.join(scratch, "runs", f"{combos.index(c):03d}-round{r}-rank{group.rank}")
             result = run_worker(job, directory=directory, world_size=group.world_size, port=group.port())
             rank_results = group.gather(result)
@@ -336,8 +359,9 @@ def run_rounds(combos: list[Combination], *, samples: dict, rounds: int, steps: 
 # ------------------------------------------------------------------ the command
 
 
-def bench(recipe_path: str, *, sweeps: list[str], sets: list[str], steps: int, rounds: int, num_pairs: int,
-          out: str | None) -> dict:
+def bench(
+    recipe_path: str, *, sweeps: list[str], sets: list[str], steps: int, rounds: int, num_pairs: int, out: str | None
+) -> dict:
     """Run the sweep; returns the report (rank 0 writes it to ``out``). Raises RecipeError or
     BenchError for a usage error."""
     from rmrun.bench_report import summarize, write_report
@@ -366,14 +390,25 @@ def bench(recipe_path: str, *, sweeps: list[str], sets: list[str], steps: int, r
         for c in combos:
             if c.status == "runnable" and _data_key(c.recipe) not in samples:
                 directory = os.path.join(scratch, f"data-{len(samples)}")
-                samples[_data_key(c.recipe)] = tokenize_sample(c.recipe, num_pairs=num_pairs, seed=c.recipe.run.seed,
-                                                               directory=directory)
+                samples[_data_key(c.recipe)] = tokenize_sample(
+                    c.recipe, num_pairs=num_pairs, seed=c.recipe.run.seed, directory=directory
+                )
         runnable = sum(c.status == "runnable" for c in combos)
-        say(f"bench {recipe_path}: {len(combos)} combination(s), {runnable} runnable here; {rounds} round(s) of "
-            f"1 warm-up + {steps} timed steps each, {world.size} process(es)")
+        say(
+            f"bench {recipe_path}: {len(combos)} combination(s), {runnable} runnable here; {rounds} round(s) of "
+            f"1 warm-up + {steps} timed steps each, {world.size} process(es)"
+        )
         run_rounds(combos, samples=samples, rounds=rounds, steps=steps, scratch=scratch, group=group, say=say)
-        report = summarize(recipe_path, combos, samples=samples, world_size=world.size, steps=steps, rounds=rounds,
-                           sets=sets, sweeps=parsed)
+        report = summarize(
+            recipe_path,
+            combos,
+            samples=samples,
+            world_size=world.size,
+            steps=steps,
+            rounds=rounds,
+            sets=sets,
+            sweeps=parsed,
+        )
         if group.is_main:
             out = out or f"rmrun-bench-{combos[0].recipe.run.name}"
             paths = write_report(report, out)

@@ -23,8 +23,15 @@ def _steps(results: list[list[dict]]) -> list[dict]:
     steps = []
     for r, rank_results in enumerate(results):
         for records in zip(*(x["records"] for x in rank_results)):
-            steps.append({"round": r, "seconds": max(rec["seconds"] for rec in records), "pairs": records[0]["pairs"],
-                          "tokens": records[0]["tokens"], "padded": sum(rec["padded"] for rec in records)})
+            steps.append(
+                {
+                    "round": r,
+                    "seconds": max(rec["seconds"] for rec in records),
+                    "pairs": records[0]["pairs"],
+                    "tokens": records[0]["tokens"],
+                    "padded": sum(rec["padded"] for rec in records),
+                }
+            )
     return steps
 
 
@@ -53,11 +60,17 @@ def combination_summary(results: list[list[dict]], *, peak_flops: float | None) 
     if checkpoints:
         saves = [max(s for x in rr for s in x["checkpoint"]["save_seconds"]) for rr in checkpoints]
         loads = [max(s for x in rr for s in x["checkpoint"]["load_seconds"]) for rr in checkpoints]
-        out["checkpoint"] = {"save_s": statistics.median(saves), "load_s": statistics.median(loads),
-                             "bytes": checkpoints[0][0]["checkpoint"]["bytes"]}
-    out["mfu"] = model_flops_utilization(num_params=out["num_params"],
-                                         tokens_per_second=out["tokens_per_second"]["median"],
-                                         world_size=len(results[0]), peak_flops=peak_flops)
+        out["checkpoint"] = {
+            "save_s": statistics.median(saves),
+            "load_s": statistics.median(loads),
+            "bytes": checkpoints[0][0]["checkpoint"]["bytes"],
+        }
+    out["mfu"] = model_flops_utilization(
+        num_params=out["num_params"],
+        tokens_per_second=out["tokens_per_second"]["median"],
+        world_size=len(results[0]),
+        peak_flops=peak_flops,
+    )
     return out
 
 
@@ -74,14 +87,17 @@ def recommendation(ranked: list[dict]) -> str:
         second = ranked[1]
         a, b = best["summary"]["pairs_per_second"], second["summary"]["pairs_per_second"]
         overlap = b["ci95"][1] >= a["ci95"][0]
-        text += (f"; runner-up: {second['label']} ({b['median']:.1f} pairs/s, "
-                 f"{100 * (1 - b['median'] / a['median']):.0f}% slower"
-                 f"{', within the noise: the 95% CIs overlap' if overlap else ''})")
+        text += (
+            f"; runner-up: {second['label']} ({b['median']:.1f} pairs/s, "
+            f"{100 * (1 - b['median'] / a['median']):.0f}% slower"
+            f"{', within the noise: the 95% CIs overlap' if overlap else ''})"
+        )
     return text
 
 
-def summarize(recipe_path: str, combos, *, samples: dict, world_size: int, steps: int, rounds: int, sets, sweeps
-              ) -> dict:
+def summarize(
+    recipe_path: str, combos, *, samples: dict, world_size: int, steps: int, rounds: int, sets, sweeps
+) -> dict:
     from rmrun.machine import info
 
     machine = info()
@@ -94,15 +110,22 @@ def summarize(recipe_path: str, combos, *, samples: dict, world_size: int, steps
             mixed = c.recipe.plugin.mixed_precision in ("bf16", "fp16")
             entry["summary"] = combination_summary(c.results, peak_flops=peak if mixed else None)
         entries.append(entry)
-    ranked = sorted((e for e in entries if e["status"] == "ok"),
-                    key=lambda e: -e["summary"]["pairs_per_second"]["median"])
+    ranked = sorted(
+        (e for e in entries if e["status"] == "ok"), key=lambda e: -e["summary"]["pairs_per_second"]["median"]
+    )
     for i, e in enumerate(ranked):
         e["rank"] = i + 1
     report = {
-        "recipe": recipe_path, "sets": list(sets), "sweeps": [{"key": k, "values": v} for k, v in sweeps],
-        "world_size": world_size, "rounds": rounds, "timed_steps_per_round": steps,
+        "recipe": recipe_path,
+        "sets": list(sets),
+        "sweeps": [{"key": k, "values": v} for k, v in sweeps],
+        "world_size": world_size,
+        "rounds": rounds,
+        "timed_steps_per_round": steps,
         "sample": [{k: v for k, v in s.items() if k not in ("data", "data_stats")} for s in samples.values()],
-        "machine": machine, "combinations": entries, "ranking": [e["label"] for e in ranked],
+        "machine": machine,
+        "combinations": entries,
+        "ranking": [e["label"] for e in ranked],
         "recommendation": recommendation(ranked),
     }
     report["terminal"] = terminal_table(report)
@@ -118,16 +141,33 @@ def _rows(report: dict) -> list[list[str]]:
         s = e["summary"]
         p, t = s["pairs_per_second"], s["tokens_per_second"]
         ckpt = s.get("checkpoint", {})
-        rows.append([str(e["rank"]), e["label"], f"{p['median']:.1f} [{p['ci95'][0]:.1f}, {p['ci95'][1]:.1f}]",
-                     f"{t['median']:.0f}", f"{100 * s['padding_fraction']:.0f}%",
-                     f"{_memory_mib(s):.0f}" + (" GPU" if "peak_gpu_mib_per_process" in s else " RSS"),
-                     f"{ckpt['save_s']:.2f} / {ckpt['load_s']:.2f}" if ckpt else "-",
-                     f"{s['time_to_first_step_s']:.1f}", f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "-"])
+        rows.append(
+            [
+                str(e["rank"]),
+                e["label"],
+                f"{p['median']:.1f} [{p['ci95'][0]:.1f}, {p['ci95'][1]:.1f}]",
+                f"{t['median']:.0f}",
+                f"{100 * s['padding_fraction']:.0f}%",
+                f"{_memory_mib(s):.0f}" + (" GPU" if "peak_gpu_mib_per_process" in s else " RSS"),
+                f"{ckpt['save_s']:.2f} / {ckpt['load_s']:.2f}" if ckpt else "-",
+                f"{s['time_to_first_step_s']:.1f}",
+                f"{100 * s['mfu']:.1f}%" if s["mfu"] is not None else "-",
+            ]
+        )
     return rows
 
 
-HEADER = ["#", "combination", "pairs/s (95% CI)", "tokens/s", "padding", "peak MiB/proc", "ckpt save/load s",
-          "first step s", "MFU"]
+HEADER = [
+    "#",
+    "combination",
+    "pairs/s (95% CI)",
+    "tokens/s",
+    "padding",
+    "peak MiB/proc",
+    "ckpt save/load s",
+    "first step s",
+    "MFU",
+]
 
 
 def terminal_table(report: dict) -> str:
@@ -146,12 +186,17 @@ def terminal_table(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    out = [f"# rmrun bench: {report['recipe']}", "",
-           f"{m['cpu_model']}, {m['cores']} cores, GPU: {m['gpu']}; torch {m['torch']}, colossalai {m['colossalai']}, "
-           f"transformers {m['transformers']}; {m['date']}. {report['world_size']} process(es); {report['rounds']} "
-           f"round(s) of 1 warm-up + {report['timed_steps_per_round']} timed steps per combination, combinations "
-           f"alternating. Medians of per-step rates with bootstrap 95% CIs; non-padding tokens.", "",
-           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out = [
+        f"# rmrun bench: {report['recipe']}",
+        "",
+        f"{m['cpu_model']}, {m['cores']} cores, GPU: {m['gpu']}; torch {m['torch']}, colossalai {m['colossalai']}, "
+        f"transformers {m['transformers']}; {m['date']}. {report['world_size']} process(es); {report['rounds']} "
+        f"round(s) of 1 warm-up + {report['timed_steps_per_round']} timed steps per combination, combinations "
+        f"alternating. Medians of per-step rates with bootstrap 95% CIs; non-padding tokens.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
     out += ["| " + " | ".join(r) + " |" for r in _rows(report)]
     others = [e for e in report["combinations"] if e["status"] != "ok"]
     if others:

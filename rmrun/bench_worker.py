@@ -39,8 +39,14 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
     store = StateStore(root)
     lease = store.acquire_lease(holder=f"bench:{os.getpid()}") if rank.is_main else None
     broadcast(None)
-    ctx = RunContext(store=store, lease=lease, rank=rank, recipe_path="benchmark", recipe_text="",
-                     identity={"fingerprint": "benchmark"})
+    ctx = RunContext(
+        store=store,
+        lease=lease,
+        rank=rank,
+        recipe_path="benchmark",
+        recipe_text="",
+        identity={"fingerprint": "benchmark"},
+    )
     saves, loads, sizes = [], [], []
     state = trainer.state.to_dict()
     try:
@@ -89,8 +95,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                                or "cannot allocate memory" in text)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+    )
 
 
 def _steps(trainer):
@@ -128,8 +135,8 @@ def _build(job: dict, rank):
     from rmrun.data import TokenizedPairs
     from rmrun.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
+    from rmrun.recipe.backbone import SHARED
     from rmrun.recipe.plugins import model_attention
-    from rmrun.backbone import SHARED
     from rmrun.trainer import Trainer, TrainState
 
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
@@ -139,14 +146,30 @@ def _build(job: dict, rank):
     plan = make_plan(recipe, world_size=rank.world_size, num_pairs=len(data))
     seed_everything(recipe.run.seed + rank.rank)
     plugin = recipe.plugin
-    net = build_reward_model(recipe.model, tokenizer=tokenizer, grad_checkpoint=plugin.grad_checkpoint,
-                             attn_implementation=model_attention(plugin), seed=recipe.run.seed)
+    net = build_reward_model(
+        recipe.model,
+        tokenizer=tokenizer,
+        grad_checkpoint=plugin.grad_checkpoint,
+        attn_implementation=model_attention(plugin),
+        seed=recipe.run.seed,
+    )
     num_params = sum(p.numel() for p in net.parameters())
     boosted = boost(net, plan=plan, plugin=plugin, schedule=recipe.schedule, cuda=rank.cuda)
-    trainer = Trainer(boosted=boosted, data=data, eval_data=None, tokenizer=tokenizer, plan=plan,
-                      schedule=recipe.schedule, loss=recipe.loss, rank=rank, state=TrainState(seed=recipe.run.seed),
-                      group_by_length=recipe.data.group_by_length, eval_batch_size=recipe.schedule.batch_size,
-                      share_prompt=plan.forward == SHARED, pack_pairs=recipe.data.pack_pairs)
+    trainer = Trainer(
+        boosted=boosted,
+        data=data,
+        eval_data=None,
+        tokenizer=tokenizer,
+        plan=plan,
+        schedule=recipe.schedule,
+        loss=recipe.loss,
+        rank=rank,
+        state=TrainState(seed=recipe.run.seed),
+        group_by_length=recipe.data.group_by_length,
+        eval_batch_size=recipe.schedule.batch_size,
+        share_prompt=plan.forward == SHARED,
+        pack_pairs=recipe.data.pack_pairs,
+    )
     return trainer, num_params
 
 
@@ -158,8 +181,13 @@ def _timed_step(trainer, step, *, cuda: bool) -> dict:
     trainer.advance(step, line)
     if cuda:
         torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - started, "pairs": step.pairs, "tokens": line["tokens"],
-            "padded": _padded_slots(trainer, step), "loss": line.get("loss")}
+    return {
+        "seconds": time.perf_counter() - started,
+        "pairs": step.pairs,
+        "tokens": line["tokens"],
+        "padded": _padded_slots(trainer, step),
+        "loss": line.get("loss"),
+    }
 
 
 def measure(job: dict, rank) -> dict:
@@ -173,9 +201,18 @@ def measure(job: dict, rank) -> dict:
     first = _timed_step(trainer, next(steps), cuda=rank.cuda)
     first_step_s = time.time() - job["launched"]
     records = [_timed_step(trainer, next(steps), cuda=rank.cuda) for _ in range(job["steps"])]
-    result = {"status": "ok", "rank": rank.rank, "world_size": rank.world_size, "num_params": num_params,
-              "threads": torch.get_num_threads(), "first_step_s": first_step_s, "warmup": first, "records": records,
-              "gpu_name": torch.cuda.get_device_name() if rank.cuda else None, **_peak_memory(rank)}
+    result = {
+        "status": "ok",
+        "rank": rank.rank,
+        "world_size": rank.world_size,
+        "num_params": num_params,
+        "threads": torch.get_num_threads(),
+        "first_step_s": first_step_s,
+        "warmup": first,
+        "records": records,
+        "gpu_name": torch.cuda.get_device_name() if rank.cuda else None,
+        **_peak_memory(rank),
+    }
     if job.get("checkpoint", True):
         result["checkpoint"] = checkpoint_timings(rank, trainer, rounds=1, root=job["scratch"])
     return result
@@ -199,8 +236,11 @@ def main(job_path: str, result_path: str) -> int:
             result = {"status": "oom", "reason": f"{OUT_OF_MEMORY} ({type(e).__name__})"}
         else:
             lines = str(e).strip().splitlines()
-            result = {"status": "error", "reason": f"{type(e).__name__}: {lines[0] if lines else ''}".strip(),
-                      "traceback": traceback.format_exc()}
+            result = {
+                "status": "error",
+                "reason": f"{type(e).__name__}: {lines[0] if lines else ''}".strip(),
+                "traceback": traceback.format_exc(),
+            }
     result["rank"] = rank.rank if rank is not None else None
     with open(result_path, "w") as f:
         json.dump(result, f)

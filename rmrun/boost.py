@@ -160,7 +160,10 @@ def find_grad_scaler(optimizer):
 def capture_grad_scaler(scaler) -> dict:
     """Every number in the scaler (for torch's GradScaler: its state_dict), as JSON."""
     if hasattr(scaler, "_growth_tracker") or type(scaler).__name__ == "GradScaler":
-        return {"kind": "torch", "state": {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}}
+        return {
+            "kind": "torch",
+            "state": {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()},
+        }
     fields: dict[str, Any] = {}
     for name, value in vars(scaler).items():
         if torch.is_tensor(value):
@@ -218,8 +221,11 @@ def save_zero_masters(model, optimizer, directory: str) -> None:
         return
     path = _masters_file(directory)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_file({name: t.detach().to("cpu", copy=True).contiguous() for name, t in masters.items()}, path,
-              metadata={"world_size": str(_world()[1])})
+    save_file(
+        {name: t.detach().to("cpu", copy=True).contiguous() for name, t in masters.items()},
+        path,
+        metadata={"world_size": str(_world()[1])},
+    )
 
 
 def load_zero_masters(model, optimizer, directory: str) -> None:
@@ -278,8 +284,10 @@ def _colossalai_plugin(class_name: str):
 
 
 # A builder for each ColossalAI plugin class the plugin table names (``PluginSpec.class_name``).
-BUILDERS = {name: _colossalai_plugin(name)
-            for name in ("TorchDDPPlugin", "LowLevelZeroPlugin", "GeminiPlugin", "HybridParallelPlugin")}
+BUILDERS = {
+    name: _colossalai_plugin(name)
+    for name in ("TorchDDPPlugin", "LowLevelZeroPlugin", "GeminiPlugin", "HybridParallelPlugin")
+}
 
 
 def plugin_class(class_name: str):

@@ -79,14 +79,16 @@ def write_history_piece(ctx, trainer_state: dict) -> None:
     key = history_key(step)
     if ctx.store.open_verified(key) is not None:  # an earlier attempt reached this step: the same lines
         return
-    ends = [int(k[len(HISTORY_PREFIX):]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
+    ends = [int(k[len(HISTORY_PREFIX) :]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
     since = max([end for end in ends if end < step], default=0)
     piece = {
         "metrics": [m for m in trainer_state["metrics"] if since < m["step"] <= step],
         "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
     }
     staged = ctx.stage(key, meta={"step": step, "since": since})
-    staged.write_bytes("history.json", json.dumps(piece).encode())  # key order kept: eval.json is compared byte for byte
+    staged.write_bytes(
+        "history.json", json.dumps(piece).encode()
+    )  # key order kept: eval.json is compared byte for byte
     fault_point("history_commit", step=step, rank=0)
     staged.commit()
 
@@ -104,7 +106,7 @@ def read_history(store, *, through: int) -> tuple[list, list]:
     A gap (a piece lost or quarantined) is a ValueError: the checkpoint cannot continue."""
     metrics, evals = {}, {}
     for key, _, piece in committed_history(store):
-        if int(key[len(HISTORY_PREFIX):]) > through:  # a later attempt's, beyond this checkpoint
+        if int(key[len(HISTORY_PREFIX) :]) > through:  # a later attempt's, beyond this checkpoint
             continue
         for line in piece["metrics"]:
             if line["step"] <= through:
@@ -144,8 +146,9 @@ class CheckpointFailed(StoreError):
 class PendingCheckpoint:
     """A snapshot taken on this rank, its upload running in a background thread."""
 
-    def __init__(self, ctx, *, key: str, step: int, staged, writer, scratch: str, trainer_state: dict,
-                 snapshot_seconds: float):
+    def __init__(
+        self, ctx, *, key: str, step: int, staged, writer, scratch: str, trainer_state: dict, snapshot_seconds: float
+    ):
         self.ctx = ctx
         self.key = key
         self.step = step
@@ -187,16 +190,24 @@ class PendingCheckpoint:
         rank 0 if every rank succeeded; returns the checkpoint's timings (seconds)."""
         self._thread.join()
         shutil.rmtree(self.scratch, ignore_errors=True)
-        mine = {"entries": self.entries, "error": _describe(self.error) if self.error else None,
-                "snapshot_seconds": self.snapshot_seconds, "upload_seconds": self.upload_seconds}
+        mine = {
+            "entries": self.entries,
+            "error": _describe(self.error) if self.error else None,
+            "snapshot_seconds": self.snapshot_seconds,
+            "upload_seconds": self.upload_seconds,
+        }
         reports = gather_all(mine)
         failed = [(rank, report["error"]) for rank, report in enumerate(reports) if report["error"]]
         if failed:
             rank, error = failed[0]
-            raise CheckpointFailed(f"checkpoint {self.key} not committed: rank {rank} could not write its part: "
-                                   f"{error}; the last committed checkpoint is intact") from self.error
-        timings = {"snapshot_seconds": round(max(r["snapshot_seconds"] for r in reports), 3),
-                   "upload_seconds": round(max(r["upload_seconds"] for r in reports), 3)}
+            raise CheckpointFailed(
+                f"checkpoint {self.key} not committed: rank {rank} could not write its part: "
+                f"{error}; the last committed checkpoint is intact"
+            ) from self.error
+        timings = {
+            "snapshot_seconds": round(max(r["snapshot_seconds"] for r in reports), 3),
+            "upload_seconds": round(max(r["upload_seconds"] for r in reports), 3),
+        }
         started = time.perf_counter()
         if self.ctx.rank.is_main:
             try:
@@ -248,13 +259,16 @@ def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint 
     key = checkpoint_key(step)
     staged = None
     if ctx.rank.is_main and ctx.store.open_verified(key, hash_files=False) is None:
-        staged = ctx.stage(key, meta={
-            "step": step,
-            "epoch": trainer_state["epoch"],
-            "pairs_consumed": trainer_state["pairs_consumed"],
-            "world_size": ctx.rank.world_size,
-            "fingerprint": ctx.identity["fingerprint"],
-        })
+        staged = ctx.stage(
+            key,
+            meta={
+                "step": step,
+                "epoch": trainer_state["epoch"],
+                "pairs_consumed": trainer_state["pairs_consumed"],
+                "world_size": ctx.rank.world_size,
+                "fingerprint": ctx.identity["fingerprint"],
+            },
+        )
     attempt = broadcast(staged.attempt if staged is not None else None)
     if attempt is None:
         return None
@@ -270,9 +284,16 @@ def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint 
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    return PendingCheckpoint(ctx, key=key, step=step, staged=staged, writer=ctx.store.attempt_writer(key, attempt),
-                             scratch=scratch, trainer_state=trainer_state,
-                             snapshot_seconds=time.perf_counter() - started)
+    return PendingCheckpoint(
+        ctx,
+        key=key,
+        step=step,
+        staged=staged,
+        writer=ctx.store.attempt_writer(key, attempt),
+        scratch=scratch,
+        trainer_state=trainer_state,
+        snapshot_seconds=time.perf_counter() - started,
+    )
 
 
 def _write_json(directory: str, name: str, data: dict) -> None:

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
         epilog="Exit codes: 0 done, 2 recipe, data or usage error (never retry), 3 state unusable (needs a\n"
-        "human), 75 preempted after a committed checkpoint (requeue), 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n" + _recipe_keys_help(),
+        "human), 75 preempted after a committed checkpoint (requeue), 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n"
+        + _recipe_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,11 +47,22 @@ def _add_recipe_commands(sub) -> None:
         ("run", "run the recipe's step graph (resumes from the state store if it has a checkpoint)"),
         ("check", "validate the recipe and print the resolved plan; no training, no torch import"),
     ):
-        p = sub.add_parser(name, help=text, description=text, epilog=_recipe_keys_help(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=_recipe_keys_help(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("recipe", help="recipe TOML file")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe key, e.g. --set schedule.lr=1e-5 (repeatable)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. --set schedule.lr=1e-5 (repeatable)",
+        )
     p = sub.add_parser("status", help="show the step graph and the state store of a run")
     p.add_argument("target", help="recipe TOML file or state URL")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -61,11 +73,18 @@ def _add_verify_resume(sub) -> None:
     p = sub.add_parser("verify-resume", help="run a recipe uninterrupted and with SIGKILLs; compare bit for bit")
     p.add_argument("recipe")
     p.add_argument("--kills", type=int, default=2, help="number of SIGKILLs at random steps (default 2)")
-    p.add_argument("--points", default=None, metavar="all|POINT[:STEP],...",
-                   help="instead of random steps, one SIGKILL at each fault point, in turn: "
-                        + ", ".join(FAULT_POINTS))
-    p.add_argument("--state-root", default=None, metavar="URL",
-                   help="where the two runs keep their state (any fsspec URL; default: the workdir)")
+    p.add_argument(
+        "--points",
+        default=None,
+        metavar="all|POINT[:STEP],...",
+        help="instead of random steps, one SIGKILL at each fault point, in turn: " + ", ".join(FAULT_POINTS),
+    )
+    p.add_argument(
+        "--state-root",
+        default=None,
+        metavar="URL",
+        help="where the two runs keep their state (any fsspec URL; default: the workdir)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed choosing the kill steps")
     p.add_argument("--workdir", default=None, help="where the two runs keep their state (default: a temp dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -74,46 +93,82 @@ def _add_verify_resume(sub) -> None:
 def _add_scoring_commands(sub) -> None:
     """score and eval: an exported reward model on files of rows."""
     for name, text in (
-        ("score", "score rows with an exported reward model: one JSON line per row (rewards, and the margin of "
-                  "a pair), text rendered exactly as in training"),
-        ("eval", "evaluate an exported reward model on preference files: accuracy, loss, margin, accuracy per "
-                 "length and per subset, the longer-wins baseline, calibration (ECE, Brier), reward mean/std"),
+        (
+            "score",
+            "score rows with an exported reward model: one JSON line per row (rewards, and the margin of "
+            "a pair), text rendered exactly as in training",
+        ),
+        (
+            "eval",
+            "evaluate an exported reward model on preference files: accuracy, loss, margin, accuracy per "
+            "length and per subset, the longer-wins baseline, calibration (ECE, Brier), reward mean/std",
+        ),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("model", help="export directory (local path or fsspec URL) written by `rmrun run`, or a "
-                                     "run's state root: its export, or its newest checkpoint before there is one")
+        p.add_argument(
+            "model",
+            help="export directory (local path or fsspec URL) written by `rmrun run`, or a "
+            "run's state root: its export, or its newest checkpoint before there is one",
+        )
         p.add_argument("data", nargs="+", help="files of pairs (any [data] format) or of {prompt, response} rows")
-        p.add_argument("--out", default=None,
-                       help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout")
+        p.add_argument(
+            "--out",
+            default=None,
+            help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout",
+        )
         p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
 
 
 def _add_report(sub) -> None:
-    text = ("write an HTML page about a run from its state alone (local or any fsspec URL): training, eval and "
-            "throughput curves with epoch ends and resumes marked, reward histograms, accuracy by length against "
-            "the longer-wins baseline, calibration, recipe and plan")
+    text = (
+        "write an HTML page about a run from its state alone (local or any fsspec URL): training, eval and "
+        "throughput curves with epoch ends and resumes marked, reward histograms, accuracy by length against "
+        "the longer-wins baseline, calibration, recipe and plan"
+    )
     p = sub.add_parser("report", help=text, description=text)
     p.add_argument("target", help="a run's state root (run.state; or the recipe that names it), or an export directory")
-    p.add_argument("--out", default=None, help="directory (or fsspec URL) for index.html and its PNG figures "
-                                               "(default ./rmrun-report-<run.name>)")
-    p.add_argument("--rewards", choices=("auto", "yes", "no"), default="auto",
-                   help="score the eval pairs with the final model for the reward histograms and calibration: "
-                        "auto (default) does when the weights are under 2 GiB or a GPU is present")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="directory (or fsspec URL) for index.html and its PNG figures (default ./rmrun-report-<run.name>)",
+    )
+    p.add_argument(
+        "--rewards",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="score the eval pairs with the final model for the reward histograms and calibration: "
+        "auto (default) does when the weights are under 2 GiB or a GPU is present",
+    )
 
 
 def _add_bench(sub) -> None:
-    text = ("time short throw-away runs of a recipe for every combination of swept keys, side by side, on this "
-            "machine; rank them and write bench.json, bench.md and bench.png")
+    text = (
+        "time short throw-away runs of a recipe for every combination of swept keys, side by side, on this "
+        "machine; rank them and write bench.json, bench.md and bench.png"
+    )
     p = sub.add_parser("bench", help=text, description=text)
     p.add_argument("recipe")
-    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a recipe key and the values to try, e.g. --sweep plugin.name=ddp,zero2 (repeatable; "
-                        "every combination runs)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key for every combination (repeatable)")
+    p.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a recipe key and the values to try, e.g. --sweep plugin.name=ddp,zero2 (repeatable; "
+        "every combination runs)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key for every combination (repeatable)",
+    )
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per combination per round (default 6)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="rounds; each runs every combination once, order rotating (default 2)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="rounds; each runs every combination once, order rotating (default 2)"
+    )
     p.add_argument("--pairs", type=int, default=512, help="training pairs in the seeded sample (default 512)")
     p.add_argument("--out", default=None, help="directory for the files (default ./rmrun-bench-<run.name>)")
 
@@ -124,8 +179,15 @@ def _bench(args) -> int:
     from rmrun.model import ModelError
 
     try:
-        bench(args.recipe, sweeps=args.sweeps, sets=args.overrides, steps=args.steps, rounds=args.rounds,
-              num_pairs=args.pairs, out=args.out)
+        bench(
+            args.recipe,
+            sweeps=args.sweeps,
+            sets=args.overrides,
+            steps=args.steps,
+            rounds=args.rounds,
+            num_pairs=args.pairs,
+            out=args.out,
+        )
     except (BenchError, DataError, ModelError) as e:
         return _fail([str(e)], EXIT_USAGE)
     return EXIT_OK
@@ -159,7 +221,7 @@ def _use(args) -> int:
 
 def _report(args) -> int:
     from rmrun.data import DataError
-    from rmrun.export import ScoreError
+    from rmrun.exported import ScoreError
     from rmrun.report import ReportError, report
 
     try:
@@ -195,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify-resume":
             from rmrun.verify import verify_resume
 
-            return verify_resume(args.recipe, kills=args.kills, seed=args.seed, workdir=args.workdir,
-                                 overrides=args.overrides, points=args.points, state_root=args.state_root)
+            return verify_resume(
+                args.recipe,
+                kills=args.kills,
+                seed=args.seed,
+                workdir=args.workdir,
+                overrides=args.overrides,
+                points=args.points,
+                state_root=args.state_root,
+            )
         from rmrun.commands import run
 
         return run(args.recipe, overrides=args.overrides)

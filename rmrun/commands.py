@@ -37,15 +37,18 @@ def check(recipe_path: str, *, overrides) -> int:
     exact = num_pairs is not None
     num_pairs = num_pairs or 0
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
-    steps = build_graph(num_epochs=plan.num_epochs, tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>",
-                        has_eval=bool(recipe.data.eval))
+    steps = build_graph(
+        num_epochs=plan.num_epochs, tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>", has_eval=bool(recipe.data.eval)
+    )
     print(f"recipe {recipe_path}: ok")
     print("steps: " + " -> ".join(s.name for s in steps))
     print(f"world: {world.size} process(es), {'CUDA' if world.cuda else 'no CUDA'}")
     print(f"plugin: {plan.plugin_class}({', '.join(f'{k}={v!r}' for k, v in plan.plugin_args.items())})")
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"
-    print(f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
-          f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step")
+    print(
+        f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
+        f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step"
+    )
     print(f"forward: {plan.forward}: {plan.forward_reason}")
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
     print(f"state: {plan.state}\nexport: {plan.export}")
@@ -96,7 +99,9 @@ def _status(url: str) -> int:
     print(f"lease: generation {generation}, holder {lease.get('holder', '?')}")
     plan = store.read_record(PLAN_RECORD)
     if plan:
-        print(f"plan: {plan['total_steps']} optimizer steps, {plan['num_epochs']} epoch(s), world size {plan['world_size']}")
+        print(
+            f"plan: {plan['total_steps']} optimizer steps, {plan['num_epochs']} epoch(s), world size {plan['world_size']}"
+        )
     print("steps:")
     holder_alive = store.holder_alive()
     for name, record in sorted(records.items(), key=lambda kv: kv[1].get("order", 0)):
@@ -112,8 +117,10 @@ def _status(url: str) -> int:
         latest = store.open_unverified(checkpoints[-1])
         if latest is not None:
             meta = latest.manifest["meta"]
-            print(f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
-                  f"{meta['pairs_consumed']} pairs of the epoch consumed)")
+            print(
+                f"latest checkpoint: {latest.key} (step {meta['step']}, epoch {meta['epoch']}, "
+                f"{meta['pairs_consumed']} pairs of the epoch consumed)"
+            )
         _print_checkpoint_times(store, checkpoints[-5:])
     else:
         print("latest checkpoint: none")
@@ -144,8 +151,13 @@ def _print_checkpoint_times(store, keys: list[str]) -> None:
 def _os_error_line(e: OSError) -> str:
     import errno
 
-    what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
-            errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "I/O error")
+    what = {
+        errno.ENOSPC: "disk full",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(e.errno, "I/O error")
     where = f" on {e.filename}" if getattr(e, "filename", None) else ""
     return f"{what}{where}: {e.strerror or e}; the last committed state is intact, free the space or fix the permissions and run again"
 

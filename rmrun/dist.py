@@ -59,8 +59,15 @@ def start(*, seed: int) -> Rank:
 
     if "RANK" not in os.environ:
         os.environ.update(
-            {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0",
-             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+            {
+                "RANK": "0",
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_WORLD_SIZE": "1",
+                "GROUP_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(_free_port()),
+            }
         )
     cuda = torch.cuda.is_available()
     import colossalai

@@ -42,7 +42,7 @@ FAULT_POINTS = {
     "checkpoint_write": "checkpoint files written locally, before they are staged",
     "history_commit": "the metric lines since the last piece staged, before their commit",
     "checkpoint_upload": "a rank's checkpoint upload under way, its first file uploaded (in the background "
-                         "where checkpoint.async_upload is on)",
+    "where checkpoint.async_upload is on)",
     "checkpoint_before_commit": "checkpoint staged, before its commit",
     "retention": "checkpoint committed, before old checkpoints are deleted",
     "epoch_commit": "epoch over, before its epoch marker is committed",
@@ -77,7 +77,7 @@ def _matches(spec: str, point: str, step: int, rank: int) -> bool:
     rest = parts[1:]
     ranks: set[int] | None = {0}
     if rest and (rest[-1] == "all" or rest[-1].startswith("rank")):
-        ranks = None if rest[-1] == "all" else {int(rest[-1][len("rank"):])}
+        ranks = None if rest[-1] == "all" else {int(rest[-1][len("rank") :])}
         rest = rest[:-1]
     return (not rest or int(rest[0]) == step) and (ranks is None or rank in ranks)
 

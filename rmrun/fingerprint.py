@@ -95,7 +95,7 @@ def _file_digest(url: str) -> str:
 
 
 def data_fingerprint(data: DataSection, model: ModelSection) -> str:
-    from rmrun.backbone import backbone_family
+    from rmrun.recipe.backbone import backbone_family
 
     return digest(
         {

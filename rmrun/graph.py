@@ -63,8 +63,14 @@ def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[S
     """tokenize → boost → train epochs → evaluate → save."""
     steps = [
         Step("tokenize", "tokenize", produces=tokenize_key, sections=("data", "model"), gives=("tokenizer", "data")),
-        Step("boost", "boost", needs=("tokenize",), sections=("model", "plugin", "schedule", "run"),
-             takes=("tokenizer", "data"), gives=("plan", "boosted", "train_state")),
+        Step(
+            "boost",
+            "boost",
+            needs=("tokenize",),
+            sections=("model", "plugin", "schedule", "run"),
+            takes=("tokenizer", "data"),
+            gives=("plan", "boosted", "train_state"),
+        ),
     ]
     previous = "boost"
     for epoch in range(num_epochs):
@@ -85,12 +91,27 @@ def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[S
         )
         previous = name
     if has_eval:
-        steps.append(Step("evaluate", "evaluate", needs=(previous, "boost"), produces=EVAL_FINAL_KEY,
-                          sections=("loss", "eval"), takes=("trainer",)))
+        steps.append(
+            Step(
+                "evaluate",
+                "evaluate",
+                needs=(previous, "boost"),
+                produces=EVAL_FINAL_KEY,
+                sections=("loss", "eval"),
+                takes=("trainer",),
+            )
+        )
         previous = "evaluate"
-    steps.append(Step("save", "save", needs=(previous, "boost"), produces=EXPORT_KEY,
-                      sections=("output", "data", "loss", "model", "run"),
-                      takes=("tokenizer", "plan", "boosted", "trainer")))
+    steps.append(
+        Step(
+            "save",
+            "save",
+            needs=(previous, "boost"),
+            produces=EXPORT_KEY,
+            sections=("output", "data", "loss", "model", "run"),
+            takes=("tokenizer", "plan", "boosted", "trainer"),
+        )
+    )
     check_graph(steps)
     return steps
 

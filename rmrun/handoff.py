@@ -49,8 +49,10 @@ def colossalchat_state_dict(directory: str) -> dict:
     tensors = _export_tensors(directory)
     prefix = _base_prefix(directory) + "."
     if "score.weight" not in tensors:
-        raise HandoffError(f"{directory}: no score.weight: ColossalChat's RewardModel reads a decoder's last token; "
-                           "this export's head is not a decoder score head")
+        raise HandoffError(
+            f"{directory}: no score.weight: ColossalChat's RewardModel reads a decoder's last token; "
+            "this export's head is not a decoder score head"
+        )
     head = tensors.pop("score.weight")
     if head.shape[0] != 1:
         raise HandoffError(f"{directory}: the score head has {head.shape[0]} outputs; a reward model has 1")
@@ -58,7 +60,7 @@ def colossalchat_state_dict(directory: str) -> dict:
     for name, tensor in tensors.items():
         if not name.startswith(prefix):
             raise HandoffError(f"{directory}: weight {name} is neither the backbone ({prefix}*) nor the score head")
-        out["model." + name[len(prefix):]] = tensor
+        out["model." + name[len(prefix) :]] = tensor
     out["value_head.weight"] = head
     out["value_head.bias"] = torch.zeros(1, dtype=head.dtype)
     return out
@@ -68,6 +70,7 @@ def write_colossalchat_reward_model(directory: str) -> str:
     from safetensors.torch import save_file
 
     path = os.path.join(directory, COLOSSALCHAT_FILE)
-    save_file({k: v.contiguous() for k, v in colossalchat_state_dict(directory).items()}, path,
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in colossalchat_state_dict(directory).items()}, path, metadata={"format": "pt"}
+    )
     return path

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rmrun.checkpoint import PendingCheckpoint
     from rmrun.context import RunContext
 
+
 class StopSignal:
     """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at the next step boundary."""
 
@@ -39,8 +40,18 @@ class LogHook:
 
     SYNC_SECONDS = 60
 
-    def __init__(self, *, every: int, plan, rank, mode: str, tensorboard_dir: str | None, start_step: int,
-                 tensorboard_url: str | None = None, sync_steps: int | None = None):
+    def __init__(
+        self,
+        *,
+        every: int,
+        plan,
+        rank,
+        mode: str,
+        tensorboard_dir: str | None,
+        start_step: int,
+        tensorboard_url: str | None = None,
+        sync_steps: int | None = None,
+    ):
         """``tensorboard_dir``: a local directory for the event files; ``tensorboard_url``: where
         they are copied (a state on s3://, gs://...) every minute, every ``sync_steps`` steps (the
         checkpoint interval: what a resume keeps is in the store), at epoch ends and at the end."""
@@ -83,12 +94,19 @@ class LogHook:
             for key in ("loss", "accuracy", "margin", "lr"):
                 if line.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", line[key], line["step"])
-            if (boundary or time.monotonic() - self.last_sync >= self.SYNC_SECONDS
-                    or (self.sync_steps and line["step"] % self.sync_steps == 0)):
+            if (
+                boundary
+                or time.monotonic() - self.last_sync >= self.SYNC_SECONDS
+                or (self.sync_steps and line["step"] % self.sync_steps == 0)
+            ):
                 self.sync()
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", acc=f"{line.get('accuracy', 0):.3f}",
-                                 lr=f"{line['lr']:.2e}", pairs_s=f"{rate:.1f}")
+            self.bar.set_postfix(
+                loss=f"{line.get('loss', 0):.4f}",
+                acc=f"{line.get('accuracy', 0):.3f}",
+                lr=f"{line['lr']:.2e}",
+                pairs_s=f"{rate:.1f}",
+            )
             self.bar.update(1)
         elif self.lines and (line["step"] % self.every == 0 or boundary):
             print(
@@ -103,8 +121,10 @@ class LogHook:
         if self.writer is not None:
             for key in ("loss", "accuracy", "margin"):
                 self.writer.add_scalar(f"eval/{key}", result[key], result["step"])
-        message = (f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
-                   f"(longer-wins baseline {result['longer_wins_accuracy']:.3f})")
+        message = (
+            f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
+            f"(longer-wins baseline {result['longer_wins_accuracy']:.3f})"
+        )
         if self.bar is not None:
             self.bar.write(message)
         else:
@@ -165,8 +185,17 @@ class CheckpointHook:
     the checkpoints at epoch ends, at the end and on a stop signal block until committed.
     """
 
-    def __init__(self, *, ctx: RunContext, every: int | None, seconds: float | None, keep: int, stop: StopSignal,
-                 background: bool = False, stop_budget_seconds: float | None = None):
+    def __init__(
+        self,
+        *,
+        ctx: RunContext,
+        every: int | None,
+        seconds: float | None,
+        keep: int,
+        stop: StopSignal,
+        background: bool = False,
+        stop_budget_seconds: float | None = None,
+    ):
         self.ctx = ctx
         self.every = every
         self.seconds = seconds

@@ -35,16 +35,26 @@ def gpus() -> list[str]:
     if not os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 # Dense bf16 peak per GPU (vendor figures, no sparsity), for MFU.
-PEAK_BF16_FLOPS = {"h200": 989e12, "h100 80gb hbm3": 989e12, "h100 nvl": 835e12, "h100 pcie": 756e12,
-                   "h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10g": 70e12, "l4": 121e12}
+PEAK_BF16_FLOPS = {
+    "h200": 989e12,
+    "h100 80gb hbm3": 989e12,
+    "h100 nvl": 835e12,
+    "h100 pcie": 756e12,
+    "h100": 989e12,
+    "a100": 312e12,
+    "l40s": 362e12,
+    "a10g": 70e12,
+    "l4": 121e12,
+}
 
 
 def peak_bf16_flops(gpu_name: str) -> float | None:

@@ -8,7 +8,7 @@ backbone (``base_model_prefix``) that hold parameters (``score`` for decoders;
 Its output layer (the linear layer with one output) gets a fresh initialisation; the
 whole head trains under LoRA. A decoder's head scores every position and the reward is
 read at the last real token; an encoder's head pools (its own way) to one score per
-sequence. ``rmrun.backbone`` says which family a model is.
+sequence. ``rmrun.recipe.backbone`` says which family a model is.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ def _load_config(model: ModelSection):
 
 
 def model_family(model: ModelSection) -> str:
-    """"encoder" or "decoder" (``rmrun.backbone``) for ``model.pretrain``; ModelError for a
+    """ "encoder" or "decoder" (``rmrun.recipe.backbone``) for ``model.pretrain``; ModelError for a
     model type rmrun cannot read a reward from."""
     return _family(_load_config(model), model)
 
 
 def _family(config, model: ModelSection) -> str:
-    from rmrun.backbone import BackboneError, family_of
+    from rmrun.recipe.backbone import BackboneError, family_of
 
     try:
         return family_of(config.model_type)
@@ -75,15 +75,21 @@ def head_names(net) -> list[str]:
     """The classification head as the model class declares it: its children outside the
     backbone that hold parameters."""
     backbone = net.base_model_prefix
-    return [name for name, child in net.named_children()
-            if name != backbone and any(True for _ in child.parameters())]
+    return [name for name, child in net.named_children() if name != backbone and any(True for _ in child.parameters())]
 
 
 def _output_layer(net) -> torch.nn.Linear:
     """The head's output layer: the linear layer with num_labels outputs in its last child."""
     names = head_names(net)
-    layers = [m for m in getattr(net, names[-1]).modules()
-              if isinstance(m, torch.nn.Linear) and m.out_features == net.config.num_labels] if names else []
+    layers = (
+        [
+            m
+            for m in getattr(net, names[-1]).modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features == net.config.num_labels
+        ]
+        if names
+        else []
+    )
     if not layers:
         raise ModelError(
             f"{type(net).__name__}: no classification output layer (a linear layer with "
@@ -100,7 +106,11 @@ def _init_output_layer(layer: torch.nn.Linear) -> None:
 
 
 def build_reward_model(
-    model: ModelSection, *, tokenizer, grad_checkpoint: bool = False, attn_implementation: str | None = None,
+    model: ModelSection,
+    *,
+    tokenizer,
+    grad_checkpoint: bool = False,
+    attn_implementation: str | None = None,
     seed: int,
 ):
     """Backbone from ``model.pretrain`` (or its config alone), its classification head with a
@@ -209,12 +219,18 @@ class RewardReader:
         from rmrun.data.share import additive_mask
 
         mask = batch["attention_mask"] if self._bool_mask else additive_mask(batch["attention_mask"], torch.float32)
-        net(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
-            position_ids=batch["position_ids"].to(device), **self._extra)
+        net(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=mask.to(device),
+            position_ids=batch["position_ids"].to(device),
+            **self._extra,
+        )
         scores, self._scores = self._scores, None
         rows = batch["reward_rows"].to(scores.device)
-        return (scores[rows, batch["chosen_end"].to(scores.device), 0],
-                scores[rows, batch["rejected_end"].to(scores.device), 0])
+        return (
+            scores[rows, batch["chosen_end"].to(scores.device), 0],
+            scores[rows, batch["rejected_end"].to(scores.device), 0],
+        )
 
 
 def exportable_tokenizer(tokenizer, net):

@@ -72,8 +72,9 @@ def node_copy(store: StateStore, key: str, *, rank: Rank) -> Iterator[NodeCopy]:
             error = e
             problem = {"kind": "failed", "message": f"{type(e).__name__}: {e}"}
     try:
-        reports = gather_all({"node": rank.node, "rank": rank.rank, "directory": directory, "problem": problem,
-                              "meta": meta})
+        reports = gather_all(
+            {"node": rank.node, "rank": rank.rank, "directory": directory, "problem": problem, "meta": meta}
+        )
         yield _outcome(key, reports, rank=rank, own=directory, error=error)
     finally:
         barrier()  # every process of the node is done with its copy

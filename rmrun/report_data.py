@@ -103,8 +103,14 @@ def read_history(store) -> tuple[dict, dict, list[dict]]:
         for result in piece["evals"]:
             evals.setdefault(result["step"], result)
         meta = state.manifest["meta"]
-        pieces.append({"end": meta["step"], "since": meta["since"], "generation": state.manifest["generation"],
-                       "time": _time(state.manifest["time"])})
+        pieces.append(
+            {
+                "end": meta["step"],
+                "since": meta["since"],
+                "generation": state.manifest["generation"],
+                "time": _time(state.manifest["time"]),
+            }
+        )
     return metrics, evals, sorted(pieces, key=lambda p: (p["end"], p["time"]))
 
 
@@ -113,15 +119,30 @@ def read_starts(store, pieces: list[dict]) -> list[Resume]:
     from the generations of the history pieces."""
     records = store.read_records(START_RECORDS)
     if records:
-        return [Resume(generation=r["generation"], step=r["step"], checkpoint=r.get("checkpoint"), time=r.get("time"),
-                       world_size=r.get("world_size"))
-                for r in sorted(records.values(), key=lambda r: r["generation"])]
+        return [
+            Resume(
+                generation=r["generation"],
+                step=r["step"],
+                checkpoint=r.get("checkpoint"),
+                time=r.get("time"),
+                world_size=r.get("world_size"),
+            )
+            for r in sorted(records.values(), key=lambda r: r["generation"])
+        ]
     starts, seen = [], set()
     for piece in sorted(pieces, key=lambda p: p["time"]):
         if piece["generation"] not in seen:
             seen.add(piece["generation"])
-            starts.append(Resume(generation=piece["generation"], step=piece["since"], checkpoint=None, time=None,
-                                 world_size=None, inferred=True))
+            starts.append(
+                Resume(
+                    generation=piece["generation"],
+                    step=piece["since"],
+                    checkpoint=None,
+                    time=None,
+                    world_size=None,
+                    inferred=True,
+                )
+            )
     return starts
 
 
@@ -152,9 +173,15 @@ def throughput(metrics: dict, pieces: list[dict], starts: list[Resume]) -> list[
             continue
         steps = [s for s in range(since + 1, piece["end"] + 1) if s in metrics]
         seconds = piece["time"] - reference[1]
-        points.append({"step": piece["end"], "since": since, "seconds": seconds,
-                       "pairs_per_second": sum(pairs[s] for s in steps) / seconds,
-                       "tokens_per_second": sum(metrics[s].get("tokens") or 0 for s in steps) / seconds})
+        points.append(
+            {
+                "step": piece["end"],
+                "since": since,
+                "seconds": seconds,
+                "pairs_per_second": sum(pairs[s] for s in steps) / seconds,
+                "tokens_per_second": sum(metrics[s].get("tokens") or 0 for s in steps) / seconds,
+            }
+        )
     return points
 
 
@@ -169,8 +196,11 @@ def newest_tokenized_eval(store):
 
     from rmrun.data import TokenizedPairs
 
-    candidates = [s for s in (store.open_unverified(k) for k in store.committed_keys(TOKENIZE_PREFIX))
-                  if s is not None and "eval.safetensors" in s.files]
+    candidates = [
+        s
+        for s in (store.open_unverified(k) for k in store.committed_keys(TOKENIZE_PREFIX))
+        if s is not None and "eval.safetensors" in s.files
+    ]
     if not candidates:
         return None
     state = max(candidates, key=lambda s: s.manifest["time"])
@@ -213,8 +243,10 @@ def read_state(store) -> RunRecord:
     record.complete = export is not None
     record.eval_lengths = eval_lengths(store)
     if record.eval_lengths is not None and record.final and record.final["pairs"] != len(record.eval_lengths):
-        record.notes.append(f"the tokenized eval set holds {len(record.eval_lengths)} pairs, the final evaluation "
-                            f"{record.final['pairs']}")
+        record.notes.append(
+            f"the tokenized eval set holds {len(record.eval_lengths)} pairs, the final evaluation "
+            f"{record.final['pairs']}"
+        )
     return record
 
 
@@ -230,14 +262,23 @@ def read_export_files(url: str) -> RunRecord:
         return fs.cat_file(full).decode() if fs.exists(full) else None
 
     plan = json.loads(text("plan.json") or "null")
-    record = RunRecord(source=url, name=url.rstrip("/").split("/")[-1], plan=plan, recipe_text=text("recipe.toml"),
-                       recipe_path=f"{url.rstrip('/')}/recipe.toml", export_url=url, complete=True)
+    record = RunRecord(
+        source=url,
+        name=url.rstrip("/").split("/")[-1],
+        plan=plan,
+        recipe_text=text("recipe.toml"),
+        recipe_path=f"{url.rstrip('/')}/recipe.toml",
+        export_url=url,
+        complete=True,
+    )
     record.metrics = [json.loads(line) for line in (text("metrics.jsonl") or "").splitlines() if line.strip()]
     evaluation = json.loads(text("eval.json") or "null")
     if evaluation is not None:
         record.final, record.evals = evaluation["final"], evaluation["history"]
-    record.notes.append(f"made from the export alone: its state ({(plan or {}).get('state', '?')}) was not found, "
-                        "so resumes, throughput, reward histograms and calibration are not shown")
+    record.notes.append(
+        f"made from the export alone: its state ({(plan or {}).get('state', '?')}) was not found, "
+        "so resumes, throughput, reward histograms and calibration are not shown"
+    )
     return record
 
 
@@ -254,7 +295,7 @@ class Scored:
 def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     """Rewards of the tokenized eval pairs under the final model: the export when the run
     published one, else its newest checkpoint; None when there is neither or no eval set."""
-    from rmrun.export import open_export
+    from rmrun.exported import open_export
     from rmrun.scoring import calibration, score_tokenized
     from rmrun.snapshot import newest_checkpoint, open_checkpoint
 
@@ -280,7 +321,9 @@ def model_weight_bytes(store) -> int | None:
     export = store.open_unverified(EXPORT_KEY)
     if export is not None:
         files = _json(export, "export.json")["files"]
-        return sum(f["size"] for name, f in files.items() if name.endswith(".safetensors") and "colossalchat" not in name)
+        return sum(
+            f["size"] for name, f in files.items() if name.endswith(".safetensors") and "colossalchat" not in name
+        )
     state = newest_checkpoint(store)
     if state is None:
         return None

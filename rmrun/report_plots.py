@@ -25,13 +25,23 @@ def pyplot():
 def _mark(ax, record, *, label: bool) -> None:
     """Epoch ends and resumes on a step axis."""
     for i, step in enumerate(record.epoch_ends):
-        ax.axvline(step + 0.5, color="grey", linestyle=":", linewidth=1, label="epoch end" if label and i == 0 else None)
+        ax.axvline(
+            step + 0.5, color="grey", linestyle=":", linewidth=1, label="epoch end" if label and i == 0 else None
+        )
     for i, resume in enumerate(record.resumes):
-        ax.axvline(resume.step, color=RESUME_COLOR, linestyle="--", linewidth=1.2,
-                   label="resume" if label and i == 0 else None)
+        ax.axvline(
+            resume.step, color=RESUME_COLOR, linestyle="--", linewidth=1.2, label="resume" if label and i == 0 else None
+        )
         if label:
-            ax.annotate(f"resume @{resume.step}", (resume.step, 1), xycoords=("data", "axes fraction"),
-                        xytext=(3, -12), textcoords="offset points", color=RESUME_COLOR, fontsize=8)
+            ax.annotate(
+                f"resume @{resume.step}",
+                (resume.step, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                color=RESUME_COLOR,
+                fontsize=8,
+            )
 
 
 def _curve(ax, steps, values, title: str, **style) -> None:
@@ -53,8 +63,14 @@ def training_curves(record):
         return [m.get(key) if m.get(key) is not None else np.nan for m in record.metrics]
 
     fig, axes = plt.subplots(3, 2, figsize=(11, 9), constrained_layout=True)
-    panels = [("loss", "training loss"), ("accuracy", "training accuracy"), ("margin", "margin (r_chosen - r_rejected)"),
-              ("lr", "learning rate"), (None, "mean reward"), ("grad_norm", "gradient norm (before clipping)")]
+    panels = [
+        ("loss", "training loss"),
+        ("accuracy", "training accuracy"),
+        ("margin", "margin (r_chosen - r_rejected)"),
+        ("lr", "learning rate"),
+        (None, "mean reward"),
+        ("grad_norm", "gradient norm (before clipping)"),
+    ]
     for (key, title), ax in zip(panels, axes.flat):
         if key is None:
             _curve(ax, steps, series("chosen_reward"), title, color=CHOSEN_COLOR, label="chosen")
@@ -92,8 +108,9 @@ def eval_curves(record):
     steps = [e["step"] for e in record.evals]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
     _curve(axes[0], steps, [e["loss"] for e in record.evals], "eval loss", marker="o", color="black")
-    _curve(axes[1], steps, [e["accuracy"] for e in record.evals], "eval accuracy", marker="o", color="black",
-           label="model")
+    _curve(
+        axes[1], steps, [e["accuracy"] for e in record.evals], "eval accuracy", marker="o", color="black", label="model"
+    )
     baseline = [e.get("longer_wins_accuracy") for e in record.evals]
     if baseline[-1] is not None:
         axes[1].axhline(baseline[-1], color="purple", linestyle="-.", label="longer response wins")
@@ -143,8 +160,14 @@ def length_buckets(model_buckets: list[dict], baseline_buckets: list[dict] | Non
     ax.bar(x - 0.2, [b["accuracy"] for b in model_buckets], width=0.4, color="black", label="model")
     if baseline_buckets:
         by_start = {b["min_tokens"]: b["accuracy"] for b in baseline_buckets}
-        ax.bar(x + 0.2, [by_start.get(b["min_tokens"], np.nan) for b in model_buckets], width=0.4, color="purple",
-               alpha=0.7, label="longer response wins")
+        ax.bar(
+            x + 0.2,
+            [by_start.get(b["min_tokens"], np.nan) for b in model_buckets],
+            width=0.4,
+            color="purple",
+            alpha=0.7,
+            label="longer response wins",
+        )
     ax.set_xticks(x, [label(b) for b in model_buckets], fontsize=8)
     ax.set_ylim(0, 1.25)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -161,16 +184,16 @@ def calibration_curve(scored):
         return None
     plt = pyplot()
     table = scored.calibration["calibration"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True,
-                             gridspec_kw={"width_ratios": [1.2, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True, gridspec_kw={"width_ratios": [1.2, 1]})
     confidence = [b["confidence"] for b in table]
     axes[0].plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     axes[0].plot(confidence, [b["accuracy"] for b in table], marker="o", color="black", label="model")
     axes[0].set_xlim(0, 1), axes[0].set_ylim(-0.02, 1.02)
     axes[0].set_xlabel("predicted P(preferred) = sigmoid(margin)", fontsize=8)
     axes[0].set_ylabel("observed frequency", fontsize=8)
-    axes[0].set_title(f"calibration: ECE {scored.calibration['ece']:.3f}, Brier {scored.calibration['brier']:.3f}",
-                      fontsize=10)
+    axes[0].set_title(
+        f"calibration: ECE {scored.calibration['ece']:.3f}, Brier {scored.calibration['brier']:.3f}", fontsize=10
+    )
     axes[0].legend(fontsize=8)
     axes[1].bar([(b["low"] + b["high"]) / 2 for b in table], [b["count"] for b in table], width=0.09, color="grey")
     axes[1].set_xlim(0, 1)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rmrun.export import Export, ScoreError, open_export
+from rmrun.exported import Export, ScoreError, open_export
 
 SUBSET_KEYS = ("subset", "category")
 CALIBRATION_BINS = 10
@@ -86,21 +86,34 @@ def _shard(count: int, *, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, count, world_size)
 
 
-def score_rows(export: Export, rows: list[Row], *, batch_size: int = 16, rank: int = 0, world_size: int = 1,
-               progress: bool = False) -> dict[int, tuple[float, float, int, int]]:
+def score_rows(
+    export: Export, rows: list[Row], *, batch_size: int = 16, rank: int = 0, world_size: int = 1, progress: bool = False
+) -> dict[int, tuple[float, float, int, int]]:
     """``{row index: (chosen reward, rejected reward, chosen tokens, rejected tokens)}`` for this
     rank's shard of the rows; rows the overflow rule drops are absent."""
     from rmrun.data import tokenize_pairs
 
     data = export.contract["data"]
     mine = _shard(len(rows), rank=rank, world_size=world_size)
-    tokenized = tokenize_pairs([rows[i].pair for i in mine], export.tokenizer, max_length=data["max_length"],
-                               overflow=data["overflow"], template=export.template, family=export.family)
+    tokenized = tokenize_pairs(
+        [rows[i].pair for i in mine],
+        export.tokenizer,
+        max_length=data["max_length"],
+        overflow=data["overflow"],
+        template=export.template,
+        family=export.family,
+    )
     rewards = score_tokenized(export, tokenized, batch_size=batch_size, progress=progress)
     lengths = tokenized.lengths()
-    return {int(mine[tokenized.pair_index[i]]): (float(rewards[i, 0]), float(rewards[i, 1]), int(lengths[i, 0]),
-                                                 int(lengths[i, 1]))
-            for i in range(len(rewards))}
+    return {
+        int(mine[tokenized.pair_index[i]]): (
+            float(rewards[i, 0]),
+            float(rewards[i, 1]),
+            int(lengths[i, 0]),
+            int(lengths[i, 1]),
+        )
+        for i in range(len(rewards))
+    }
 
 
 def score_tokenized(export: Export, tokenized, *, batch_size: int = 16, progress: bool = False) -> np.ndarray:
@@ -140,7 +153,7 @@ def score_lines(rows: list[Row], scores: dict) -> list[dict]:
         if row.subset is not None:
             record["subset"] = row.subset
         if i not in scores:
-            record["dropped"] = "longer than max_length (overflow = \"drop\")"
+            record["dropped"] = 'longer than max_length (overflow = "drop")'
         elif row.single:
             record["reward"] = scores[i][0]
         else:
@@ -168,8 +181,11 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     rejected = torch.tensor([scores[i][1] for i in kept], dtype=torch.float32)
     lengths = np.array([[scores[i][2], scores[i][3]] for i in kept], dtype=np.int64)
     losses = pair_losses(loss["name"], chosen, rejected, margin=loss["margin"])
-    report: dict[str, Any] = {"pairs": len(kept), "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
-              **metrics_from_sums(pair_sums(chosen, rejected, losses))}
+    report: dict[str, Any] = {
+        "pairs": len(kept),
+        "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
+        **metrics_from_sums(pair_sums(chosen, rejected, losses)),
+    }
     report["ties"] = int((chosen == rejected).sum())
     report["longer_wins_accuracy"] = longer_wins_credit(lengths) / len(kept)
     correct = (chosen > rejected).numpy()
@@ -207,8 +223,15 @@ def calibration(margins: np.ndarray, *, bins: int = CALIBRATION_BINS) -> dict:
             continue
         confidence, accuracy = float(probs[inside].mean()), float(labels[inside].mean())
         ece += inside.sum() / len(probs) * abs(confidence - accuracy)
-        table.append({"low": b / bins, "high": (b + 1) / bins, "count": int(inside.sum()),
-                      "confidence": confidence, "accuracy": accuracy})
+        table.append(
+            {
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "count": int(inside.sum()),
+                "confidence": confidence,
+                "accuracy": accuracy,
+            }
+        )
     return {"ece": float(ece), "brier": float(np.mean((p - 1.0) ** 2)), "calibration": table}
 
 
@@ -290,8 +313,14 @@ def _score_everything(model: str, data: list[str], *, batch_size: int, then) -> 
     try:
         export = open_export(model, device=device)
         rows = read_rows(data, format=export.contract["data"]["format"])
-        scores = score_rows(export, rows, batch_size=batch_size, rank=rank, world_size=world_size,
-                            progress=rank == 0 and sys.stderr.isatty())
+        scores = score_rows(
+            export,
+            rows,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            progress=rank == 0 and sys.stderr.isatty(),
+        )
         merged = _gather(scores, world_size)
         if merged is not None:
             then(export, rows, merged)

@@ -69,7 +69,7 @@ def load_weights(net, weights: dict) -> None:
 
 
 def open_newest_checkpoint(url: str, *, device=None):
-    """An :class:`~rmrun.export.Export` scoring with the newest checkpoint of the state at ``url``;
+    """An :class:`~rmrun.exported.Export` scoring with the newest checkpoint of the state at ``url``;
     None when ``url`` is not a state with a committed checkpoint."""
     from rmrun.store import StateStore, StoreError
 
@@ -84,10 +84,10 @@ def open_newest_checkpoint(url: str, *, device=None):
 
 
 def open_checkpoint(store, state, *, device=None):
-    """An :class:`~rmrun.export.Export` scoring with the committed checkpoint ``state`` of ``store``."""
+    """An :class:`~rmrun.exported.Export` scoring with the committed checkpoint ``state`` of ``store``."""
     import torch
 
-    from rmrun.export import Export, ScoreError, contract_for
+    from rmrun.exported import Export, ScoreError, contract_for
     from rmrun.model import ModelError, build_reward_model, load_tokenizer, model_family
     from rmrun.recipe import RecipeError
     from rmrun.store import StoreError
@@ -99,8 +99,7 @@ def open_checkpoint(store, state, *, device=None):
     if recipe is None:
         raise ScoreError(f"{store.root}: checkpoints but no {IDENTITY_KEY}; not a state rmrun wrote")
     step = state.manifest["meta"]["step"]
-    print(f"{store.root} has no export yet: scoring its newest checkpoint ({state.key}, step {step})",
-          file=sys.stderr)
+    print(f"{store.root} has no export yet: scoring its newest checkpoint ({state.key}, step {step})", file=sys.stderr)
     try:
         tokenizer = load_tokenizer(recipe.model)
         net = build_reward_model(recipe.model, tokenizer=tokenizer, seed=recipe.run.seed)

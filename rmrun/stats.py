@@ -13,8 +13,9 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], q[1], q[2]
 
 
-def bootstrap_median_ci(values: list[float], *, resamples: int = 2000, level: float = 0.95,
-                        seed: int = 0) -> tuple[float, float]:
+def bootstrap_median_ci(
+    values: list[float], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of the median (deterministic)."""
     if len(values) < 2:
         return (values[0], values[0]) if values else (0.0, 0.0)
@@ -25,8 +26,9 @@ def bootstrap_median_ci(values: list[float], *, resamples: int = 2000, level: fl
     return medians[int(tail * resamples)], medians[min(resamples - 1, int((1 - tail) * resamples))]
 
 
-def model_flops_utilization(*, num_params: int, tokens_per_second: float, world_size: int,
-                            peak_flops: float | None) -> float | None:
+def model_flops_utilization(
+    *, num_params: int, tokens_per_second: float, world_size: int, peak_flops: float | None
+) -> float | None:
     """MFU: 6 × parameters × tokens/s (forward + backward of the dense layers; attention's
     quadratic term left out, as is usual) over the peak of all the GPUs in use."""
     if not peak_flops:

@@ -40,8 +40,11 @@ def length_bucket_counts(lengths: np.ndarray, correct: np.ndarray) -> np.ndarray
 def accuracy_by_length(counts) -> list[dict]:
     """The report rows of :func:`length_bucket_counts` (summed), empty buckets left out."""
     edges = (0,) + LENGTH_BUCKETS + (None,)
-    return [{"min_tokens": edges[i], "max_tokens": edges[i + 1], "pairs": int(c), "accuracy": float(k) / int(c)}
-            for i, (c, k) in enumerate(counts.tolist()) if c]
+    return [
+        {"min_tokens": edges[i], "max_tokens": edges[i + 1], "pairs": int(c), "accuracy": float(k) / int(c)}
+        for i, (c, k) in enumerate(counts.tolist())
+        if c
+    ]
 
 
 def longer_wins_credit(lengths: np.ndarray) -> float:
@@ -81,8 +84,23 @@ class TrainState:
 class Trainer:
     """One optimizer step at a time, and evaluation, on a boosted reward model."""
 
-    def __init__(self, *, boosted, data, eval_data, tokenizer, plan, schedule, loss, rank, state: TrainState,
-                 group_by_length: bool, eval_batch_size: int, share_prompt: bool = False, pack_pairs: bool = False):
+    def __init__(
+        self,
+        *,
+        boosted,
+        data,
+        eval_data,
+        tokenizer,
+        plan,
+        schedule,
+        loss,
+        rank,
+        state: TrainState,
+        group_by_length: bool,
+        eval_batch_size: int,
+        share_prompt: bool = False,
+        pack_pairs: bool = False,
+    ):
         self.boosted = boosted
         self.data = data
         self.eval_data = eval_data
@@ -108,12 +126,19 @@ class Trainer:
     # ------------------------------------------------------------- training
     def steps_of_epoch(self, epoch: int):
         order = epoch_order(
-            seed=self.state.seed, epoch=epoch, lengths=self.lengths,
-            batch_size=self.schedule.batch_size, group_by_length=self.group_by_length,
+            seed=self.state.seed,
+            epoch=epoch,
+            lengths=self.lengths,
+            batch_size=self.schedule.batch_size,
+            group_by_length=self.group_by_length,
         )
         return optimizer_steps(
-            order, start=self.state.pairs_consumed, batch_size=self.schedule.batch_size,
-            dp_size=self.plan.dp_size, dp_rank=self.dp_rank, accumulation_steps=self.schedule.accumulation_steps,
+            order,
+            start=self.state.pairs_consumed,
+            batch_size=self.schedule.batch_size,
+            dp_size=self.plan.dp_size,
+            dp_rank=self.dp_rank,
+            accumulation_steps=self.schedule.accumulation_steps,
         )
 
     def _prefix(self, data) -> np.ndarray:
@@ -130,8 +155,9 @@ class Trainer:
         from rmrun.data import collate
 
         if self.share_prompt:
-            batch = collate_shared(data, indices, prefix=self._prefix(data), pad_token_id=self.pad_id,
-                                   pack=self.pack_pairs)
+            batch = collate_shared(
+                data, indices, prefix=self._prefix(data), pad_token_id=self.pad_id, pack=self.pack_pairs
+            )
             with self.boosted.forward_context():
                 chosen, rejected = self.read_rewards.shared_prompt(self.boosted.model, batch, device=self.device)
             return chosen.float(), rejected.float(), batch, int(self._prefixes[id(data)][2][indices].sum())
@@ -156,8 +182,12 @@ class Trainer:
             if not empty:
                 sums[:8] += pair_sums(chosen, rejected, losses).cpu()
                 sums[8] += n_tokens
-                trace_pairs(rank=self.rank.rank, epoch=self.state.epoch, step=self.state.step + 1,
-                            pair_ids=batch["pair_ids"].tolist())
+                trace_pairs(
+                    rank=self.rank.rank,
+                    epoch=self.state.epoch,
+                    step=self.state.step + 1,
+                    pair_ids=batch["pair_ids"].tolist(),
+                )
         sums = sum_tensor(sums, group=self.dp_group)
         lr = self.boosted.optimizer.param_groups[0]["lr"]
         finite = bool(torch.isfinite(sums[1]))
@@ -168,12 +198,19 @@ class Trainer:
         elif self.schedule.nonfinite == "error":
             raise NonFiniteLoss(
                 f"step {self.state.step + 1}: the loss is not finite; the last committed checkpoint is intact "
-                f"(lower schedule.lr, or set schedule.nonfinite = \"skip\")"
+                f'(lower schedule.lr, or set schedule.nonfinite = "skip")'
             )
         self.boosted.optimizer.zero_grad()
         self.boosted.scheduler.step()
-        line = {"step": self.state.step + 1, "epoch": self.state.epoch, "lr": lr, **metrics_from_sums(sums[:8]),
-                "grad_norm": grad_norm, "tokens": int(sums[8]), "skipped": not finite}
+        line = {
+            "step": self.state.step + 1,
+            "epoch": self.state.epoch,
+            "lr": lr,
+            **metrics_from_sums(sums[:8]),
+            "grad_norm": grad_norm,
+            "tokens": int(sums[8]),
+            "skipped": not finite,
+        }
         return line
 
     def advance(self, step: OptimizerStep, line: dict) -> bool:

@@ -38,8 +38,20 @@ def _run(recipe: str, *, state: str, export: str, overrides, faults: list[str]) 
     if faults:
         env["RMRUN_FAULTS"] = ",".join(faults)
     env.setdefault("PYTHONWARNINGS", "ignore")
-    command = [sys.executable, "-m", "rmrun", "run", recipe, *sum((["--set", o] for o in overrides), []),
-               "--set", f"run.state={state}", "--set", f"output.dir={export}", "--set", "log.progress=off"]
+    command = [
+        sys.executable,
+        "-m",
+        "rmrun",
+        "run",
+        recipe,
+        *sum((["--set", o] for o in overrides), []),
+        "--set",
+        f"run.state={state}",
+        "--set",
+        f"output.dir={export}",
+        "--set",
+        "log.progress=off",
+    ]
     return subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).returncode
 
 
@@ -56,7 +68,11 @@ def compare_exports(a: str, b: str) -> list[str]:
     if set(ta) != set(tb):
         problems.append("the exports hold different tensor names")
     for name in sorted(set(ta) & set(tb)):
-        if ta[name].dtype != tb[name].dtype or ta[name].shape != tb[name].shape or ta[name].tobytes() != tb[name].tobytes():
+        if (
+            ta[name].dtype != tb[name].dtype
+            or ta[name].shape != tb[name].shape
+            or ta[name].tobytes() != tb[name].tobytes()
+        ):
             problems.append(f"tensor {name} differs")
     with open(os.path.join(a, "metrics.jsonl"), "rb") as fa, open(os.path.join(b, "metrics.jsonl"), "rb") as fb:
         if fa.read() != fb.read():
@@ -75,8 +91,16 @@ def parse_points(text: str) -> list[str]:
     return specs
 
 
-def verify_resume(recipe: str, *, kills: int, seed: int, workdir: str | None, overrides, points: str | None = None,
-                  state_root: str | None = None) -> int:
+def verify_resume(
+    recipe: str,
+    *,
+    kills: int,
+    seed: int,
+    workdir: str | None,
+    overrides,
+    points: str | None = None,
+    state_root: str | None = None,
+) -> int:
     from rmrun.recipe import RecipeError
 
     try:
@@ -85,8 +109,15 @@ def verify_resume(recipe: str, *, kills: int, seed: int, workdir: str | None, ov
         raise RecipeError([str(e)]) from None
     workdir = workdir or tempfile.mkdtemp(prefix="rmrun-verify-")
     state_root = (state_root or workdir).rstrip("/")
-    runs = {name: (posixpath.join(state_root, name, "state") if "://" in state_root else os.path.join(state_root, name, "state"),
-                   os.path.join(workdir, name, "export")) for name in ("uninterrupted", "killed")}
+    runs = {
+        name: (
+            posixpath.join(state_root, name, "state")
+            if "://" in state_root
+            else os.path.join(state_root, name, "state"),
+            os.path.join(workdir, name, "export"),
+        )
+        for name in ("uninterrupted", "killed")
+    }
     print(f"verify-resume: uninterrupted run, state {runs['uninterrupted'][0]}", flush=True)
     state, export = runs["uninterrupted"]
     if _run(recipe, state=state, export=export, overrides=overrides, faults=[]) != 0:
@@ -115,6 +146,8 @@ def verify_resume(recipe: str, *, kills: int, seed: int, workdir: str | None, ov
         print(f"verify-resume: fault point {p} was never reached: this recipe does not test it")
     if problems or not_reached:
         return 1
-    print(f"verify-resume: bit-identical after {len(specs)} kill(s) at {', '.join(specs)}: every tensor and "
-          f"metrics.jsonl ({total} steps) match")
+    print(
+        f"verify-resume: bit-identical after {len(specs)} kill(s) at {', '.join(specs)}: every tensor and "
+        f"metrics.jsonl ({total} steps) match"
+    )
     return 0

@@ -27,8 +27,15 @@ def rmrun(*args: str, nproc: int = 1, env: dict | None = None, timeout: float = 
     if nproc == 1:
         command = [sys.executable, "-m", "rmrun", *args]
     else:
-        command = [TORCHRUN, f"--nproc_per_node={nproc}", "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0",
-                   "-m", "rmrun", *args]
+        command = [
+            TORCHRUN,
+            f"--nproc_per_node={nproc}",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0",
+            "-m",
+            "rmrun",
+            *args,
+        ]
     return subprocess.run(command, env=env or child_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -48,6 +55,6 @@ def small_recipe(tmp_path, *, train_pairs: int = 64, eval_pairs: int = 16, extra
         f'extends = "{QUICKSTART}"\n'
         f'[run]\nstate = "{tmp_path / "state"}"\n'
         f'[data]\ntrain = ["{train}"]\neval = ["{evaluation}"]\n'
-        f"[log]\nprogress = \"lines\"\n{extra}"
+        f'[log]\nprogress = "lines"\n{extra}'
     )
     return str(path)

@@ -117,8 +117,10 @@ class Result:
 
     def describe(self) -> str:
         tail = "\n".join(self.output.splitlines()[-40:])
-        return (f"rmrun exited {self.returncode} after {self.seconds:.1f}s (RMRUN_FAULTS={self.faults!r})\n"
-                f"argv: {' '.join(map(str, self.argv))}\n--- last lines of output ---\n{tail}")
+        return (
+            f"rmrun exited {self.returncode} after {self.seconds:.1f}s (RMRUN_FAULTS={self.faults!r})\n"
+            f"argv: {' '.join(map(str, self.argv))}\n--- last lines of output ---\n{tail}"
+        )
 
 
 class Child:
@@ -128,8 +130,14 @@ class Child:
         self.argv, self.faults = argv, faults
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True,
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
         self._lines: list[str] = []
         self._cond = threading.Condition()
@@ -200,7 +208,10 @@ class Child:
     def result(self) -> Result:
         return Result(
             returncode=self.proc.returncode if self.proc.returncode is not None else -999,
-            output=self.output, argv=self.argv, faults=self.faults, seconds=time.monotonic() - self.started,
+            output=self.output,
+            argv=self.argv,
+            faults=self.faults,
+            seconds=time.monotonic() - self.started,
         )
 
 
@@ -260,16 +271,35 @@ class Harness:
         tail = [command, str(RECIPE), *(a for o in overrides for a in ("--set", o))]
         if nproc == 1:
             return [sys.executable, "-m", "rmrun", *tail]
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv-backend=c10d",
-                "--rdzv-endpoint=localhost:0", "-m", "rmrun", *tail]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0",
+            "-m",
+            "rmrun",
+            *tail,
+        ]
 
-    def start(self, run: RunDirs, *, faults: str | None = None, trace: str | None = None, nproc: int | None = None,
-              sets=()) -> Child:
-        return Child(self.argv(run, nproc=nproc, sets=sets), self.env(faults=faults, trace=trace), self.cwd,
-                     faults or "")
+    def start(
+        self, run: RunDirs, *, faults: str | None = None, trace: str | None = None, nproc: int | None = None, sets=()
+    ) -> Child:
+        return Child(
+            self.argv(run, nproc=nproc, sets=sets), self.env(faults=faults, trace=trace), self.cwd, faults or ""
+        )
 
-    def run(self, run: RunDirs, *, faults: str | None = None, trace: str | None = None, nproc: int | None = None,
-            sets=(), expect: int | str | None = None) -> Result:
+    def run(
+        self,
+        run: RunDirs,
+        *,
+        faults: str | None = None,
+        trace: str | None = None,
+        nproc: int | None = None,
+        sets=(),
+        expect: int | str | None = None,
+    ) -> Result:
         """Run to the end. ``expect``: an exit code, "killed" (a fault's SIGKILL) or None."""
         result = self.start(run, faults=faults, trace=trace, nproc=nproc, sets=sets).wait()
         if expect == "killed":
@@ -322,15 +352,20 @@ def read_export(url: str) -> Export:
     fs, path = _fs(url)
     path = path.rstrip("/")
     evaluation = fs.cat_file(f"{path}/eval.json") if fs.exists(f"{path}/eval.json") else None
-    return Export(tensors=load(fs.cat_file(f"{path}/model.safetensors")),
-                  metrics=fs.cat_file(f"{path}/metrics.jsonl"), url=url, evaluation=evaluation)
+    return Export(
+        tensors=load(fs.cat_file(f"{path}/model.safetensors")),
+        metrics=fs.cat_file(f"{path}/metrics.jsonl"),
+        url=url,
+        evaluation=evaluation,
+    )
 
 
 def assert_metrics_complete(export: Export, total_steps: int = TOTAL_STEPS) -> None:
     """metrics.jsonl holds every optimizer step exactly once, in order: 1..N."""
     steps = [line["step"] for line in export.metric_lines()]
     assert steps == list(range(1, total_steps + 1)), (
-        f"{export.url}/metrics.jsonl: steps are {steps}, expected 1..{total_steps} each once")
+        f"{export.url}/metrics.jsonl: steps are {steps}, expected 1..{total_steps} each once"
+    )
 
 
 def differing_tensors(a: Export, b: Export) -> list[str]:
@@ -349,8 +384,9 @@ def _equal(x, y) -> bool:
     return bool(torch.equal(x, y))
 
 
-def assert_identical(reference: Export, got: Export, *, compare_eval: bool = True,
-                     total_steps: int = TOTAL_STEPS) -> None:
+def assert_identical(
+    reference: Export, got: Export, *, compare_eval: bool = True, total_steps: int = TOTAL_STEPS
+) -> None:
     """Bit-identical weights (every tensor) and byte-identical metrics.jsonl, complete
     (steps 1..total_steps); also a byte-identical eval.json unless ``compare_eval`` is
     False (a run that changed eval.batch_size, which is allowed to change eval numbers)."""
@@ -362,7 +398,8 @@ def assert_identical(reference: Export, got: Export, *, compare_eval: bool = Tru
         first = next(i for i, (x, y) in enumerate(zip(reference.metric_lines(), got.metric_lines())) if x != y)
         raise AssertionError(
             f"metrics.jsonl differs from the uninterrupted run, first at line {first + 1}:\n"
-            f"  uninterrupted: {reference.metric_lines()[first]}\n  resumed:       {got.metric_lines()[first]}")
+            f"  uninterrupted: {reference.metric_lines()[first]}\n  resumed:       {got.metric_lines()[first]}"
+        )
     if compare_eval:
         assert got.evaluation == reference.evaluation, "eval.json differs from the uninterrupted run"
 
@@ -375,7 +412,7 @@ def committed_checkpoints(run: RunDirs) -> list[int]:
     from rmrun.store import StateStore
 
     _clear_s3_cache()
-    return [int(k[len("ckpt-"):]) for k in StateStore(run.state).committed_keys("ckpt-")]
+    return [int(k[len("ckpt-") :]) for k in StateStore(run.state).committed_keys("ckpt-")]
 
 
 def is_complete(run: RunDirs) -> bool:

@@ -107,8 +107,9 @@ class CountingS3:
     def reset(self) -> None:
         self.counter.reset()
 
-    def served(self, *, client: str | None = None, under: str | None = None, kind: str | None = None,
-               until: str | None = None) -> int:
+    def served(
+        self, *, client: str | None = None, under: str | None = None, kind: str | None = None, until: str | None = None
+    ) -> int:
         """Bytes served to ``client`` (all clients if None) for paths starting with ``under``
         (an ``s3://bucket/...`` URL; everything if None), of ``kind`` ("object", "list"; both
         if None), in the requests that came before the first one of that client for a path

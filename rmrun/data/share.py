@@ -55,7 +55,11 @@ def shared_lengths(tokenized: TokenizedPairs, prefix: np.ndarray) -> np.ndarray:
 
 
 def collate_shared(
-    tokenized: TokenizedPairs, indices: Sequence[int] | np.ndarray, *, prefix: np.ndarray, pad_token_id: int,
+    tokenized: TokenizedPairs,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    prefix: np.ndarray,
+    pad_token_id: int,
     pack: bool = False,
 ) -> dict[str, Any]:  # tensors, and the int num_tokens
     """One shared-prompt batch for pairs ``indices``: one pair per row, or with ``pack`` as

@@ -82,7 +82,7 @@ def _parse_colossalchat_template(text: str, *, path: str) -> ChatTemplate:
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from None
     if not isinstance(document, dict):
-        raise DataError(f"{path}: expected a JSON object with a \"chat_template\" key")
+        raise DataError(f'{path}: expected a JSON object with a "chat_template" key')
     if "chat_template" not in document:
         raise DataError(f'{path}: missing key "chat_template"')
     jinja = _optional_nonempty_str(document, "chat_template", path=path)
@@ -113,7 +113,9 @@ def _check_jinja_syntax(jinja: str, *, path: str) -> None:
     try:
         _compile_jinja_template(jinja)
     except jinja2.TemplateSyntaxError as error:
-        raise DataError(f"{path}: invalid Jinja chat template (template line {error.lineno}): {error.message}") from None
+        raise DataError(
+            f"{path}: invalid Jinja chat template (template line {error.lineno}): {error.message}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- using a template

@@ -57,7 +57,9 @@ class TokenizedPairs:
         for name in ARRAY_NAMES:
             array = getattr(self, name)
             if array.dtype != _ARRAY_DTYPES[name] or array.ndim != 1:
-                raise ValueError(f"{name} must be a 1-d {np.dtype(_ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}")
+                raise ValueError(
+                    f"{name} must be a 1-d {np.dtype(_ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
+                )
         count = len(self.pair_index)
         for side in ("chosen", "rejected"):
             ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
@@ -109,7 +111,7 @@ def tokenize_pairs(
 
     ``overflow``: ``"truncate"`` drops tokens from the start of a too-long side (keeping a
     leading bos or [CLS]), ``"drop"`` skips the pair, ``"error"`` raises DataError naming the pair.
-    ``family`` is the backbone's (``rmrun.backbone``): "decoder" or "encoder".
+    ``family`` is the backbone's (``rmrun.recipe.backbone``): "decoder" or "encoder".
     """
     _check_arguments(tokenizer, max_length=max_length, overflow=overflow, batch_size=batch_size)
     rule = ScoringRule.of(tokenizer, template, family=family)
@@ -188,7 +190,10 @@ class ScoringRule:
         prefix_ids, suffix_ids = _added_special_ids(tokenizer)
         keep_first = {i for i in (tokenizer.bos_token_id, *prefix_ids[:1]) if i is not None}
         return cls(
-            template=template, family=family, end=end, end_id=end_id,
+            template=template,
+            family=family,
+            end=end,
+            end_id=end_id,
             prefix=tuple(tokenizer.convert_ids_to_tokens(prefix_ids)),
             suffix=tuple(tokenizer.convert_ids_to_tokens(suffix_ids)),
             keep_first=frozenset(keep_first),
@@ -209,7 +214,7 @@ class ScoringRule:
         # The tokenizer adds these itself; rendered by the template as well they would be doubled.
         for token in self.prefix:
             if text.startswith(token):
-                text = text[len(token):]
+                text = text[len(token) :]
         for token in reversed(self.suffix):
             if text.endswith(token):
                 text = text[: -len(token)]
@@ -264,8 +269,10 @@ def _tokenize_side(batch: Sequence[PreferencePair], side: str, tokenizer, *, rul
     encoded = tokenizer(texts, return_attention_mask=False, return_token_type_ids=False, verbose=False)
     if rule.end_id is None:
         return list(encoded["input_ids"])
-    return [_end_at_last_end_of_assistant(ids, end_id=rule.end_id, source=pair.source, tokenizer=tokenizer)
-            for ids, pair in zip(encoded["input_ids"], batch)]
+    return [
+        _end_at_last_end_of_assistant(ids, end_id=rule.end_id, source=pair.source, tokenizer=tokenizer)
+        for ids, pair in zip(encoded["input_ids"], batch)
+    ]
 
 
 def _end_at_last_end_of_assistant(ids: list[int], *, end_id: int, source: str, tokenizer) -> list[int]:
@@ -328,9 +335,13 @@ class _PairArraysBuilder:
             lengths = _concatenate(self._chunks[f"{side}_lengths"], dtype=np.int64)
             arrays[f"{side}_offsets"] = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)])
         arrays["pair_index"] = _concatenate(self._chunks["pair_index"], dtype=np.int64)
-        return TokenizedPairs(chosen_ids=arrays["chosen_ids"], chosen_offsets=arrays["chosen_offsets"],
-                              rejected_ids=arrays["rejected_ids"], rejected_offsets=arrays["rejected_offsets"],
-                              pair_index=arrays["pair_index"])
+        return TokenizedPairs(
+            chosen_ids=arrays["chosen_ids"],
+            chosen_offsets=arrays["chosen_offsets"],
+            rejected_ids=arrays["rejected_ids"],
+            rejected_offsets=arrays["rejected_offsets"],
+            pair_index=arrays["pair_index"],
+        )
 
 
 def _concatenate(chunks: list[np.ndarray], *, dtype) -> np.ndarray:

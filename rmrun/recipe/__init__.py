@@ -5,4 +5,13 @@ from rmrun.recipe.plan import Plan, make_plan
 from rmrun.recipe.schema import Recipe
 from rmrun.recipe.validate import World, environment_problems
 
-__all__ = ["Plan", "Recipe", "RecipeError", "World", "environment_problems", "load_recipe", "make_plan", "recipe_to_dict"]
+__all__ = [
+    "Plan",
+    "Recipe",
+    "RecipeError",
+    "World",
+    "environment_problems",
+    "load_recipe",
+    "make_plan",
+    "recipe_to_dict",
+]

@@ -43,7 +43,7 @@ def _resolve_field(field_path, value: str, base_dir: str) -> str:
     if field_path == "or-template" and is_template_text(value):
         return value  # the template itself, not a file name
     if field_path == "or-name" and value.startswith(PACKAGE_PREFIX):
-        from rmrun.backbone import package_directory
+        from rmrun.recipe.backbone import package_directory
 
         return package_directory(value) or value  # not installed: check names the package
     resolved = _resolve_path(value, base_dir)

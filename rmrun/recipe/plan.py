@@ -36,7 +36,7 @@ class Plan:
     state: str
     export: str
     autocast: str | None = None  # the forward's autocast dtype where rmrun does it (ddp in bf16)
-    forward: str = "standard"  # "shared-prompt" or "standard" (rmrun.backbone.choose_forward)
+    forward: str = "standard"  # "shared-prompt" or "standard" (rmrun.recipe.backbone.choose_forward)
     forward_reason: str = ""
 
     def to_dict(self) -> dict:
@@ -46,7 +46,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         return cls(**data)
 
 
@@ -55,7 +55,7 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
 
 
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
-    from rmrun.backbone import choose_forward
+    from rmrun.recipe.backbone import choose_forward
     from rmrun.recipe.validate import model_parallel_size
 
     p, s = recipe.plugin, recipe.schedule

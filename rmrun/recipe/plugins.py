@@ -119,21 +119,72 @@ def _hybrid_rules(p: PluginSection) -> list[str]:
 
 
 PLUGINS: dict[str, PluginSpec] = {
-    "ddp": PluginSpec("TorchDDPPlugin", _ddp, needs_cuda=False, sharded=False, precisions=ALL_PRECISIONS,
-                      clips_gradients="rmrun", casts="rmrun", flash_attention="rmrun", shared_prompt=True),
-    "zero2": PluginSpec("LowLevelZeroPlugin", _zero2(False), needs_cuda=True, sharded=True, precisions=ALL_PRECISIONS,
-                        clips_gradients="plugin", casts="plugin", flash_attention="rmrun"),
-    "zero2_cpu": PluginSpec("LowLevelZeroPlugin", _zero2(True), needs_cuda=True, sharded=True,
-                            precisions=ALL_PRECISIONS, clips_gradients="plugin", casts="plugin",
-                            flash_attention="rmrun"),
-    "gemini": PluginSpec("GeminiPlugin", _gemini("static"), needs_cuda=True, sharded=True, precisions=("bf16", "fp16"),
-                         clips_gradients="plugin", casts="plugin", flash_attention="plugin", supports_lora=False),
-    "gemini_auto": PluginSpec("GeminiPlugin", _gemini("auto"), needs_cuda=True, sharded=True,
-                              precisions=("bf16", "fp16"), clips_gradients="plugin", casts="plugin",
-                              flash_attention="plugin", supports_lora=False, supports_accumulation=False),
-    "3d": PluginSpec("HybridParallelPlugin", _hybrid, needs_cuda=True, sharded=True, precisions=ALL_PRECISIONS,
-                     clips_gradients="plugin", casts="plugin", flash_attention="plugin", model_parallel=True,
-                     rules=(_hybrid_rules,)),
+    "ddp": PluginSpec(
+        "TorchDDPPlugin",
+        _ddp,
+        needs_cuda=False,
+        sharded=False,
+        precisions=ALL_PRECISIONS,
+        clips_gradients="rmrun",
+        casts="rmrun",
+        flash_attention="rmrun",
+        shared_prompt=True,
+    ),
+    "zero2": PluginSpec(
+        "LowLevelZeroPlugin",
+        _zero2(False),
+        needs_cuda=True,
+        sharded=True,
+        precisions=ALL_PRECISIONS,
+        clips_gradients="plugin",
+        casts="plugin",
+        flash_attention="rmrun",
+    ),
+    "zero2_cpu": PluginSpec(
+        "LowLevelZeroPlugin",
+        _zero2(True),
+        needs_cuda=True,
+        sharded=True,
+        precisions=ALL_PRECISIONS,
+        clips_gradients="plugin",
+        casts="plugin",
+        flash_attention="rmrun",
+    ),
+    "gemini": PluginSpec(
+        "GeminiPlugin",
+        _gemini("static"),
+        needs_cuda=True,
+        sharded=True,
+        precisions=("bf16", "fp16"),
+        clips_gradients="plugin",
+        casts="plugin",
+        flash_attention="plugin",
+        supports_lora=False,
+    ),
+    "gemini_auto": PluginSpec(
+        "GeminiPlugin",
+        _gemini("auto"),
+        needs_cuda=True,
+        sharded=True,
+        precisions=("bf16", "fp16"),
+        clips_gradients="plugin",
+        casts="plugin",
+        flash_attention="plugin",
+        supports_lora=False,
+        supports_accumulation=False,
+    ),
+    "3d": PluginSpec(
+        "HybridParallelPlugin",
+        _hybrid,
+        needs_cuda=True,
+        sharded=True,
+        precisions=ALL_PRECISIONS,
+        clips_gradients="plugin",
+        casts="plugin",
+        flash_attention="plugin",
+        model_parallel=True,
+        rules=(_hybrid_rules,),
+    ),
 }
 CUDA_PLUGINS = tuple(name for name, spec in PLUGINS.items() if spec.needs_cuda)
 
@@ -176,8 +227,11 @@ def plugin_problems(plugin: PluginSection, schedule: ScheduleSection, *, lora: b
     if lora and not spec.supports_lora:
         problems.append(f'[model.lora]: LoRA is not supported with plugin "{plugin.name}"; use zero2, ddp or 3d')
     if schedule.accumulation_steps > 1 and not spec.supports_accumulation:
-        alternative = next(name for name, other in PLUGINS.items()
-                           if other.class_name == spec.class_name and other.supports_accumulation)
+        alternative = next(
+            name
+            for name, other in PLUGINS.items()
+            if other.class_name == spec.class_name and other.supports_accumulation
+        )
         problems.append(
             f'[schedule].accumulation_steps: plugin "{plugin.name}" does not support gradient '
             f'accumulation; use 1 or plugin "{alternative}"'

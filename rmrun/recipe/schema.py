@@ -60,7 +60,9 @@ class DataSection:
     """[data]: preference pairs and how they become token ids."""
 
     train: tuple[str, ...] = doc(
-        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs.", factory=tuple, path=True,
+        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs.",
+        factory=tuple,
+        path=True,
         required=True,
     )
     eval: tuple[str, ...] = doc("Held-out files evaluated at each epoch end.", factory=tuple, path=True)
@@ -78,7 +80,7 @@ class DataSection:
     chat_template: Optional[str] = doc(
         "Chat template: a ColossalChat template JSON file, a .jinja file, or the Jinja template text "
         "itself (any value with {{ or {%). Default: the tokenizer's own chat_template; for an encoder "
-        "backbone whose tokenizer has none, one \"role: content\" line per message. Decoders read the "
+        'backbone whose tokenizer has none, one "role: content" line per message. Decoders read the '
         "reward at the end-of-assistant token (the template's end_of_assistant, else the tokenizer's eos; "
         "with neither, the last token of the rendered conversation); encoders pool with their own head.",
         None,
@@ -96,10 +98,10 @@ class DataSection:
     share_prompt: Literal["auto", "on", "off"] = doc(
         "Run each pair's prompt through the model once: prompt + chosen + rejected in one sequence, the "
         "rejected response masked from the chosen one, rewards read at the end of each (the same rewards as "
-        "two sequences, up to float rounding, for a fraction of the compute). \"auto\": wherever it is "
+        'two sequences, up to float rounding, for a fraction of the compute). "auto": wherever it is '
         "supported (decoders checked with a block mask, Llama and Qwen2, with sdpa or eager attention, on the "
-        "ddp plugin in fp32), the standard forward elsewhere; \"on\": refuse to run where it is not supported; "
-        "\"off\": always two sequences per pair. `rmrun check` prints which forward runs and why.",
+        'ddp plugin in fp32), the standard forward elsewhere; "on": refuse to run where it is not supported; '
+        '"off": always two sequences per pair. `rmrun check` prints which forward runs and why.',
         "auto",
     )
     pack_pairs: bool = doc(
@@ -117,9 +119,7 @@ class LoraSection:
     r: int = doc("LoRA rank.", 8)
     alpha: float = doc("LoRA alpha (scaling = alpha / r).", 16.0)
     dropout: float = doc("Dropout on the LoRA branch.", 0.0)
-    target_modules: tuple[str, ...] = doc(
-        "Module names to adapt.", ("q_proj", "k_proj", "v_proj", "o_proj")
-    )
+    target_modules: tuple[str, ...] = doc("Module names to adapt.", ("q_proj", "k_proj", "v_proj", "o_proj"))
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ class ModelSection:
         "Hugging Face model directory (or hub id already in the local cache, or package:NAME/dir for model "
         "files an installed Python package ships). Encoders (BERT, RoBERTa, DeBERTa, ModernBERT, ...) and "
         "decoders (Llama, Qwen, Mistral, Gemma, GPT-2, OPT, ...) with a ForSequenceClassification class.",
-        "", path="or-name", required=True,
+        "",
+        path="or-name",
+        required=True,
     )
     tokenizer: Optional[str] = doc(
         "Tokenizer directory (or hub id, or package:NAME/dir). Default: model.pretrain.", None, path="or-name"

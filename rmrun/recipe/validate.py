@@ -40,6 +40,7 @@ CEILINGS = {
     "[plugin].microbatch_size": 1_000_000,
 }
 
+
 @dataclass(frozen=True)
 class World:
     """What the run found itself on."""
@@ -61,9 +62,14 @@ def _number_problems(recipe: Recipe) -> list[str]:
     s, lora = recipe.schedule, recipe.model.lora
     if not 0 <= recipe.run.seed <= SEED_MAX:
         problems.append(f"[run].seed: must be between 0 and 2**63-1, got {recipe.run.seed}")
-    floats = [("[schedule].lr", s.lr), ("[schedule].weight_decay", s.weight_decay), ("[schedule].grad_clip", s.grad_clip),
-              ("[loss].margin", recipe.loss.margin), ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds),
-              ("[checkpoint].stop_budget_seconds", recipe.checkpoint.stop_budget_seconds)]
+    floats = [
+        ("[schedule].lr", s.lr),
+        ("[schedule].weight_decay", s.weight_decay),
+        ("[schedule].grad_clip", s.grad_clip),
+        ("[loss].margin", recipe.loss.margin),
+        ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds),
+        ("[checkpoint].stop_budget_seconds", recipe.checkpoint.stop_budget_seconds),
+    ]
     if lora is not None:
         floats += [("[model.lora].alpha", lora.alpha), ("[model.lora].dropout", lora.dropout)]
     for key, value in floats:
@@ -74,13 +80,21 @@ def _number_problems(recipe: Recipe) -> list[str]:
     if lora is not None and math.isfinite(lora.alpha) and lora.alpha <= 0:
         problems.append(f"[model.lora].alpha: must be positive, got {lora.alpha}")
     values = {
-        "[schedule].batch_size": s.batch_size, "[schedule].accumulation_steps": s.accumulation_steps,
-        "[schedule].max_epochs": s.max_epochs, "[schedule].max_steps": s.max_steps,
-        "[schedule].warmup_steps": s.warmup_steps, "[data].max_length": recipe.data.max_length,
-        "[eval].batch_size": recipe.eval.batch_size, "[checkpoint].interval_steps": recipe.checkpoint.interval_steps,
-        "[eval].interval_steps": recipe.eval.interval_steps, "[log].interval_steps": recipe.log.interval_steps,
-        "[checkpoint].keep": recipe.checkpoint.keep, "[model.lora].r": lora.r if lora else None,
-        "[plugin].tp": recipe.plugin.tp, "[plugin].pp": recipe.plugin.pp, "[plugin].sp": recipe.plugin.sp,
+        "[schedule].batch_size": s.batch_size,
+        "[schedule].accumulation_steps": s.accumulation_steps,
+        "[schedule].max_epochs": s.max_epochs,
+        "[schedule].max_steps": s.max_steps,
+        "[schedule].warmup_steps": s.warmup_steps,
+        "[data].max_length": recipe.data.max_length,
+        "[eval].batch_size": recipe.eval.batch_size,
+        "[checkpoint].interval_steps": recipe.checkpoint.interval_steps,
+        "[eval].interval_steps": recipe.eval.interval_steps,
+        "[log].interval_steps": recipe.log.interval_steps,
+        "[checkpoint].keep": recipe.checkpoint.keep,
+        "[model.lora].r": lora.r if lora else None,
+        "[plugin].tp": recipe.plugin.tp,
+        "[plugin].pp": recipe.plugin.pp,
+        "[plugin].sp": recipe.plugin.sp,
         "[plugin].microbatch_size": recipe.plugin.microbatch_size,
     }
     for key, value in values.items():
@@ -97,8 +111,11 @@ def _location_problems(recipe: Recipe) -> list[str]:
             f"[run].name: {recipe.run.name!r} must be a single path segment (letters, digits, '.', '_', '-', "
             "not starting with '.' or '-'); the default state is state/<name>"
         )
-    for key, value in (("[run].state", recipe.run.state), ("[output].dir", recipe.output.dir),
-                       ("[data].chat_template", recipe.data.chat_template)):
+    for key, value in (
+        ("[run].state", recipe.run.state),
+        ("[output].dir", recipe.output.dir),
+        ("[data].chat_template", recipe.data.chat_template),
+    ):
         if value is not None and not value.strip():
             problems.append(f"{key}: must not be empty (leave it out for the default)")
     for key, value in (("[run].state", recipe.run.state), ("[output].dir", recipe.output.dir)):
@@ -182,9 +199,15 @@ def _lora_problems(recipe: Recipe) -> list[str]:
 
 def static_problems(recipe: Recipe) -> list[str]:
     """Every problem the recipe alone shows, one line each."""
-    return (_number_problems(recipe) + _location_problems(recipe) + _size_problems(recipe)
-            + _schedule_problems(recipe) + _checkpoint_problems(recipe) + _lora_problems(recipe)
-            + plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None))
+    return (
+        _number_problems(recipe)
+        + _location_problems(recipe)
+        + _size_problems(recipe)
+        + _schedule_problems(recipe)
+        + _checkpoint_problems(recipe)
+        + _lora_problems(recipe)
+        + plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None)
+    )
 
 
 def environment_problems(recipe: Recipe, world: World) -> list[str]:

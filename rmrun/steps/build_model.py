@@ -18,8 +18,16 @@ if TYPE_CHECKING:
 # What a committed checkpoint that verifies but cannot be loaded raises: a refused or
 # broken pickle, a state dict with other keys or shapes, JSON that does not parse.
 # Not OSError (a full disk or a network error says nothing about the checkpoint).
-LOAD_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
-               AttributeError)
+LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    RuntimeError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+)
 
 
 def _is_corrupt(error: BaseException) -> bool:
@@ -87,14 +95,30 @@ def _record_start(ctx: RunContext, *, key: str | None, state: TrainState) -> Non
     from rmrun.store.keys import start_record
 
     if ctx.rank.is_main and ctx.lease is not None:
-        ctx.store.write_record(start_record(ctx.lease.generation), {
-            "generation": ctx.lease.generation, "checkpoint": key, "step": state.step, "epoch": state.epoch,
-            "pairs_consumed": state.pairs_consumed, "world_size": ctx.rank.world_size, "time": time.time(),
-        }, lease=ctx.lease)
+        ctx.store.write_record(
+            start_record(ctx.lease.generation),
+            {
+                "generation": ctx.lease.generation,
+                "checkpoint": key,
+                "step": state.step,
+                "epoch": state.epoch,
+                "pairs_consumed": state.pairs_consumed,
+                "world_size": ctx.rank.world_size,
+                "time": time.time(),
+            },
+            lease=ctx.lease,
+        )
 
 
-def build_model(ctx: RunContext, step: Step, *, model: ModelSection, plugin: PluginSection, schedule: ScheduleSection,
-                run: RunSection) -> None:
+def build_model(
+    ctx: RunContext,
+    step: Step,
+    *,
+    model: ModelSection,
+    plugin: PluginSection,
+    schedule: ScheduleSection,
+    run: RunSection,
+) -> None:
     from rmrun.boost import boost
     from rmrun.checkpoint import seed_everything
     from rmrun.faults import fault_point, restore_enabled
@@ -106,8 +130,11 @@ def build_model(ctx: RunContext, step: Step, *, model: ModelSection, plugin: Plu
     plan = ctx.set_plan(num_pairs=len(ctx.data["train"]))
     seed_everything(run.seed + ctx.rank.rank)
     net = build_reward_model(
-        model, tokenizer=ctx.tokenizer, grad_checkpoint=plugin.grad_checkpoint,
-        attn_implementation=model_attention(plugin), seed=run.seed,
+        model,
+        tokenizer=ctx.tokenizer,
+        grad_checkpoint=plugin.grad_checkpoint,
+        attn_implementation=model_attention(plugin),
+        seed=run.seed,
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
@@ -117,7 +144,9 @@ def build_model(ctx: RunContext, step: Step, *, model: ModelSection, plugin: Plu
         state = TrainState.from_dict(loaded)
         if not restore_enabled("position"):
             state.pairs_consumed = 0
-        ctx.say(f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed")
+        ctx.say(
+            f"resumed from {key}: epoch {state.epoch}, step {state.step}, {state.pairs_consumed} pairs of the epoch consumed"
+        )
     _record_start(ctx, key=key, state=state)
     ctx.boosted = boosted
     ctx.train_state = state

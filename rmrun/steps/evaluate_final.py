@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def _say(ctx: RunContext, final: dict) -> None:
-    ctx.say(f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
-            f"longer-wins baseline {final['longer_wins_accuracy']:.4f}")
+    ctx.say(
+        f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
+        f"longer-wins baseline {final['longer_wins_accuracy']:.4f}"
+    )
 
 
 def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from rmrun.trainer import Trainer
 
 
-def _export_files(ctx: RunContext, directory: str, trainer: Trainer, *, data, loss, model, run_name: str,
-                  reward_stats: dict | None) -> None:
-    from rmrun.export import write_contract, write_model_card
+def _export_files(
+    ctx: RunContext, directory: str, trainer: Trainer, *, data, loss, model, run_name: str, reward_stats: dict | None
+) -> None:
+    from rmrun.exported import write_contract, write_model_card
     from rmrun.model import model_family
     from rmrun.trainer import metrics_jsonl
 
@@ -44,8 +45,7 @@ def _export_files(ctx: RunContext, directory: str, trainer: Trainer, *, data, lo
         with open(os.path.join(directory, "eval.json"), "wb") as f:
             f.write(evaluation.read_bytes("eval.json"))
     final = json.loads(evaluation.read_bytes("eval.json"))["final"] if evaluation is not None else None
-    write_model_card(directory, run_name=run_name,
-                     model=model, data=data, evaluation=final, reward_stats=reward_stats)
+    write_model_card(directory, run_name=run_name, model=model, data=data, evaluation=final, reward_stats=reward_stats)
 
 
 def _write_model(ctx: RunContext, directory: str, boosted: Boosted, tokenizer) -> None:
@@ -91,12 +91,24 @@ def _upload(local_dir: str, url: str, *, step: int) -> None:
 def _reward_stats(trainer: Trainer) -> dict:
     """Mean and std of the final model's rewards over every training pair, both responses."""
     result = trainer.evaluate(data=trainer.data)
-    return {"mean": (result["chosen_reward"] + result["rejected_reward"]) / 2, "std": result["reward_std"],
-            "pairs": result["pairs"], "data": "train"}
+    return {
+        "mean": (result["chosen_reward"] + result["rejected_reward"]) / 2,
+        "std": result["reward_std"],
+        "pairs": result["pairs"],
+        "data": "train",
+    }
 
 
-def export(ctx: RunContext, step: Step, *, output: OutputSection, data: DataSection, loss: LossSection,
-           model: ModelSection, run: RunSection) -> None:
+def export(
+    ctx: RunContext,
+    step: Step,
+    *,
+    output: OutputSection,
+    data: DataSection,
+    loss: LossSection,
+    model: ModelSection,
+    run: RunSection,
+) -> None:
     from rmrun.collective import barrier, broadcast
     from rmrun.faults import fault_point
 

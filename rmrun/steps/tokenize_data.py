@@ -53,8 +53,10 @@ def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSectio
         )
         s = stats[split]
         if s["pairs"] == 0:
-            raise DataError(f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
-                            f"rows skipped, {s['dropped']} dropped as longer than max_length {data.max_length})")
+            raise DataError(
+                f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
+                f"rows skipped, {s['dropped']} dropped as longer than max_length {data.max_length})"
+            )
         staged.write_bytes(ARRAY_FILES[split], save(tokenized.to_arrays()))
         s = stats[split]
         ctx.say(
@@ -115,8 +117,10 @@ def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: Mode
         if loaded is not None:
             break
     if loaded is None:
-        raise StoreError(f"tokenized data {step.key} in {ctx.store.root} is corrupt again right after "
-                         "it was written: the store does not keep what it is given")
+        raise StoreError(
+            f"tokenized data {step.key} in {ctx.store.root} is corrupt again right after "
+            "it was written: the store does not keep what it is given"
+        )
     ctx.tokenizer = tokenizer
     ctx.data = loaded
     fault_point("tokenized", rank=ctx.rank.rank)

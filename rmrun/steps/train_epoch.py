@@ -27,24 +27,34 @@ if TYPE_CHECKING:
     from rmrun.trainer import Trainer
 
 
-def _make_trainer(ctx: RunContext, *, schedule: ScheduleSection, loss: LossSection, data: DataSection,
-                  eval: EvalSection) -> Trainer:
-    from rmrun.backbone import SHARED
+def _make_trainer(
+    ctx: RunContext, *, schedule: ScheduleSection, loss: LossSection, data: DataSection, eval: EvalSection
+) -> Trainer:
+    from rmrun.recipe.backbone import SHARED
     from rmrun.trainer import Trainer
 
     tokenized, plan, state = ctx.data, ctx.plan, ctx.train_state
     assert tokenized is not None and plan is not None and state is not None and ctx.boosted is not None
     return Trainer(
-        boosted=ctx.boosted, data=tokenized["train"], eval_data=tokenized.get("eval"),
-        tokenizer=ctx.tokenizer, plan=plan, schedule=schedule, loss=loss, rank=ctx.rank,
-        state=state, group_by_length=data.group_by_length,
+        boosted=ctx.boosted,
+        data=tokenized["train"],
+        eval_data=tokenized.get("eval"),
+        tokenizer=ctx.tokenizer,
+        plan=plan,
+        schedule=schedule,
+        loss=loss,
+        rank=ctx.rank,
+        state=state,
+        group_by_length=data.group_by_length,
         eval_batch_size=eval.batch_size or schedule.batch_size,
-        share_prompt=plan.forward == SHARED, pack_pairs=data.pack_pairs,
+        share_prompt=plan.forward == SHARED,
+        pack_pairs=data.pack_pairs,
     )
 
 
-def _make_hooks(ctx: RunContext, trainer: Trainer, *, checkpoint: CheckpointSection, eval: EvalSection,
-                log: LogSection) -> Hooks:
+def _make_hooks(
+    ctx: RunContext, trainer: Trainer, *, checkpoint: CheckpointSection, eval: EvalSection, log: LogSection
+) -> Hooks:
     import posixpath
 
     from rmrun.hooks import CheckpointHook, EvalHook, Hooks, LogHook, StopSignal
@@ -57,15 +67,28 @@ def _make_hooks(ctx: RunContext, trainer: Trainer, *, checkpoint: CheckpointSect
             import tempfile
 
             tb, tb_url = tempfile.mkdtemp(prefix="rmrun-tensorboard-"), posixpath.join(ctx.store.root, "tensorboard")
-    log_hook = LogHook(every=log.interval_steps, plan=trainer.plan, rank=ctx.rank, mode=log.progress,
-                       tensorboard_dir=tb, tensorboard_url=tb_url, start_step=trainer.state.step,
-                       sync_steps=checkpoint.interval_steps)
+    log_hook = LogHook(
+        every=log.interval_steps,
+        plan=trainer.plan,
+        rank=ctx.rank,
+        mode=log.progress,
+        tensorboard_dir=tb,
+        tensorboard_url=tb_url,
+        start_step=trainer.state.step,
+        sync_steps=checkpoint.interval_steps,
+    )
     return Hooks(
         log=log_hook,
         eval=EvalHook(every=eval.interval_steps, log=log_hook),
-        checkpoint=CheckpointHook(ctx=ctx, every=checkpoint.interval_steps, seconds=checkpoint.interval_seconds,
-                                  keep=checkpoint.keep, stop=StopSignal(), background=checkpoint.async_upload,
-                                  stop_budget_seconds=checkpoint.stop_budget_seconds),
+        checkpoint=CheckpointHook(
+            ctx=ctx,
+            every=checkpoint.interval_steps,
+            seconds=checkpoint.interval_seconds,
+            keep=checkpoint.keep,
+            stop=StopSignal(),
+            background=checkpoint.async_upload,
+            stop_budget_seconds=checkpoint.stop_budget_seconds,
+        ),
     )
 
 
@@ -92,9 +115,18 @@ def _train(trainer: Trainer, epoch: int, hooks: Hooks) -> None:
         hooks.log.close()  # the progress bar and TensorBoard files, before the final eval and export say anything
 
 
-def train_epoch(ctx: RunContext, step: Step, *, schedule: ScheduleSection, loss: LossSection,
-                checkpoint: CheckpointSection, eval: EvalSection, log: LogSection, data: DataSection,
-                run: RunSection) -> None:
+def train_epoch(
+    ctx: RunContext,
+    step: Step,
+    *,
+    schedule: ScheduleSection,
+    loss: LossSection,
+    checkpoint: CheckpointSection,
+    eval: EvalSection,
+    log: LogSection,
+    data: DataSection,
+    run: RunSection,
+) -> None:
     from rmrun.collective import barrier
     from rmrun.faults import fault_point
 

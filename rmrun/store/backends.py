@@ -391,5 +391,3 @@ def _make_backend(root: str, storage_options: dict) -> StorageBackend:
 
     fs, base = fsspec.core.url_to_fs(root, **options)
     return FsspecBackend(fs, base.rstrip("/"))
-
-

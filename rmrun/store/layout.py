@@ -103,9 +103,7 @@ def check_prefix(prefix: str) -> None:
 def check_record_name(name: str) -> None:
     """Record names are '/'-separated safe segments."""
     if not isinstance(name, str) or not all(SEGMENT_RE.match(part) for part in name.split("/")):
-        raise StoreError(
-            f"invalid record name {name!r}: use '/'-separated letters, digits, '.', '_', '-'"
-        )
+        raise StoreError(f"invalid record name {name!r}: use '/'-separated letters, digits, '.', '_', '-'")
 
 
 def check_file_name(name: str) -> None:

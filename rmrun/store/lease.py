@@ -61,8 +61,7 @@ class Leases:
         if newest > lease.generation:
             holder = self._holder(newest)
             raise LeaseLost(
-                f"lease lost: generation {lease.generation} superseded by {newest} "
-                f"(holder {holder}) on {self._root}"
+                f"lease lost: generation {lease.generation} superseded by {newest} (holder {holder}) on {self._root}"
             )
         if lease.generation not in generations:
             where = posixpath.join(self._root, LEASE_DIR)

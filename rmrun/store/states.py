@@ -250,8 +250,10 @@ class CommittedState:
         if prefix.strip("/") and not selected:
             raise StoreError(f"state {self.key} has no files under {prefix!r}")
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(GET_THREADS, max(1, len(selected)))) as pool:
-            pending = [pool.submit(self.get_file, name, os.path.join(local_dir, *rel.split("/")))
-                       for name, rel in selected.items()]
+            pending = [
+                pool.submit(self.get_file, name, os.path.join(local_dir, *rel.split("/")))
+                for name, rel in selected.items()
+            ]
             for future in pending:
                 future.result()
 
@@ -304,8 +306,6 @@ class CommittedState:
     def _corrupt(self, reason: str) -> CorruptState:
         """Verification failure naming this state."""
         return CorruptState(f"state {self.key} ({self.attempt}): {reason}", attempt=self.attempt, reason=reason)
-
-
 
 
 # --------------------------------------------------------------------------- COMMIT and the manifest

@@ -83,7 +83,11 @@ class StateStore:
     def check_reachable(self) -> None:
         """Raise FileNotFoundError when the bucket of an object-store root does not exist."""
         fs = getattr(self._backend, "fs", None)
-        protocols = fs.protocol if fs is not None and isinstance(fs.protocol, (tuple, list)) else (getattr(fs, "protocol", None),)
+        protocols = (
+            fs.protocol
+            if fs is not None and isinstance(fs.protocol, (tuple, list))
+            else (getattr(fs, "protocol", None),)
+        )
         if fs is None or not set(protocols) & BUCKET_PROTOCOLS:
             return
         bucket = self._backend.base.split("/", 1)[0]

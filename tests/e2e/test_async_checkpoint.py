@@ -71,13 +71,15 @@ def test_background_uploads_give_the_same_bytes_as_blocking_ones(tmp_path, refer
     assert blocking.returncode == 0, blocking.stderr[-3000:]
     assert exports_differ(ref_dir / "state" / "export", tmp_path / "state" / "export") == []
     # The budget (0.001 s, far below any real checkpoint) is reported once, not at every checkpoint.
-    warnings = re.findall(r"^warning: checkpoint ckpt-\d+ took .* more than checkpoint.stop_budget_seconds = 0.001",
-                          ref_run.stdout, re.M)
+    warnings = re.findall(
+        r"^warning: checkpoint ckpt-\d+ took .* more than checkpoint.stop_budget_seconds = 0.001", ref_run.stdout, re.M
+    )
     assert len(warnings) == 1, ref_run.stdout
     assert "stop_budget_seconds" not in blocking.stdout  # the default budget (120 s) is not reached here
     status = rmrun("status", str(ref_dir / "state"))
     assert re.search(r"^  ckpt-0000000012: snapshot \d+\.\d{3} s, upload \d+\.\d{3} s$", status.stdout, re.M), (
-        status.stdout)
+        status.stdout
+    )
 
 
 def test_a_kill_during_a_background_upload_leaves_the_previous_checkpoint(tmp_path, reference):
@@ -148,8 +150,10 @@ def test_an_upload_failing_on_one_rank_commits_nothing_and_every_rank_says_why(t
     assert "/rmrun/" not in failed.stderr, failed.stderr[-3000:]  # no traceback through rmrun (torchrun prints its own)
     assert "exitcode  : 3" in failed.stderr, failed.stderr[-3000:]  # EXIT_UNUSABLE
     lines = [line for line in failed.stderr.splitlines() if line.startswith("rmrun: ")]
-    expected = ("rmrun: checkpoint ckpt-0000000002 not committed: rank 1 could not write its part: OSError: "
-                "[Errno 5] Input/output error (injected at checkpoint_upload); the last committed checkpoint is intact")
+    expected = (
+        "rmrun: checkpoint ckpt-0000000002 not committed: rank 1 could not write its part: OSError: "
+        "[Errno 5] Input/output error (injected at checkpoint_upload); the last committed checkpoint is intact"
+    )
     assert lines == [expected, expected], failed.stderr[-3000:]
     assert committed(failing_dir / "state") == []
 

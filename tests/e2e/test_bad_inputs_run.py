@@ -11,8 +11,15 @@ def test_every_pair_dropped_at_tokenize_is_an_error_with_the_counts(tmp_path):
     from tests.helpers import child_env, rmrun
 
     recipe = _write_recipe(tmp_path, None)
-    done = rmrun("run", recipe, "--set", "data.overflow=drop", "--set", "data.max_length=8",
-                 env=child_env(CUDA_VISIBLE_DEVICES=""))
+    done = rmrun(
+        "run",
+        recipe,
+        "--set",
+        "data.overflow=drop",
+        "--set",
+        "data.max_length=8",
+        env=child_env(CUDA_VISIBLE_DEVICES=""),
+    )
     assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     [line] = [x for x in done.stderr.splitlines() if x.startswith("rmrun: ")]

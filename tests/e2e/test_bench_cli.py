@@ -24,9 +24,26 @@ def bench_run(tmp_path_factory):
     real_state.mkdir()
     (real_state / "sentinel").write_text("untouched")
     out = tmp / "out"
-    result = rmrun("bench", QUICKSTART, "--sweep", "schedule.batch_size=8,4", "--sweep", "plugin.name=ddp,zero2",
-                   "--set", f"run.state={real_state}", "--steps", "2", "--rounds", "1", "--pairs", "48",
-                   "--out", str(out), env=child_env(RMRUN_BENCH_MEMORY_CAP="batch_size=8:0"), timeout=300)
+    result = rmrun(
+        "bench",
+        QUICKSTART,
+        "--sweep",
+        "schedule.batch_size=8,4",
+        "--sweep",
+        "plugin.name=ddp,zero2",
+        "--set",
+        f"run.state={real_state}",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--pairs",
+        "48",
+        "--out",
+        str(out),
+        env=child_env(RMRUN_BENCH_MEMORY_CAP="batch_size=8:0"),
+        timeout=300,
+    )
     return result, out, real_state
 
 
@@ -82,8 +99,22 @@ def test_the_markdown_and_the_plot(bench_run):
 
 def test_under_torchrun_every_rank_measures_and_rank_0_writes(tmp_path):
     out = tmp_path / "out"
-    result = rmrun("bench", QUICKSTART, "--sweep", "schedule.batch_size=4", "--steps", "1", "--rounds", "1",
-                   "--pairs", "32", "--out", str(out), nproc=2, timeout=300)
+    result = rmrun(
+        "bench",
+        QUICKSTART,
+        "--sweep",
+        "schedule.batch_size=4",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--pairs",
+        "32",
+        "--out",
+        str(out),
+        nproc=2,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("recommendation: fastest that fits: schedule.batch_size=4") == 1  # rank 0 only
     report = json.loads((out / "bench.json").read_text())

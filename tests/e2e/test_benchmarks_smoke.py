@@ -19,8 +19,14 @@ CUDA_PLUGINS = ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, BENCH_MACHINE="smoke-test", PYTHONWARNINGS="ignore")
     env.pop("BENCH_SMOKE", None)
-    done = subprocess.run(["bash", RUN_SH, "--smoke", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", RUN_SH, "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
     json_path, md_path, png_path = (tmp_path / f"smoke-test.{ext}" for ext in ("json", "md", "png"))
@@ -54,8 +60,13 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
             for faster in ("shared", "packed"):
                 assert {"paired_median", "paired_median_cpu", "overall"} <= set(info[f"{faster}_vs_standard"])
             for variant in info["variants"].values():
-                for metric in ("pairs_per_second", "pairs_per_cpu_second", "tokens_per_second", "padding_fraction",
-                               "peak_rss_mib"):
+                for metric in (
+                    "pairs_per_second",
+                    "pairs_per_cpu_second",
+                    "tokens_per_second",
+                    "padding_fraction",
+                    "peak_rss_mib",
+                ):
                     assert metric in variant
     skipped = {s["name"]: s["reason"] for s in meta["skipped"]}
     try:
@@ -72,13 +83,23 @@ def test_benchmark_smoke_writes_json_markdown_and_plot(tmp_path):
     md = md_path.read_text()
     assert "Intel" in md or meta["machine"]["cpu_model"] in md
     assert f"GPU: {meta['machine']['gpu']}" in md
-    for heading in ("## Goals", "## Throughput per plugin and config", "## Shared-prompt forward vs standard",
-                    "## Checkpoint save / load",
-                    "## Process start to first optimizer step", "## Tokenize"):
+    for heading in (
+        "## Goals",
+        "## Throughput per plugin and config",
+        "## Shared-prompt forward vs standard",
+        "## Checkpoint save / load",
+        "## Process start to first optimizer step",
+        "## Tokenize",
+    ):
         assert heading in md, heading
-    for goal in ("1. rmrun step / hand-written loop", "2. rmrun batching / ColossalChat batching",
-                 "3. checkpoint overhead", "4. resumed / fresh", "6. shared-prompt / standard forward",
-                 "6. shared-prompt + packed / standard forward"):
+    for goal in (
+        "1. rmrun step / hand-written loop",
+        "2. rmrun batching / ColossalChat batching",
+        "3. checkpoint overhead",
+        "4. resumed / fresh",
+        "6. shared-prompt / standard forward",
+        "6. shared-prompt + packed / standard forward",
+    ):
         assert goal in md, goal
     goal_rows = [line for line in md.splitlines() if line.startswith(("| 1.", "| 2.", "| 3.", "| 4.", "| 5."))]
     assert goal_rows and all("MET" in line or "MISSED" in line for line in goal_rows)

@@ -21,8 +21,18 @@ from tests.helpers import rmrun, small_recipe
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("sizes")
     recipe = small_recipe(root, train_pairs=96)
-    done = rmrun("run", recipe, "--set", "schedule.max_epochs=1", "--set", "schedule.batch_size=4",
-                 "--set", "checkpoint.interval_steps=10", "--set", "checkpoint.keep=5")
+    done = rmrun(
+        "run",
+        recipe,
+        "--set",
+        "schedule.max_epochs=1",
+        "--set",
+        "schedule.batch_size=4",
+        "--set",
+        "checkpoint.interval_steps=10",
+        "--set",
+        "checkpoint.keep=5",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return StateStore(str(root / "state")), root
 
@@ -36,8 +46,9 @@ def test_checkpoint_bytes_do_not_grow_with_the_step_count(store):
     at_10, at_20 = _sizes(s, "ckpt-0000000010"), _sizes(s, "ckpt-0000000020")
     assert set(at_10) == set(at_20)
     # Every file but the RNG streams (whose JSON digits vary) has the same size at step 10 and 20.
-    assert {p: n for p, n in at_10.items() if not p.startswith("rng/")} == \
-        {p: n for p, n in at_20.items() if not p.startswith("rng/")}
+    assert {p: n for p, n in at_10.items() if not p.startswith("rng/")} == {
+        p: n for p, n in at_20.items() if not p.startswith("rng/")
+    }
     trainer = json.loads(s.open_unverified("ckpt-0000000020").read_bytes("trainer.json"))
     assert trainer["metrics"] == [] and trainer["evals"] == [] and trainer["history_through"] == 20
 

@@ -27,11 +27,15 @@ HEAVY = ("torch", "colossalai", "transformers")
 
 PLUGINS = "'ddp', 'zero2', 'zero2_cpu', 'gemini', 'gemini_auto', '3d'"
 KEEP = "[checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has a fallback, got 1"
-GEMINI_AUTO = ('[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient accumulation; '
-               'use 1 or plugin "gemini"')
+GEMINI_AUTO = (
+    '[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient accumulation; '
+    'use 1 or plugin "gemini"'
+)
 CYCLE = f"{BAD_REAL}/extends_cycle.toml"
-PIPELINE = ("[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
-            "from the whole batch); use tp, sp or zero_stage to spread the model")
+PIPELINE = (
+    "[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
+    "from the whole batch); use tp, sp or zero_stage to spread the model"
+)
 
 # file in tests/recipes_bad/ -> the problem lines after "rmrun: FILE: " (FILE as passed),
 # or, for lines that name another file, the whole line after "rmrun: ".
@@ -54,9 +58,7 @@ EXPECTED = {
     "duplicate_table.toml": ["invalid TOML: Cannot declare ('run',) twice (at line 5, column 5)"],
     "extends_missing.toml": [f"extends: file not found: {BAD_REAL}/no-such-base.toml"],
     "extends_not_a_string.toml": ["extends: expected a file name (string), got int"],
-    "extends_cycle.toml": [
-        f"@{CYCLE}: extends: forms a cycle ({CYCLE} -> {BAD_REAL}/parts/cycle_b.toml -> {CYCLE})"
-    ],
+    "extends_cycle.toml": [f"@{CYCLE}: extends: forms a cycle ({CYCLE} -> {BAD_REAL}/parts/cycle_b.toml -> {CYCLE})"],
     "missing_required.toml": ["[model].pretrain: required key is missing"],
     "required_empty.toml": ["[data].train: needs at least one file"],
     "three_mistakes.toml": [
@@ -69,7 +71,10 @@ EXPECTED = {
         KEEP,
         GEMINI_AUTO,
     ],
-    "out_of_range.toml": ["[data].max_length: must be at least 8, got 4", "[schedule].lr: must be positive, got -1e-05"],
+    "out_of_range.toml": [
+        "[data].max_length: must be at least 8, got 4",
+        "[schedule].lr: must be positive, got -1e-05",
+    ],
     "offload_without_zero.toml": [
         "[plugin].zero_cpu_offload: offloads ZeRO optimizer state, so it needs zero_stage 1 or 2"
     ],
@@ -126,8 +131,15 @@ def test_run_on_a_bad_recipe_fails_in_a_few_seconds_without_a_traceback():
     assert seconds < 5
 
 
-@pytest.mark.parametrize("argv", [["run", f"{BAD}/unknown_key.toml"], [f"{BAD}/unknown_key.toml"],
-                                  ["run", f"{BAD}/zero2_on_cpu.toml"], ["check", f"{BAD}/unknown_key.toml"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", f"{BAD}/unknown_key.toml"],
+        [f"{BAD}/unknown_key.toml"],
+        ["run", f"{BAD}/zero2_on_cpu.toml"],
+        ["check", f"{BAD}/unknown_key.toml"],
+    ],
+)
 def test_a_bad_recipe_fails_before_any_heavy_import(argv):
     code = (
         "import sys\n"
@@ -135,8 +147,9 @@ def test_a_bad_recipe_fails_before_any_heavy_import(argv):
         f"code = main({argv!r})\n"
         f"print(code, [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=60
+    )
     assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
 
 
@@ -150,13 +163,17 @@ def test_a_cuda_plugin_on_this_cpu_machine_says_so_and_suggests_ddp(command):
 
 def test_set_through_the_cli():
     done, _ = rmrun("check", "recipes/quickstart.toml", "--set", "schedule.batchsize=3", "--set", "checkpoint.keep=1")
-    assert_user_error(done, [
-        'rmrun: recipes/quickstart.toml: --set schedule.batchsize=3: unknown key schedule.batchsize '
-        '(did you mean "batch_size"?)',
-        "rmrun: recipes/quickstart.toml: --set checkpoint.keep=1: " + KEEP,
-    ])
-    done, _ = rmrun("check", "recipes/quickstart.toml", "--set", "schedule.batch_size=40",
-                    "--set", "schedule.accumulation_steps=2")
+    assert_user_error(
+        done,
+        [
+            "rmrun: recipes/quickstart.toml: --set schedule.batchsize=3: unknown key schedule.batchsize "
+            '(did you mean "batch_size"?)',
+            "rmrun: recipes/quickstart.toml: --set checkpoint.keep=1: " + KEEP,
+        ],
+    )
+    done, _ = rmrun(
+        "check", "recipes/quickstart.toml", "--set", "schedule.batch_size=40", "--set", "schedule.accumulation_steps=2"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.split("plan: ", 1)[1])["pairs_per_step"] == 80
 
@@ -205,8 +222,9 @@ def test_check_quickstart_imports_no_torch():
         "code = main(['check', 'recipes/quickstart.toml'])\n"
         f"print('HEAVY', code, [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=60
+    )
     assert done.stdout.splitlines()[-1] == "HEAVY 0 []", done.stdout + done.stderr
 
 

@@ -95,8 +95,17 @@ def _verify_every_point(tmp_path, *extra: str) -> None:
     recipe = crash_recipe(tmp_path)
     # Background uploads (the default; the crash recipe blocks): the kill at checkpoint_upload
     # lands in a background upload while training goes on.
-    done = rmrun("verify-resume", recipe, "--points", "all", "--workdir", str(tmp_path / "verify"),
-                 "--set", "checkpoint.async_upload=true", *extra)
+    done = rmrun(
+        "verify-resume",
+        recipe,
+        "--points",
+        "all",
+        "--workdir",
+        str(tmp_path / "verify"),
+        "--set",
+        "checkpoint.async_upload=true",
+        *extra,
+    )
     for point in EVERY_POINT:
         assert f"SIGKILL at {point} (exit -9)" in done.stdout, done.stdout + done.stderr[-3000:]
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
@@ -115,8 +124,15 @@ def test_a_kill_at_every_fault_point_in_turn_resumes_bit_identical_s3(tmp_path, 
 def test_negative_control_a_sabotaged_resume_is_reported_as_different(tmp_path, piece):
     """The same verification with one piece of the resume state dropped must fail."""
     recipe = crash_recipe(tmp_path)
-    done = rmrun("verify-resume", recipe, "--points", "step:3", "--workdir", str(tmp_path / "verify"),
-                 env=child_env(RMRUN_FAULTS=f"no-restore={piece}"))
+    done = rmrun(
+        "verify-resume",
+        recipe,
+        "--points",
+        "step:3",
+        "--workdir",
+        str(tmp_path / "verify"),
+        env=child_env(RMRUN_FAULTS=f"no-restore={piece}"),
+    )
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     assert "NOT identical: metrics.jsonl differs" in done.stdout
 
@@ -237,13 +253,16 @@ def test_corrupt_tokenized_data_found_on_its_one_read_is_quarantined_and_tokeniz
     target.write_bytes(bytes(data))
     resumed = rmrun("run", recipe)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (f"quarantined {key_dir.name} ({attempt}): state {key_dir.name} ({attempt}): sha256 mismatch for "
-            "train.safetensors; tokenizing again" in resumed.stdout), resumed.stdout
+    assert (
+        f"quarantined {key_dir.name} ({attempt}): state {key_dir.name} ({attempt}): sha256 mismatch for "
+        "train.safetensors; tokenizing again" in resumed.stdout
+    ), resumed.stdout
     assert "resumed from ckpt-0000000004" in resumed.stdout
     assert exports_equal(reference, str(tmp_path / "state" / "export")) == []
     status = rmrun("status", recipe)
     assert f"quarantined: {key_dir.name} attempt {attempt}: state {key_dir.name} ({attempt}): sha256 mismatch" in (
-        status.stdout), status.stdout
+        status.stdout
+    ), status.stdout
 
 
 # ------------------------------------------------------------------ status of unreachable stores
@@ -273,4 +292,5 @@ def test_check_probes_an_s3_state_and_names_a_missing_bucket(tmp_path, s3_root):
     missing = rmrun("check", recipe, "--set", "run.state=s3://no-such-bucket-rmrun/x")
     assert missing.returncode == EXIT_USAGE
     assert "[run].state: cannot write to s3://no-such-bucket-rmrun/x: no such bucket 'no-such-bucket-rmrun'" in (
-        one_error_line(missing))
+        one_error_line(missing)
+    )

@@ -48,8 +48,14 @@ def test_plugin_trains_and_resumes_exactly(tmp_path, name, precision, extra, min
     if NUM_GPUS < min_gpus:
         pytest.skip(f"needs {min_gpus} GPUs, this machine has {NUM_GPUS}")
     nproc = max(min_gpus, 1)
-    settings = {"plugin.name": name, "plugin.mixed_precision": precision, "schedule.max_epochs": "1",
-                "schedule.batch_size": "4", "checkpoint.interval_steps": "3", **extra}
+    settings = {
+        "plugin.name": name,
+        "plugin.mixed_precision": precision,
+        "schedule.max_epochs": "1",
+        "schedule.batch_size": "4",
+        "checkpoint.interval_steps": "3",
+        **extra,
+    }
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     recipe_a, recipe_b = small_recipe(a), small_recipe(b)

@@ -24,10 +24,20 @@ from tests.helpers import child_env, rmrun, small_recipe
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Blocking uploads: the kill at step 5 must find checkpoint 3 committed.
-SETTINGS = "[schedule]\nbatch_size = 8\n[checkpoint]\ninterval_steps = 3\nasync_upload = false\n[eval]\ninterval_steps = 3\n"
+SETTINGS = (
+    "[schedule]\nbatch_size = 8\n[checkpoint]\ninterval_steps = 3\nasync_upload = false\n[eval]\ninterval_steps = 3\n"
+)
 KILL = "kill@step:5"
 RESUME_STEP = 3  # the newest checkpoint before the kill (checked against the state below)
 FIGURES = ("training.png", "throughput.png", "eval.png", "lengths.png", "rewards.png", "calibration.png")
@@ -74,7 +84,9 @@ def render(index_html: str, screenshot: str) -> dict:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"file://{index_html}", wait_until="load")
             images = page.eval_on_selector_all(
-                "img", "els => els.map(e => ({src: e.getAttribute('src'), complete: e.complete, width: e.naturalWidth}))")
+                "img",
+                "els => els.map(e => ({src: e.getAttribute('src'), complete: e.complete, width: e.naturalWidth}))",
+            )
             text = page.inner_text("body")
             page.screenshot(path=screenshot, full_page=True)
         finally:
@@ -111,8 +123,12 @@ def local_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     # The state as the kill left it (no export yet, newest checkpoint at RESUME_STEP) is kept.
     _killed_then_resumed(root, keep_killed=str(root / "killed-state"))
-    return {"root": root, "state": str(root / "state"), "killed": str(root / "killed-state"),
-            "eval_file": str(root / "eval.jsonl")}
+    return {
+        "root": root,
+        "state": str(root / "state"),
+        "killed": str(root / "killed-state"),
+        "eval_file": str(root / "eval.jsonl"),
+    }
 
 
 def test_report_of_a_resumed_local_run_renders_in_chromium(local_run):
@@ -190,14 +206,18 @@ def test_eval_of_a_state_without_export_scores_its_newest_checkpoint(local_run):
     done = rmrun("score", local_run["killed"], local_run["eval_file"], "--out", str(scored))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in scored.read_text().splitlines()]
-    assert math.isclose(sum(line["chosen"] for line in lines) / len(lines), at_checkpoint["chosen_reward"],
-                        abs_tol=1e-5)
+    assert math.isclose(
+        sum(line["chosen"] for line in lines) / len(lines), at_checkpoint["chosen_reward"], abs_tol=1e-5
+    )
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda p: str(p / "nowhere"), "no such state or export directory"),
-    (lambda p: str(p), "nothing recorded in this state yet"),
-])
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda p: str(p / "nowhere"), "no such state or export directory"),
+        (lambda p: str(p), "nothing recorded in this state yet"),
+    ],
+)
 def test_a_missing_or_empty_state_is_a_one_line_error(tmp_path, make, expected):
     done = rmrun("report", make(tmp_path), "--out", str(tmp_path / "page"))
     assert done.returncode == 2, done.stderr[-2000:]

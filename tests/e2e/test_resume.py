@@ -323,8 +323,8 @@ def test_sigterm_mid_step_and_mid_eval(lab, request):
     assert result.resumed_from() == (f"ckpt-{stopped:010d}", stopped), result.describe()
     assert re.search(r"^eval step 10: ", result.output, re.M), result.describe()
     assert int(PREEMPTED_LINE.search(result.output).group(1)) == 10, (
-        "the SIGTERM was not handled right after the eval at step 10 (did it land in the eval?)\n"
-        + result.describe())
+        "the SIGTERM was not handled right after the eval at step 10 (did it land in the eval?)\n" + result.describe()
+    )
     assert committed_checkpoints(run)[-1] == 10
 
     # eval.json is not compared: the step-10 eval ran with eval.batch_size=1.
@@ -346,8 +346,10 @@ def test_corrupted_latest_checkpoint_is_quarantined(lab, request, killed_twice):
     assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
     # The note stays in the key's folder, or, once the checkpoint at that step has been
     # recomputed and the key replaced, in a record.
-    notes = [attempt.parent / f"QUARANTINE-{attempt.name}.json",
-             run.local_state / "records" / "quarantined" / f"{key}-{attempt.name}.json"]
+    notes = [
+        attempt.parent / f"QUARANTINE-{attempt.name}.json",
+        run.local_state / "records" / "quarantined" / f"{key}-{attempt.name}.json",
+    ]
     assert any(p.exists() for p in notes), f"no quarantine note for {key}/{attempt.name}"
     status = h.status(run)
     assert status.returncode == EXIT_OK, status.describe()
@@ -364,8 +366,9 @@ def test_finished_run_started_again(lab, request):
     run.export = reference_run.export  # the same command: same state (a copy) and export
     before = read_export(run.export)
     result = h.run(run, expect=EXIT_OK)
-    assert re.search(rf"^run resume-test is complete: the export is at {re.escape(run.export)}$", result.output,
-                     re.M), result.describe()
+    assert re.search(
+        rf"^run resume-test is complete: the export is at {re.escape(run.export)}$", result.output, re.M
+    ), result.describe()
     assert result.steps_logged() == [], result.describe()
     assert "tokenize" not in result.output and "resumed from" not in result.output, result.describe()
     assert_identical(before, read_export(run.export))
@@ -433,7 +436,8 @@ def test_world_size_growth_still_trains_every_epoch_fully(lab, request):
     steps = [line["step"] for line in export.metric_lines()]
     assert steps == list(range(1, len(steps) + 1))
     assert epoch_pairs(export) == {0: TRAIN_PAIRS, 1: TRAIN_PAIRS}, (
-        f"pairs trained on per epoch: {epoch_pairs(export)}; last log line {last_log_line(result.output)!r}")
+        f"pairs trained on per epoch: {epoch_pairs(export)}; last log line {last_log_line(result.output)!r}"
+    )
 
 
 def last_log_line(output: str) -> str | None:
@@ -472,7 +476,8 @@ def test_world_size_change_visits_every_pair_once_per_epoch(lab, request):
         assert not missing and not repeated and len(counts) == TRAIN_PAIRS, (
             f"epoch {epoch}: {len(missing)} pairs never trained on {missing[:10]}, "
             f"{len(repeated)} trained on more than once {repeated[:10]}; the last run's final log line: "
-            f"{last_log_line(result.output)!r}")
+            f"{last_log_line(result.output)!r}"
+        )
 
     export = read_export(run.export)
     assert_metrics_complete(export, total_steps=steps[-1])

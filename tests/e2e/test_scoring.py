@@ -19,15 +19,23 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("scored")
-    recipe = small_recipe(root, train_pairs=96, eval_pairs=40,
-                          extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n[output]\ncolossalchat = true\n")
+    recipe = small_recipe(
+        root,
+        train_pairs=96,
+        eval_pairs=40,
+        extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n[output]\ncolossalchat = true\n",
+    )
     done = rmrun("run", recipe)
     assert done.returncode == 0, done.stderr[-3000:]
     export = root / "state" / "export"
-    return {"root": root, "export": str(export), "eval_file": str(root / "eval.jsonl"),
-            "train_file": str(root / "train.jsonl"),
-            "eval_json": json.loads((export / "eval.json").read_text())["final"],
-            "config": json.loads((export / "config.json").read_text())}
+    return {
+        "root": root,
+        "export": str(export),
+        "eval_file": str(root / "eval.jsonl"),
+        "train_file": str(root / "train.jsonl"),
+        "eval_json": json.loads((export / "eval.json").read_text())["final"],
+        "config": json.loads((export / "config.json").read_text()),
+    }
 
 
 def _score(trained, *files, out_name="scores.jsonl", nproc=1):
@@ -66,11 +74,11 @@ def test_eval_reproduces_the_training_time_report(trained):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     final = trained["eval_json"]
-    for key in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "reward_std",
-                "longer_wins_accuracy"):
+    for key in ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "reward_std", "longer_wins_accuracy"):
         assert math.isclose(report[key], final[key], rel_tol=TOLERANCE, abs_tol=TOLERANCE), key
-    assert [(b["min_tokens"], b["pairs"], b["accuracy"]) for b in report["accuracy_by_length"]] == \
-        [(b["min_tokens"], b["pairs"], b["accuracy"]) for b in final["accuracy_by_length"]]
+    assert [(b["min_tokens"], b["pairs"], b["accuracy"]) for b in report["accuracy_by_length"]] == [
+        (b["min_tokens"], b["pairs"], b["accuracy"]) for b in final["accuracy_by_length"]
+    ]
     assert 0 <= report["ece"] <= 1 and 0 <= report["brier"] <= 1
     assert sum(b["count"] for b in report["calibration"]) == 2 * report["pairs"]
     assert "accuracy" in done.stdout and "ECE" in done.stdout
@@ -108,9 +116,17 @@ def test_subsets_give_a_per_subset_table(trained, tmp_path):
         for i, line in enumerate(f):
             row = json.loads(line)
             prompt = "\n".join(m["content"] for m in row["context"])
-            out.write(json.dumps({"prompt": prompt, "chosen": row["chosen"][0]["content"],
-                                  "rejected": row["rejected"][0]["content"],
-                                  "subset": "even" if i % 2 == 0 else "odd"}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "prompt": prompt,
+                        "chosen": row["chosen"][0]["content"],
+                        "rejected": row["rejected"][0]["content"],
+                        "subset": "even" if i % 2 == 0 else "odd",
+                    }
+                )
+                + "\n"
+            )
     out = tmp_path / "report.json"
     done = rmrun("eval", trained["export"], str(bench), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -122,13 +138,16 @@ def test_subsets_give_a_per_subset_table(trained, tmp_path):
     assert "per subset:" in done.stdout and "even" in done.stdout
 
 
-@pytest.mark.parametrize("content,where", [
-    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": 3, "rejected": "b"}\n', ":2"),
-    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', ":2"),
-    ('{"prompt": "p", "response": ""}\n', ":1"),
-    ('[1, 2]\n', ":1"),
-    ('{"prompt": [{"role": "assistant", "content": "x"}], "response": "y"}\n', ":1"),
-])
+@pytest.mark.parametrize(
+    "content,where",
+    [
+        ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": 3, "rejected": "b"}\n', ":2"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b"}\nnot json\n', ":2"),
+        ('{"prompt": "p", "response": ""}\n', ":1"),
+        ("[1, 2]\n", ":1"),
+        ('{"prompt": [{"role": "assistant", "content": "x"}], "response": "y"}\n', ":1"),
+    ],
+)
 def test_bad_rows_are_one_line_errors_with_file_and_line(trained, tmp_path, content, where):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
@@ -141,8 +160,10 @@ def test_bad_rows_are_one_line_errors_with_file_and_line(trained, tmp_path, cont
 
 
 def test_a_missing_or_foreign_model_is_a_one_line_error(trained, tmp_path):
-    for model, expected in ((str(tmp_path / "nowhere"), "no such export directory"),
-                            (str(tmp_path), "not a model directory (no config.json)")):
+    for model, expected in (
+        (str(tmp_path / "nowhere"), "no such export directory"),
+        (str(tmp_path), "not a model directory (no config.json)"),
+    ):
         done = rmrun("score", model, trained["eval_file"])
         assert done.returncode == 2
         assert done.stderr.strip().splitlines() == [f"rmrun: {model}: {expected}"]
@@ -163,7 +184,6 @@ def test_torchrun_shards_cover_every_row_once(trained):
     for a, b in zip(one, two):
         assert a["chosen"] == pytest.approx(b["chosen"], abs=1e-5)
         assert a["rejected"] == pytest.approx(b["rejected"], abs=1e-5)
-
 
 
 def test_the_export_has_a_model_card(trained):
@@ -213,8 +233,14 @@ def test_colossalchat_layout_round_trips_into_its_reward_model(trained):
     export = open_export(trained["export"])
     rows = read_rows([trained["eval_file"]], format="colossalchat")[:8]
     data = export.contract["data"]
-    tokenized = tokenize_pairs([r.pair for r in rows], export.tokenizer, max_length=data["max_length"],
-                               overflow=data["overflow"], template=export.template, family=export.family)
+    tokenized = tokenize_pairs(
+        [r.pair for r in rows],
+        export.tokenizer,
+        max_length=data["max_length"],
+        overflow=data["overflow"],
+        template=export.template,
+        family=export.family,
+    )
     batch = collate(tokenized, list(range(len(rows))), pad_token_id=export.tokenizer.pad_token_id)
     with torch.no_grad():
         theirs = reward_model(batch["input_ids"], batch["attention_mask"])

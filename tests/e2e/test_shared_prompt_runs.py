@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from rmrun.backbone import SHARED, STANDARD
+from rmrun.recipe.backbone import SHARED, STANDARD
 from tests.helpers import rmrun, small_recipe
 
 
@@ -35,9 +35,20 @@ def losses_of(tmp_path, label: str, share: str) -> list[float]:
     run_dir = tmp_path / label
     run_dir.mkdir()
     recipe = small_recipe(run_dir, train_pairs=96, extra="")
-    result = rmrun("run", recipe, "--set", f"data.share_prompt={share}", "--set", "data.group_by_length=false",
-                   "--set", "schedule.batch_size=8", "--set", "schedule.max_steps=12",
-                   "--set", "eval.interval_steps=1000")
+    result = rmrun(
+        "run",
+        recipe,
+        "--set",
+        f"data.share_prompt={share}",
+        "--set",
+        "data.group_by_length=false",
+        "--set",
+        "schedule.batch_size=8",
+        "--set",
+        "schedule.max_steps=12",
+        "--set",
+        "eval.interval_steps=1000",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with open(run_dir / "state" / "export" / "plan.json") as f:
         assert json.load(f)["forward"] == (SHARED if share == "on" else STANDARD)
@@ -51,7 +62,6 @@ def test_quickstart_training_curve_matches_the_standard_forward(tmp_path):
     assert len(shared) == len(standard) == 12
     np.testing.assert_allclose(shared, standard, rtol=0, atol=2e-4)
     assert standard[-1] < standard[0] - 0.05, "the run should learn something in 12 steps"
-
 
 
 # ----------------------------------------------------------------- exact resume with it

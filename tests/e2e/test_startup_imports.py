@@ -40,11 +40,17 @@ print("PROBE " + json.dumps({{"code": code, "modules": [m for m in {WATCHED!r} i
 
 def probe(*argv: str) -> tuple[dict, str]:
     """``rmrun ARGV`` in a fresh interpreter: what it returned and imported, and its output."""
-    done = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, env=child_env(CUDA_VISIBLE_DEVICES=""),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        cwd=REPO,
+        env=child_env(CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
     assert lines, done.stdout[-2000:] + done.stderr[-3000:]
-    return json.loads(lines[-1][len("PROBE "):]), done.stdout + done.stderr
+    return json.loads(lines[-1][len("PROBE ") :]), done.stdout + done.stderr
 
 
 def assert_trained_without_inductor(result: dict, output: str) -> None:
@@ -111,8 +117,14 @@ later = torch.compile(lambda x: x + 1)
 compiled = lambda f: hasattr(f, "_torchdynamo_orig_callable")
 print(inductor, compiled(attn._rescale_out_lse), compiled(fp8._linear_fp8), compiled(later))
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(CUDA_VISIBLE_DEVICES=""),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=child_env(CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ring = sp_mode == "ring_attn"
     # inductor imported | ring-attention helper compiled | fp8 helper compiled | a later compile

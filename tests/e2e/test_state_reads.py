@@ -88,8 +88,14 @@ class Node:
 
     def env(self, counting_s3, *, faults: str | None = None) -> dict:
         env = counting_s3.client_env(self.client)
-        env.update(PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-                   TOKENIZERS_PARALLELISM="false", TMPDIR=str(self.base / "tmp"), HOME=str(self.base / "home"))
+        env.update(
+            PYTHONWARNINGS="ignore",
+            PYTHONUNBUFFERED="1",
+            OMP_NUM_THREADS="1",
+            TOKENIZERS_PARALLELISM="false",
+            TMPDIR=str(self.base / "tmp"),
+            HOME=str(self.base / "home"),
+        )
         env["RMRUN_TEST_LAUNCH"] = LAUNCH_TAG
         env.pop("RMRUN_FAULTS", None)
         if faults:
@@ -115,13 +121,28 @@ def make_node(base: Path, index: int) -> Node:
 
 
 def rmrun_args(node: Node, root: str) -> list[str]:
-    return ["-m", "rmrun", "run", str(node.recipe), "--set", f"run.state={root}/state",
-            "--set", f"output.dir={root}/export"]
+    return [
+        "-m",
+        "rmrun",
+        "run",
+        str(node.recipe),
+        "--set",
+        f"run.state={root}/state",
+        "--set",
+        f"output.dir={root}/export",
+    ]
 
 
 def start_one_node(node: Node, root: str, counting_s3, *, faults: str | None = None) -> Child:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d",
-            "--rdzv-endpoint=localhost:0", *rmrun_args(node, root)]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=localhost:0",
+        *rmrun_args(node, root),
+    ]
     return Child(argv, node.env(counting_s3, faults=faults), node.base / "cwd", faults or "")
 
 
@@ -137,8 +158,17 @@ def start_two_nodes(nodes: list[Node], root: str, counting_s3, *, faults: dict |
     port = free_port()
     children = []
     for node in nodes:
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node.index}",
-                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", *rmrun_args(node, root)]
+        argv = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={node.index}",
+            "--nproc_per_node=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            *rmrun_args(node, root),
+        ]
         node_faults = (faults or {}).get(node.index)
         children.append(Child(argv, node.env(counting_s3, faults=node_faults), node.base / "cwd", node_faults or ""))
     return children
@@ -204,15 +234,18 @@ def read_report(counting_s3, root: str, client: str, stored: dict) -> dict:
 
 
 def describe(report: dict, stored: dict) -> str:
-    return (f"read {report['resume']} bytes during the resume for {stored['total']} stored "
-            f"({report['resume'] / stored['total']:.3f}x; checkpoint {report['checkpoint']} of {stored['checkpoint']}, "
-            f"tokenized data {report['tokenized']} of {stored['tokenized']}); {report['run']} bytes over the "
-            f"whole resumed run ({report['run'] / stored['total']:.3f}x)")
+    return (
+        f"read {report['resume']} bytes during the resume for {stored['total']} stored "
+        f"({report['resume'] / stored['total']:.3f}x; checkpoint {report['checkpoint']} of {stored['checkpoint']}, "
+        f"tokenized data {report['tokenized']} of {stored['tokenized']}); {report['run']} bytes over the "
+        f"whole resumed run ({report['run'] / stored['total']:.3f}x)"
+    )
 
 
 def assert_read_once(report: dict, stored: dict, where: str) -> None:
     assert report["resume"] <= BOUND * stored["total"], (
-        f"{where}: {describe(report, stored)}; the largest reads: {report['largest']}")
+        f"{where}: {describe(report, stored)}; the largest reads: {report['largest']}"
+    )
     # ... and never again later in the run.
     assert report["checkpoint"] <= BOUND * stored["checkpoint"], f"{where}: {describe(report, stored)}"
     assert report["tokenized"] <= BOUND * stored["tokenized"], f"{where}: {describe(report, stored)}"
@@ -308,7 +341,8 @@ def test_negative_control_every_process_reading_for_itself_exceeds_the_bound(kil
 
 @pytest.mark.slow
 def test_a_checkpoint_found_corrupt_by_the_node_read_is_quarantined_and_the_previous_one_used(
-        killed_one_node, reference, counting_s3):
+    killed_one_node, reference, counting_s3
+):
     """Sizes right, one byte flipped: the choice passes it, the one read catches it; rank 0
     quarantines it and every rank falls back to checkpoint 2, then finishes exactly."""
     import fsspec
@@ -325,14 +359,17 @@ def test_a_checkpoint_found_corrupt_by_the_node_read_is_quarantined_and_the_prev
     [result] = wait_all([start_one_node(node, corrupt, counting_s3)])
     assert result.returncode == EXIT_OK, result.describe()
     attempt = model_url.split("/")[-2]
-    said = (f"quarantined {RESUMED_FROM} ({attempt}): state {RESUMED_FROM} ({attempt}): "
-            "sha256 mismatch for model.safetensors")
+    said = (
+        f"quarantined {RESUMED_FROM} ({attempt}): state {RESUMED_FROM} ({attempt}): "
+        "sha256 mismatch for model.safetensors"
+    )
     assert re.search(rf"^{re.escape(said)}$", result.output, re.M), result.describe()
     assert result.resumed_from() == ("ckpt-0000000002", 2), result.describe()
     store = StateStore(f"{corrupt}/state")
     notes = store.quarantined() + list(store.read_records("quarantined/").values())  # moved once ckpt 4 is redone
     assert [n["reason"] for n in notes] == [
-        f"state {RESUMED_FROM} ({attempt}): sha256 mismatch for model.safetensors"], notes
+        f"state {RESUMED_FROM} ({attempt}): sha256 mismatch for model.safetensors"
+    ], notes
     assert_identical(reference, read_export(f"{corrupt}/export"), total_steps=TOTAL_STEPS)
 
 
@@ -350,8 +387,15 @@ def spot_run(workdir, counting_s3):
     counting_s3.reset()
     resumed = wait_all(start_two_nodes(nodes, root, counting_s3))
     reports = {node.index: read_report(counting_s3, root, node.client, stored) for node in nodes}
-    return {"nodes": nodes, "root": root, "killed": killed, "resumed": resumed, "stored": stored,
-            "reports": reports, "clients": counting_s3.clients()}
+    return {
+        "nodes": nodes,
+        "root": root,
+        "killed": killed,
+        "resumed": resumed,
+        "stored": stored,
+        "reports": reports,
+        "clients": counting_s3.clients(),
+    }
 
 
 @pytest.mark.slow
@@ -376,4 +420,3 @@ def test_two_nodes_each_read_the_state_once(spot_run):
         assert_read_once(report, stored, f"node {index}")
         assert report["checkpoint"] >= stored["checkpoint"], f"node {index} did not read the checkpoint itself"
         assert report["tokenized"] >= stored["tokenized"], f"node {index} did not read the tokenized data itself"
-

@@ -12,8 +12,10 @@ from tests.helpers import child_env, rmrun, small_recipe
 def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
     # Blocking checkpoints: checkpoint 4 is committed before step 5 (a background upload
     # would be committed at a later step boundary).
-    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 2\nasync_upload = false\n"
-                                          "[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    recipe = small_recipe(
+        tmp_path,
+        extra="[checkpoint]\ninterval_steps = 2\nasync_upload = false\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n",
+    )
     killed = rmrun("run", recipe, env=child_env(RMRUN_FAULTS="kill@step:5"))
     assert killed.returncode == -9
 
@@ -44,7 +46,9 @@ def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
 
 
 def test_verify_resume_reports_bit_identical_runs(tmp_path):
-    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 3\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
+    recipe = small_recipe(
+        tmp_path, extra="[checkpoint]\ninterval_steps = 3\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n"
+    )
     result = rmrun("verify-resume", recipe, "--kills", "2", "--workdir", str(tmp_path / "verify"))
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "bit-identical after 2 kill(s)" in result.stdout
@@ -52,8 +56,13 @@ def test_verify_resume_reports_bit_identical_runs(tmp_path):
 
 
 def test_interval_seconds_commits_checkpoints_without_a_step_interval(tmp_path):
-    recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_seconds = 0.001\nasync_upload = false\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n")
-    killed = rmrun("run", recipe, "--set", "checkpoint.interval_steps=1000000", env=child_env(RMRUN_FAULTS="kill@step:6"))
+    recipe = small_recipe(
+        tmp_path,
+        extra="[checkpoint]\ninterval_seconds = 0.001\nasync_upload = false\n[schedule]\nmax_epochs = 1\nbatch_size = 8\n",
+    )
+    killed = rmrun(
+        "run", recipe, "--set", "checkpoint.interval_steps=1000000", env=child_env(RMRUN_FAULTS="kill@step:6")
+    )
     assert killed.returncode == -9
     status = rmrun("status", recipe)
     # Every step is past the interval: the newest checkpoint is the step before the kill.

@@ -286,18 +286,27 @@ def test_choosing_on_sizes_reads_no_file_contents(store_root, monkeypatch):
         raise AssertionError(f"a file was opened: {path}")
 
     monkeypatch.setattr(store._backend, "open_read", refuse)
-    monkeypatch.setattr(store._backend, "read", lambda path, _read=store._backend.read: (
-        _read(path) if path.endswith(("COMMIT", "MANIFEST.json")) else refuse(path)))
+    monkeypatch.setattr(
+        store._backend,
+        "read",
+        lambda path, _read=store._backend.read: (
+            _read(path) if path.endswith(("COMMIT", "MANIFEST.json")) else refuse(path)
+        ),
+    )
     assert store.latest("ckpt-", hash_files=False).key == "ckpt-000001"
     assert store.open_verified("ckpt-000001", hash_files=False) is not None
     with pytest.raises(AssertionError, match="a file was opened"):
         store.latest("ckpt-")  # the default reads and hashes every file
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda data: data[:-1], "size mismatch for model.bin: manifest 4096, found 4095"),
-    (None, "missing file model.bin"),
-], ids=["truncated", "missing"])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda data: data[:-1], "size mismatch for model.bin: manifest 4096, found 4095"),
+        (None, "missing file model.bin"),
+    ],
+    ids=["truncated", "missing"],
+)
 def test_choosing_on_sizes_quarantines_a_wrong_size(store_root, damage, reason):
     store, lease = new_runner(store_root, "job")
     payload = os.urandom(4096)
@@ -757,7 +766,8 @@ def test_a_file_reported_but_not_uploaded_is_never_committed(store_root, tmp_pat
     store, lease = new_runner(store_root, "rank0")
     staged = store.stage("ckpt-000003", lease=lease, meta={})
     entries = store.attempt_writer("ckpt-000003", staged.attempt).put_files(
-        _local_files(tmp_path, "rank1", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"}))
+        _local_files(tmp_path, "rank1", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"})
+    )
     remove(store.url("states", "ckpt-000003", staged.attempt, "b.bin"))  # the upload that never arrived
     staged.add_files(entries)
     with pytest.raises(StoreError, match=r"file b\.bin is missing; not committed"):
@@ -765,8 +775,11 @@ def test_a_file_reported_but_not_uploaded_is_never_committed(store_root, tmp_pat
     assert store.open_verified("ckpt-000003") is None and store.committed_keys("ckpt-") == []
     # Negative control: the same entries, all uploaded, do commit.
     staged = store.stage("ckpt-000003", lease=lease, meta={})
-    staged.add_files(store.attempt_writer("ckpt-000003", staged.attempt).put_files(
-        _local_files(tmp_path, "again", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"})))
+    staged.add_files(
+        store.attempt_writer("ckpt-000003", staged.attempt).put_files(
+            _local_files(tmp_path, "again", {"a.bin": b"aaaa", "b.bin": b"bbbbbbbb"})
+        )
+    )
     staged.commit()
     assert store.committed_keys("ckpt-") == ["ckpt-000003"]
 
@@ -776,11 +789,14 @@ def test_two_writers_of_one_name_and_bad_attempt_names_are_refused(store_root, t
     staged = store.stage("ckpt-000004", lease=lease, meta={})
     staged.put_files(_local_files(tmp_path, "rank0", {"scheduler.pt": b"x"}))
     entries = store.attempt_writer("ckpt-000004", staged.attempt).put_files(
-        _local_files(tmp_path, "rank1", {"scheduler.pt": b"x"}))
+        _local_files(tmp_path, "rank1", {"scheduler.pt": b"x"})
+    )
     with pytest.raises(StoreError, match="'scheduler.pt' already written to staged state ckpt-000004"):
         staged.add_files(entries)
     for attempt in ("../other", "x", "g000001-run-ab/c", ""):
         with pytest.raises(StoreError, match="invalid attempt name"):
             store.attempt_writer("ckpt-000004", attempt)
     with pytest.raises(StoreError, match="invalid file name"):
-        store.attempt_writer("ckpt-000004", staged.attempt).put_files({"../escape": str(tmp_path / "rank0" / "scheduler.pt")})
+        store.attempt_writer("ckpt-000004", staged.attempt).put_files(
+            {"../escape": str(tmp_path / "rank0" / "scheduler.pt")}
+        )

@@ -7,8 +7,16 @@ import os
 from tests.helpers import child_env, rmrun, small_recipe
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
-SETTINGS = ["--set", "log.tensorboard=true", "--set", "schedule.max_epochs=1", "--set", "schedule.batch_size=8",
-            "--set", "checkpoint.interval_steps=3"]
+SETTINGS = [
+    "--set",
+    "log.tensorboard=true",
+    "--set",
+    "schedule.max_epochs=1",
+    "--set",
+    "schedule.batch_size=8",
+    "--set",
+    "checkpoint.interval_steps=3",
+]
 
 
 def _scalars(logdir: str, tag: str) -> list[int]:

@@ -16,8 +16,9 @@ from tests.helpers import QUICKSTART, child_env, rmrun, small_recipe
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     state = tmp_path_factory.mktemp("quickstart") / "state"
-    result = rmrun("run", QUICKSTART, "--set", f"run.state={state}", "--set", "log.progress=lines",
-                   "--set", "log.tensorboard=true")
+    result = rmrun(
+        "run", QUICKSTART, "--set", f"run.state={state}", "--set", "log.progress=lines", "--set", "log.tensorboard=true"
+    )
     return result, state
 
 
@@ -49,8 +50,9 @@ def test_quickstart_export_loads_with_transformers_and_gives_the_same_rewards(qu
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
     tokenizer = AutoTokenizer.from_pretrained(export)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    pairs = list(read_pairs([os.path.join(os.path.dirname(QUICKSTART), "data", "quickstart_eval.jsonl")],
-                            format="colossalchat"))[:12]
+    pairs = list(
+        read_pairs([os.path.join(os.path.dirname(QUICKSTART), "data", "quickstart_eval.jsonl")], format="colossalchat")
+    )[:12]
     tokenized = tokenize_pairs(pairs, tokenizer, max_length=256, overflow="truncate", template=load_chat_template(None))
     batch = collate(tokenized, list(range(len(tokenized))), pad_token_id=tokenizer.pad_token_id)
     with torch.no_grad():
@@ -110,8 +112,12 @@ def test_accumulation_matches_a_larger_batch(tmp_path):
     b = tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    recipe_a = small_recipe(a, train_pairs=48, extra="[schedule]\nbatch_size = 2\naccumulation_steps = 4\nmax_epochs = 1\n")
-    recipe_b = small_recipe(b, train_pairs=48, extra="[schedule]\nbatch_size = 8\naccumulation_steps = 1\nmax_epochs = 1\n")
+    recipe_a = small_recipe(
+        a, train_pairs=48, extra="[schedule]\nbatch_size = 2\naccumulation_steps = 4\nmax_epochs = 1\n"
+    )
+    recipe_b = small_recipe(
+        b, train_pairs=48, extra="[schedule]\nbatch_size = 8\naccumulation_steps = 1\nmax_epochs = 1\n"
+    )
     for recipe in (recipe_a, recipe_b):
         result = rmrun("run", recipe, "--set", "data.group_by_length=false")
         assert result.returncode == 0, result.stderr[-2000:]
@@ -132,8 +138,16 @@ def test_accumulation_matches_a_larger_batch(tmp_path):
 
 def test_a_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     recipe = small_recipe(tmp_path, extra="[checkpoint]\ninterval_steps = 1\n")
-    result = rmrun("run", recipe, "--set", "schedule.lr=1e20", "--set", "schedule.warmup_steps=0",
-                   "--set", "schedule.grad_clip=0.0")
+    result = rmrun(
+        "run",
+        recipe,
+        "--set",
+        "schedule.lr=1e20",
+        "--set",
+        "schedule.warmup_steps=0",
+        "--set",
+        "schedule.grad_clip=0.0",
+    )
     assert result.returncode == 2  # the recipe diverges: a user error, never retried as is
     assert "the loss is not finite" in result.stderr
     assert "Traceback" not in result.stderr
@@ -157,7 +171,9 @@ def test_lora_trains_the_score_head_and_exports_merged_weights(tmp_path):
     # The head trains (ColossalChat's LoRA froze it at its random init) ...
     assert not torch.equal(weights["score.weight"], initial["score.weight"])
     # ... adapted projections changed through the merged adapters ...
-    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        weights["model.layers.0.self_attn.q_proj.weight"], initial["model.layers.0.self_attn.q_proj.weight"]
+    )
     # ... and what LoRA does not target stayed frozen.
     assert torch.equal(weights["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
 
@@ -165,8 +181,10 @@ def test_lora_trains_the_score_head_and_exports_merged_weights(tmp_path):
 def test_a_bad_data_row_and_a_missing_file_are_one_line_errors(tmp_path):
     recipe = small_recipe(tmp_path, train_pairs=5)
     with open(tmp_path / "train.jsonl", "a") as f:
-        f.write('{"context": [{"from": "user", "content": "hi"}], "chosen": [{"from": "assistant", "content": ""}], '
-                '"rejected": [{"from": "assistant", "content": "x"}]}\n')
+        f.write(
+            '{"context": [{"from": "user", "content": "hi"}], "chosen": [{"from": "assistant", "content": ""}], '
+            '"rejected": [{"from": "assistant", "content": "x"}]}\n'
+        )
     bad_row = rmrun("run", recipe)
     assert bad_row.returncode == 2
     assert bad_row.stderr.strip().splitlines()[-1] == f'rmrun: {tmp_path / "train.jsonl"}:6: "chosen" is empty'

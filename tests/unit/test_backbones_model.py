@@ -30,8 +30,14 @@ def build_tiny_bert(directory) -> str:
         f.write("\n".join(specials + sorted(words)) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=vocab_file)
     tokenizer.save_pretrained(directory)
-    BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=64, max_position_embeddings=512).save_pretrained(directory)
+    BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    ).save_pretrained(directory)
     return str(directory)
 
 
@@ -50,7 +56,7 @@ def test_family_table_matches_transformers():
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    from rmrun.backbone import DECODER_TYPES, ENCODER_TYPES
+    from rmrun.recipe.backbone import DECODER_TYPES, ENCODER_TYPES
 
     classified = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
     assert ENCODER_TYPES == {t for t in classified if t in MODEL_FOR_MASKED_LM_MAPPING_NAMES}
@@ -118,10 +124,17 @@ def test_quickstart_tokenizer_export_drops_inputs_the_model_does_not_take(tmp_pa
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(REPO, "recipes", "assets", "tiny-tokenizer"))
     assert "token_type_ids" in tokenizer.model_input_names  # what made model(**tokenizer(...)) fail
-    net = LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    ))
+    net = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     export_reward_model(net, tokenizer, str(tmp_path))
     exported = AutoTokenizer.from_pretrained(str(tmp_path))
     assert exported.model_input_names == ["input_ids", "attention_mask"]

@@ -32,7 +32,12 @@ RECIPES = [
     ("state-not-a-url", None, ["run.state=://x"], "[run].state: '://x' is not a URL"),
     ("batch-size-1e12", None, ["schedule.batch_size=1000000000000"], "[schedule].batch_size: 1000000000000 is beyond"),
     ("max-steps-1e26", None, ["schedule.max_steps=100000000000000000000000000"], "[schedule].max_steps: 1000"),
-    ("batch-larger-than-data", None, ["schedule.batch_size=64"], "[schedule].batch_size: one optimizer step takes 64 pairs"),
+    (
+        "batch-larger-than-data",
+        None,
+        ["schedule.batch_size=64"],
+        "[schedule].batch_size: one optimizer step takes 64 pairs",
+    ),
     ("accumulation-larger-than-data", None, ["schedule.accumulation_steps=5"], "but the training set has 32"),
     ("run-name-dotdot", None, ["run.name=../../etc"], "[run].name: '../../etc' must be a single path segment"),
     ("run-name-slash", None, ["run.name=a/b"], "[run].name: 'a/b' must be a single path segment"),
@@ -41,11 +46,36 @@ RECIPES = [
     ("weight-decay-nan", None, ["schedule.weight_decay=nan"], "[schedule].weight_decay: must be a finite number"),
     ("grad-clip-inf", None, ["schedule.grad_clip=inf"], "[schedule].grad_clip: must be a finite number"),
     ("margin-nan", None, ["loss.margin=nan"], "[loss].margin: must be a finite number"),
-    ("interval-seconds-nan", None, ["checkpoint.interval_seconds=nan"], "[checkpoint].interval_seconds: must be a finite"),
-    ("interval-seconds-negative", None, ["checkpoint.interval_seconds=-1"], "[checkpoint].interval_seconds: must be positive"),
-    ("stop-budget-nan", None, ["checkpoint.stop_budget_seconds=nan"], "[checkpoint].stop_budget_seconds: must be a finite"),
-    ("stop-budget-zero", None, ["checkpoint.stop_budget_seconds=0"], "[checkpoint].stop_budget_seconds: must be positive, got 0"),
-    ("async-upload-not-bool", None, ["checkpoint.async_upload=maybe"], "[checkpoint].async_upload: expected true or false"),
+    (
+        "interval-seconds-nan",
+        None,
+        ["checkpoint.interval_seconds=nan"],
+        "[checkpoint].interval_seconds: must be a finite",
+    ),
+    (
+        "interval-seconds-negative",
+        None,
+        ["checkpoint.interval_seconds=-1"],
+        "[checkpoint].interval_seconds: must be positive",
+    ),
+    (
+        "stop-budget-nan",
+        None,
+        ["checkpoint.stop_budget_seconds=nan"],
+        "[checkpoint].stop_budget_seconds: must be a finite",
+    ),
+    (
+        "stop-budget-zero",
+        None,
+        ["checkpoint.stop_budget_seconds=0"],
+        "[checkpoint].stop_budget_seconds: must be positive, got 0",
+    ),
+    (
+        "async-upload-not-bool",
+        None,
+        ["checkpoint.async_upload=maybe"],
+        "[checkpoint].async_upload: expected true or false",
+    ),
     ("max-length-small", None, ["data.max_length=4"], "[data].max_length: must be at least 8"),
     ("max-length-huge", None, ["data.max_length=1000000000"], "[data].max_length: 1000000000 is beyond"),
     ("accumulation-zero", None, ["schedule.accumulation_steps=0"], "[schedule].accumulation_steps: must be at least 1"),
@@ -60,7 +90,12 @@ RECIPES = [
     ("bf16-on-cpu", None, ["plugin.mixed_precision=bf16"], '[plugin].mixed_precision: "bf16" needs CUDA'),
     ("format-unknown", None, ["data.format=sharegpt"], "[data].format: 'sharegpt' is not one of"),
     ("nonfinite-unknown", None, ["schedule.nonfinite=ignore"], "[schedule].nonfinite: 'ignore' is not one of"),
-    ("trust-remote-code-string", None, ['model.trust_remote_code="yes"'], "[model].trust_remote_code: expected true or false"),
+    (
+        "trust-remote-code-string",
+        None,
+        ['model.trust_remote_code="yes"'],
+        "[model].trust_remote_code: expected true or false",
+    ),
     ("unknown-key", "[eval]\nbatchsize = 8\n", [], '[eval].batchsize: unknown key (did you mean "batch_size"?)'),
     ("unknown-table", "[schedul]\nlr = 1e-5\n", [], '[schedul]: unknown table (did you mean "schedule"?)'),
     ("train-missing", None, ["data.train=no-such-file.jsonl"], "[data].train: file not found:"),
@@ -136,8 +171,20 @@ def test_all_recipe_mistakes_are_reported_in_one_pass(tmp_path, capsys):
 def test_all_environment_problems_are_reported_in_one_pass(tmp_path, capsys):
     """On a recipe without mistakes of its own: locations, inputs and data, all at once."""
     recipe = _write_recipe(tmp_path, None)
-    code = main(["check", recipe, "--set", "output.dir=foo://x", "--set", "plugin.mixed_precision=fp16",
-                 "--set", "data.eval=missing.jsonl", "--set", "schedule.batch_size=33"])
+    code = main(
+        [
+            "check",
+            recipe,
+            "--set",
+            "output.dir=foo://x",
+            "--set",
+            "plugin.mixed_precision=fp16",
+            "--set",
+            "data.eval=missing.jsonl",
+            "--set",
+            "schedule.batch_size=33",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USAGE and "Traceback" not in err
     assert _keys(err) == ["[plugin].mixed_precision", "[output].dir", "[data].eval", "[schedule].batch_size"], err
@@ -167,7 +214,13 @@ DATA_FILES = [
     ("empty-chosen", "train.jsonl", f"{GOOD}\n" + row(chosen=[]) + "\n", 2, '"chosen" is empty'),
     ("number-chosen", "train.jsonl", row(chosen=5) + "\n", 1, '"chosen" must be a list of messages'),
     ("message-without-content", "train.jsonl", row(chosen=[{"from": "assistant"}]) + "\n", 1, 'missing key "content"'),
-    ("unknown-role", "train.jsonl", row(chosen=[{"from": "wizard", "content": "x"}]) + "\n", 1, "unknown role 'wizard'"),
+    (
+        "unknown-role",
+        "train.jsonl",
+        row(chosen=[{"from": "wizard", "content": "x"}]) + "\n",
+        1,
+        "unknown role 'wizard'",
+    ),
     ("chosen-is-rejected", "train.jsonl", row(rejected=GOOD_ROW["chosen"]) + "\n", 1, "identical"),
     ("null-context", "train.jsonl", row(context=None) + "\n", 1, '"context" is null'),
     ("json-not-an-array", "train.json", '{"a": 1}', None, "expected a JSON array of objects, got an object"),
@@ -178,7 +231,9 @@ DATA_FILES = [
 ]
 
 
-@pytest.mark.parametrize("name, content, line_no, expected", [d[1:] for d in DATA_FILES], ids=[d[0] for d in DATA_FILES])
+@pytest.mark.parametrize(
+    "name, content, line_no, expected", [d[1:] for d in DATA_FILES], ids=[d[0] for d in DATA_FILES]
+)
 def test_a_malformed_training_file_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, line_no, expected):
     recipe = _write_recipe(tmp_path, None)
     bad = tmp_path / "bad" / name

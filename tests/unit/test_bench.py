@@ -27,16 +27,19 @@ def combos_for(*sweeps: str, sets=(), world=CPU):
 
 
 def test_values_split_at_top_level_commas_only():
-    assert split_values('8,32') == ["8", "32"]
+    assert split_values("8,32") == ["8", "32"]
     assert split_values('["q_proj","v_proj"],["o_proj"], "a,b"') == ['["q_proj","v_proj"]', '["o_proj"]', '"a,b"']
 
 
-@pytest.mark.parametrize("text, message", [
-    ("plugin.name", "expected KEY=V1,V2"),
-    ("=ddp", "expected KEY=V1,V2"),
-    ("plugin.name=ddp,,zero2", "expected KEY=V1,V2"),
-    ("schedule.batch_size=8,8", "a value is repeated"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("plugin.name", "expected KEY=V1,V2"),
+        ("=ddp", "expected KEY=V1,V2"),
+        ("plugin.name=ddp,,zero2", "expected KEY=V1,V2"),
+        ("schedule.batch_size=8,8", "a value is repeated"),
+    ],
+)
 def test_malformed_sweeps_are_one_line_errors(text, message):
     with pytest.raises(BenchError, match=message):
         parse_sweeps([text])
@@ -50,11 +53,17 @@ def test_a_key_swept_twice_is_refused():
 def test_every_combination_is_typed_by_the_schema():
     combos = combos_for("schedule.batch_size=8,32", "plugin.grad_checkpoint=false,true")
     assert [c.label for c in combos] == [
-        "schedule.batch_size=8 plugin.grad_checkpoint=false", "schedule.batch_size=8 plugin.grad_checkpoint=true",
-        "schedule.batch_size=32 plugin.grad_checkpoint=false", "schedule.batch_size=32 plugin.grad_checkpoint=true",
+        "schedule.batch_size=8 plugin.grad_checkpoint=false",
+        "schedule.batch_size=8 plugin.grad_checkpoint=true",
+        "schedule.batch_size=32 plugin.grad_checkpoint=false",
+        "schedule.batch_size=32 plugin.grad_checkpoint=true",
     ]
     assert [(c.recipe.schedule.batch_size, c.recipe.plugin.grad_checkpoint) for c in combos] == [
-        (8, False), (8, True), (32, False), (32, True)]
+        (8, False),
+        (8, True),
+        (32, False),
+        (32, True),
+    ]
     assert all(c.status == "runnable" for c in combos)
 
 
@@ -79,7 +88,8 @@ def test_an_unknown_key_gets_the_did_you_mean_error():
         combos_for("schedule.batchsize=8,32")
     assert len(e.value.problems) == 1  # once, not once per combination
     assert e.value.problems[0].endswith(
-        '--sweep schedule.batchsize=8,32: unknown key schedule.batchsize (did you mean "batch_size"?)')
+        '--sweep schedule.batchsize=8,32: unknown key schedule.batchsize (did you mean "batch_size"?)'
+    )
 
 
 def test_a_badly_typed_value_is_a_usage_error():
@@ -95,8 +105,9 @@ def test_cuda_plugins_are_skipped_here_with_the_reason():
     assert combos[1].reason.startswith('needs CUDA: [plugin].name: "zero2" needs CUDA GPUs')
     # gemini in fp32 is also invalid; on this machine the missing GPU comes first.
     assert combos[2].reason.startswith('needs CUDA: [plugin].name: "gemini" needs CUDA GPUs')
-    assert combos[2].reason.endswith('(and elsewhere: [plugin].mixed_precision: plugin "gemini" trains in "bf16" '
-                                     'or "fp16", not "fp32")')
+    assert combos[2].reason.endswith(
+        '(and elsewhere: [plugin].mixed_precision: plugin "gemini" trains in "bf16" or "fp16", not "fp32")'
+    )
 
 
 def test_an_invalid_combination_is_reported_with_its_one_line_message():
@@ -106,11 +117,14 @@ def test_an_invalid_combination_is_reported_with_its_one_line_message():
     assert combos[1].reason == '[plugin].mixed_precision: plugin "gemini" trains in "bf16" or "fp16", not "fp32"'
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--sweep", "schedule.batchsize=8,32"], 'unknown key schedule.batchsize (did you mean "batch_size"?)'),
-    (["--sweep", "plugin.name"], "expected KEY=V1,V2"),
-    (["--steps", "0"], "must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sweep", "schedule.batchsize=8,32"], 'unknown key schedule.batchsize (did you mean "batch_size"?)'),
+        (["--sweep", "plugin.name"], "expected KEY=V1,V2"),
+        (["--steps", "0"], "must be at least 1"),
+    ],
+)
 def test_cli_usage_errors_exit_2_in_one_line(capsys, argv, message):
     assert main(["bench", QUICKSTART, *argv]) == 2
     err = capsys.readouterr().err
@@ -124,8 +138,16 @@ def test_cli_usage_errors_exit_2_in_one_line(capsys, argv, message):
 
 def _fake_round(seconds: list[float], *, pairs=8, tokens=800, padded=1000):
     records = [{"seconds": s, "pairs": pairs, "tokens": tokens, "padded": padded} for s in seconds]
-    return [{"status": "ok", "records": records, "peak_rss_mib": 500.0, "first_step_s": 3.0, "num_params": 1000,
-             "checkpoint": {"save_seconds": [0.2], "load_seconds": [0.1], "bytes": 10}}]
+    return [
+        {
+            "status": "ok",
+            "records": records,
+            "peak_rss_mib": 500.0,
+            "first_step_s": 3.0,
+            "num_params": 1000,
+            "checkpoint": {"save_seconds": [0.2], "load_seconds": [0.1], "bytes": 10},
+        }
+    ]
 
 
 def test_summary_and_ranking_from_given_step_records():

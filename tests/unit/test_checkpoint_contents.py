@@ -27,8 +27,14 @@ from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key
 
 
 def draws() -> tuple:
-    return (random.random(), random.getrandbits(64), np.random.rand(3).tolist(), np.random.randn(),
-            torch.rand(3).tolist(), torch.randint(0, 1000, (4,)).tolist())
+    return (
+        random.random(),
+        random.getrandbits(64),
+        np.random.rand(3).tolist(),
+        np.random.randn(),
+        torch.rand(3).tolist(),
+        torch.randint(0, 1000, (4,)).tolist(),
+    )
 
 
 def test_restored_streams_draw_the_same_numbers_after_a_json_round_trip():
@@ -65,7 +71,7 @@ def test_checkpoint_keys_are_zero_padded_so_name_order_is_step_order():
     assert checkpoint_key(4) == "ckpt-0000000004"
     assert checkpoint_key(1234567890) == "ckpt-1234567890"
     steps = [100, 9, 10, 1]
-    assert [int(k[len(CHECKPOINT_PREFIX):]) for k in sorted(map(checkpoint_key, steps))] == sorted(steps)
+    assert [int(k[len(CHECKPOINT_PREFIX) :]) for k in sorted(map(checkpoint_key, steps))] == sorted(steps)
 
 
 # ---------------------------------------------------------------- history pieces
@@ -77,8 +83,7 @@ def ctx(tmp_path, monkeypatch):
     monkeypatch.delenv("RMRUN_FAULTS", raising=False)
     store = StateStore(str(tmp_path / "state"))
     lease = store.acquire_lease(holder="test")
-    yield SimpleNamespace(store=store, lease=lease,
-                          stage=lambda key, *, meta: store.stage(key, lease=lease, meta=meta))
+    yield SimpleNamespace(store=store, lease=lease, stage=lambda key, *, meta: store.stage(key, lease=lease, meta=meta))
     store.release(lease)
 
 
@@ -88,8 +93,11 @@ def metric(step: int, **extra) -> dict:
 
 def trainer_state(step: int, *, eval_steps=()) -> dict:
     """What the trainer holds at ``step``: every metric line so far and the evals made."""
-    return {"step": step, "metrics": [metric(s) for s in range(1, step + 1)],
-            "evals": [{"step": s, "accuracy": 0.5} for s in eval_steps if s <= step]}
+    return {
+        "step": step,
+        "metrics": [metric(s) for s in range(1, step + 1)],
+        "evals": [{"step": s, "accuracy": 0.5} for s in eval_steps if s <= step],
+    }
 
 
 def test_each_piece_holds_the_lines_since_the_previous_piece(ctx):

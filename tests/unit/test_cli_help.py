@@ -33,7 +33,7 @@ def documented_keys(text: str) -> set[tuple[str, str]]:
     keys, table = set(), None
     for line in text.splitlines():
         if line.startswith("[") and "]" in line:
-            table = line[1:line.index("]")]
+            table = line[1 : line.index("]")]
         elif table and line.startswith("  ") and not line.startswith("   ") and " (" in line:
             keys.add((table, line.strip().split(" (")[0]))
     return keys
@@ -60,7 +60,14 @@ def test_explain_lists_every_key_with_its_doc(capsys):
 def test_help_documents_every_recipe_key(capsys, argv):
     out = help_of(capsys, argv)
     assert documented_keys(out) == schema_keys()
-    for needle in ("batch_size", "grad_clip", "accumulation_steps", "[model.lora]", "[plugin]", "zero2_cpu",
-                   "Clip the global gradient norm"):
+    for needle in (
+        "batch_size",
+        "grad_clip",
+        "accumulation_steps",
+        "[model.lora]",
+        "[plugin]",
+        "zero2_cpu",
+        "Clip the global gradient norm",
+    ):
         assert needle in out
     assert explain_text() in out

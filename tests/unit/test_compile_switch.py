@@ -37,12 +37,15 @@ def test_only_the_kernels_notice_is_dropped():
     assert drop.filter(record("some other warning"))
 
 
-@pytest.mark.parametrize("plugin,compiled", [
-    (PluginSection(name="ddp"), False),
-    (PluginSection(name="3d", tp=2), False),
-    (PluginSection(name="3d", sp=2, sp_mode="split_gather"), False),
-    (PluginSection(name="3d", sp=2, sp_mode="ring_attn"), True),
-])
+@pytest.mark.parametrize(
+    "plugin,compiled",
+    [
+        (PluginSection(name="ddp"), False),
+        (PluginSection(name="3d", tp=2), False),
+        (PluginSection(name="3d", sp=2, sp_mode="split_gather"), False),
+        (PluginSection(name="3d", sp=2, sp_mode="ring_attn"), True),
+    ],
+)
 def test_only_ring_attention_keeps_colossalai_import_time_compiles(plugin, compiled):
     from types import SimpleNamespace
 

@@ -217,32 +217,67 @@ BAD_ROWS = [
     pytest.param("pairwise", '{"prompt": "p", "chosen": ', r"invalid JSON", id="invalid-json"),
     pytest.param("pairwise", "[1, 2]", r"expected a JSON object, got an array", id="not-object"),
     pytest.param("pairwise", {"prompt": "p", "chosen": "a"}, r'missing key "rejected"', id="missing-key"),
-    pytest.param("pairwise", {"prompt": "p", "chosen": 5, "rejected": "b"}, r'"chosen" must be a string, got a number', id="wrong-type"),
-    pytest.param("pairwise", {"prompt": 7, "chosen": "a", "rejected": "b"}, r'"prompt" must be a string or a list', id="wrong-type-prompt"),
-    pytest.param("pairwise", {"prompt": "p", "chosen": " \n", "rejected": "b"}, r'"chosen" is empty', id="empty-chosen"),
-    pytest.param("pairwise", {"prompt": "p", "chosen": "a", "rejected": ""}, r'"rejected" is empty', id="empty-rejected"),
-    pytest.param("pairwise", {"prompt": "p", "chosen": "Same.", "rejected": " Same. "}, r'"chosen" is identical to "rejected"', id="identical"),
+    pytest.param(
+        "pairwise",
+        {"prompt": "p", "chosen": 5, "rejected": "b"},
+        r'"chosen" must be a string, got a number',
+        id="wrong-type",
+    ),
+    pytest.param(
+        "pairwise",
+        {"prompt": 7, "chosen": "a", "rejected": "b"},
+        r'"prompt" must be a string or a list',
+        id="wrong-type-prompt",
+    ),
+    pytest.param(
+        "pairwise", {"prompt": "p", "chosen": " \n", "rejected": "b"}, r'"chosen" is empty', id="empty-chosen"
+    ),
+    pytest.param(
+        "pairwise", {"prompt": "p", "chosen": "a", "rejected": ""}, r'"rejected" is empty', id="empty-rejected"
+    ),
+    pytest.param(
+        "pairwise",
+        {"prompt": "p", "chosen": "Same.", "rejected": " Same. "},
+        r'"chosen" is identical to "rejected"',
+        id="identical",
+    ),
     pytest.param(
         "colossalchat",
-        {"context": _conversation("user", "user"), "chosen": _conversation("assistant"), "rejected": [{"from": "assistant", "content": "x"}]},
+        {
+            "context": _conversation("user", "user"),
+            "chosen": _conversation("assistant"),
+            "rejected": [{"from": "assistant", "content": "x"}],
+        },
         r'roles do not alternate in "context": message 1 is \'user\'',
         id="roles-not-alternating",
     ),
     pytest.param(
         "colossalchat",
-        {"context": _conversation("user", "assistant"), "chosen": _conversation("assistant"), "rejected": [{"from": "assistant", "content": "x"}]},
+        {
+            "context": _conversation("user", "assistant"),
+            "chosen": _conversation("assistant"),
+            "rejected": [{"from": "assistant", "content": "x"}],
+        },
         r'"context" must end with a user turn',
         id="context-ends-with-assistant",
     ),
     pytest.param(
         "colossalchat",
-        {"context": _conversation("bot"), "chosen": _conversation("assistant"), "rejected": [{"from": "assistant", "content": "x"}]},
+        {
+            "context": _conversation("bot"),
+            "chosen": _conversation("assistant"),
+            "rejected": [{"from": "assistant", "content": "x"}],
+        },
         r'"context"\[0\]: unknown role \'bot\'',
         id="unknown-role",
     ),
     pytest.param(
         "colossalchat",
-        {"context": _conversation("user"), "chosen": _conversation("user"), "rejected": [{"from": "assistant", "content": "x"}]},
+        {
+            "context": _conversation("user"),
+            "chosen": _conversation("user"),
+            "rejected": [{"from": "assistant", "content": "x"}],
+        },
         r'roles do not alternate in "chosen"',
         id="response-from-user",
     ),
@@ -292,7 +327,9 @@ def test_skip_mode_counts_per_reason_and_keeps_first_five_messages(tmp_path):
     assert len(pairs) == 2
     assert dict(report.counts) == {"empty response": 4, "missing key": 2, "invalid JSON": 1}
     assert report.total == 7
-    assert report.examples == [f'{url}:{line}: "chosen" is empty' for line in (2, 3, 4, 5)] + [f'{url}:6: missing key "rejected"']
+    assert report.examples == [f'{url}:{line}: "chosen" is empty' for line in (2, 3, 4, 5)] + [
+        f'{url}:6: missing key "rejected"'
+    ]
     summary = report.summary()
     assert summary.startswith("skipped 7 bad row(s): 4 empty response, 2 missing key, 1 invalid JSON")
     assert f"{url}:6: missing key" in summary
@@ -311,8 +348,16 @@ def test_skip_mode_needs_a_report(tmp_path):
 
 def test_implicit_prompt_with_different_system_messages_is_a_role_error(tmp_path):
     row = {
-        "chosen": [{"role": "system", "content": "A"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "x"}],
-        "rejected": [{"role": "system", "content": "B"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "y"}],
+        "chosen": [
+            {"role": "system", "content": "A"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "x"},
+        ],
+        "rejected": [
+            {"role": "system", "content": "B"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "y"},
+        ],
     }
     url = write_jsonl(tmp_path / "file.jsonl", [row])
     with pytest.raises(DataError, match=r'file\.jsonl:1: roles do not alternate in "chosen": message 0 is \'system\''):

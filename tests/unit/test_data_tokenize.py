@@ -110,8 +110,13 @@ def test_tokenizer_without_eos_reads_the_reward_at_the_end_of_the_rendering():
     bare = build_tiny_tokenizer(chat_template=None, adds_bos=False)
     bare.eos_token = None
     plain = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-    result = tokenize_pairs([make_pair("why", "one two", "three")], bare, max_length=64, overflow="error",
-                            template=ChatTemplate(jinja=plain))
+    result = tokenize_pairs(
+        [make_pair("why", "one two", "three")],
+        bare,
+        max_length=64,
+        overflow="error",
+        template=ChatTemplate(jinja=plain),
+    )
     assert result.chosen(0).tolist() == ids_of(bare, "why one two")
     assert result.rejected(0).tolist() == ids_of(bare, "why three")
 
@@ -120,12 +125,24 @@ def test_encoder_text_gets_the_tokenizers_own_special_tokens():
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", "user", "assistant", *WORDS]
     encoder = _bert_tokenizer(vocab)
     cls, sep = encoder.cls_token_id, encoder.sep_token_id
-    result = tokenize_pairs([make_pair("why", "one two", "three")], encoder, max_length=64, overflow="error",
-                            template=None, family="encoder")
+    result = tokenize_pairs(
+        [make_pair("why", "one two", "three")],
+        encoder,
+        max_length=64,
+        overflow="error",
+        template=None,
+        family="encoder",
+    )
     expected = encoder("user: why\nassistant: one two")["input_ids"]
     assert result.chosen(0).tolist() == expected and expected[0] == cls and expected[-1] == sep
-    truncated = tokenize_pairs([make_pair("why " * 20, "one two", "three")], encoder, max_length=6,
-                               overflow="truncate", template=None, family="encoder")
+    truncated = tokenize_pairs(
+        [make_pair("why " * 20, "one two", "three")],
+        encoder,
+        max_length=6,
+        overflow="truncate",
+        template=None,
+        family="encoder",
+    )
     assert truncated.chosen(0).tolist()[0] == cls  # [CLS] kept, the end of the response kept
     assert truncated.chosen(0).tolist()[1:] == expected[-5:]
 
@@ -183,9 +200,17 @@ def test_tokenizer_without_chat_template_needs_data_chat_template():
 
 
 def test_template_error_names_the_pair(tokenizer):
-    strict = ChatTemplate(jinja="{% if messages[0]['role'] != 'system' %}{{ raise_exception('need a system turn') }}{% endif %}")
+    strict = ChatTemplate(
+        jinja="{% if messages[0]['role'] != 'system' %}{{ raise_exception('need a system turn') }}{% endif %}"
+    )
     with pytest.raises(DataError, match=r"pairs\.jsonl:9: the chat template failed .*need a system turn"):
-        tokenize_pairs([make_pair("hi", "one", "two", source="pairs.jsonl:9")], tokenizer, max_length=64, overflow="error", template=strict)
+        tokenize_pairs(
+            [make_pair("hi", "one", "two", source="pairs.jsonl:9")],
+            tokenizer,
+            max_length=64,
+            overflow="error",
+            template=strict,
+        )
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -193,7 +218,13 @@ def test_template_error_names_the_pair(tokenizer):
 
 def test_tokenizer_chat_template_with_bos_is_not_doubled_and_ends_with_eos(tokenizer):
     assert tokenizer("blue")["input_ids"] == [BOS, tokenizer.convert_tokens_to_ids("blue")]  # the fixture does add bos
-    result = tokenize_pairs([make_pair("what colour is the sky", "blue", "green")], tokenizer, max_length=64, overflow="error", template=None)
+    result = tokenize_pairs(
+        [make_pair("what colour is the sky", "blue", "green")],
+        tokenizer,
+        max_length=64,
+        overflow="error",
+        template=None,
+    )
     expected_chosen = [BOS, *ids_of(tokenizer, "<|user|>\nwhat colour is the sky</s>\n<|assistant|>\nblue</s>")]
     assert result.chosen(0).tolist() == expected_chosen
     assert result.chosen(0)[1] != BOS
@@ -203,13 +234,24 @@ def test_tokenizer_chat_template_with_bos_is_not_doubled_and_ends_with_eos(token
 
 def test_tokens_after_the_last_end_of_assistant_are_removed(tokenizer):
     trailing = ChatTemplate(jinja=BOS_TEMPLATE + "{{ '<|assistant|>\n' }}the end")
-    result = tokenize_pairs([make_pair("why", "one", "two")], tokenizer, max_length=64, overflow="error", template=trailing)
+    result = tokenize_pairs(
+        [make_pair("why", "one", "two")], tokenizer, max_length=64, overflow="error", template=trailing
+    )
     for sequence in (result.chosen(0), result.rejected(0)):
         assert sequence[-1] == EOS
         assert tokenizer.convert_tokens_to_ids("<|assistant|>") != sequence[-2]
-    assert result.chosen(0).tolist() == tokenize_pairs(
-        [make_pair("why", "one", "two")], tokenizer, max_length=64, overflow="error", template=ChatTemplate(jinja=BOS_TEMPLATE)
-    ).chosen(0).tolist()
+    assert (
+        result.chosen(0).tolist()
+        == tokenize_pairs(
+            [make_pair("why", "one", "two")],
+            tokenizer,
+            max_length=64,
+            overflow="error",
+            template=ChatTemplate(jinja=BOS_TEMPLATE),
+        )
+        .chosen(0)
+        .tolist()
+    )
 
 
 def test_template_without_end_of_assistant_is_an_error(tokenizer):
@@ -220,9 +262,12 @@ def test_template_without_end_of_assistant_is_an_error(tokenizer):
 
 def test_end_of_assistant_from_template_overrides_eos(tokenizer):
     closes_with_assistant_tag = ChatTemplate(
-        jinja="{% for m in messages %}{{ m['content'] + ' <|assistant|>' }}{% endfor %} the end", end_of_assistant="<|assistant|>"
+        jinja="{% for m in messages %}{{ m['content'] + ' <|assistant|>' }}{% endfor %} the end",
+        end_of_assistant="<|assistant|>",
     )
-    result = tokenize_pairs([make_pair("hi", "one", "two")], tokenizer, max_length=64, overflow="error", template=closes_with_assistant_tag)
+    result = tokenize_pairs(
+        [make_pair("hi", "one", "two")], tokenizer, max_length=64, overflow="error", template=closes_with_assistant_tag
+    )
     assert result.chosen(0)[-1] == tokenizer.convert_tokens_to_ids("<|assistant|>")
 
 
@@ -252,7 +297,11 @@ def test_overflow_truncate_without_bos_keeps_the_last_tokens(colossal_template):
 
 
 def test_overflow_drop_removes_the_pair_and_keeps_source_indices(tokenizer):
-    pairs = [make_pair("why", "one", "two"), make_pair("why", " ".join(["one"] * 50), "two"), make_pair("what", "blue", "red")]
+    pairs = [
+        make_pair("why", "one", "two"),
+        make_pair("why", " ".join(["one"] * 50), "two"),
+        make_pair("what", "blue", "red"),
+    ]
     result = tokenize_pairs(pairs, tokenizer, max_length=20, overflow="drop", template=None)
     assert len(result) == 2
     assert result.pair_index.tolist() == [0, 2]
@@ -270,7 +319,9 @@ def test_overflow_drop_applies_when_only_rejected_is_too_long(tokenizer):
 def test_overflow_error_names_the_source_and_length(tokenizer):
     pairs = [make_pair("why", "one", "two"), make_pair("why", " ".join(["one"] * 50), "two", source="pairs.jsonl:2")]
     # chosen: <s> <|user|> why </s> <|assistant|> one*50 </s> = 56 tokens; rejected has 7.
-    with pytest.raises(DataError, match=r"pairs\.jsonl:2: pair is 56 tokens long \(chosen 56, rejected 7\), over data\.max_length=20"):
+    with pytest.raises(
+        DataError, match=r"pairs\.jsonl:2: pair is 56 tokens long \(chosen 56, rejected 7\), over data\.max_length=20"
+    ):
         tokenize_pairs(pairs, tokenizer, max_length=20, overflow="error", template=None)
 
 
@@ -340,7 +391,11 @@ def test_collate_pads_with_the_dedicated_pad_token(tokenizer):
 
 
 def test_collate_pads_to_the_longest_in_the_batch_not_max_length(tokenizer):
-    pairs = [make_pair("why", "one", "two"), make_pair("why", "one two", "three"), make_pair("why", " ".join(["one"] * 40), "two")]
+    pairs = [
+        make_pair("why", "one", "two"),
+        make_pair("why", "one two", "three"),
+        make_pair("why", " ".join(["one"] * 40), "two"),
+    ]
     tokenized = tokenize_pairs(pairs, tokenizer, max_length=512, overflow="error", template=None)
     batch = collate(tokenized, [0, 1], pad_token_id=PAD)
     assert batch["input_ids"].shape[1] == max(tokenized.lengths()[[0, 1]].max(), 0) < 512
@@ -349,14 +404,20 @@ def test_collate_pads_to_the_longest_in_the_batch_not_max_length(tokenizer):
 
 
 def test_collate_rows_are_chosen_then_rejected(tokenizer):
-    tokenized = tokenize_pairs([make_pair("why", "one", "two")], tokenizer, max_length=64, overflow="error", template=None)
+    tokenized = tokenize_pairs(
+        [make_pair("why", "one", "two")], tokenizer, max_length=64, overflow="error", template=None
+    )
     batch = collate(tokenized, [0], pad_token_id=PAD)
     assert batch["input_ids"][0, : len(tokenized.chosen(0))].tolist() == tokenized.chosen(0).tolist()
     assert batch["input_ids"][1, : len(tokenized.rejected(0))].tolist() == tokenized.rejected(0).tolist()
 
 
 def test_collate_keeps_source_pair_ids_after_drops(tokenizer):
-    pairs = [make_pair("why", " ".join(["one"] * 50), "two"), make_pair("why", "one", "two"), make_pair("what", "blue", "red")]
+    pairs = [
+        make_pair("why", " ".join(["one"] * 50), "two"),
+        make_pair("why", "one", "two"),
+        make_pair("what", "blue", "red"),
+    ]
     tokenized = tokenize_pairs(pairs, tokenizer, max_length=20, overflow="drop", template=None)
     assert collate(tokenized, [1, 0], pad_token_id=PAD)["pair_ids"].tolist() == [2, 1]
 
@@ -372,7 +433,9 @@ def test_real_colossalchat_sample_ends_with_end_of_assistant(tokenizer, colossal
         assert sequence[-1] == EOS == tokenizer.convert_tokens_to_ids("</s>")
         # The template emits no bos; the tokenizer adds its own, once, as tokenizer(text) does.
         assert sequence[0] == BOS and (sequence == BOS).sum() == 1
-        assert sequence[1] == tokenizer.convert_tokens_to_ids("<|system|>")  # the template's system message was prepended
+        assert sequence[1] == tokenizer.convert_tokens_to_ids(
+            "<|system|>"
+        )  # the template's system message was prepended
     # Each turn (system, three context turns, the response) is closed by </s>.
     assert (result.chosen(0) == EOS).sum() == 5
 

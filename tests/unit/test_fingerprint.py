@@ -89,14 +89,22 @@ def test_lora_turned_on_names_each_of_its_keys():
     lines = changed_keys(identity(), identity("model.lora.r=4"))
     assert "model.lora.r: None -> 4" in lines
     assert {line.split(":")[0] for line in lines} == {
-        "model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"}
+        "model.lora.r",
+        "model.lora.alpha",
+        "model.lora.dropout",
+        "model.lora.target_modules",
+    }
 
 
 def test_changed_keys_lists_keys_then_versions_sorted_with_missing_ones_as_none():
     stored = {"keys": {"b": 1, "a": "x", "gone": 3}, "versions": {"torch": "2.4.0", "rmrun": "0.1.0"}}
     current = {"keys": {"b": 2, "a": "x", "new": [1]}, "versions": {"torch": "2.5.1", "rmrun": "0.1.0"}}
     assert changed_keys(stored, current) == [
-        "b: 1 -> 2", "gone: 3 -> None", "new: None -> [1]", "torch: '2.4.0' -> '2.5.1'"]
+        "b: 1 -> 2",
+        "gone: 3 -> None",
+        "new: None -> [1]",
+        "torch: '2.4.0' -> '2.5.1'",
+    ]
     assert changed_keys({}, {"versions": {"torch": "2.5.1"}}) == ["torch: None -> '2.5.1'"]
 
 

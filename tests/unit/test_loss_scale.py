@@ -64,7 +64,9 @@ def test_the_colossalai_optimizer_state_dict_does_not_hold_the_scale():
 def test_the_scaler_is_found_where_each_optimizer_keeps_it():
     scaler = _colossal_scaler()
     zero_like = types.SimpleNamespace(mixed_precision_mixin=types.SimpleNamespace(grad_scaler=scaler))
-    gemini_like = types.SimpleNamespace(optim=types.SimpleNamespace(mix_precision_mixin=types.SimpleNamespace(grad_scaler=scaler)))
+    gemini_like = types.SimpleNamespace(
+        optim=types.SimpleNamespace(mix_precision_mixin=types.SimpleNamespace(grad_scaler=scaler))
+    )
     assert find_grad_scaler(zero_like) is scaler
     assert find_grad_scaler(gemini_like) is scaler
     assert find_grad_scaler(types.SimpleNamespace()) is None

@@ -11,10 +11,15 @@ from rmrun.recipe.schema import ModelSection
 
 
 def custom_code_model(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "rmrun_custom", "hidden_size": 8,
-        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "rmrun_custom",
+                "hidden_size": 8,
+                "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
+            }
+        )
+    )
     marker = tmp_path / "ran"
     (tmp_path / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     return str(tmp_path), marker

@@ -60,8 +60,12 @@ def report(rank: int, node: int, directory: str | None, problem: dict | None = N
 
 
 def test_each_process_reads_its_own_nodes_copy():
-    reports = [report(0, 0, "/n0/copy", meta={"step": 4}), report(1, 0, None),
-               report(2, 1, "/n1/copy", meta={"step": 4}), report(3, 1, None)]
+    reports = [
+        report(0, 0, "/n0/copy", meta={"step": 4}),
+        report(1, 0, None),
+        report(2, 1, "/n1/copy", meta={"step": 4}),
+        report(3, 1, None),
+    ]
     third = Rank(rank=3, world_size=4, local_rank=1, cuda=False, node=1, is_node_leader=False)
     copy = _outcome("ckpt-4", reports, rank=third, own=None, error=None)
     assert copy.directory == "/n1/copy" and copy.meta == {"step": 4} and copy.corrupt is None
@@ -70,8 +74,12 @@ def test_each_process_reads_its_own_nodes_copy():
 
 
 def test_one_nodes_finding_is_every_processs():
-    corrupt = {"kind": "corrupt", "message": "state ckpt-4 (a): sha256 mismatch for x", "attempt": "a",
-               "reason": "sha256 mismatch for x"}
+    corrupt = {
+        "kind": "corrupt",
+        "message": "state ckpt-4 (a): sha256 mismatch for x",
+        "attempt": "a",
+        "reason": "sha256 mismatch for x",
+    }
     reports = [report(0, 0, "/n0/copy"), report(1, 1, "/n1/copy", corrupt)]
     for rank in (Rank(0, 2, 0, False, node=0), Rank(1, 2, 0, False, node=1)):
         copy = _outcome("ckpt-4", reports, rank=rank, own=f"/n{rank.node}/copy", error=None)
@@ -86,12 +94,15 @@ def test_one_nodes_finding_is_every_processs():
         _outcome("ckpt-4", failed, rank=Rank(1, 2, 0, False, node=1), own="/n1/copy", error=own_error)
 
 
-@pytest.mark.parametrize("env, place", [
-    ({"GROUP_RANK": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}, (1, True)),
-    ({"GROUP_RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, (1, False)),
-    ({"LOCAL_WORLD_SIZE": "2"}, (1, False)),  # rank 3 of 2 per node
-    ({}, (3, True)),  # nothing known: every process is its own node
-])
+@pytest.mark.parametrize(
+    "env, place",
+    [
+        ({"GROUP_RANK": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}, (1, True)),
+        ({"GROUP_RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, (1, False)),
+        ({"LOCAL_WORLD_SIZE": "2"}, (1, False)),  # rank 3 of 2 per node
+        ({}, (3, True)),  # nothing known: every process is its own node
+    ],
+)
 def test_the_node_layout_comes_from_the_launcher_not_the_host_name(monkeypatch, env, place):
     for name in ("GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

@@ -30,9 +30,12 @@ CLASS_NAMES = {spec.class_name for spec in PLUGINS.values()}
 
 
 def recipe(*, lora: bool = False, accumulation_steps: int = 1, **plugin) -> Recipe:
-    return Recipe(data=DataSection(train=("x.jsonl",)),
-                  model=ModelSection(pretrain="m", lora=LoraSection() if lora else None),
-                  plugin=PluginSection(**plugin), schedule=ScheduleSection(accumulation_steps=accumulation_steps))
+    return Recipe(
+        data=DataSection(train=("x.jsonl",)),
+        model=ModelSection(pretrain="m", lora=LoraSection() if lora else None),
+        plugin=PluginSection(**plugin),
+        schedule=ScheduleSection(accumulation_steps=accumulation_steps),
+    )
 
 
 def with_spec(monkeypatch, name: str, **changes) -> None:
@@ -53,8 +56,10 @@ def test_supports_lora_drives_the_lora_check(monkeypatch):
 
 
 def test_supports_accumulation_drives_the_accumulation_check(monkeypatch):
-    message = ('[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient accumulation; '
-               'use 1 or plugin "gemini"')
+    message = (
+        '[schedule].accumulation_steps: plugin "gemini_auto" does not support gradient accumulation; '
+        'use 1 or plugin "gemini"'
+    )
     assert static_problems(recipe(accumulation_steps=2, name="gemini_auto", mixed_precision="bf16")) == [message]
     with_spec(monkeypatch, "gemini_auto", supports_accumulation=True)
     assert static_problems(recipe(accumulation_steps=2, name="gemini_auto", mixed_precision="bf16")) == []
@@ -65,7 +70,8 @@ def test_precisions_drive_the_precision_check(monkeypatch):
     assert static_problems(recipe(name="gemini", mixed_precision="fp32")) == [message]
     with_spec(monkeypatch, "zero2", precisions=("bf16",))
     assert static_problems(recipe(name="zero2", mixed_precision="fp16")) == [
-        '[plugin].mixed_precision: plugin "zero2" trains in "bf16", not "fp16"']
+        '[plugin].mixed_precision: plugin "zero2" trains in "bf16", not "fp16"'
+    ]
 
 
 def test_model_parallel_and_rules_drive_the_sharding_checks(monkeypatch):
@@ -80,11 +86,13 @@ def test_model_parallel_and_rules_drive_the_sharding_checks(monkeypatch):
 def test_needs_cuda_drives_the_environment_check(monkeypatch):
     cpu = World(size=1, cuda=False)
     assert environment_problems(recipe(name="zero2"), cpu) == [
-        '[plugin].name: "zero2" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU']
+        '[plugin].name: "zero2" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'
+    ]
     assert environment_problems(recipe(name="ddp", mixed_precision="fp32"), cpu) == []
     with_spec(monkeypatch, "ddp", needs_cuda=True)
     assert environment_problems(recipe(name="ddp", mixed_precision="fp32"), cpu) == [
-        '[plugin].name: "ddp" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU']
+        '[plugin].name: "ddp" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'
+    ]
     assert table.CUDA_PLUGINS == ("zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
 
 
@@ -129,20 +137,24 @@ def _spelled_plugin_facts(tree: ast.AST) -> list[int]:
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             if any(isinstance(s, ast.Attribute) and s.attr == "name" for s in sides) and any(
-                    isinstance(s, ast.Constant) and s.value in names for s in sides):
+                isinstance(s, ast.Constant) and s.value in names for s in sides
+            ):
                 lines.append(node.lineno)
         elif isinstance(node, ast.Constant) and node.value in CLASS_NAMES:
             lines.append(node.lineno)
     return lines
 
 
-@pytest.mark.parametrize("source,found", [
-    ('SHARDED = ("zero2", "gemini")', True),
-    ('if plugin.name == "ddp": pass', True),
-    ('if p.name in ("gemini",): pass', False),  # one name in a tuple: the compare is on a tuple, not a constant
-    ('cls = "GeminiPlugin"', True),
-    ('PLUGIN = "ddp"', False),
-])
+@pytest.mark.parametrize(
+    "source,found",
+    [
+        ('SHARDED = ("zero2", "gemini")', True),
+        ('if plugin.name == "ddp": pass', True),
+        ('if p.name in ("gemini",): pass', False),  # one name in a tuple: the compare is on a tuple, not a constant
+        ('cls = "GeminiPlugin"', True),
+        ('PLUGIN = "ddp"', False),
+    ],
+)
 def test_the_plugin_fact_check_itself(source, found):
     assert bool(_spelled_plugin_facts(ast.parse(source))) is found
 

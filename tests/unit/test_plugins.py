@@ -29,7 +29,10 @@ def test_the_six_plugin_names():
 
 
 def test_ddp():
-    assert call(name="ddp", mixed_precision="fp32") == ("TorchDDPPlugin", {"find_unused_parameters": True, "broadcast_buffers": False})
+    assert call(name="ddp", mixed_precision="fp32") == (
+        "TorchDDPPlugin",
+        {"find_unused_parameters": True, "broadcast_buffers": False},
+    )
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -82,8 +85,16 @@ def test_zero2_cpu():
 
 
 def test_3d():
-    assert call(name="3d", mixed_precision="bf16", tp=2, pp=1, zero_stage=1, zero_cpu_offload=True,
-                flash_attn=True, microbatch_size=2) == (
+    assert call(
+        name="3d",
+        mixed_precision="bf16",
+        tp=2,
+        pp=1,
+        zero_stage=1,
+        zero_cpu_offload=True,
+        flash_attn=True,
+        microbatch_size=2,
+    ) == (
         "HybridParallelPlugin",
         {
             "tp_size": 2,
@@ -143,15 +154,26 @@ def test_every_keyword_exists_in_the_installed_colossalai_class():
 
     for name in PLUGINS:
         # Every boolean and size switched away from its default, so every keyword appears.
-        section = PluginSection(name=name, tp=2, pp=2, sp=2, sp_mode="all_to_all", zero_stage=1,
-                                zero_cpu_offload=True, flash_attn=True, microbatch_size=2)
+        section = PluginSection(
+            name=name,
+            tp=2,
+            pp=2,
+            sp=2,
+            sp_mode="all_to_all",
+            zero_stage=1,
+            zero_cpu_offload=True,
+            flash_attn=True,
+            microbatch_size=2,
+        )
         class_name, args = plugin_call(section, ScheduleSection(accumulation_steps=2))
         cls = plugin_class(class_name)
         parameters = inspect.signature(cls.__init__).parameters
         unknown = sorted(set(args) - set(parameters))
         assert not unknown, f"{name}: {class_name}.__init__ has no parameter(s) {unknown}"
     # The keywords rmrun spells out beyond train_rm.py's are the classes' own defaults.
-    for class_name, key, value in (("LowLevelZeroPlugin", "cpu_offload", False),
-                                   ("HybridParallelPlugin", "initial_scale", 2**16),
-                                   ("GeminiPlugin", "initial_scale", 2**16)):
+    for class_name, key, value in (
+        ("LowLevelZeroPlugin", "cpu_offload", False),
+        ("HybridParallelPlugin", "initial_scale", 2**16),
+        ("GeminiPlugin", "initial_scale", 2**16),
+    ):
         assert inspect.signature(plugin_class(class_name).__init__).parameters[key].default == value

@@ -20,14 +20,21 @@ def _writes_process_state(node: ast.stmt) -> bool:
     for sub in ast.walk(node):
         if isinstance(sub, (ast.Assign, ast.AugAssign)):
             targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
-            if any(isinstance(t, ast.Subscript) and isinstance(t.value, ast.Attribute) and t.value.attr == "environ"
-                   for t in targets):
+            if any(
+                isinstance(t, ast.Subscript) and isinstance(t.value, ast.Attribute) and t.value.attr == "environ"
+                for t in targets
+            ):
                 return True
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr in (
-                "filterwarnings", "simplefilter", "add_safe_globals", "putenv", "setdefault", "update"):
+        if (
+            isinstance(sub, ast.Call)
+            and isinstance(sub.func, ast.Attribute)
+            and sub.func.attr
+            in ("filterwarnings", "simplefilter", "add_safe_globals", "putenv", "setdefault", "update")
+        ):
             owner = sub.func.value
-            if sub.func.attr in ("setdefault", "update") and not (isinstance(owner, ast.Attribute)
-                                                                  and owner.attr == "environ"):
+            if sub.func.attr in ("setdefault", "update") and not (
+                isinstance(owner, ast.Attribute) and owner.attr == "environ"
+            ):
                 continue
             return True
     return False
@@ -37,18 +44,21 @@ def test_no_module_sets_process_state_when_imported():
     offenders = []
     for path in sorted((REPO / "rmrun").rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
-                    _writes_process_state(node):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _writes_process_state(
+                node
+            ):
                 offenders.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno}")
     assert offenders == []
 
 
 def test_the_check_itself():
-    for source, found in (('import os\nos.environ["X"] = "1"', True),
-                          ("import warnings\nwarnings.simplefilter('ignore')", True),
-                          ('import os\nos.environ.update({"X": "1"})', True),
-                          ("d = {}\nd.update(x=1)", False),
-                          ('import os\ndef f():\n    os.environ["X"] = "1"', False)):
+    for source, found in (
+        ('import os\nos.environ["X"] = "1"', True),
+        ("import warnings\nwarnings.simplefilter('ignore')", True),
+        ('import os\nos.environ.update({"X": "1"})', True),
+        ("d = {}\nd.update(x=1)", False),
+        ('import os\ndef f():\n    os.environ["X"] = "1"', False),
+    ):
         tree = ast.parse(source)
         hits = [n for n in tree.body if not isinstance(n, ast.FunctionDef) and _writes_process_state(n)]
         assert bool(hits) is found, source

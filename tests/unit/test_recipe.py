@@ -103,8 +103,19 @@ def get(recipe, key: str):
 
 def test_the_key_enumeration_sees_every_table_including_lora():
     tables = {k.rpartition(".")[0] for k in KEY_PATHS}
-    assert tables == {"run", "data", "model", "model.lora", "plugin", "loss", "schedule", "checkpoint", "eval",
-                      "log", "output"}
+    assert tables == {
+        "run",
+        "data",
+        "model",
+        "model.lora",
+        "plugin",
+        "loss",
+        "schedule",
+        "checkpoint",
+        "eval",
+        "log",
+        "output",
+    }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
     assert len(KEYS) == 56
 
@@ -139,12 +150,14 @@ def test_unknown_table(tmp_path):
         ("[schedule]\nbatch_size = 8.0", "[schedule].batch_size: expected an integer, got 8.0"),
         ("[schedule]\nbatch_size = true", "[schedule].batch_size: expected an integer, got True"),
         ('[schedule]\nlr = "fast"', "[schedule].lr: expected a number, got 'fast'"),
-        ('[plugin]\nname = "ddp"\nmixed_precision = "fp32"\nflash_attn = "yes"',
-         "[plugin].flash_attn: expected true or false, got 'yes'"),
+        (
+            '[plugin]\nname = "ddp"\nmixed_precision = "fp32"\nflash_attn = "yes"',
+            "[plugin].flash_attn: expected true or false, got 'yes'",
+        ),
         ("[run]\nname = 7", "[run].name: expected a string, got 7"),
-        ('[data]\ntrain = 3', "[data].train: expected a list, got int"),
+        ("[data]\ntrain = 3", "[data].train: expected a list, got int"),
         ('[data]\ntrain = ["a.jsonl", 3]', "[data].train[1]: expected a string, got 3"),
-        ("[model]\npretrain = \"m\"\nlora = 8", "[model].lora: expected a table, got int"),
+        ('[model]\npretrain = "m"\nlora = 8', "[model].lora: expected a table, got int"),
     ],
 )
 def test_wrong_type(tmp_path, table, message):
@@ -160,14 +173,23 @@ def test_a_table_written_as_a_key(tmp_path):
 @pytest.mark.parametrize(
     "table, message",
     [
-        ('[plugin]\nname = "zero3"',
-         "[plugin].name: 'zero3' is not one of 'ddp', 'zero2', 'zero2_cpu', 'gemini', 'gemini_auto', '3d' "
-         '(did you mean "zero2"?)'),
-        ('[loss]\nname = "logsig"', "[loss].name: 'logsig' is not one of 'log_sig', 'log_exp' (did you mean \"log_sig\"?)"),
-        ('[plugin]\nname = "ddp"\nmixed_precision = "bf_16"',
-         "[plugin].mixed_precision: 'bf_16' is not one of 'fp32', 'fp16', 'bf16' (did you mean \"bf16\"?)"),
-        ('[data]\ntrain = ["p.jsonl"]\nformat = "sharegpt"',
-         "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise'"),
+        (
+            '[plugin]\nname = "zero3"',
+            "[plugin].name: 'zero3' is not one of 'ddp', 'zero2', 'zero2_cpu', 'gemini', 'gemini_auto', '3d' "
+            '(did you mean "zero2"?)',
+        ),
+        (
+            '[loss]\nname = "logsig"',
+            "[loss].name: 'logsig' is not one of 'log_sig', 'log_exp' (did you mean \"log_sig\"?)",
+        ),
+        (
+            '[plugin]\nname = "ddp"\nmixed_precision = "bf_16"',
+            "[plugin].mixed_precision: 'bf_16' is not one of 'fp32', 'fp16', 'bf16' (did you mean \"bf16\"?)",
+        ),
+        (
+            '[data]\ntrain = ["p.jsonl"]\nformat = "sharegpt"',
+            "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise'",
+        ),
     ],
 )
 def test_bad_enum_value(tmp_path, table, message):
@@ -184,7 +206,7 @@ def test_required_keys_are_reported_even_when_their_table_is_absent(tmp_path):
 
 
 def test_a_required_key_of_the_wrong_type_is_reported_once(tmp_path):
-    path = recipe_with(tmp_path, '[model]\npretrain = 3')
+    path = recipe_with(tmp_path, "[model]\npretrain = 3")
     assert problems_of(path) == [f"{path}: [model].pretrain: expected a string, got 3"]
 
 
@@ -242,8 +264,10 @@ def test_3d_cpu_offload_needs_zero(tmp_path):
     assert load_recipe(ok).plugin.zero_cpu_offload is True
 
 
-PIPELINE = ("[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
-            "from the whole batch); use tp, sp or zero_stage to spread the model")
+PIPELINE = (
+    "[plugin].pp: pipeline parallelism is not supported for reward models (one forward reads rewards "
+    "from the whole batch); use tp, sp or zero_stage to spread the model"
+)
 
 
 def test_3d_combinations(tmp_path):
@@ -358,8 +382,11 @@ def test_three_mistakes_give_three_lines(tmp_path):
 
 
 def test_decoding_and_cross_field_mistakes_come_in_the_same_pass(tmp_path):
-    path = recipe_with(tmp_path, '[plugin]\nname = "gemini_auto"\n[schedule]\naccumulation_steps = 2\n'
-                                 '[checkpoint]\nkeep = 1\n[log]\ninterval = 5')
+    path = recipe_with(
+        tmp_path,
+        '[plugin]\nname = "gemini_auto"\n[schedule]\naccumulation_steps = 2\n'
+        "[checkpoint]\nkeep = 1\n[log]\ninterval = 5",
+    )
     assert problems_of(path) == [
         f'{path}: [log].interval: unknown key (did you mean "interval_steps"?)',
         f"{path}: [checkpoint].keep: must be at least 2 so a corrupt newest checkpoint has a fallback, got 1",
@@ -377,8 +404,11 @@ def test_cross_field_checks_skip_a_table_that_failed_to_decode(tmp_path):
 
 
 def test_every_problem_names_the_file_and_a_full_key_path(tmp_path):
-    path = recipe_with(tmp_path, '[schedule]\nbatch_size = "x"\n[checkpoint]\nkeep = 1\n[model.lora]\nr = "8"\n'
-                                 '[plugin]\nname = "ddp"\nmixed_precision = "fp32"\ntp = 2\n[eval]\ninterval_steps = 0')
+    path = recipe_with(
+        tmp_path,
+        '[schedule]\nbatch_size = "x"\n[checkpoint]\nkeep = 1\n[model.lora]\nr = "8"\n'
+        '[plugin]\nname = "ddp"\nmixed_precision = "fp32"\ntp = 2\n[eval]\ninterval_steps = 0',
+    )
     problems = problems_of(path)
     assert len(problems) == 5
     for problem in problems:
@@ -536,8 +566,15 @@ def test_set_list_keys_take_one_string_or_a_toml_list(set_base, tmp_path, key):
 
 
 def test_set_values_are_typed_by_the_schema(set_base):
-    recipe = load_recipe(set_base, overrides=["schedule.lr=1", "schedule.grad_clip=2", "run.name=\"123\"",
-                                              "model.lora.target_modules=[\"q_proj\", \"v_proj\"]"])
+    recipe = load_recipe(
+        set_base,
+        overrides=[
+            "schedule.lr=1",
+            "schedule.grad_clip=2",
+            'run.name="123"',
+            'model.lora.target_modules=["q_proj", "v_proj"]',
+        ],
+    )
     assert recipe.schedule.lr == 1.0 and type(recipe.schedule.lr) is float
     assert recipe.schedule.grad_clip == 2.0 and type(recipe.schedule.grad_clip) is float
     assert recipe.run.name == "123"
@@ -568,8 +605,10 @@ def test_set_paths_resolve_against_the_working_directory_and_urls_stay(tmp_path,
 
 
 def test_set_a_path_key_to_a_non_string_is_a_problem_not_a_crash(set_base):
-    for override, message in (("model.pretrain=3", "[model].pretrain: expected a string, got 3"),
-                              ("run.state=true", "[run].state: expected a string, got True")):
+    for override, message in (
+        ("model.pretrain=3", "[model].pretrain: expected a string, got 3"),
+        ("run.state=true", "[run].state: expected a string, got True"),
+    ):
         assert problems_of(set_base, [override]) == [f"{set_base}: --set {override}: {message}"]
 
 
@@ -581,7 +620,9 @@ def test_extends_merges_tables_key_by_key_and_replaces_scalars_and_lists(tmp_pat
     (tmp_path / "models" / "child").mkdir(parents=True)
     (tmp_path / "base" / "models" / "m").mkdir(parents=True)
     (tmp_path / "base" / "tok").mkdir(parents=True)
-    write(tmp_path / "base" / "base.toml", """
+    write(
+        tmp_path / "base" / "base.toml",
+        """
 [data]
 train = ["data/a.jsonl", "data/b.jsonl"]
 eval = ["data/e.jsonl"]
@@ -598,8 +639,11 @@ alpha = 8.0
 [schedule]
 lr = 1e-5
 batch_size = 4
-""")
-    child = write(tmp_path / "child.toml", """
+""",
+    )
+    child = write(
+        tmp_path / "child.toml",
+        """
 extends = "base/base.toml"
 
 [data]
@@ -616,7 +660,8 @@ lr = 2e-5
 
 [plugin]
 mixed_precision = "fp32"
-""")
+""",
+    )
     recipe = load_recipe(child)
     assert recipe.data.train == (str(tmp_path / "mine.jsonl"),)  # a list replaces, never appends
     assert recipe.data.eval == (str(tmp_path / "base" / "data" / "e.jsonl"),)  # resolved against base.toml
@@ -632,7 +677,9 @@ def test_extends_chains_and_set_applies_on_top(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "a" / "root.toml", MINIMAL + "\n[schedule]\nbatch_size = 2\nlr = 1e-3\nmax_epochs = 5\n")
     write(tmp_path / "b" / "mid.toml", 'extends = "../a/root.toml"\n[schedule]\nlr = 1e-4\n')
-    leaf = write(tmp_path / "c" / "leaf.toml", f'extends = "{tmp_path / "b" / "mid.toml"}"\n[schedule]\nmax_epochs = 3\n')
+    leaf = write(
+        tmp_path / "c" / "leaf.toml", f'extends = "{tmp_path / "b" / "mid.toml"}"\n[schedule]\nmax_epochs = 3\n'
+    )
     recipe = load_recipe(leaf, overrides=["schedule.batch_size=6"])
     assert (recipe.schedule.batch_size, recipe.schedule.lr, recipe.schedule.max_epochs) == (6, 1e-4, 3)
     assert recipe.data.train == (str(tmp_path / "a" / "pairs.jsonl"),)
@@ -676,8 +723,11 @@ def test_ddp_with_half_precision_on_cpu(tmp_path):
         ("tp = 4", 6, "[plugin]: tp*pp*sp = 4 does not divide the world size 6"),
         ("tp = 2\nsp = 3\nsp_mode = 'all_to_all'", 8, "[plugin]: tp*pp*sp = 6 does not divide the world size 8"),
         ("tp = 4", 2, "[plugin]: tp*pp*sp = 4 does not divide the world size 2"),
-        ("tp = 2\nsp = 2\nsp_mode = 'split_gather'", 3,
-         "[plugin]: tp*pp (sp_mode \"split_gather\" runs inside the tp ranks) = 2 does not divide the world size 3"),
+        (
+            "tp = 2\nsp = 2\nsp_mode = 'split_gather'",
+            3,
+            '[plugin]: tp*pp (sp_mode "split_gather" runs inside the tp ranks) = 2 does not divide the world size 3',
+        ),
     ],
 )
 def test_model_parallel_sizes_must_divide_the_world(tmp_path, plugin, world, message):
@@ -686,8 +736,12 @@ def test_model_parallel_sizes_must_divide_the_world(tmp_path, plugin, world, mes
 
 
 def test_model_parallel_sizes_that_divide_the_world_are_fine(tmp_path):
-    for plugin, world in (("tp = 4", 8), ("tp = 2\nsp = 2\nsp_mode = 'all_to_all'", 4),
-                          ("tp = 2\nsp = 2\nsp_mode = 'split_gather'", 2), ("", 3)):
+    for plugin, world in (
+        ("tp = 4", 8),
+        ("tp = 2\nsp = 2\nsp_mode = 'all_to_all'", 4),
+        ("tp = 2\nsp = 2\nsp_mode = 'split_gather'", 2),
+        ("", 3),
+    ):
         recipe = recipe_for(tmp_path, f'[plugin]\nname = "3d"\n{plugin}')
         assert environment_problems(recipe, World(size=world, cuda=True)) == [], plugin
 
@@ -730,8 +784,9 @@ def test_shipped_recipe_loads_and_passes_static_checks(path):
 def test_shipped_recipe_environment(path):
     recipe = load_recipe(path)
     if recipe.plugin.name in CUDA_PLUGINS:
-        needs_cuda = (f'[plugin].name: "{recipe.plugin.name}" needs CUDA GPUs and this machine has none; '
-                      'use name = "ddp" on CPU')
+        needs_cuda = (
+            f'[plugin].name: "{recipe.plugin.name}" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'
+        )
         assert environment_problems(recipe, World(size=8, cuda=True)) == []
         assert environment_problems(recipe, World(size=8, cuda=False)) == [needs_cuda]
         # One process on a laptop: the CUDA error comes first (tp = 2 also cannot split one process).
@@ -772,10 +827,14 @@ def test_gemini_and_zero_inside_3d_refuse_fp32(tmp_path):
     from rmrun.recipe import RecipeError, load_recipe
 
     path = tmp_path / "r.toml"
-    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "gemini"\nmixed_precision = "fp32"\n')
+    path.write_text(
+        '[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "gemini"\nmixed_precision = "fp32"\n'
+    )
     with pytest.raises(RecipeError, match=r'\[plugin\]\.mixed_precision: plugin "gemini" trains in "bf16" or "fp16"'):
         load_recipe(str(path))
-    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "3d"\ntp = 2\nzero_stage = 1\nmixed_precision = "fp32"\n')
+    path.write_text(
+        '[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "m"\n[plugin]\nname = "3d"\ntp = 2\nzero_stage = 1\nmixed_precision = "fp32"\n'
+    )
     with pytest.raises(RecipeError, match=r'ZeRO inside the "3d" plugin needs "bf16" or "fp16"'):
         load_recipe(str(path))
 
@@ -785,7 +844,9 @@ def test_a_model_name_that_is_not_a_local_directory_stays_a_hub_id(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "r.toml"
-    path.write_text('[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "meta-llama/Llama-2-7b-hf"\n[plugin]\nmixed_precision = "fp32"\n')
+    path.write_text(
+        '[data]\ntrain = ["x.jsonl"]\n[model]\npretrain = "meta-llama/Llama-2-7b-hf"\n[plugin]\nmixed_precision = "fp32"\n'
+    )
     assert load_recipe(str(path)).model.pretrain == "meta-llama/Llama-2-7b-hf"
     (tmp_path / "meta-llama" / "Llama-2-7b-hf").mkdir(parents=True)
     assert load_recipe(str(path)).model.pretrain == str(tmp_path / "meta-llama" / "Llama-2-7b-hf")

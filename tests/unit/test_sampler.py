@@ -23,8 +23,14 @@ def test_order_is_a_pure_function_of_seed_and_epoch(group):
 def _pairs_seen(order, *, start, dp_size, batch_size=8, accumulation_steps=2):
     seen = []
     for rank in range(dp_size):
-        for step in optimizer_steps(order, start=start, batch_size=batch_size, dp_size=dp_size, dp_rank=rank,
-                                    accumulation_steps=accumulation_steps):
+        for step in optimizer_steps(
+            order,
+            start=start,
+            batch_size=batch_size,
+            dp_size=dp_size,
+            dp_rank=rank,
+            accumulation_steps=accumulation_steps,
+        ):
             for micro in step.micro_batches:
                 seen += micro.indices.tolist()
     return seen

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from rmrun.backbone import SHARED, STANDARD, choose_forward
 from rmrun.data import TokenizedPairs, collate, tokenize_pairs
 from rmrun.data.share import additive_mask, collate_shared, pack_rows, shared_lengths, shared_prefix_lengths
 from rmrun.loss import pair_losses
 from rmrun.model import RewardReader
 from rmrun.recipe import RecipeError, load_recipe
+from rmrun.recipe.backbone import SHARED, STANDARD, choose_forward
 from rmrun.recipe.schema import DataSection, ModelSection, PluginSection
 from tests.helpers import REPO, small_recipe
 
@@ -117,7 +117,9 @@ def with_short_pairs(tokenized: TokenizedPairs) -> TokenizedPairs:
     chosen = [tokenized.chosen(i).tolist() for i in range(len(tokenized))]
     rejected = [tokenized.rejected(i).tolist() for i in range(len(tokenized))]
     cut = [min(int(p) + 12, 30) for p in prefix]
-    return pairs_of(chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[:n - 2] for r, n in zip(rejected, cut)])
+    return pairs_of(
+        chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[: n - 2] for r, n in zip(rejected, cut)]
+    )
 
 
 def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
@@ -127,9 +129,17 @@ def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
         "llama": (LlamaConfig, LlamaForSequenceClassification),
         "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
     }[family]
-    config = config_class(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=pad_token_id,
-                          attn_implementation=attn)
+    config = config_class(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        attn_implementation=attn,
+    )
     torch.manual_seed(0)
     return model_class(config)
 
@@ -141,13 +151,14 @@ def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False):
     for shared in (False, True):
         net.zero_grad()
         if shared:
-            batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
-                                   pad_token_id=pad_token_id, pack=pack)
+            batch = collate_shared(
+                tokenized, indices, prefix=shared_prefix_lengths(tokenized), pad_token_id=pad_token_id, pack=pack
+            )
             chosen, rejected = reader.shared_prompt(net, batch, device=torch.device("cpu"))
         else:
             batch = collate(tokenized, indices, pad_token_id=pad_token_id)
             rewards = reader(net, batch["input_ids"], batch["attention_mask"])
-            chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+            chosen, rejected = rewards[: len(indices)], rewards[len(indices) :]
         loss = pair_losses("log_sig", chosen, rejected, margin=0.0).mean()
         loss.backward()
         grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
@@ -182,8 +193,9 @@ def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs,
     if pack:  # with short pairs beside the long ones, so that several share a row
         tokenized = with_short_pairs(tokenized)
         indices = np.arange(len(tokenized))
-        batch = collate_shared(tokenized, indices, prefix=shared_prefix_lengths(tokenized),
-                               pad_token_id=tokenizer.pad_token_id, pack=True)
+        batch = collate_shared(
+            tokenized, indices, prefix=shared_prefix_lengths(tokenized), pad_token_id=tokenizer.pad_token_id, pack=True
+        )
         assert len(batch["input_ids"]) < len(indices) - 4
     standard, shared = standard_and_shared(net, tokenized, indices, pad_token_id=tokenizer.pad_token_id, pack=pack)
     assert_equivalent(standard, shared)
@@ -197,8 +209,7 @@ def test_a_lora_reward_model_passes_the_positions_through(quickstart_pairs):
     model = ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER, init="random", lora=LoraSection(r=4))
     net = build_reward_model(model, tokenizer=tokenizer, seed=0)
     net.eval()
-    standard, shared = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id,
-                                           pack=True)
+    standard, shared = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id, pack=True)
     assert_equivalent(standard, shared)
 
 
@@ -236,8 +247,11 @@ def test_on_where_unsupported_is_refused_in_one_line(tmp_path):
     from rmrun.recipe.validate import World
 
     recipe = small_recipe(tmp_path, extra="[plugin]\nflash_attn = true\n")
-    with pytest.raises(RecipeError, match=r'recipe\.toml: \[data\]\.share_prompt: "on" is not supported here: '
-                                          r"flash_attention_2 .*; use \"auto\""):
+    with pytest.raises(
+        RecipeError,
+        match=r'recipe\.toml: \[data\]\.share_prompt: "on" is not supported here: '
+        r"flash_attention_2 .*; use \"auto\"",
+    ):
         preflight(recipe, overrides=["data.share_prompt=on"], world=World(size=1, cuda=False))
     assert load_recipe(recipe, overrides=["data.share_prompt=off", "plugin.flash_attn=false"])
     with pytest.raises(RecipeError, match=r"\[data\]\.share_prompt: 'yes' is not one of 'auto', 'on', 'off'"):

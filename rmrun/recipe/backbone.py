@@ -29,20 +29,102 @@ from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, ModelSection, Plugi
 
 Family = Literal["encoder", "decoder"]
 
-ENCODER_TYPES = frozenset({
-    "albert", "bart", "bert", "big_bird", "camembert", "convbert", "data2vec-text", "deberta", "deberta-v2",
-    "distilbert", "electra", "ernie", "esm", "flaubert", "fnet", "funnel", "ibert", "layoutlm", "longformer",
-    "luke", "mbart", "mega", "megatron-bert", "mobilebert", "modernbert", "mpnet", "mra", "mvp", "nezha",
-    "nystromformer", "perceiver", "qdqbert", "reformer", "rembert", "roberta", "roberta-prelayernorm", "roc_bert",
-    "roformer", "squeezebert", "tapas", "xlm", "xlm-roberta", "xlm-roberta-xl", "xmod", "yoso",
-})
-DECODER_TYPES = frozenset({
-    "bigbird_pegasus", "biogpt", "bloom", "code_llama", "ctrl", "diffllama", "falcon", "gemma", "gemma2", "glm",
-    "glm4", "gpt-sw3", "gpt2", "gpt_bigcode", "gpt_neo", "gpt_neox", "gptj", "helium", "jamba", "jetmoe", "llama",
-    "mistral", "mixtral", "mpt", "nemotron", "open-llama", "openai-gpt", "opt", "persimmon", "phi", "phi3",
-    "phimoe", "plbart", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm", "starcoder2", "transfo-xl",
-    "xlnet", "zamba", "zamba2",
-})
+ENCODER_TYPES = frozenset(
+    {
+        "albert",
+        "bart",
+        "bert",
+        "big_bird",
+        "camembert",
+        "convbert",
+        "data2vec-text",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "esm",
+        "flaubert",
+        "fnet",
+        "funnel",
+        "ibert",
+        "layoutlm",
+        "longformer",
+        "luke",
+        "mbart",
+        "mega",
+        "megatron-bert",
+        "mobilebert",
+        "modernbert",
+        "mpnet",
+        "mra",
+        "mvp",
+        "nezha",
+        "nystromformer",
+        "perceiver",
+        "qdqbert",
+        "reformer",
+        "rembert",
+        "roberta",
+        "roberta-prelayernorm",
+        "roc_bert",
+        "roformer",
+        "squeezebert",
+        "tapas",
+        "xlm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+        "yoso",
+    }
+)
+DECODER_TYPES = frozenset(
+    {
+        "bigbird_pegasus",
+        "biogpt",
+        "bloom",
+        "code_llama",
+        "ctrl",
+        "diffllama",
+        "falcon",
+        "gemma",
+        "gemma2",
+        "glm",
+        "glm4",
+        "gpt-sw3",
+        "gpt2",
+        "gpt_bigcode",
+        "gpt_neo",
+        "gpt_neox",
+        "gptj",
+        "helium",
+        "jamba",
+        "jetmoe",
+        "llama",
+        "mistral",
+        "mixtral",
+        "mpt",
+        "nemotron",
+        "open-llama",
+        "openai-gpt",
+        "opt",
+        "persimmon",
+        "phi",
+        "phi3",
+        "phimoe",
+        "plbart",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "stablelm",
+        "starcoder2",
+        "transfo-xl",
+        "xlnet",
+        "zamba",
+        "zamba2",
+    }
+)
 
 # Decoder types whose attention takes a 4D block mask and position ids as given (sdpa and
 # eager), checked against the standard forward in tests/test_shared_prompt.py.
@@ -104,7 +186,7 @@ def package_directory(value: str) -> str | None:
     located, not imported."""
     import importlib.util
 
-    name, _, sub = value[len(PACKAGE_PREFIX):].partition("/")
+    name, _, sub = value[len(PACKAGE_PREFIX) :].partition("/")
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
@@ -127,13 +209,16 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
     prompt where it is supported, "auto" falls back to the standard forward elsewhere (and
     ``shared_prompt_problem`` refuses "on" there)."""
     if data.share_prompt == "off":
-        return Forward(STANDARD, "data.share_prompt = \"off\"")
+        return Forward(STANDARD, 'data.share_prompt = "off"')
     blocker = _shared_prompt_blocker(model, plugin)
     if blocker is not None:
         return Forward(STANDARD, blocker)
     packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
-    return Forward(SHARED, "prompt + chosen + rejected in one sequence with a block attention mask "
-                           f"(the prompt runs once per pair){packed}")
+    return Forward(
+        SHARED,
+        "prompt + chosen + rejected in one sequence with a block attention mask "
+        f"(the prompt runs once per pair){packed}",
+    )
 
 
 def shared_prompt_problem(data: DataSection, model: ModelSection, plugin: PluginSection) -> str | None:
@@ -152,13 +237,17 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
     # block mask: the others run it through ColossalAI's shardformer, whose attention builds its own
     # mask (and sequence parallelism splits rows).
     if not PLUGINS[plugin.name].shared_prompt:
-        return (f'plugin "{plugin.name}" runs the model through ColossalAI\'s shardformer, whose attention '
-                "does not take a block mask")
+        return (
+            f'plugin "{plugin.name}" runs the model through ColossalAI\'s shardformer, whose attention '
+            "does not take a block mask"
+        )
     if plugin.flash_attn:
         return "flash_attention_2 (plugin.flash_attn) takes no block attention mask"
     if plugin.mixed_precision != "fp32":
-        return (f'the block mask is checked against the standard forward in fp32 only, not in '
-                f'"{plugin.mixed_precision}" (plugin.mixed_precision)')
+        return (
+            f"the block mask is checked against the standard forward in fp32 only, not in "
+            f'"{plugin.mixed_precision}" (plugin.mixed_precision)'
+        )
     directory = _local_model_directory(model.pretrain)
     try:
         model_type = read_model_type(directory) if directory else None
@@ -167,8 +256,11 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
     if directory is None or model_type is None:
         return f"{model.pretrain} is not a local model directory, so its model type is unknown before it loads"
     if model_type not in SHARED_PROMPT_TYPES:
-        kind = "an encoder reads one pooled reward per sequence" if model_type in ENCODER_TYPES else \
-            f"model type \"{model_type}\" is not one checked with a block mask ({', '.join(sorted(SHARED_PROMPT_TYPES))})"
+        kind = (
+            "an encoder reads one pooled reward per sequence"
+            if model_type in ENCODER_TYPES
+            else f'model type "{model_type}" is not one checked with a block mask ({", ".join(sorted(SHARED_PROMPT_TYPES))})'
+        )
         return kind
     config = _read_config(os.path.join(directory, "config.json"))
     if config.get("use_sliding_window") or config.get("attn_implementation") == "flash_attention_2":

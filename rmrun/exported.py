@@ -56,23 +56,38 @@ def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
     }
 
 
-def write_model_card(directory: str, *, run_name: str, model, data, evaluation: dict | None,
-                     reward_stats: dict | None) -> None:
+def write_model_card(
+    directory: str, *, run_name: str, model, data, evaluation: dict | None, reward_stats: dict | None
+) -> None:
     """``README.md``: a Hugging Face model card (metadata, data, result, how to load and score)."""
     base = os.path.basename(model.pretrain.rstrip("/")) if model.init == "pretrained" else None
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-classification",
-            "tags:", "- reward-model", "- rlhf", "- rmrun"]
+    meta = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- reward-model",
+        "- rlhf",
+        "- rmrun",
+    ]
     if base and "/" in model.pretrain and not os.path.isabs(model.pretrain) and not os.path.exists(model.pretrain):
         meta.append(f"base_model: {model.pretrain}")  # a hub id
     meta.append("---")
     init = f"fine-tuned from `{base}`" if base else f"trained from the config of `{os.path.basename(model.pretrain)}`"
-    lines = meta + ["", f"# {run_name}: a reward model", "",
-                    f"A sequence-classification reward model (one score per sequence), {init}"
-                    f"{' with LoRA (merged)' if model.lora else ''}, by rmrun. The recipe it was trained with is "
-                    "`recipe.toml`, the resolved plan `plan.json`, every step's metrics `metrics.jsonl`.", "",
-                    "Training data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
-                    + ("; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval)
-                       if data.eval else "") + f" (max_length {data.max_length}, overflow `{data.overflow}`).", ""]
+    lines = meta + [
+        "",
+        f"# {run_name}: a reward model",
+        "",
+        f"A sequence-classification reward model (one score per sequence), {init}"
+        f"{' with LoRA (merged)' if model.lora else ''}, by rmrun. The recipe it was trained with is "
+        "`recipe.toml`, the resolved plan `plan.json`, every step's metrics `metrics.jsonl`.",
+        "",
+        "Training data: "
+        + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
+        + ("; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval) if data.eval else "")
+        + f" (max_length {data.max_length}, overflow `{data.overflow}`).",
+        "",
+    ]
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
         for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):
@@ -81,15 +96,24 @@ def write_model_card(directory: str, *, run_name: str, model, data, evaluation: 
                 lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
         lines.append("")
     if reward_stats:
-        lines += [f"Rewards over the {reward_stats['pairs']} training pairs (both responses): mean "
-                  f"{reward_stats['mean']:.4f}, std {reward_stats['std']:.4f}; stored in `config.json` as "
-                  "`mean` / `std` (`normalize_reward: false`).", ""]
-    lines += ["## Use", "", "```python",
-              "from transformers import pipeline",
-              "score = pipeline(\"text-classification\", model=\"PATH\", function_to_apply=\"none\")",
-              "```", "",
-              "Text must be rendered with the chat template the model was trained with; `rmrun score PATH "
-              "FILE.jsonl` and `rmrun eval PATH FILE.jsonl` do that from `rmrun.json`.", ""]
+        lines += [
+            f"Rewards over the {reward_stats['pairs']} training pairs (both responses): mean "
+            f"{reward_stats['mean']:.4f}, std {reward_stats['std']:.4f}; stored in `config.json` as "
+            "`mean` / `std` (`normalize_reward: false`).",
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        'score = pipeline("text-classification", model="PATH", function_to_apply="none")',
+        "```",
+        "",
+        "Text must be rendered with the chat template the model was trained with; `rmrun score PATH "
+        "FILE.jsonl` and `rmrun eval PATH FILE.jsonl` do that from `rmrun.json`.",
+        "",
+    ]
     with open(os.path.join(directory, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
@@ -161,8 +185,10 @@ def open_export(model: str, *, device=None) -> Export:
     if not os.path.exists(os.path.join(directory, "config.json")):
         raise ScoreError(f"{model}: not a model directory (no config.json)")
     if not os.path.exists(contract_path):
-        raise ScoreError(f"{model}: no {CONTRACT_FILE}; it was not exported by this version of rmrun "
-                         "(run `rmrun run` on its recipe again to re-export it)")
+        raise ScoreError(
+            f"{model}: no {CONTRACT_FILE}; it was not exported by this version of rmrun "
+            "(run `rmrun run` on its recipe again to re-export it)"
+        )
     try:
         with open(contract_path) as f:
             contract = json.load(f)
@@ -175,7 +201,8 @@ def open_export(model: str, *, device=None) -> Export:
 
     device = device or torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    net = AutoModelForSequenceClassification.from_pretrained(directory, torch_dtype=torch.float32,
-                                                             trust_remote_code=False)
+    net = AutoModelForSequenceClassification.from_pretrained(
+        directory, torch_dtype=torch.float32, trust_remote_code=False
+    )
     net.to(device).eval()
     return Export(directory=directory, contract=contract, tokenizer=tokenizer, net=net, device=device)
