@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check rmrun tests benchmarks
 	$(BIN)/mypy
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) lint
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The unit layer only (no subprocess, torchrun or S3 server): for the edit-test loop; CI runs
