@@ -64,6 +64,13 @@ class Combination:
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.settings) or "recipe as is"
 
+    @property
+    def decoded(self) -> Recipe:
+        """The recipe, once check_combinations has decoded it."""
+        if self.recipe is None:
+            raise RuntimeError(f"{self.label}: the recipe is not decoded yet (check_combinations decodes it)")
+        return self.recipe
+
 
 # ------------------------------------------------------------------ sweep grammar
 
@@ -155,8 +162,8 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
     if problems:
         raise RecipeError(_unique(problems))
     for c in combos:
-        static = static_problems(c.recipe)
-        environment = environment_problems(c.recipe, world)
+        static = static_problems(c.decoded)
+        environment = environment_problems(c.decoded, world)
         needs_cuda = [p for p in environment if not world.cuda and "CUDA" in p]
         if needs_cuda:  # first: on this machine nothing else about it matters
             c.status, c.reason = "skipped", "needs CUDA: " + needs_cuda[0]
@@ -167,7 +174,7 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
         elif environment:
             c.status, c.reason = "skipped", environment[0]
         else:
-            inputs = input_problems(c.recipe)
+            inputs = input_problems(c.decoded)
             if inputs:
                 c.status, c.reason = "invalid", f"{recipe_path}: {inputs[0]}"
 
@@ -330,7 +337,7 @@ def run_rounds(
         for c in runnable[shift:] + runnable[:shift]:
             if c.status != "runnable":
                 continue
-            sample = samples[_data_key(c.recipe)]
+            sample = samples[_data_key(c.decoded)]
             job = {
                 "recipe": c.recipe_path,
                 "overrides": c.overrides,
@@ -386,12 +393,12 @@ def bench(
         for c in combos:
             if c.status != "runnable":
                 say(f"{c.label}: {c.status}: {c.reason}")
-        samples = {}
+        samples: dict[str, dict] = {}
         for c in combos:
-            if c.status == "runnable" and _data_key(c.recipe) not in samples:
+            if c.status == "runnable" and _data_key(c.decoded) not in samples:
                 directory = os.path.join(scratch, f"data-{len(samples)}")
-                samples[_data_key(c.recipe)] = tokenize_sample(
-                    c.recipe, num_pairs=num_pairs, seed=c.recipe.run.seed, directory=directory
+                samples[_data_key(c.decoded)] = tokenize_sample(
+                    c.decoded, num_pairs=num_pairs, seed=c.decoded.run.seed, directory=directory
                 )
         runnable = sum(c.status == "runnable" for c in combos)
         say(
@@ -410,7 +417,7 @@ def bench(
             sweeps=parsed,
         )
         if group.is_main:
-            out = out or f"rmrun-bench-{combos[0].recipe.run.name}"
+            out = out or f"rmrun-bench-{combos[0].decoded.run.name}"
             paths = write_report(report, out)
             say(report["terminal"])
             say("wrote " + ", ".join(paths))
