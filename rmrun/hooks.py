@@ -138,11 +138,11 @@ class LogHook:
         self.writer.flush()
         if self.tensorboard_url is None:
             return
-        assert self.tensorboard_dir is not None, "the writer writes into tensorboard_dir"
+        tensorboard_dir = self.tensorboard_dir
+        assert tensorboard_dir is not None, "the writer writes into tensorboard_dir"
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(self.tensorboard_url)
-        tensorboard_dir = self.tensorboard_dir
         for name in sorted(os.listdir(tensorboard_dir)):
             path = os.path.join(tensorboard_dir, name)
             size = os.path.getsize(path)
