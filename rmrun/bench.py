@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from rmrun.bench_sample import data_key, tokenize_samples
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
 from rmrun.recipe.schema import Recipe
 
@@ -63,6 +63,13 @@ class Combination:
     @property
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.settings) or "recipe as is"
+
+    @property
+    def decoded(self) -> Recipe:
+        """The recipe, once check_combinations has decoded it."""
+        if self.recipe is None:
+            raise RuntimeError(f"{self.label}: the recipe is not decoded yet (check_combinations decodes it)")
+        return self.recipe
 
 
 # ------------------------------------------------------------------ sweep grammar
@@ -155,8 +162,8 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
     if problems:
         raise RecipeError(_unique(problems))
     for c in combos:
-        static = static_problems(c.recipe)
-        environment = environment_problems(c.recipe, world)
+        static = static_problems(c.decoded)
+        environment = environment_problems(c.decoded, world)
         needs_cuda = [p for p in environment if not world.cuda and "CUDA" in p]
         if needs_cuda:  # first: on this machine nothing else about it matters
             c.status, c.reason = "skipped", "needs CUDA: " + needs_cuda[0]
@@ -167,68 +174,9 @@ def check_combinations(recipe_path: str, combos: list[Combination], *, world: Wo
         elif environment:
             c.status, c.reason = "skipped", environment[0]
         else:
-            inputs = input_problems(c.recipe)
+            inputs = input_problems(c.decoded)
             if inputs:
                 c.status, c.reason = "invalid", f"{recipe_path}: {inputs[0]}"
-
-
-# ------------------------------------------------------------------ data sample
-
-
-def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
-    """A uniform reservoir sample, in file order: the lengths keep the data's distribution."""
-    from rmrun.data import BadRowReport, read_pairs
-
-    rng = random.Random(seed)
-    reservoir: list[tuple[int, object]] = []
-    pairs = read_pairs(
-        recipe.data.train, format=recipe.data.format, bad_rows=recipe.data.bad_rows, report=BadRowReport()
-    )
-    for i, pair in enumerate(pairs):
-        if i < num_pairs:
-            reservoir.append((i, pair))
-        else:
-            j = rng.randint(0, i)
-            if j < num_pairs:
-                reservoir[j] = (i, pair)
-    return [pair for _, pair in sorted(reservoir, key=lambda item: item[0])]
-
-
-def tokenize_sample(recipe: Recipe, *, num_pairs: int, seed: int, directory: str) -> dict:
-    """Tokenize the sample once; returns the files the workers load and its statistics."""
-    from safetensors.numpy import save_file
-
-    from rmrun.data import load_chat_template, tokenize_pairs
-    from rmrun.model import load_tokenizer
-
-    pairs = _sample_pairs(recipe, num_pairs=num_pairs, seed=seed)
-    tokenizer = load_tokenizer(recipe.model)
-    tokenized = tokenize_pairs(
-        pairs,
-        tokenizer,
-        max_length=recipe.data.max_length,
-        overflow=recipe.data.overflow,
-        template=load_chat_template(recipe.data.chat_template),
-    )
-    os.makedirs(directory, exist_ok=True)
-    data, stats = os.path.join(directory, "train.safetensors"), os.path.join(directory, "stats.json")
-    save_file(tokenized.to_arrays(), data)
-    with open(stats, "w") as f:
-        json.dump(tokenized.stats, f)
-    lengths = tokenized.lengths()
-    return {
-        "data": data,
-        "data_stats": stats,
-        "pairs": len(tokenized),
-        "mean_tokens_per_pair": float(lengths.sum() / max(1, len(tokenized))),
-        "max_tokens": int(lengths.max()) if len(tokenized) else 0,
-    }
-
-
-def _data_key(recipe: Recipe) -> str:
-    from rmrun.recipe import recipe_to_dict
-
-    return json.dumps([recipe_to_dict(recipe.data), recipe.model.tokenizer or recipe.model.pretrain], sort_keys=True)
 
 
 # ------------------------------------------------------------------ workers
@@ -330,7 +278,7 @@ def run_rounds(
         for c in runnable[shift:] + runnable[:shift]:
             if c.status != "runnable":
                 continue
-            sample = samples[_data_key(c.recipe)]
+            sample = samples[data_key(c.decoded)]
             job = {
                 "recipe": c.recipe_path,
                 "overrides": c.overrides,
@@ -386,13 +334,8 @@ def bench(
         for c in combos:
             if c.status != "runnable":
                 say(f"{c.label}: {c.status}: {c.reason}")
-        samples = {}
-        for c in combos:
-            if c.status == "runnable" and _data_key(c.recipe) not in samples:
-                directory = os.path.join(scratch, f"data-{len(samples)}")
-                samples[_data_key(c.recipe)] = tokenize_sample(
-                    c.recipe, num_pairs=num_pairs, seed=c.recipe.run.seed, directory=directory
-                )
+        runnable_recipes = [c.decoded for c in combos if c.status == "runnable"]
+        samples = tokenize_samples(runnable_recipes, num_pairs=num_pairs, scratch=scratch)
         runnable = sum(c.status == "runnable" for c in combos)
         say(
             f"bench {recipe_path}: {len(combos)} combination(s), {runnable} runnable here; {rounds} round(s) of "
@@ -410,7 +353,7 @@ def bench(
             sweeps=parsed,
         )
         if group.is_main:
-            out = out or f"rmrun-bench-{combos[0].recipe.run.name}"
+            out = out or f"rmrun-bench-{combos[0].decoded.run.name}"
             paths = write_report(report, out)
             say(report["terminal"])
             say("wrote " + ", ".join(paths))

@@ -58,9 +58,11 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
             barrier()
             started = time.perf_counter()
             key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)
+            assert key is not None, f"step {step} is new: no checkpoint of it exists yet"
             saves.append(time.perf_counter() - started)
             if rank.is_main:
                 committed = store.open_verified(key)
+                assert committed is not None, f"{key} was just committed"
                 sizes.append(sum(entry["size"] for entry in committed.manifest["files"]))
             barrier()
             started = time.perf_counter()
@@ -69,7 +71,7 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
     finally:
         barrier()
         if rank.is_main:
-            store.release(lease)
+            store.release(ctx.held_lease)
             shutil.rmtree(root, ignore_errors=True)
     return {"save_seconds": saves, "load_seconds": loads, "bytes": sizes[-1] if sizes else None}
 

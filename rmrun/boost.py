@@ -40,7 +40,8 @@ def warmup_cosine(*, warmup_steps: int, total_steps: int, min_ratio: float = MIN
 
 def parameter_groups(model: torch.nn.Module, *, weight_decay: float) -> list[dict]:
     """No weight decay on biases and norm weights (anything one-dimensional)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -48,14 +49,16 @@ def parameter_groups(model: torch.nn.Module, *, weight_decay: float) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _optimizer(model, *, plugin: PluginSection, schedule: ScheduleSection, cuda: bool):
+def _optimizer(
+    model: torch.nn.Module, *, plugin: PluginSection, schedule: ScheduleSection, cuda: bool
+) -> torch.optim.Optimizer:
     groups = parameter_groups(model, weight_decay=schedule.weight_decay)
-    hyper = {"lr": schedule.lr, "betas": (0.9, 0.95), "eps": 1e-8}
+    lr, betas, eps = schedule.lr, (0.9, 0.95), 1e-8
     if cuda:
         from colossalai.nn.optimizer import HybridAdam
 
-        return HybridAdam(groups, adamw_mode=True, **hyper)
-    return torch.optim.AdamW(groups, **hyper)
+        return HybridAdam(groups, adamw_mode=True, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
 @dataclass

@@ -19,6 +19,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,12 +31,19 @@ from rmrun.nodecopy import node_copy
 from rmrun.store import StoreError
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
 
+if TYPE_CHECKING:
+    from rmrun.boost import Boosted
+    from rmrun.context import RunContext
+    from rmrun.store import AttemptWriter, CommittedState, StagedState, StateStore
+
 # ---------------------------------------------------------------- RNG streams
 
 
 def capture_rng() -> dict:
     """The process's random streams as JSON-safe data."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = np.random.get_state()  # the legacy tuple: numpy's global generator is an MT19937
+    assert isinstance(numpy_state, tuple), "numpy's global generator gives its state as a tuple"
+    kind, keys, pos, has_gauss, gauss = numpy_state
     state = {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
@@ -73,7 +82,7 @@ def seed_everything(seed: int) -> None:
 # them (first copy of each step wins: runs are exact, so copies are identical).
 
 
-def write_history_piece(ctx, trainer_state: dict) -> None:
+def write_history_piece(ctx: RunContext, trainer_state: dict) -> None:
     """Rank 0: commit the metric lines and evals since the last committed piece."""
     step = trainer_state["step"]
     key = history_key(step)
@@ -93,7 +102,7 @@ def write_history_piece(ctx, trainer_state: dict) -> None:
     staged.commit()
 
 
-def committed_history(store):
+def committed_history(store: StateStore) -> Iterator[tuple[str, CommittedState, dict]]:
     """(key, state, piece) of every committed history piece, in step order."""
     for key in sorted(store.committed_keys(HISTORY_PREFIX)):
         state = store.open_unverified(key)
@@ -101,10 +110,11 @@ def committed_history(store):
             yield key, state, json.loads(state.read_bytes("history.json"))
 
 
-def read_history(store, *, through: int) -> tuple[list, list]:
+def read_history(store: StateStore, *, through: int) -> tuple[list, list]:
     """Metric lines of steps 1..through and the evals up to it, from the committed pieces.
     A gap (a piece lost or quarantined) is a ValueError: the checkpoint cannot continue."""
-    metrics, evals = {}, {}
+    metrics: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
     for key, _, piece in committed_history(store):
         if int(key[len(HISTORY_PREFIX) :]) > through:  # a later attempt's, beyond this checkpoint
             continue
@@ -147,8 +157,17 @@ class PendingCheckpoint:
     """A snapshot taken on this rank, its upload running in a background thread."""
 
     def __init__(
-        self, ctx, *, key: str, step: int, staged, writer, scratch: str, trainer_state: dict, snapshot_seconds: float
-    ):
+        self,
+        ctx: RunContext,
+        *,
+        key: str,
+        step: int,
+        staged: StagedState | None,
+        writer: AttemptWriter,
+        scratch: str,
+        trainer_state: dict,
+        snapshot_seconds: float,
+    ) -> None:
         self.ctx = ctx
         self.key = key
         self.step = step
@@ -223,12 +242,13 @@ class PendingCheckpoint:
 
     def _commit(self, reports: list[dict], *, timings: dict, keep: int) -> None:
         """Rank 0: every rank's files into the manifest, then COMMIT, then retention."""
+        assert self.staged is not None, "rank 0 staged the attempt it commits"
         for report in reports:
             self.staged.add_files(report["entries"])
         fault_point("checkpoint_before_commit", step=self.step, rank=0)
         self.staged.commit(meta=timings)
         fault_point("retention", step=self.step, rank=0)
-        self.ctx.store.retain(CHECKPOINT_PREFIX, keep=keep, lease=self.ctx.lease)
+        self.ctx.store.retain(CHECKPOINT_PREFIX, keep=keep, lease=self.ctx.held_lease)
 
     def abandon(self) -> None:
         """Leave this checkpoint uncommitted (the run is failing): no collective, no wait."""
@@ -251,7 +271,7 @@ def _scratch_files(scratch: str) -> dict[str, str]:
     return files
 
 
-def start_checkpoint(ctx, *, boosted, trainer_state: dict) -> PendingCheckpoint | None:
+def start_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict) -> PendingCheckpoint | None:
     """All ranks: snapshot ``ckpt-<step>`` into node-local scratch and start uploading it;
     None if that checkpoint is committed already."""
     started = time.perf_counter()
@@ -303,7 +323,7 @@ def _write_json(directory: str, name: str, data: dict) -> None:
         f.write(json.dumps(data).encode())
 
 
-def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | None:
+def save_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict, keep: int) -> str | None:
     """Commit ``ckpt-<step>`` and wait for it (all ranks call this); the key, or None if it exists."""
     pending = start_checkpoint(ctx, boosted=boosted, trainer_state=trainer_state)
     if pending is None:
@@ -312,7 +332,7 @@ def save_checkpoint(ctx, *, boosted, trainer_state: dict, keep: int) -> str | No
     return pending.key
 
 
-def latest_checkpoint_key(ctx) -> str | None:
+def latest_checkpoint_key(ctx: RunContext) -> str | None:
     """Rank 0 finds the newest checkpoint whose manifest and file sizes check out (its
     contents are hashed by the one real read, in load_checkpoint); every rank gets its key."""
     key = None
@@ -322,7 +342,7 @@ def latest_checkpoint_key(ctx) -> str | None:
     return broadcast(key)
 
 
-def load_checkpoint(ctx, key: str, *, boosted) -> dict:
+def load_checkpoint(ctx: RunContext, key: str, *, boosted: Boosted) -> dict:
     """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state.
 
     Collective. The checkpoint is read from the store once per node and hashed as it
@@ -331,15 +351,17 @@ def load_checkpoint(ctx, key: str, *, boosted) -> dict:
     with node_copy(ctx.store, key, rank=ctx.rank) as copy:
         if copy.corrupt is not None:
             raise copy.corrupt
-        trainer_state = json.loads(_read_local(copy.directory, "trainer.json"))
+        directory = copy.directory
+        assert directory is not None, "a copy no node found corrupt has its directory"
+        trainer_state = json.loads(_read_local(directory, "trainer.json"))
         through = trainer_state.pop("history_through", None)
         if through is not None:  # (older checkpoints carry their whole history inline)
             trainer_state["metrics"], trainer_state["evals"] = _history_for_every_rank(ctx, through=through)
-        boosted.load(copy.directory)
+        boosted.load(directory)
         rng_name = f"rng/rank-{ctx.rank.rank:05d}.json"
         same_world = copy.meta.get("world_size") == ctx.rank.world_size
-        if restore_enabled("rng") and same_world and os.path.isfile(os.path.join(copy.directory, rng_name)):
-            restore_rng(json.loads(_read_local(copy.directory, rng_name)))
+        if restore_enabled("rng") and same_world and os.path.isfile(os.path.join(directory, rng_name)):
+            restore_rng(json.loads(_read_local(directory, rng_name)))
         else:
             # A new world size has no stream for this rank: a fresh, still deterministic one.
             seed_everything(trainer_state["seed"] + 1000 * trainer_state["step"] + ctx.rank.rank)
@@ -351,10 +373,10 @@ def _read_local(directory: str, name: str) -> bytes:
         return f.read()
 
 
-def _history_for_every_rank(ctx, *, through: int) -> tuple[list, list]:
+def _history_for_every_rank(ctx: RunContext, *, through: int) -> tuple[list, list]:
     """Rank 0 reads the history pieces and hands them to every rank (one read per job).
     A gap is a ValueError on every rank, so that every rank condemns the checkpoint."""
-    found = None
+    found: tuple[list, list] | str | None = None
     if ctx.rank.is_main:
         try:
             found = read_history(ctx.store, through=through)

@@ -151,13 +151,14 @@ def _print_checkpoint_times(store, keys: list[str]) -> None:
 def _os_error_line(e: OSError) -> str:
     import errno
 
-    what = {
+    names: dict[int | None, str] = {  # OSError.errno is None for an error raised without one
         errno.ENOSPC: "disk full",
         errno.EDQUOT: "disk quota exceeded",
         errno.EROFS: "read-only file system",
         errno.EACCES: "permission denied",
         errno.EPERM: "permission denied",
-    }.get(e.errno, "I/O error")
+    }
+    what = names.get(e.errno, "I/O error")
     where = f" on {e.filename}" if getattr(e, "filename", None) else ""
     return f"{what}{where}: {e.strerror or e}; the last committed state is intact, free the space or fix the permissions and run again"
 

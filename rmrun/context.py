@@ -16,7 +16,7 @@ from rmrun.dist import Rank
 from rmrun.recipe import make_plan
 from rmrun.recipe.plan import Plan
 from rmrun.recipe.schema import Recipe
-from rmrun.store import Lease, StateStore
+from rmrun.store import Lease, StagedState, StateStore
 from rmrun.store.keys import PLAN_RECORD, quarantined_record, step_record
 
 if TYPE_CHECKING:
@@ -52,12 +52,19 @@ class RunContext:
     # done), used by the later ones, closed by the run session on every path.
     hooks: Hooks | None = None
 
+    @property
+    def held_lease(self) -> Lease:
+        """The lease, for a write to the store; only rank 0 holds one, so only rank 0 writes."""
+        if self.lease is None:
+            raise RuntimeError(f"rank {self.rank.rank} holds no lease: only rank 0 writes to the store")
+        return self.lease
+
     def set_plan(self, *, num_pairs: int) -> Plan:
         """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
         assert self.recipe is not None, "a context that makes a plan holds the recipe"
         self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs)
         if self.rank.is_main:
-            self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.lease)
+            self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.held_lease)
         return self.plan
 
     def handoffs(self) -> dict[str, Any]:
@@ -69,18 +76,19 @@ class RunContext:
 
     def write_record(self, name: str, data: dict) -> None:
         if self.rank.is_main:
-            self.store.write_record(step_record(name), data, lease=self.lease)
+            self.store.write_record(step_record(name), data, lease=self.held_lease)
 
-    def stage(self, key: str, *, meta: dict):
+    def stage(self, key: str, *, meta: dict) -> StagedState:
         """Stage state ``key`` under this run's lease (rank 0).
 
         A quarantined state at the same key (a corrupt checkpoint the run has since
         recomputed) is replaced; its quarantine note is kept as a record for status.
         """
+        lease = self.held_lease
         for note in self.store.quarantined(key):  # this key's folder alone: staging stays cheap as keys pile up
-            self.store.write_record(quarantined_record(key, note["attempt"]), note, lease=self.lease)
-            self.store.delete(key, lease=self.lease)
-        return self.store.stage(key, lease=self.lease, meta=meta)
+            self.store.write_record(quarantined_record(key, note["attempt"]), note, lease=lease)
+            self.store.delete(key, lease=lease)
+        return self.store.stage(key, lease=lease, meta=meta)
 
     def say(self, message: str) -> None:
         if self.rank.is_main:

@@ -138,11 +138,13 @@ class LogHook:
         self.writer.flush()
         if self.tensorboard_url is None:
             return
+        tensorboard_dir = self.tensorboard_dir
+        assert tensorboard_dir is not None, "the writer writes into tensorboard_dir"
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(self.tensorboard_url)
-        for name in sorted(os.listdir(self.tensorboard_dir)):
-            path = os.path.join(self.tensorboard_dir, name)
+        for name in sorted(os.listdir(tensorboard_dir)):
+            path = os.path.join(tensorboard_dir, name)
             size = os.path.getsize(path)
             if os.path.isfile(path) and self.synced.get(name) != size:
                 fs.put_file(path, f"{root.rstrip('/')}/{name}")

@@ -85,6 +85,8 @@ class RunSession:
     def _open(self) -> RunContext:
         """Take the lease (rank 0) and record who holds it and the recipe as written."""
         store = self.store = StateStore(self.recipe.state_url)
+        with open(self.recipe_path) as f:
+            text = f.read()
         if self.rank.is_main:
             holder = f"{os.uname().nodename}:{os.getpid()}"
             lease = self.lease = store.acquire_lease(holder=holder)
@@ -94,13 +96,11 @@ class RunSession:
                 lease=lease,
             )
             store.clean_staging(lease=lease)
-        with open(self.recipe_path) as f:
-            text = f.read()
-        if self.rank.is_main:  # the recipe as written, for `rmrun report` (the identity holds the resolved keys)
+            # The recipe as written, for `rmrun report` (the identity holds the resolved keys).
             store.write_record(
                 RECIPE_RECORD,
                 {"name": self.recipe.run.name, "path": os.path.abspath(self.recipe_path), "text": text},
-                lease=self.lease,
+                lease=lease,
             )
         broadcast(None)  # the other ranks start once the lease is held
         from rmrun.fingerprint import digest, run_identity

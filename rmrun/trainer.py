@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -266,7 +266,12 @@ class Trainer:
         sums = sum_tensor(sums, group=self.dp_group)
         buckets = sum_tensor(buckets, group=self.dp_group)
         longer_wins = sum_tensor(longer_wins, group=self.dp_group)
-        result = {"step": self.state.step, "epoch": self.state.epoch, "pairs": n, **metrics_from_sums(sums)}
+        result: dict[str, Any] = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "pairs": n,
+            **metrics_from_sums(sums),
+        }
         result["longer_wins_accuracy"] = float(longer_wins) / n if n else None
         result["accuracy_by_length"] = accuracy_by_length(buckets)
         return result

@@ -21,6 +21,7 @@ def _lines(cls, table: str) -> list[str]:
         if f.default is not dataclasses.MISSING:
             default = f.default
         else:
+            assert f.default_factory is not dataclasses.MISSING, f"{cls.__name__}.{f.name} has a default"
             default = list(f.default_factory())
         default_text = "required" if f.metadata.get("required") else f"default {default!r}".replace("None", "unset")
         out.append(f"  {f.name} ({_type_name(hints[f.name])}; {default_text})")

@@ -58,7 +58,7 @@ def _load_newest_loadable(ctx: RunContext, boosted: Boosted) -> tuple[str | None
             loaded = load_checkpoint(ctx, key, boosted=boosted)
         except CorruptState as e:  # the one read of its files found a mismatch; every rank raises it
             if ctx.rank.is_main:
-                ctx.store.quarantine(key, reason=e.reason, lease=ctx.lease)
+                ctx.store.quarantine(key, reason=e.reason, lease=ctx.held_lease)
             ctx.say(f"quarantined {key} ({e.attempt}): {e}")  # as _say_quarantined reports latest()'s
             continue
         except LOAD_ERRORS as e:
@@ -69,7 +69,7 @@ def _load_newest_loadable(ctx: RunContext, boosted: Boosted) -> tuple[str | None
         if not errors:
             return key, loaded
         if ctx.rank.is_main:
-            ctx.store.quarantine(key, reason=errors[0], lease=ctx.lease)
+            ctx.store.quarantine(key, reason=errors[0], lease=ctx.held_lease)
         ctx.say(f"quarantined checkpoint {key}: {errors[0]}; trying the previous one")
     return None, None
 

@@ -125,7 +125,7 @@ def export(
                 from rmrun.handoff import write_colossalchat_reward_model
 
                 write_colossalchat_reward_model(tmp)
-            ctx.store.check_lease(ctx.lease)  # a superseded writer must not publish
+            ctx.store.check_lease(ctx.held_lease)  # a superseded writer must not publish
             _upload(tmp, plan.export, step=trainer.state.step)
             staged = ctx.stage(step.key, meta={"url": plan.export, "step": trainer.state.step})
             staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())

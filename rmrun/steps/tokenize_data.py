@@ -92,9 +92,10 @@ def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | 
 
     with node_copy(ctx.store, step.key, rank=ctx.rank) as copy:
         if copy.corrupt is None:
+            assert copy.directory is not None, "a copy no node found corrupt has its directory"
             return _load(copy.directory)
     if ctx.rank.is_main:
-        ctx.store.quarantine(step.key, reason=copy.corrupt.reason, lease=ctx.lease)
+        ctx.store.quarantine(step.key, reason=copy.corrupt.reason, lease=ctx.held_lease)
     ctx.say(f"quarantined {step.key} ({copy.corrupt.attempt}): {copy.corrupt}; tokenizing again")
     return None
 
