@@ -51,11 +51,10 @@ def _free_port() -> int:
 
 def start(*, seed: int) -> Rank:
     """Initialise the default process group (gloo on CPU, nccl on CUDA)."""
-    import torch
-
     from rmrun.process import configure_process
 
-    configure_process()
+    configure_process()  # before torch's first computation: MKL reads its mode once
+    import torch
 
     if "RANK" not in os.environ:
         os.environ.update(

@@ -11,8 +11,21 @@ import os
 
 WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
+# MKL's conditional numerical reproducibility mode. Left unset, MKL's threaded kernels
+# (the GEMMs behind torch's CPU linear, matmul and bmm) may split work by which of the
+# OpenMP threads is free first, so two identical runs can round differently (one ulp in
+# some rows of a batch) and resumed weights would not be bit-identical. "AUTO" keeps the
+# fastest code path for the CPU and makes the split fixed for a given thread count.
+MKL_CBWR = "MKL_CBWR"
+MKL_CBWR_DEFAULT = "AUTO"
+
 
 def configure_process() -> None:
     # Every torch.load in this process, ColossalAI's checkpoint I/O included, refuses
     # arbitrary pickles (torch reads the variable at each load).
     os.environ[WEIGHTS_ONLY] = "1"
+    # MKL reads the variable once, at its first call in the process: this has to run before
+    # any torch computation on the CPU (it does at the CLI's entry), and it reaches the
+    # processes started from this one (torchrun's workers, the bench workers). A mode the
+    # user chose (e.g. COMPATIBLE, for the same results across CPU types) is kept.
+    os.environ.setdefault(MKL_CBWR, MKL_CBWR_DEFAULT)
