@@ -118,8 +118,9 @@ def test_mkl_runs_in_its_reproducible_mode_after_configure_process():
     env["PYTHONPATH"] = str(REPO)
     modes = {}
     for how in ("configure", "plain"):
-        done = subprocess.run([sys.executable, "-c", _MKL_MODE, how], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", _MKL_MODE, how], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         modes[how] = done.stdout.strip()
     if modes["configure"] in ("no-mkl", "no-symbol"):
