@@ -18,6 +18,10 @@ def child_env(**extra: str) -> dict:
     env.pop("RMRUN_FAULTS", None)
     env.pop("RMRUN_TRACE_PAIRS", None)
     env["PYTHONWARNINGS"] = "ignore"
+    # One intra-op thread in every rmrun the tests start: the tests compare runs started in
+    # different processes bit for bit, and a threaded CPU kernel can still round differently
+    # from one process to the next (rmrun sets MKL_CBWR=AUTO; README "Resume, exactly").
+    env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
 
