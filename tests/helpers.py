@@ -8,6 +8,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "recipes", "quickstart.toml")
+# The exact-resume recipe: a tiny Llama with dropout on, so a lost RNG stream shows.
+RESUME_RECIPE = os.path.join(REPO, "tests", "assets", "resume.toml")
 TRAIN_DATA = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
 EVAL_DATA = os.path.join(REPO, "recipes", "data", "quickstart_eval.jsonl")
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -50,15 +52,24 @@ def head_lines(source: str, target: str, count: int) -> str:
     return target
 
 
-def small_recipe(tmp_path, *, train_pairs: int = 64, eval_pairs: int = 16, extra: str = "") -> str:
-    """A quickstart-based recipe on a slice of the data, state and export under tmp_path."""
+def slice_recipe(
+    tmp_path, *, base: str, train_pairs: int, eval_pairs: int, body: str = "", name: str = "recipe.toml"
+) -> str:
+    """A recipe extending ``base`` on the first pairs of the quickstart data, its state under
+    tmp_path, then ``body`` (more TOML tables)."""
     train = head_lines(TRAIN_DATA, str(tmp_path / "train.jsonl"), train_pairs)
     evaluation = head_lines(EVAL_DATA, str(tmp_path / "eval.jsonl"), eval_pairs)
-    path = tmp_path / "recipe.toml"
+    path = tmp_path / name
     path.write_text(
-        f'extends = "{QUICKSTART}"\n'
+        f'extends = "{base}"\n'
         f'[run]\nstate = "{tmp_path / "state"}"\n'
         f'[data]\ntrain = ["{train}"]\neval = ["{evaluation}"]\n'
-        f'[log]\nprogress = "lines"\n{extra}'
+        f"{body}"
     )
     return str(path)
+
+
+def small_recipe(tmp_path, *, train_pairs: int = 64, eval_pairs: int = 16, extra: str = "") -> str:
+    """A quickstart-based recipe on a slice of the data, state and export under tmp_path."""
+    body = f'[log]\nprogress = "lines"\n{extra}'
+    return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=train_pairs, eval_pairs=eval_pairs, body=body)

@@ -21,23 +21,17 @@ from pathlib import Path
 import pytest
 
 from rmrun.commands import EXIT_PREEMPTED
-from tests.helpers import EVAL_DATA, REPO, TRAIN_DATA, child_env, head_lines, rmrun
+from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 
 pytestmark = pytest.mark.slow
 
 
-def async_recipe(tmp_path: Path, **sets: str) -> str:
-    train = head_lines(TRAIN_DATA, str(tmp_path / "train.jsonl"), 24)
-    evaluation = head_lines(EVAL_DATA, str(tmp_path / "eval.jsonl"), 8)
-    path = tmp_path / "async.toml"
-    path.write_text(
-        f'extends = "{REPO}/tests/assets/resume.toml"\n'
-        f'[run]\nstate = "{tmp_path / "state"}"\n'
-        f'[data]\ntrain = ["{train}"]\neval = ["{evaluation}"]\n'
+def async_recipe(tmp_path: Path) -> str:
+    body = (
         "[schedule]\nbatch_size = 4\n[checkpoint]\ninterval_steps = 2\nasync_upload = true\n"
         "[eval]\ninterval_steps = 3\n"
     )
-    return str(path)
+    return slice_recipe(tmp_path, base=RESUME_RECIPE, train_pairs=24, eval_pairs=8, body=body, name="async.toml")
 
 
 def exports_differ(a: Path, b: Path) -> list[str]:

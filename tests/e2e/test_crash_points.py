@@ -25,7 +25,7 @@ import pytest
 
 from rmrun.commands import EXIT_UNUSABLE, EXIT_USAGE
 from rmrun.faults import FAULT_POINTS
-from tests.helpers import EVAL_DATA, REPO, TRAIN_DATA, child_env, head_lines, rmrun
+from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 pytestmark = pytest.mark.slow
@@ -51,17 +51,9 @@ EVERY_POINT = [
 ]
 
 
-def crash_recipe(tmp_path: Path, **sets: str) -> str:
-    train = head_lines(TRAIN_DATA, str(tmp_path / "train.jsonl"), 24)
-    evaluation = head_lines(EVAL_DATA, str(tmp_path / "eval.jsonl"), 8)
-    path = tmp_path / "crash.toml"
-    path.write_text(
-        f'extends = "{REPO}/tests/assets/resume.toml"\n'
-        f'[run]\nstate = "{tmp_path / "state"}"\n'
-        f'[data]\ntrain = ["{train}"]\neval = ["{evaluation}"]\n'
-        "[schedule]\nbatch_size = 4\n[checkpoint]\ninterval_steps = 2\n[eval]\ninterval_steps = 3\n"
-    )
-    return str(path)
+def crash_recipe(tmp_path: Path) -> str:
+    body = "[schedule]\nbatch_size = 4\n[checkpoint]\ninterval_steps = 2\n[eval]\ninterval_steps = 3\n"
+    return slice_recipe(tmp_path, base=RESUME_RECIPE, train_pairs=24, eval_pairs=8, body=body, name="crash.toml")
 
 
 def exports_equal(a: str, b: str) -> list[str]:

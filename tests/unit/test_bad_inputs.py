@@ -10,7 +10,7 @@ import pytest
 
 from rmrun.cli import main
 from rmrun.commands import EXIT_USAGE
-from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA, head_lines
+from tests.helpers import QUICKSTART, TRAIN_DATA, slice_recipe
 
 GOOD_ROW = json.loads(open(TRAIN_DATA).readline())
 
@@ -108,16 +108,8 @@ RECIPES = [
 
 
 def _write_recipe(tmp_path, extra: str | None) -> str:
-    train = head_lines(TRAIN_DATA, str(tmp_path / "train.jsonl"), 32)
-    evaluation = head_lines(EVAL_DATA, str(tmp_path / "eval.jsonl"), 8)
-    path = tmp_path / "recipe.toml"
-    path.write_text(
-        f'extends = "{QUICKSTART}"\n'
-        f'[run]\nstate = "{tmp_path / "state"}"\n'
-        f'[data]\ntrain = ["{train}"]\neval = ["{evaluation}"]\n'
-        f"[schedule]\nbatch_size = 8\n{extra or ''}"
-    )
-    return str(path)
+    body = f"[schedule]\nbatch_size = 8\n{extra or ''}"
+    return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=32, eval_pairs=8, body=body)
 
 
 def check_one_line(capsys, argv: list[str]) -> str:
