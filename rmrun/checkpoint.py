@@ -70,9 +70,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- save / load
-
-
 # ---------------------------------------------------------------- history
 #
 # The per-step metric lines and eval results grow with the run; a checkpoint holds only
@@ -95,9 +92,8 @@ def write_history_piece(ctx: RunContext, trainer_state: dict) -> None:
         "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
     }
     staged = ctx.stage(key, meta={"step": step, "since": since})
-    staged.write_bytes(
-        "history.json", json.dumps(piece).encode()
-    )  # key order kept: eval.json is compared byte for byte
+    # key order kept: eval.json is compared byte for byte
+    staged.write_bytes("history.json", json.dumps(piece).encode())
     fault_point("history_commit", step=step, rank=0)
     staged.commit()
 
