@@ -65,7 +65,7 @@ MEDIUM_OVERRIDES = {
     "head_dim": 64,
     "intermediate_size": 2816,
 }
-VARIANTS = ("rmrun", "hand", "colossalchat", "shared", "packed")
+VARIANTS = ("rmrun", "hand", "colossalchat", "dense", "shared", "packed")
 
 
 # --------------------------------------------------------------------------- pool
@@ -441,6 +441,13 @@ class HandLoop:
         return float(loss), int(mask.sum())
 
 
+def _use_pair_attention(net) -> None:
+    from rmrun.pair_attention import ATTENTION, register
+
+    register()
+    net.config._attn_implementation = ATTENTION
+
+
 def _build_rmrun_trainer(
     ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False, pack_pairs: bool = False
 ):
@@ -622,10 +629,13 @@ def _build_variants(
             world_size=ranked.world_size,
         )
         schedules["hand"] = rmrun_steps  # exactly the batches rmrun takes
-    for variant in ("shared", "packed"):
+    for variant in ("dense", "shared", "packed"):
         if variant in variants:
+            net = copy.deepcopy(base)
+            if variant != "dense":  # as a run builds it: the pair attention (used on CUDA)
+                _use_pair_attention(net)
             runners[variant] = _build_rmrun_trainer(
-                ranked, copy.deepcopy(base), recipe, plan, data, share_prompt=True, pack_pairs=variant == "packed"
+                ranked, net, recipe, plan, data, share_prompt=True, pack_pairs=variant == "packed"
             )
             schedules[variant] = list(runners[variant].steps_of_epoch(0))  # grouped by the shared length
     if "colossalchat" in variants:
@@ -672,7 +682,7 @@ class _VariantSteps:
         """Token positions per padded row (two rows per pair, except ``shared``: one)."""
         if variant == "colossalchat":
             return self.max_length
-        if variant in ("shared", "packed"):
+        if variant in ("dense", "shared", "packed"):
             return int(self.shared_rows[indices].max()) if len(indices) else 0
         return int(self.lengths[indices].max()) if len(indices) else 0
 

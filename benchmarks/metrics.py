@@ -112,7 +112,7 @@ def summarize_train(rank_results: list[dict], *, checkpoint_interval: int, peak_
             )
     if "rmrun" in merged and "hand" in merged:
         out["rmrun_vs_hand"] = _rmrun_vs_hand(merged, variants)
-    for faster in ("shared", "packed"):
+    for faster in ("dense", "shared", "packed"):
         if "rmrun" in merged and faster in merged:
             c = out[f"{faster}_vs_standard"] = _paired_speedup(merged["rmrun"], merged[faster])
             c["overall"] = variants[faster]["pairs_per_second"] / variants["rmrun"]["pairs_per_second"]

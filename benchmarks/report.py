@@ -18,13 +18,16 @@ VARIANT_NAMES = {
     "rmrun": "rmrun (Trainer step, standard forward, length-grouped, pad to longest)",
     "hand": "hand-written PyTorch loop (same batches)",
     "colossalchat": "ColossalChat batching (random, pad to max_length)",
-    "shared": "rmrun with the shared-prompt forward (one sequence per pair, its own length-grouped batches)",
+    "dense": "the shared-prompt forward with its dense block mask through SDPA (the pair attention off)",
+    "shared": "rmrun with the shared-prompt forward (one sequence per pair, its own length-grouped batches; "
+    "the pair attention on CUDA)",
     "packed": "the shared-prompt forward with several pairs per row (data.pack_pairs)",
 }
 SHORT_NAMES = {
     "rmrun": "rmrun",
     "hand": "hand-written",
     "colossalchat": "ColossalChat batching",
+    "dense": "rmrun shared-prompt, dense mask",
     "shared": "rmrun shared-prompt",
     "packed": "rmrun shared-prompt + packed",
 }

@@ -59,6 +59,7 @@ else:
     SHARED_ROUNDS = {
         "tiny": {"max_rounds": 160, "min_rounds": 30, "budget_seconds": 45},
         "small": {"max_rounds": 60, "min_rounds": 12, "budget_seconds": 75},
+        "medium": {"max_rounds": 40, "min_rounds": 15, "budget_seconds": 25},
     }
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000
     # The tiny model's checkpoint (model + AdamW state, ~2.1 MB) takes ~1 s at 2 MiB/s.

@@ -152,7 +152,7 @@ def _build(job: dict, rank):
         recipe.model,
         tokenizer=tokenizer,
         grad_checkpoint=plugin.grad_checkpoint,
-        attn_implementation=model_attention(plugin),
+        attn_implementation=model_attention(plugin, forward=plan.forward),
         seed=recipe.run.seed,
     )
     num_params = sum(p.numel() for p in net.parameters())

@@ -17,6 +17,7 @@ import inspect
 
 import torch
 
+from rmrun.recipe.backbone import PAIR_ATTENTION
 from rmrun.recipe.schema import LoraSection, ModelSection
 
 
@@ -120,6 +121,10 @@ def build_reward_model(
     config = _load_config(model)
     _family(config, model)  # refuses a backbone without a usable head, in one line
     config.pad_token_id = tokenizer.pad_token_id
+    if attn_implementation == PAIR_ATTENTION:
+        from rmrun.pair_attention import register
+
+        register()
     kwargs: dict[str, str | bool] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     kwargs["trust_remote_code"] = model.trust_remote_code  # explicit: never a "[y/N]" prompt
     # Same weights on every rank, whatever the rank's own random stream.
@@ -199,8 +204,11 @@ class RewardReader:
         inner = classification_model(net)
         accepted = inspect.signature(inner.forward).parameters
         self._extra = {"use_cache": False} if "use_cache" in accepted else {}
-        # sdpa takes a bool block mask as it is; eager attention adds a float one to its scores.
-        self._bool_mask = getattr(inner.config, "_attn_implementation", None) == "sdpa"
+        # sdpa takes a bool block mask as it is; eager attention adds a float one to its scores;
+        # the pair attention reads the pairs' layout off the (bool) mask.
+        attention = getattr(inner.config, "_attn_implementation", None)
+        self._bool_mask = attention in ("sdpa", PAIR_ATTENTION)
+        self._pairs = attention == PAIR_ATTENTION
 
     def _capture(self, module, inputs, output):
         self._scores = output
@@ -219,9 +227,15 @@ class RewardReader:
         from rmrun.data.share import additive_mask
 
         mask = batch["attention_mask"] if self._bool_mask else additive_mask(batch["attention_mask"], torch.float32)
+        mask = mask.to(device)
+        if self._pairs:
+            from rmrun import pair_attention
+
+            if pair_attention.skips_masked_blocks(mask.device):
+                mask = pair_attention.attach(mask, batch["pair_layout"].to(device))
         net(
             input_ids=batch["input_ids"].to(device),
-            attention_mask=mask.to(device),
+            attention_mask=mask,
             position_ids=batch["position_ids"].to(device),
             **self._extra,
         )

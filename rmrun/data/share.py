@@ -97,6 +97,7 @@ def collate_shared(
         "input_ids": torch.from_numpy(input_ids),
         "position_ids": torch.from_numpy(position_ids),
         "attention_mask": _block_mask(segments, longest),
+        "pair_layout": pair_layout(segments, longest),
         "reward_rows": torch.from_numpy(reward_rows),
         "chosen_end": torch.from_numpy(chosen_end),
         "rejected_end": torch.from_numpy(rejected_end),
@@ -121,6 +122,54 @@ def pack_rows(lengths: Sequence[int], *, capacity: int) -> list[list[int]]:
             rows.append([k])
             room.append(capacity - lengths[k])
     return rows
+
+
+def pair_layout(segments: list[list[tuple[int, int, int, int]]], size: int):
+    """The :class:`rmrun.pair_attention.PairLayout` of rows of ``size`` positions holding
+    ``segments`` (per row, per pair: start, prompt end, chosen end, end; absolute)."""
+    import torch
+
+    from rmrun.pair_attention import PairLayout
+
+    flat = [
+        (row * size + start, prompt_end - start, chosen_end - start, end - start)
+        for row, pairs in enumerate(segments)
+        for start, prompt_end, chosen_end, end in pairs
+    ]
+    base = np.array([f[0] for f in flat], dtype=np.int64)[:, None]
+    prompt, chosen, stop = (np.array([f[i] for f in flat], dtype=np.int64) for i in (1, 2, 3))
+    replies = stop - chosen  # rejected-response lengths
+    # head: columns 0..chosen-1 of each pair's segment
+    head_cols = np.arange(chosen.max())[None, :]
+    head_real = head_cols < chosen[:, None]
+    head = base + np.where(head_real, head_cols, 0)
+    # tail queries: the rejected response, columns chosen..stop-1
+    query_cols = np.arange(replies.max())[None, :]
+    query_real = query_cols < replies[:, None]
+    tail_query = base + np.where(query_real, chosen[:, None] + query_cols, 0)
+    # tail keys: the prompt (columns 0..prompt-1), then the rejected response
+    key_cols = np.arange((prompt + replies).max())[None, :]
+    in_prompt = key_cols < prompt[:, None]
+    in_reply = ~in_prompt & (key_cols < (prompt + replies)[:, None])
+    tail_key = base + np.where(in_prompt, key_cols, np.where(in_reply, key_cols - prompt[:, None] + chosen[:, None], 0))
+    # tail query j sees key k when k <= prompt + j: the whole prompt and the reply up to itself
+    tail_mask = key_cols[:, None, None, :] <= (prompt[:, None] + query_cols)[:, None, :, None]
+
+    def kept(real, positions):
+        return torch.from_numpy(np.flatnonzero(real.reshape(-1))), torch.from_numpy(positions[real])
+
+    head_keep, head_to = kept(head_real, head)
+    tail_keep, tail_to = kept(query_real, tail_query)
+    return PairLayout(
+        head=torch.from_numpy(head),
+        head_keep=head_keep,
+        head_to=head_to,
+        tail_query=torch.from_numpy(tail_query),
+        tail_key=torch.from_numpy(tail_key),
+        tail_mask=torch.from_numpy(np.ascontiguousarray(tail_mask)),
+        tail_keep=tail_keep,
+        tail_to=tail_to,
+    )
 
 
 def additive_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:

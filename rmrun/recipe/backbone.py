@@ -131,6 +131,9 @@ DECODER_TYPES = frozenset(
 SHARED_PROMPT_TYPES = frozenset({"llama", "qwen2"})
 SHARED = "shared-prompt"
 STANDARD = "standard"
+# The attention a shared-prompt model is built with (rmrun.pair_attention): each pair's head
+# and tail as two causal attentions, so the kernels skip what the block mask hides.
+PAIR_ATTENTION = "rmrun_pairs"
 
 
 class BackboneError(ValueError):
@@ -217,7 +220,8 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
     return Forward(
         SHARED,
         "prompt + chosen + rejected in one sequence with a block attention mask "
-        f"(the prompt runs once per pair){packed}",
+        f"(the prompt runs once per pair){packed}; on CUDA each pair's attention runs as two "
+        "causal attentions that skip what the mask hides (rmrun.pair_attention)",
     )
 
 
@@ -243,11 +247,6 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
         )
     if plugin.flash_attn:
         return "flash_attention_2 (plugin.flash_attn) takes no block attention mask"
-    if plugin.mixed_precision != "fp32":
-        return (
-            f"the block mask is checked against the standard forward in fp32 only, not in "
-            f'"{plugin.mixed_precision}" (plugin.mixed_precision)'
-        )
     directory = _local_model_directory(model.pretrain)
     try:
         model_type = read_model_type(directory) if directory else None

@@ -133,7 +133,7 @@ def build_model(
         model,
         tokenizer=ctx.tokenizer,
         grad_checkpoint=plugin.grad_checkpoint,
-        attn_implementation=model_attention(plugin),
+        attn_implementation=model_attention(plugin, forward=plan.forward),
         seed=run.seed,
     )
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)

@@ -20,8 +20,13 @@ needs_cuda = pytest.mark.skipif(NUM_GPUS == 0, reason="needs CUDA GPUs; this mac
 
 # (plugin, precision, extra settings, GPUs needed). On one GPU, 3d runs with tp=1 (its ZeRO
 # stages and its precision handling are still the plugin's own); tp=2 needs two GPUs.
+# ddp, zero2 and zero2_cpu take the shared-prompt forward by default (data.share_prompt =
+# "auto"), with the pair attention on CUDA; the "off" rows keep the standard forward covered.
 PLUGINS = [
     ("ddp", "bf16", {}, 1),
+    ("ddp", "bf16", {"data.share_prompt": "off"}, 1),
+    ("zero2", "bf16", {"data.share_prompt": "off"}, 1),
+    ("zero2", "bf16", {"data.pack_pairs": "true"}, 1),
     ("ddp", "fp16", {}, 1),
     ("zero2", "bf16", {}, 1),
     ("zero2", "fp16", {}, 1),
@@ -59,6 +64,9 @@ def test_plugin_trains_and_resumes_exactly(tmp_path, name, precision, extra, min
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     recipe_a, recipe_b = small_recipe(a), small_recipe(b)
+    checked = rmrun("check", recipe_a, *_sets(settings), nproc=nproc)
+    shares = name in ("ddp", "zero2", "zero2_cpu") and extra.get("data.share_prompt") != "off"
+    assert ("forward: shared-prompt" in checked.stdout) == shares, checked.stdout
     straight = rmrun("run", recipe_a, *_sets(settings), nproc=nproc)
     assert straight.returncode == 0, straight.stderr[-3000:]
     # a uploads its checkpoints in the background (the default), b blocks (so that checkpoint 3 is

@@ -144,7 +144,7 @@ def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
     return model_class(config)
 
 
-def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False):
+def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False, device="cpu"):
     """(rewards, loss, gradients) of the standard forward and of the shared-prompt forward."""
     reader = RewardReader(net)
     results = []
@@ -154,10 +154,10 @@ def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False):
             batch = collate_shared(
                 tokenized, indices, prefix=shared_prefix_lengths(tokenized), pad_token_id=pad_token_id, pack=pack
             )
-            chosen, rejected = reader.shared_prompt(net, batch, device=torch.device("cpu"))
+            chosen, rejected = reader.shared_prompt(net, batch, device=torch.device(device))
         else:
             batch = collate(tokenized, indices, pad_token_id=pad_token_id)
-            rewards = reader(net, batch["input_ids"], batch["attention_mask"])
+            rewards = reader(net, batch["input_ids"].to(device), batch["attention_mask"].to(device))
             chosen, rejected = rewards[: len(indices)], rewards[len(indices) :]
         loss = pair_losses("log_sig", chosen, rejected, margin=0.0).mean()
         loss.backward()
@@ -224,12 +224,12 @@ def decide(**changes):
 
 def test_auto_shares_where_supported_and_says_why_not_elsewhere(tmp_path):
     assert decide().name == SHARED
+    assert decide(name="zero2", mixed_precision="bf16").name == SHARED  # ZeRO runs the model as it is
     assert decide(share_prompt="off").name == STANDARD
     for changes, why in (
         ({"name": "gemini"}, "shardformer"),
         ({"name": "3d", "sp": 2, "tp": 2}, "shardformer"),
         ({"flash_attn": True}, "flash_attention_2"),
-        ({"mixed_precision": "bf16"}, "fp32 only"),
         ({"pretrain": "some-org/some-model"}, "not a local model directory"),
     ):
         forward = decide(**changes)
