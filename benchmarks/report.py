@@ -341,8 +341,10 @@ def _shared_prompt(doc: dict) -> list[str]:
     entries = _entries(doc, "shared_prompt")
     if not entries:
         return []
+    gpu = doc.get("rmrun_bench", {}).get("machine", {}).get("gpu", "none") != "none"
+    precision = "bf16 on CUDA; the pair attention in the shared variants" if gpu else "fp32"
     lines = [
-        "## Shared-prompt forward vs standard forward (ddp × 1 proc, fp32)",
+        f"## Shared-prompt forward vs standard forward (ddp × 1 proc, {precision})",
         "",
         "| data | model | variant | pairs/s | pairs/CPU-s | non-padding tokens/s | padding | median step | "
         "peak RSS @ padded length | steps |",
@@ -368,7 +370,8 @@ def _shared_prompt(doc: dict) -> list[str]:
         "positions the forward ran (a shared row is prompt + chosen + rejected; packed rows hold several "
         "pairs). pairs/CPU-s divides by the worker's process CPU time (one intra-op thread), which time "
         "spent descheduled by other work (the machine is shared) does not inflate. Rewards, losses and gradients of the shared "
-        "and packed forwards equal the standard forward's within fp32 rounding (tests/test_shared_prompt.py).",
+        "and packed forwards equal the standard forward's within fp32 rounding, and within bf16 rounding on CUDA "
+        "(tests/unit/test_shared_prompt.py, tests/unit/test_pair_attention.py).",
         "",
     ]
     return lines

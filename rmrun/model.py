@@ -206,8 +206,9 @@ class RewardReader:
         self._extra = {"use_cache": False} if "use_cache" in accepted else {}
         # sdpa takes a bool block mask as it is; eager attention adds a float one to its scores;
         # the pair attention reads the pairs' layout off the (bool) mask.
+        # (Hugging Face's sdpa path on CUDA wants a float mask: it unmasks fully masked rows.)
         attention = getattr(inner.config, "_attn_implementation", None)
-        self._bool_mask = attention in ("sdpa", PAIR_ATTENTION)
+        self._sdpa = attention == "sdpa"
         self._pairs = attention == PAIR_ATTENTION
 
     def _capture(self, module, inputs, output):
@@ -226,7 +227,8 @@ class RewardReader:
         forward with its block mask and position ids, read at each pair's two reward tokens."""
         from rmrun.data.share import additive_mask
 
-        mask = batch["attention_mask"] if self._bool_mask else additive_mask(batch["attention_mask"], torch.float32)
+        bool_mask = self._pairs or (self._sdpa and torch.device(device).type == "cpu")
+        mask = batch["attention_mask"] if bool_mask else additive_mask(batch["attention_mask"], torch.float32)
         mask = mask.to(device)
         if self._pairs:
             from rmrun import pair_attention

@@ -207,6 +207,15 @@ class Forward:
     reason: str
 
 
+# "auto" shares the prompt where it was measured faster: on CPU (fp32) 1.4-1.6x the standard
+# forward; on an H200 in bf16 (156M Llama) one pair per row ran at 0.66-0.75x of it, packed
+# rows at 1.3-1.4x over a whole run (benchmarks/results/shared-prompt-nvidia-h200.md).
+NOT_FASTER_ON_CUDA = (
+    'data.share_prompt = "auto" keeps the standard forward in bf16/fp16 (on CUDA): the shared-prompt '
+    'forward was not measured faster there; "on" uses it (equal rewards within bf16 rounding)'
+)
+
+
 def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection) -> Forward:
     """``data.share_prompt`` resolved against the model and plugin: "on" and "auto" share the
     prompt where it is supported, "auto" falls back to the standard forward elsewhere (and
@@ -216,6 +225,8 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
     blocker = _shared_prompt_blocker(model, plugin)
     if blocker is not None:
         return Forward(STANDARD, blocker)
+    if data.share_prompt == "auto" and plugin.mixed_precision != "fp32":
+        return Forward(STANDARD, NOT_FASTER_ON_CUDA)
     packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
     return Forward(
         SHARED,

@@ -20,13 +20,14 @@ needs_cuda = pytest.mark.skipif(NUM_GPUS == 0, reason="needs CUDA GPUs; this mac
 
 # (plugin, precision, extra settings, GPUs needed). On one GPU, 3d runs with tp=1 (its ZeRO
 # stages and its precision handling are still the plugin's own); tp=2 needs two GPUs.
-# ddp, zero2 and zero2_cpu take the shared-prompt forward by default (data.share_prompt =
-# "auto"), with the pair attention on CUDA; the "off" rows keep the standard forward covered.
+# In bf16/fp16 "auto" keeps the standard forward; the "on" rows run the shared-prompt forward
+# (with the pair attention on CUDA) on the plugins that take it.
 PLUGINS = [
     ("ddp", "bf16", {}, 1),
-    ("ddp", "bf16", {"data.share_prompt": "off"}, 1),
-    ("zero2", "bf16", {"data.share_prompt": "off"}, 1),
-    ("zero2", "bf16", {"data.pack_pairs": "true"}, 1),
+    ("ddp", "bf16", {"data.share_prompt": "on"}, 1),
+    ("zero2", "fp16", {"data.share_prompt": "on"}, 1),
+    ("zero2_cpu", "bf16", {"data.share_prompt": "on"}, 1),
+    ("zero2", "bf16", {"data.share_prompt": "on", "data.pack_pairs": "true"}, 1),
     ("ddp", "fp16", {}, 1),
     ("zero2", "bf16", {}, 1),
     ("zero2", "fp16", {}, 1),
@@ -65,7 +66,7 @@ def test_plugin_trains_and_resumes_exactly(tmp_path, name, precision, extra, min
     a.mkdir(), b.mkdir()
     recipe_a, recipe_b = small_recipe(a), small_recipe(b)
     checked = rmrun("check", recipe_a, *_sets(settings), nproc=nproc)
-    shares = name in ("ddp", "zero2", "zero2_cpu") and extra.get("data.share_prompt") != "off"
+    shares = extra.get("data.share_prompt") == "on"
     assert ("forward: shared-prompt" in checked.stdout) == shares, checked.stdout
     straight = rmrun("run", recipe_a, *_sets(settings), nproc=nproc)
     assert straight.returncode == 0, straight.stderr[-3000:]
