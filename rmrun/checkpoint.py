@@ -85,8 +85,7 @@ def write_history_piece(ctx: RunContext, trainer_state: dict) -> None:
     key = history_key(step)
     if ctx.store.open_verified(key) is not None:  # an earlier attempt reached this step: the same lines
         return
-    ends = [int(k[len(HISTORY_PREFIX) :]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
-    since = max([end for end in ends if end < step], default=0)
+    since = _history_end_before(ctx, step)
     piece = {
         "metrics": [m for m in trainer_state["metrics"] if since < m["step"] <= step],
         "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
@@ -95,7 +94,28 @@ def write_history_piece(ctx: RunContext, trainer_state: dict) -> None:
     # key order kept: eval.json is compared byte for byte
     staged.write_bytes("history.json", json.dumps(piece).encode())
     fault_point("history_commit", step=step, rank=0)
-    staged.commit()
+    try:
+        staged.commit()
+    except BaseException:
+        # The piece may have landed before the error (a lost reply): the next piece lists again.
+        ctx.history_end = None
+        raise
+    ctx.history_end = max(step, ctx.history_end or 0)
+
+
+def _history_end_before(ctx: RunContext, step: int) -> int:
+    """Where the last committed piece below ``step`` ends (0: none).
+
+    ``ctx.history_end`` remembers the furthest end of any committed piece, so that a run
+    lists the pieces (a LIST that grows with the run) once per process, not at every
+    checkpoint. Where a piece reaches ``step`` or beyond (a resumed run behind the pieces
+    of the run it replaces) the furthest end does not answer, and the store is listed.
+    """
+    if ctx.history_end is not None and ctx.history_end < step:
+        return ctx.history_end
+    ends = [int(k[len(HISTORY_PREFIX) :]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
+    ctx.history_end = max(ends, default=0)
+    return max([end for end in ends if end < step], default=0)
 
 
 def committed_history(store: StateStore) -> Iterator[tuple[str, CommittedState, dict]]:

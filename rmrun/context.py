@@ -51,6 +51,9 @@ class RunContext:
     # Not a hand-off: made by the first train epoch that trains (none when every epoch is
     # done), used by the later ones, closed by the run session on every path.
     hooks: Hooks | None = None
+    # Not a hand-off: where the furthest committed history piece ends, as rank 0's checkpoint
+    # uploads last saw it (None: not known yet), so that each checkpoint need not list them all.
+    history_end: int | None = None
 
     @property
     def held_lease(self) -> Lease:

@@ -4,7 +4,9 @@
 - checkpoint keys, zero-padded so the store's name order is the step order;
 - the metric history as append-only ``history-<step>`` pieces: each holds the lines since the
   previous piece, a resume reassembles them (first copy of a step wins), and a gap is a
-  ValueError because that checkpoint cannot continue.
+  ValueError because that checkpoint cannot continue;
+- where the last piece ended is listed from the store once per process, not at every
+  checkpoint, and the remembered end writes the same pieces as a listing would.
 
 The pieces are written through a stand-in for the run context over a local StateStore.
 """
@@ -20,7 +22,7 @@ import pytest
 import torch
 
 from rmrun.checkpoint import capture_rng, committed_history, read_history, restore_rng, write_history_piece
-from rmrun.store import StateStore
+from rmrun.store import StateStore, StoreError
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key
 
 # ---------------------------------------------------------------- RNG streams
@@ -77,13 +79,23 @@ def test_checkpoint_keys_are_zero_padded_so_name_order_is_step_order():
 # ---------------------------------------------------------------- history pieces
 
 
+def process_context(store: StateStore, lease) -> SimpleNamespace:
+    """What write_history_piece uses of the run context: the store, stage(), and the end of
+    the history pieces it remembers, unknown in a process that has just started."""
+    return SimpleNamespace(
+        store=store,
+        lease=lease,
+        stage=lambda key, *, meta: store.stage(key, lease=lease, meta=meta),
+        history_end=None,
+    )
+
+
 @pytest.fixture
 def ctx(tmp_path, monkeypatch):
-    """The two things write_history_piece uses of the run context: the store and stage()."""
     monkeypatch.delenv("RMRUN_FAULTS", raising=False)
     store = StateStore(str(tmp_path / "state"))
     lease = store.acquire_lease(holder="test")
-    yield SimpleNamespace(store=store, lease=lease, stage=lambda key, *, meta: store.stage(key, lease=lease, meta=meta))
+    yield process_context(store, lease)
     store.release(lease)
 
 
@@ -158,3 +170,120 @@ def test_a_checkpoint_between_pieces_is_a_gap(ctx):
 def test_no_pieces_is_a_gap_from_the_first_step(tmp_path):
     with pytest.raises(ValueError, match=r"misses 2 step\(s\) \(first: 1\) of 1\.\.2"):
         read_history(StateStore(str(tmp_path / "empty")), through=2)
+
+
+# ---------------------------------------------------------------- where the last piece ended
+
+
+@pytest.fixture
+def history_listings(ctx, monkeypatch):
+    """The store's listings of the history pieces, counted as write_history_piece makes them."""
+    listings = []
+    committed_keys = ctx.store.committed_keys
+
+    def counted(prefix: str) -> list[str]:
+        if prefix == HISTORY_PREFIX:
+            listings.append(prefix)
+        return committed_keys(prefix)
+
+    monkeypatch.setattr(ctx.store, "committed_keys", counted)
+    return listings
+
+
+def pieces(store: StateStore) -> list[tuple[str, int, list[int]]]:
+    """(key, since, metric steps) of every committed piece, in step order."""
+    return [
+        (key, state.manifest["meta"]["since"], [m["step"] for m in piece["metrics"]])
+        for key, state, piece in committed_history(store)
+    ]
+
+
+@pytest.mark.parametrize("num_checkpoints", [3, 6])
+def test_one_process_lists_the_pieces_once_however_many_checkpoints(ctx, history_listings, num_checkpoints):
+    for step in range(4, 4 * num_checkpoints + 1, 4):
+        write_history_piece(ctx, trainer_state(step))
+    assert len(history_listings) == 1
+    assert ctx.history_end == 4 * num_checkpoints
+
+
+@pytest.mark.parametrize("num_checkpoints", [3, 6])
+def test_negative_control_forgetting_the_end_lists_at_every_checkpoint(ctx, history_listings, num_checkpoints):
+    """The count above is of real listings: without the remembered end there is one per checkpoint."""
+    for step in range(4, 4 * num_checkpoints + 1, 4):
+        ctx.history_end = None  # as if every checkpoint ran in a new process
+        write_history_piece(ctx, trainer_state(step))
+    assert len(history_listings) == num_checkpoints
+
+
+def test_the_pieces_hold_every_line_once_across_a_resume(ctx, history_listings):
+    """A killed run committed pieces at 3, 6 and 9 but not the checkpoint at 9; the resumed
+    process (nothing remembered) starts from the checkpoint at 6 and goes on to 15."""
+    for step in (3, 6, 9):
+        write_history_piece(ctx, trainer_state(step))
+    resumed = process_context(ctx.store, ctx.lease)
+    for step in (9, 12, 15):
+        write_history_piece(resumed, trainer_state(step))
+    assert len(history_listings) == 2  # one per process, before the reads below
+    found = pieces(ctx.store)
+    assert [since for _, since, _ in found] == [0, 3, 6, 9, 12]
+    assert [s for _, _, steps in found for s in steps] == list(range(1, 16))
+    assert read_history(ctx.store, through=15)[0] == [metric(s) for s in range(1, 16)]
+
+
+# Checkpoint steps of a run, then of the run resumed (in a new process) from an earlier step,
+# with the killed run's pieces beyond the resumed step still in the store.
+RESUMES = {
+    "the same cadence": ((3, 6, 9), (9, 12, 15)),
+    "a new cadence behind the old pieces": ((4, 8, 12), (7, 10, 13, 16)),
+    "a resume from the start": ((5, 10), (2, 4, 6, 8, 10, 12)),
+    "repeated steps": ((3, 3, 6), (6, 6, 7, 7)),
+}
+
+
+@pytest.mark.parametrize("run,resumed", RESUMES.values(), ids=RESUMES.keys())
+def test_the_remembered_end_writes_the_pieces_a_listing_writes(tmp_path, monkeypatch, run, resumed):
+    """Every piece, its key, where it starts and its lines, as when each checkpoint lists the store."""
+    monkeypatch.delenv("RMRUN_FAULTS", raising=False)
+
+    def write(name: str, *, remember: bool) -> list:
+        store = StateStore(str(tmp_path / name))
+        lease = store.acquire_lease(holder="test")
+        for steps in (run, resumed):
+            process = process_context(store, lease)
+            for step in steps:
+                if not remember:
+                    process.history_end = None
+                write_history_piece(process, trainer_state(step, eval_steps=(2, 5, 9)))
+        return pieces(store)
+
+    assert write("remembered", remember=True) == write("listed", remember=False)
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["lost", "landed before the error"])
+def test_a_failed_commit_forgets_the_end(ctx, monkeypatch, landed):
+    """A commit that raises leaves no end remembered: whether or not its piece reached the
+    store, the next piece starts where the committed ones end."""
+    write_history_piece(ctx, trainer_state(3))
+    stage = ctx.stage
+
+    def failing_stage(key, *, meta):
+        staged = stage(key, meta=meta)
+        commit = staged.commit
+
+        def failing_commit(**kwargs):
+            if landed:
+                commit(**kwargs)
+            raise StoreError("the store did not answer")
+
+        staged.commit = failing_commit
+        return staged
+
+    monkeypatch.setattr(ctx, "stage", failing_stage)
+    with pytest.raises(StoreError, match="did not answer"):
+        write_history_piece(ctx, trainer_state(6))
+    assert ctx.history_end is None
+    monkeypatch.setattr(ctx, "stage", stage)
+    write_history_piece(ctx, trainer_state(9))
+    expected_since = 6 if landed else 3
+    assert pieces(ctx.store)[-1] == ("history-0000000009", expected_since, list(range(expected_since + 1, 10)))
+    assert [s for _, _, steps in pieces(ctx.store) for s in steps] == list(range(1, 10))
