@@ -64,6 +64,7 @@ def _set_environment(endpoint_url: str) -> dict:
     os.environ.update(wanted)
     for name in _UNSET:
         os.environ.pop(name, None)
+    _sync_fsspec_config()
     return saved
 
 
@@ -74,6 +75,21 @@ def _restore_environment(saved: dict) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    _sync_fsspec_config()
+
+
+def _sync_fsspec_config() -> None:
+    """fsspec reads ``FSSPEC_S3_ENDPOINT_URL`` into its config once, when it is first imported:
+    follow the variable, or a filesystem made in this process would reach whichever server was
+    running at that import (one another module's fixture may have stopped since)."""
+    import fsspec.config
+
+    s3 = fsspec.config.conf.setdefault("s3", {})
+    endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    if endpoint:
+        s3["endpoint_url"] = endpoint
+    else:
+        s3.pop("endpoint_url", None)
 
 
 @pytest.fixture(scope="session")
