@@ -191,11 +191,20 @@ class GraphWalk:
 
     def run(self, *, done: set[str]) -> list[str]:
         """Run the steps not in ``done`` and those they need; returns the names that ran."""
+        steps = pending_steps(self.steps, done=done)
+        self._record_pending(steps)
         ran = []
-        for step in pending_steps(self.steps, done=done):
+        for step in steps:
             self.run_step(step)
             ran.append(step.name)
         return ran
+
+    def _record_pending(self, steps: list[Step]) -> None:
+        """A "pending" record for each step about to run that has none yet, so that
+        ``rmrun status`` shows what is left, not only what has started."""
+        for step in steps:
+            if self.ctx.rank.is_main and self.ctx.read_record(step.name) is None:
+                self._record(step, {"state": "pending", "attempts": 0})
 
     def run_step(self, step: Step) -> None:
         attempts = self._attempts(step)

@@ -24,6 +24,8 @@ def test_status_of_a_killed_run_and_of_a_quarantined_checkpoint(tmp_path):
     # The killed process no longer holds the lease lock: its step is not "running" any more.
     assert "train/epoch-0    stopped  attempts 1" in status.stdout
     assert "tokenize         done" in status.stdout
+    assert "evaluate         pending  attempts 0" in status.stdout  # what is left shows too
+    assert "save             pending  attempts 0" in status.stdout
     assert "latest checkpoint: ckpt-0000000004 (step 4, epoch 0, 32 pairs of the epoch consumed)" in status.stdout
     assert "run: not complete" in status.stdout
     assert "lease: generation 1" in status.stdout

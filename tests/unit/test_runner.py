@@ -157,7 +157,13 @@ def test_a_failing_step_is_recorded_and_the_hooks_and_lease_are_closed(tmp_path)
     assert records["train/epoch-1"]["attempts"] == 1
     assert records["train/epoch-1"]["error"] == "StepFailed: train/epoch-1 failed"
     assert records["train/epoch-0"]["state"] == "done"
-    assert "evaluate" not in records
+    # what was left is recorded up front, so that status shows it
+    assert records["evaluate"] == {
+        "name": "evaluate",
+        "order": records["evaluate"]["order"],
+        "state": "pending",
+        "attempts": 0,
+    }
     assert [h.closed for h in hooks_made] == [1]
     assert StateStore(root).holder_alive() is False
 
