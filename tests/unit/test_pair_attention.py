@@ -184,3 +184,19 @@ def test_the_export_of_a_model_built_with_it_does_not_name_it(tmp_path):
     net = tiny_decoder("llama", vocab_size=64, pad_token_id=0, attn=ATTENTION)
     net.save_pretrained(tmp_path)
     assert ATTENTION not in (tmp_path / "config.json").read_text()
+
+
+def test_under_gradient_checkpointing_the_recomputed_layers_run_it_too(quickstart_pairs, monkeypatch):  # noqa: F811
+    """rmrun's gradient checkpointing (non-reentrant) hands the recomputation the very mask
+    object, layout included: the backward recomputes the pair attention, not the dense one."""
+    tokenized, tokenizer = quickstart_pairs
+    register()
+    net = tiny_decoder("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, attn=ATTENTION)
+    plain = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id)
+    net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net.train()  # checkpointing runs in training mode only; the tiny config has no dropout
+    calls = count_layout_reads(monkeypatch)
+    monkeypatch.setattr(pair_attention, "skips_masked_blocks", lambda device: True)
+    checkpointed = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id)
+    assert_equivalent(plain[0], checkpointed[1])
+    assert len(calls) == 2 * 2 * 2  # 2 layers × (head, tail) × (forward, recomputation)
