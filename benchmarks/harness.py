@@ -696,7 +696,7 @@ class _VariantSteps:
             return int(shared_rows[indices].sum()), len(
                 pack_rows(shared_rows[indices].tolist(), capacity=longest)
             ) * longest
-        if variant == "shared":
+        if variant in ("dense", "shared"):
             return int(shared_rows[indices].sum()), len(indices) * longest
         return int(self.lengths[indices].sum()), 2 * len(indices) * longest
 
