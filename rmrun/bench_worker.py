@@ -29,8 +29,21 @@ OUT_OF_MEMORY = "out of memory"
 
 
 def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -> dict:
-    """Time ``save_checkpoint`` and ``load_checkpoint`` through a local state store, alternating."""
-    from rmrun.checkpoint import load_checkpoint, save_checkpoint
+    """Time checkpoints through a local state store, ``rounds`` times each, on a new step each time.
+
+    - ``save_seconds``: a blocking ``save_checkpoint`` (snapshot, upload, hashes, COMMIT,
+      retention): what training waits for with ``checkpoint.async_upload = false``.
+    - ``load_seconds``: ``load_checkpoint`` of that checkpoint.
+    - The background path as ``rmrun.hooks.CheckpointHook`` takes it (``async_upload = true``):
+      ``snapshot_seconds``, ``start_checkpoint`` (the training thread's wait at the step);
+      ``upload_wait_seconds``, from then until every rank's upload is over (in a run, training
+      goes on meanwhile); ``commit_seconds``, ``PendingCheckpoint.finish`` once the uploads
+      are over, as the hook calls it at the next step boundary (the training thread's wait:
+      gather the file lists, manifest, COMMIT, retention). ``stall_seconds`` = snapshot +
+      commit: what the training thread loses per background checkpoint; ``commit_wait_seconds``
+      = upload wait + commit: what ``finish`` takes when called right after the snapshot.
+    """
+    from rmrun.checkpoint import load_checkpoint, save_checkpoint, start_checkpoint
     from rmrun.collective import barrier, broadcast
     from rmrun.context import RunContext
     from rmrun.store import StateStore
@@ -48,17 +61,22 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
         identity={"fingerprint": "benchmark"},
     )
     saves, loads, sizes = [], [], []
+    snapshots, upload_waits, commits = [], [], []
     state = trainer.state.to_dict()
+
+    def next_state(state: dict) -> dict:
+        # A new key each time, as in a run; its step has a metric line as a real step would.
+        step = state["step"] + 1
+        last = state["metrics"][-1] if state["metrics"] else {}
+        return dict(state, step=step, metrics=[*state["metrics"], dict(last, step=step)])
+
     try:
         for _ in range(rounds):
-            # A new key each time, as in a run; its step has a metric line as a real step would.
-            step = state["step"] + 1
-            last = state["metrics"][-1] if state["metrics"] else {}
-            state = dict(state, step=step, metrics=[*state["metrics"], dict(last, step=step)])
+            state = next_state(state)
             barrier()
             started = time.perf_counter()
             key = save_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state, keep=2)
-            assert key is not None, f"step {step} is new: no checkpoint of it exists yet"
+            assert key is not None, f"step {state['step']} is new: no checkpoint of it exists yet"
             saves.append(time.perf_counter() - started)
             if rank.is_main:
                 committed = store.open_verified(key)
@@ -68,12 +86,38 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
             started = time.perf_counter()
             load_checkpoint(ctx, key, boosted=trainer.boosted)
             loads.append(time.perf_counter() - started)
+
+            state = next_state(state)
+            barrier()
+            started = time.perf_counter()
+            pending = start_checkpoint(ctx, boosted=trainer.boosted, trainer_state=state)
+            assert pending is not None, f"step {state['step']} is new: no checkpoint of it exists yet"
+            snapshots.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            # The hook commits at the first step boundary after every rank's upload is over (it
+            # learns that from an all-reduce it runs at every step anyway).
+            while pending.uploading():
+                time.sleep(0.001)
+            barrier()
+            upload_waits.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            pending.finish(keep=2)
+            commits.append(time.perf_counter() - started)
     finally:
         barrier()
         if rank.is_main:
             store.release(ctx.held_lease)
             shutil.rmtree(root, ignore_errors=True)
-    return {"save_seconds": saves, "load_seconds": loads, "bytes": sizes[-1] if sizes else None}
+    return {
+        "save_seconds": saves,
+        "load_seconds": loads,
+        "snapshot_seconds": snapshots,
+        "upload_wait_seconds": upload_waits,
+        "commit_seconds": commits,
+        "stall_seconds": [s + c for s, c in zip(snapshots, commits)],
+        "commit_wait_seconds": [u + c for u, c in zip(upload_waits, commits)],
+        "bytes": sizes[-1] if sizes else None,
+    }
 
 
 def _address_space_bytes() -> int:
