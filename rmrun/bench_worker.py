@@ -6,8 +6,9 @@ the number of timed steps and a scratch state root. The worker joins a process g
 (standalone, or the ranks of the parent's torchrun world on a port the parent chose),
 builds the model and plugin as ``rmrun run`` does (``rmrun.boost``), takes one warm-up
 optimizer step (time to first step), then ``steps`` timed steps through rmrun's
-``Trainer``, then a checkpoint save and load through a local state store. It writes what
-it measured, or why it could not run (``out of memory`` included), to RESULT.json.
+``Trainer``, then checkpoint saves (blocking and background) and loads through a local
+state store. It writes what it measured, or why it could not run (``out of memory``
+included), to RESULT.json.
 
 A fresh process per short run keeps the combinations apart (each peak memory is its own,
 and an out-of-memory leaves nothing behind). Test hook: the job's ``memory_cap_mib``
