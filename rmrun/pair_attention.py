@@ -100,13 +100,27 @@ def _attend(q, k, v, queries, keys, dropout=0.0, scaling=None, *, is_causal=Fals
     def gather(t, index):  # (P, n) positions -> (P, heads, n, D)
         return t.index_select(0, index.reshape(-1)).view(pairs, index.shape[1], *t.shape[1:]).transpose(1, 2)
 
-    out = torch.nn.functional.scaled_dot_product_attention(
-        gather(q, queries),
-        gather(k, keys),
-        gather(v, keys),
-        attn_mask=mask,
-        dropout_p=dropout,
-        scale=scaling,
-        is_causal=is_causal,
-    )
+    with kernels_without_per_shape_plans(q.device):
+        out = torch.nn.functional.scaled_dot_product_attention(
+            gather(q, queries),
+            gather(k, keys),
+            gather(v, keys),
+            attn_mask=mask,
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=is_causal,
+        )
     return out.transpose(1, 2).reshape(pairs * num_queries, *q.shape[1:])
+
+
+def kernels_without_per_shape_plans(device: torch.device):
+    """On CUDA, SDPA limited to the flash, memory-efficient and math kernels: cuDNN's attention
+    builds an execution plan for every new shape, and the gathered batches change shape with
+    every batch of pairs (the longest head, reply and key span). Elsewhere, no limit."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

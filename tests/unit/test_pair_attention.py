@@ -200,3 +200,16 @@ def test_under_gradient_checkpointing_the_recomputed_layers_run_it_too(quickstar
     checkpointed = standard_and_shared(net, tokenized, np.arange(6), pad_token_id=tokenizer.pad_token_id)
     assert_equivalent(plain[0], checkpointed[1])
     assert len(calls) == 2 * 2 * 2  # 2 layers × (head, tail) × (forward, recomputation)
+
+
+def test_on_cuda_its_attention_calls_leave_out_cudnns_per_shape_plans():
+    """The gathered batches change shape with every batch; cuDNN's attention would plan each."""
+    from rmrun.pair_attention import kernels_without_per_shape_plans
+
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    with kernels_without_per_shape_plans(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == enabled
+    with kernels_without_per_shape_plans(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == enabled
