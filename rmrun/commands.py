@@ -78,6 +78,8 @@ def status(target: str, *, overrides) -> int:
     except StoreError as e:
         _err(str(e))
         return EXIT_UNUSABLE
+    except BrokenPipeError:
+        raise  # the reader of the output went away: not the store's error
     except OSError as e:
         _err(f"{url}: {bucket_error(e, url)}")
         return EXIT_USAGE if isinstance(e, FileNotFoundError) else EXIT_UNUSABLE

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import child_env
+
 REPO = os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BAD = "tests/recipes_bad"
 BAD_REAL = os.path.join(REPO, BAD)
@@ -231,3 +233,21 @@ def test_check_quickstart_imports_no_torch():
 def test_run_help_documents_set():
     out = subprocess.run([*RMRUN, "run", "--help"], capture_output=True, text=True, env=cpu_env(), timeout=60).stdout
     assert "--set KEY=VALUE" in out and "schedule.lr=1e-5" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["explain"], ["status", "{tmp}/state"]],
+    ids=["written-while-running", "flushed-at-exit"],
+)
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path, argv):
+    """``rmrun status | head``: the reader may go before rmrun writes. ``explain`` writes more
+    than a pipe's buffer while running; ``status`` of a fresh state writes only at exit."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rmrun", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+    )
+    child.stdout.close()  # no reader: every write fails with EPIPE
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""
