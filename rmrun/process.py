@@ -8,6 +8,7 @@ workers, the bench workers); it is idempotent.
 from __future__ import annotations
 
 import os
+import sys
 
 WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
@@ -29,3 +30,43 @@ def configure_process() -> None:
     # processes started from this one (torchrun's workers, the bench workers). A mode the
     # user chose (e.g. COMPATIBLE, for the same results across CPU types) is kept.
     os.environ.setdefault(MKL_CBWR, MKL_CBWR_DEFAULT)
+    outlive_readers()
+
+
+def outlive_readers() -> None:
+    """A run keeps going when whoever reads its output goes away (``rmrun run ... | head``, a
+    log collector that died): from then on its stdout or stderr is discarded instead of every
+    later print failing with BrokenPipeError and stopping the training."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _ReaderMayGo):
+            setattr(sys, name, _ReaderMayGo(stream))
+
+
+class _ReaderMayGo:
+    """A text stream whose writes, once the pipe's reader is gone, go to /dev/null."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+            self._stream.flush()  # what was buffered now goes to /dev/null
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

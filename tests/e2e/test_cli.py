@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env
+from tests.helpers import child_env, small_recipe
 
 REPO = os.path.realpath(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BAD = "tests/recipes_bad"
@@ -251,3 +251,16 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path, argv):
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, stderr.decode()
     assert stderr.decode() == ""
+
+
+def test_a_run_whose_output_reader_goes_away_trains_on_to_its_export(tmp_path):
+    """``rmrun run ... | head``, or a log collector that died: the run's prints must not stop it."""
+    recipe = small_recipe(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rmrun", "run", recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env()
+    )
+    child.stdout.close()
+    _, stderr = child.communicate(timeout=600)
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    assert "Broken pipe" not in stderr.decode()
+    assert (tmp_path / "state" / "export" / "model.safetensors").exists()
