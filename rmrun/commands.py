@@ -168,7 +168,9 @@ def _os_error_line(e: OSError) -> str:
 def run(recipe_path: str, *, overrides) -> int:
     """Preflight, start the process group, run the session; its outcome becomes the exit code."""
     from rmrun.preflight import preflight
+    from rmrun.process import outlive_readers
 
+    outlive_readers()
     recipe, _, _ = preflight(recipe_path, overrides=overrides)
     from rmrun import dist
     from rmrun.data import DataError

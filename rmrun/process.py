@@ -30,13 +30,14 @@ def configure_process() -> None:
     # processes started from this one (torchrun's workers, the bench workers). A mode the
     # user chose (e.g. COMPATIBLE, for the same results across CPU types) is kept.
     os.environ.setdefault(MKL_CBWR, MKL_CBWR_DEFAULT)
-    outlive_readers()
 
 
 def outlive_readers() -> None:
     """A run keeps going when whoever reads its output goes away (``rmrun run ... | head``, a
     log collector that died): from then on its stdout or stderr is discarded instead of every
-    later print failing with BrokenPipeError and stopping the training."""
+    later print failing with BrokenPipeError and stopping the training. (Only for runs: the
+    other commands stop at a broken pipe, which ends them quietly, rather than compute what
+    nobody reads.)"""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _ReaderMayGo):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import rmrun, small_recipe
+from tests.helpers import child_env, rmrun, small_recipe
 
 TOLERANCE = 1e-5
 
@@ -247,3 +249,18 @@ def test_colossalchat_layout_round_trips_into_its_reward_model(trained):
     ours = _score(trained, trained["eval_file"], out_name="handoff.jsonl")[:8]
     expected = [line["chosen"] for line in ours] + [line["rejected"] for line in ours]
     assert theirs.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_scores_into_a_closed_pipe_end_quietly(trained):
+    """``rmrun score MODEL DATA | head``: the reader goes after a few lines; no traceback, exit 0."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rmrun", "score", trained["export"], trained["train_file"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert child.stdout.readline().startswith(b"{")  # it scored and wrote its first line
+    child.stdout.close()
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    assert "Traceback" not in stderr.decode() and "Broken pipe" not in stderr.decode()
