@@ -275,27 +275,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(["interrupted"], EXIT_FAILED)
     except BrokenPipeError:
         # The reader went away (``rmrun status | head``): nothing more to say, and no error.
-        _silence_stdout()
+        from rmrun.process import discard_output
+
+        discard_output(sys.stdout)
         return EXIT_OK
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that flushing what is still buffered cannot fail again."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-
-
 def entry() -> None:
-    from rmrun.process import configure_process
+    from rmrun.process import configure_process, discard_output
 
     configure_process()
     code = main()
     try:
         sys.stdout.flush()
     except BrokenPipeError:  # what was still buffered has no reader any more
-        _silence_stdout()
+        discard_output(sys.stdout)
     # Skip interpreter teardown of ColossalAI/torch threads after a clean close.
     sys.exit(code)
 

@@ -23,9 +23,12 @@ everywhere else. Registered with Hugging Face's ``AttentionInterface`` as :data:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from rmrun.recipe.backbone import PAIR_ATTENTION as ATTENTION  # the attn_implementation name
 
@@ -75,8 +78,6 @@ def register() -> None:
 
 def pair_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Hugging Face attention-interface function: ``(output (B, L, heads, D), None)``."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
     layout = getattr(attention_mask, _LAYOUT, None)
     if layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
@@ -117,10 +118,6 @@ def kernels_without_per_shape_plans(device: torch.device):
     """On CUDA, SDPA limited to the flash, memory-efficient and math kernels: cuDNN's attention
     builds an execution plan for every new shape, and the gathered batches change shape with
     every batch of pairs (the longest head, reply and key span). Elsewhere, no limit."""
-    import contextlib
-
     if device.type != "cuda":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

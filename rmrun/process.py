@@ -44,6 +44,14 @@ def outlive_readers() -> None:
             setattr(sys, name, _ReaderMayGo(stream))
 
 
+def discard_output(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: its reader is gone, and what is still
+    buffered (or written later) can then be flushed without failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 class _ReaderMayGo:
     """A text stream whose writes, once the pipe's reader is gone, go to /dev/null."""
 
@@ -65,9 +73,7 @@ class _ReaderMayGo:
             self._stream.flush()  # what was buffered now goes to /dev/null
 
     def _discard(self) -> None:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
+        discard_output(self._stream)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

@@ -202,8 +202,10 @@ class GraphWalk:
     def _record_pending(self, steps: list[Step]) -> None:
         """A "pending" record for each step about to run that has none yet, so that
         ``rmrun status`` shows what is left, not only what has started."""
+        if not self.ctx.rank.is_main:
+            return
         for step in steps:
-            if self.ctx.rank.is_main and self.ctx.read_record(step.name) is None:
+            if self.ctx.read_record(step.name) is None:
                 self._record(step, {"state": "pending", "attempts": 0})
 
     def run_step(self, step: Step) -> None:
