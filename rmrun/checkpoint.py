@@ -28,7 +28,8 @@ import torch
 from rmrun.collective import broadcast, gather_all
 from rmrun.faults import fault_point, restore_enabled
 from rmrun.nodecopy import node_copy
-from rmrun.store import StoreError
+from rmrun.process import ScratchFull
+from rmrun.store import StoreError, StoreUnreachable
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
 
 if TYPE_CHECKING:
@@ -169,6 +170,10 @@ class CheckpointFailed(StoreError):
     """A checkpoint was not committed because a rank could not write or upload its part."""
 
 
+class CheckpointUnreachable(CheckpointFailed, StoreUnreachable):
+    """A checkpoint was not committed because the store stopped answering a rank's upload."""
+
+
 class PendingCheckpoint:
     """A snapshot taken on this rank, its upload running in a background thread."""
 
@@ -228,6 +233,7 @@ class PendingCheckpoint:
         mine = {
             "entries": self.entries,
             "error": _describe(self.error) if self.error else None,
+            "unreachable": isinstance(self.error, StoreUnreachable),
             "snapshot_seconds": self.snapshot_seconds,
             "upload_seconds": self.upload_seconds,
         }
@@ -235,7 +241,8 @@ class PendingCheckpoint:
         failed = [(rank, report["error"]) for rank, report in enumerate(reports) if report["error"]]
         if failed:
             rank, error = failed[0]
-            raise CheckpointFailed(
+            unreachable = any(report.get("unreachable") for report in reports)
+            raise (CheckpointUnreachable if unreachable else CheckpointFailed)(
                 f"checkpoint {self.key} not committed: rank {rank} could not write its part: "
                 f"{error}; the last committed checkpoint is intact"
             ) from self.error
@@ -271,6 +278,11 @@ class PendingCheckpoint:
         self._abandoned = True
         if not self._thread.is_alive():
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _snapshot_bytes(boosted: Boosted) -> int:
+    """About what one snapshot takes: the weights, and twice them for Adam's moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in boosted.model.parameters())
 
 
 def _describe(error: BaseException) -> str:
@@ -309,7 +321,10 @@ def start_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict) 
     if attempt is None:
         return None
     rng = capture_rng()  # before the Booster's save, whatever it may draw
-    scratch = tempfile.mkdtemp(prefix="rmrun-ckpt-")
+    try:
+        scratch = tempfile.mkdtemp(prefix="rmrun-ckpt-")
+    except OSError as e:
+        raise ScratchFull.of(e, what=f"the checkpoint at step {step}", needed=_snapshot_bytes(boosted)) from None
     try:
         boosted.save(scratch)
         _write_json(scratch, f"rng/rank-{ctx.rank.rank:05d}.json", rng)
@@ -317,6 +332,11 @@ def start_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict) 
             # Constant size: the history lives in its pieces; this says how far they reach.
             _write_json(scratch, "trainer.json", dict(trainer_state, metrics=[], evals=[], history_through=step))
         fault_point("checkpoint_write", step=step, rank=ctx.rank.rank)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if ScratchFull.explains(e):  # torch's writer says only "file write failed"
+            raise ScratchFull.of(e, what=f"the checkpoint at step {step}", needed=_snapshot_bytes(boosted)) from None
+        raise
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -2,8 +2,8 @@
 
 This is the only place that calls ``sys.exit``. Exit codes (defined in
 ``rmrun.commands``): 0 done; 2 recipe, data or usage error (never retry); 3 state
-unusable, needs a human; 75 preempted after a committed checkpoint (requeue me);
-1 a bug.
+unusable, needs a human; 75 (``run.preempted_exit_code``) stopped by SIGTERM/SIGUSR1 or an
+unreachable store with nothing committed lost (requeue me); 130 stopped by Ctrl-C; 1 a bug.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from rmrun.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from rmrun.faults import FAULT_POINTS
 
 COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "report", "bench")
@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
         epilog="Exit codes: 0 done, 2 recipe, data or usage error (never retry), 3 state unusable (needs a\n"
-        "human), 75 preempted after a committed checkpoint (requeue), 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n"
+        "human), 75 stopped by SIGTERM or an unreachable store, nothing committed lost (requeue; run.preempted_exit_code),\n"
+        "130 stopped by Ctrl-C, 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n"
         + _recipe_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -117,6 +118,14 @@ def _add_scoring_commands(sub) -> None:
             help="write the JSONL (score) or the JSON report (eval) here; score defaults to stdout",
         )
         p.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (default 16)")
+        if name == "score":
+            p.add_argument(
+                "--bad-rows",
+                choices=("skip", "error"),
+                default="skip",
+                help="a malformed row: name it on stderr (file:line: why) and write an {error} line for it "
+                "in its place (skip, the default), or stop with that line and exit 2 (error)",
+            )
 
 
 def _add_report(sub) -> None:
@@ -212,9 +221,12 @@ def _use(args) -> int:
 
     if args.batch_size < 1:
         return _fail([f"--batch-size must be at least 1, got {args.batch_size}"], EXIT_USAGE)
-    command = scoring.score if args.command == "score" else scoring.evaluate
     try:
-        return command(args.model, args.data, out=args.out, batch_size=args.batch_size)
+        if args.command == "score":
+            return scoring.score(
+                args.model, args.data, out=args.out, batch_size=args.batch_size, bad_rows=args.bad_rows
+            )
+        return scoring.evaluate(args.model, args.data, out=args.out, batch_size=args.batch_size)
     except (scoring.ScoreError, DataError) as e:
         return _fail([str(e)], EXIT_USAGE)
 
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         return _fail(e.problems, EXIT_USAGE)
     except KeyboardInterrupt:
-        return _fail(["interrupted"], EXIT_FAILED)
+        return _fail(["interrupted"], EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (``rmrun status | head``): nothing more to say, and no error.
         from rmrun.process import discard_output

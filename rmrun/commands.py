@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from rmrun.recipe import RecipeError, load_recipe, make_plan
@@ -22,7 +23,10 @@ EXIT_OK = 0  # done (also: the run was already complete)
 EXIT_FAILED = 1  # a bug in rmrun: a traceback was printed
 EXIT_USAGE = 2  # recipe, data or usage error: fix the input, never retry as is
 EXIT_UNUSABLE = 3  # the state cannot be used (no checkpoint loads, disk full, read-only, lease lost): needs a human
-EXIT_PREEMPTED = 75  # preempted after a committed checkpoint: requeue the same command
+EXIT_PREEMPTED = (
+    75  # stopped by a signal or an unreachable store, nothing committed lost: requeue (run.preempted_exit_code)
+)
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT): a checkpoint was committed if training had started
 
 
 def _err(message: str) -> None:
@@ -168,35 +172,53 @@ def _os_error_line(e: OSError) -> str:
 def run(recipe_path: str, *, overrides) -> int:
     """Preflight, start the process group, run the session; its outcome becomes the exit code."""
     from rmrun.preflight import preflight
-    from rmrun.process import outlive_readers
+    from rmrun.process import STOP, ScratchFull, Stopped, outlive_readers
 
     outlive_readers()
-    recipe, _, _ = preflight(recipe_path, overrides=overrides)
+    STOP.install()
+    STOP.where = "before training started"
+    try:
+        recipe, _, _ = preflight(recipe_path, overrides=overrides)
+    except Stopped as e:
+        _err(f"{e}; exit {EXIT_PREEMPTED}: run the same command again")
+        return EXIT_PREEMPTED
     from rmrun import dist
     from rmrun.data import DataError
     from rmrun.model import ModelError
     from rmrun.runner import RunSession
-    from rmrun.store import NoValidState, StoreError
+    from rmrun.store import NoValidState, StoreError, StoreUnreachable
     from rmrun.trainer import NonFiniteLoss, Preempted
 
-    rank = dist.start(seed=recipe.run.seed)
+    requeue = recipe.run.preempted_exit_code
     try:
+        rank = dist.start(seed=recipe.run.seed)
         RunSession(recipe_path, recipe, rank=rank).run()
         return EXIT_OK
     except (DataError, ModelError, NonFiniteLoss) as e:
         _err(str(e).splitlines()[0])
         return EXIT_USAGE
-    except Preempted as e:
-        _err(str(e) + "; exit 75: run the same command again to resume")
-        return EXIT_PREEMPTED
+    except (Preempted, Stopped) as e:
+        code = EXIT_INTERRUPTED if e.signum == signal.SIGINT else requeue
+        _err(f"{e}; exit {code}: run the same command again to resume")
+        return code
+    except KeyboardInterrupt:
+        _err("interrupted twice: stopped at once, without a checkpoint; everything committed is intact")
+        return EXIT_INTERRUPTED
+    except StoreUnreachable as e:
+        _err(f"{e}; exit {requeue}: run the same command again to resume")
+        return requeue
     except NoValidState as e:
         _err(f"state unusable, needs a human: {e}")
         return EXIT_UNUSABLE
     except StoreError as e:
         _err(str(e))
         return EXIT_UNUSABLE
+    except ScratchFull as e:
+        _err(str(e))
+        return EXIT_UNUSABLE
     except OSError as e:
         _err(_os_error_line(e))
         return EXIT_UNUSABLE
     finally:
+        STOP.deferred = True  # closing is not interrupted: a signal now waits for the exit
         dist.stop()

@@ -85,12 +85,16 @@ class RunContext:
         """Stage state ``key`` under this run's lease (rank 0).
 
         A quarantined state at the same key (a corrupt checkpoint the run has since
-        recomputed) is replaced; its quarantine note is kept as a record for status.
+        recomputed) is replaced: it is moved aside (``<root>/quarantined/``, never deleted) and
+        its quarantine note is kept as a record for status, with where it went.
         """
         lease = self.held_lease
-        for note in self.store.quarantined(key):  # this key's folder alone: staging stays cheap as keys pile up
-            self.store.write_record(quarantined_record(key, note["attempt"]), note, lease=lease)
-            self.store.delete(key, lease=lease)
+        notes = self.store.quarantined(key)  # this key's folder alone: staging stays cheap as keys pile up
+        if notes:
+            where = self.store.set_aside(key, lease=lease)
+            for note in notes:
+                note = {**note, "moved_to": where}
+                self.store.write_record(quarantined_record(key, note["attempt"]), note, lease=lease)
         return self.store.stage(key, lease=lease, meta=meta)
 
     def say(self, message: str) -> None:

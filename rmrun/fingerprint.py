@@ -39,8 +39,18 @@ def versions() -> dict:
     return {name: _version(name) for name in ("rmrun", "colossalai", "torch", "transformers")}
 
 
-def run_identity(recipe: Recipe) -> dict:
-    return {"keys": result_keys(recipe), "versions": versions()}
+def run_identity(recipe: Recipe, digests: InputDigests | None = None) -> dict:
+    """What the run is: its result-changing keys (as resolved, paths included, for the
+    readers of the state), the versions it runs under, the contents of its inputs, and
+    ``fingerprint``, a digest of all of it but the input paths (moved inputs are the same run)."""
+    identity: dict = {
+        "keys": result_keys(recipe),
+        "versions": versions(),
+        "inputs": input_contents(recipe, digests or InputDigests()),
+    }
+    compared = {**identity, "keys": {k: v for k, v in identity["keys"].items() if k not in INPUT_KEYS}}
+    identity["fingerprint"] = digest(compared)
+    return identity
 
 
 def digest(data) -> str:
@@ -48,14 +58,42 @@ def digest(data) -> str:
 
 
 def changed_keys(stored: dict, current: dict) -> list[str]:
-    """Human-readable differences between two run identities."""
+    """Human-readable differences between two run identities: a key whose value changed, or
+    an input whose content did (named by its path now); an input that only moved is the same."""
+    by_content = "inputs" in stored and "inputs" in current
     out = []
     for group in ("keys", "versions"):
         old, new = stored.get(group, {}), current.get(group, {})
         for key in sorted(set(old) | set(new)):
+            if by_content and group == "keys" and key in INPUT_KEYS:
+                continue
             if old.get(key) != new.get(key):
                 out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if by_content:
+        paths = current.get("keys", {})
+        for key in INPUT_KEYS:
+            out += _changed_input(key, stored["inputs"].get(key), current["inputs"].get(key), paths.get(key))
     return out
+
+
+def _changed_input(key: str, old, new, path) -> list[str]:
+    if old == new:
+        return []
+    if isinstance(old, list) and isinstance(new, list) and isinstance(path, list):
+        if len(old) != len(new):
+            return [f"{key}: {len(old)} file(s) in the stored run, {len(new)} now"]
+        if sorted(old) == sorted(new):
+            return [f"{key}: the same files in another order (the order of the pairs is part of the run)"]
+        return [
+            f"{key}: {p}: its content differs from the file the stored run read"
+            for p, a, b in zip(path, old, new)
+            if a != b
+        ]
+    if old is None or new is None:
+        return [
+            f"{key}: {'set' if old is None else 'unset'} now, {'unset' if old is None else 'set'} in the stored run"
+        ]
+    return [f"{key}: {path}: its content differs from what the stored run read"]
 
 
 def file_digest(url: str, hasher=None) -> str:
@@ -68,19 +106,96 @@ def file_digest(url: str, hasher=None) -> str:
     return hasher.hexdigest()
 
 
-def directory_digest(path: str) -> str:
-    """Hash of a local directory's files (a tokenizer), or of the name for a hub id."""
-    hasher = hashlib.sha256()
-    if not os.path.isdir(path):
-        hasher.update(path.encode())
-        return hasher.hexdigest()
-    for root, _, files in sorted(os.walk(path)):
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            hasher.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                hasher.update(f.read())
-    return hasher.hexdigest()
+# What a backend's file listing says about a file's version, most specific first: a
+# remote file whose stamp and size are unchanged is not read again.
+_REMOTE_STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "checksum", "LastModified", "mtime", "updated")
+
+
+class InputDigests:
+    """Content digests (sha256) of the files a run reads, each computed once per version.
+
+    A run is what its inputs contain, wherever they live: the identity and the tokenized
+    data's key hold these digests, not paths. A file is read in full only when its version
+    stamp is new (local: size and mtime; remote: size and the store's ETag or checksum);
+    ``cache`` maps stamps to digests and is kept in the state (``records/input-digests``),
+    so a start does not re-read terabytes of data or weights it has hashed before.
+    """
+
+    def __init__(self, cache: dict | None = None):
+        self.cache = dict(cache or {})
+        self.used: dict[str, str] = {}
+
+    def file(self, url: str) -> str:
+        stamp = _stamp(url)
+        digest_ = (self.used.get(stamp) or self.cache.get(stamp)) if stamp else None
+        if digest_ is None:
+            digest_ = _file_digest(url)
+        if stamp:
+            self.used[stamp] = digest_
+        return digest_
+
+    def path(self, path: str) -> str:
+        """A file's digest, a directory's (its files' names and digests), or, for a name
+        that is neither (a hub id), the name."""
+        if "://" in path or os.path.isfile(path):
+            return self.file(path)
+        if not os.path.isdir(path):
+            return digest({"name": path})
+        files = {}
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                files[os.path.relpath(full, path).replace(os.sep, "/")] = self.file(full)
+        return digest(files)
+
+    def record(self) -> dict:
+        """The cache to store: the stamps this start used (older versions are dropped)."""
+        return dict(sorted(self.used.items()))
+
+
+def _stamp(url: str) -> str | None:
+    """A string that changes whenever the file at ``url`` may have changed; None when the
+    store tells nothing reliable (the file is then hashed every time)."""
+    if "://" not in url or url.startswith("file://"):
+        path = os.path.abspath(url.split("://", 1)[-1])
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - no stamp: the read that follows reports the real error
+        return None
+    for name in _REMOTE_STAMPS:
+        if info.get(name):
+            return f"{url}|{info.get('size')}|{name}={info[name]}"
+    return None
+
+
+# Recipe keys that name inputs: the identity compares their contents, not their paths.
+INPUT_KEYS = ("data.train", "data.eval", "data.chat_template", "model.pretrain", "model.tokenizer")
+
+
+def input_contents(recipe: Recipe, digests: InputDigests) -> dict:
+    """{recipe key: content digest (a list for a list of files)} of the inputs a recipe names."""
+    out: dict = {
+        "data.train": [digests.file(u) for u in recipe.data.train],
+        "data.eval": [digests.file(u) for u in recipe.data.eval],
+        "model.pretrain": digests.path(recipe.model.pretrain),
+        "model.tokenizer": digests.path(recipe.model.tokenizer) if recipe.model.tokenizer else None,
+    }
+    template = recipe.data.chat_template
+    out["data.chat_template"] = _template_digest(template, digests) if template is not None else None
+    return out
+
+
+def _template_digest(chat_template: str, digests: InputDigests) -> str:
+    return digest({"text": chat_template}) if is_template_text(chat_template) else digests.file(chat_template)
 
 
 def _file_digest(url: str) -> str:
@@ -94,32 +209,27 @@ def _file_digest(url: str) -> str:
         raise DataError(f"{url}: cannot read: {e}") from None
 
 
-def data_fingerprint(data: DataSection, model: ModelSection) -> str:
+def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:
     from rmrun.recipe.backbone import backbone_family
 
+    digests = digests or InputDigests()
     return digest(
         {
-            "train": [_file_digest(u) for u in data.train],
-            "eval": [_file_digest(u) for u in data.eval],
+            "train": [digests.file(u) for u in data.train],
+            "eval": [digests.file(u) for u in data.eval],
             "format": data.format,
             # How rendered text becomes ids; a new rule must not reuse data tokenized by an old one.
             "rule": "scored-text-2",
             "max_length": data.max_length,
             "overflow": data.overflow,
             "bad_rows": data.bad_rows,
-            "template": _template_digest(data.chat_template),
-            "tokenizer": directory_digest(model.tokenizer or model.pretrain),
+            "template": _template_digest(data.chat_template, digests) if data.chat_template else None,
+            "tokenizer": digests.path(model.tokenizer or model.pretrain),
             "family": backbone_family(model.pretrain),
         }
     )
 
 
-def _template_digest(chat_template: str | None) -> str | None:
-    if chat_template is None:
-        return None
-    return digest({"text": chat_template}) if is_template_text(chat_template) else _file_digest(chat_template)
-
-
-def tokenize_key(data: DataSection, model: ModelSection) -> str:
+def tokenize_key(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:
     """The state key of the tokenized data set."""
-    return keys.tokenize_key(data_fingerprint(data, model))
+    return keys.tokenize_key(data_fingerprint(data, model, digests))

@@ -8,7 +8,6 @@ three a run uses, in the order they run, and closes them.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -21,18 +20,7 @@ from rmrun.trainer import Hook, Preempted, Trainer
 if TYPE_CHECKING:
     from rmrun.checkpoint import PendingCheckpoint
     from rmrun.context import RunContext
-
-
-class StopSignal:
-    """SIGTERM / SIGUSR1 only set a flag; the loop acts on it at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
+    from rmrun.process import StopSignals
 
 
 class LogHook:
@@ -194,7 +182,7 @@ class CheckpointHook:
         every: int | None,
         seconds: float | None,
         keep: int,
-        stop: StopSignal,
+        stop: StopSignals,
         background: bool = False,
         stop_budget_seconds: float | None = None,
     ):
@@ -216,7 +204,7 @@ class CheckpointHook:
         by_time = self.ctx.rank.is_main and self.seconds is not None and time.monotonic() - self.last >= self.seconds
         uploading = self.pending is not None and self.pending.uploading()
         # rank 0 decides time; any rank's signal counts; an upload is over when every rank's is
-        by_time, stop, uploading = any_flag(by_time, self.stop.requested, uploading)
+        by_time, stop, uploading = any_flag(by_time, self.stop.requested is not None, uploading)
         if self.pending is not None and not uploading:
             self.finish_pending()
         due = boundary or by_time or stop or (self.every is not None and step % self.every == 0)
@@ -227,7 +215,7 @@ class CheckpointHook:
             if boundary or stop or not self.background:
                 self._finish(quiet=True)
         if stop:
-            raise Preempted(f"stopped by signal after committing the checkpoint at step {step}")
+            raise Preempted(self.stop.requested, step=step)
 
     def finish_pending(self) -> None:
         """All ranks: wait for the checkpoint in flight, if any, and commit it."""

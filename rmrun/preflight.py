@@ -3,13 +3,14 @@
 The static checks live in the recipe layer (``rmrun.recipe.validate``); the ones
 here need the environment: the world (process count, CUDA), the URL protocols fsspec
 knows and whose package is installed, locations that exist and can be written (a tiny
-create/delete probe), and the training data itself (rows counted after skipping bad
-ones, against the batch size). As the style asks, two phases: the recipe's own
+create/delete probe), the chat template (compiled as the run compiles it), LoRA target
+modules (against the layer names of the local model's type), and the training data itself
+(rows counted after skipping bad ones, against the batch size and the warmup). As the style asks, two phases: the recipe's own
 problems first (all of them), then, on a recipe that decodes and is consistent, every
 problem found here, collected and raised at once as a :class:`RecipeError`, one line
 each, ``file: [section].key: message`` (a data row names its ``file:line``).
 
-This module imports fsspec and the data readers (no torch).
+This module imports fsspec, jinja2 and the data readers (no torch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import posixpath
 import secrets
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
+from rmrun.recipe.plan import warmup_problem
 from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
 from rmrun.recipe.validate import URL_RE, model_parallel_size
 
@@ -151,26 +153,50 @@ def input_problems(recipe: Recipe) -> list[str]:
     ]
     if not problems:
         problems += backbone_problems(recipe)
-    return problems
+    return problems + template_problems(recipe)
+
+
+def template_problems(recipe: Recipe) -> list[str]:
+    """The chat template (inline, or a local file) loads and compiles as the run will load it:
+    a Jinja syntax error is one line naming its template line. A remote file is read at run."""
+    from rmrun.data.pairs import DataError
+    from rmrun.data.template import load_chat_template
+
+    source = recipe.data.chat_template
+    if not source or not source.strip():
+        return []  # absent, or empty (reported by the recipe's own checks)
+    if not is_template_text(source) and ("://" in source or not os.path.isfile(source)):
+        return []  # remote: read at run; missing: reported above
+    try:
+        load_chat_template(source)
+    except DataError as e:
+        line = str(e).splitlines()[0]
+        return [line if line.startswith("[data].chat_template") else f"[data].chat_template: {line}"]
+    return []
 
 
 def backbone_problems(recipe: Recipe) -> list[str]:
     """A local model whose type rmrun cannot read a reward from is refused before anything loads."""
-    from rmrun.recipe.backbone import BackboneError, backbone_family, shared_prompt_problem
+    from rmrun.recipe.backbone import BackboneError, backbone_family, lora_target_problem, shared_prompt_problem
 
     try:
         family = backbone_family(recipe.model.pretrain)
     except BackboneError as e:
         return [f"[model].pretrain: {e}"]
-    sharing = shared_prompt_problem(recipe.data, recipe.model, recipe.plugin)
-    if sharing:
-        return [sharing]
+    problems = [
+        problem
+        for problem in (
+            shared_prompt_problem(recipe.data, recipe.model, recipe.plugin),
+            lora_target_problem(recipe.model),
+        )
+        if problem
+    ]
     if recipe.output.colossalchat and family == "encoder":
-        return [
+        problems.append(
             "[output].colossalchat: ColossalChat's RewardModel reads the reward at a decoder's last token; "
             f"{recipe.model.pretrain} is an encoder (set colossalchat = false)"
-        ]
-    return []
+        )
+    return problems
 
 
 def count_pairs(recipe: Recipe, urls) -> tuple[int, int]:
@@ -212,6 +238,8 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
             f"{s.batch_size} x accumulation_steps {s.accumulation_steps} x {dp_size} data-parallel "
             f"ranks) but the training set has {num_pairs}"
         )
+    elif num_pairs and (warmup := warmup_problem(recipe, world_size=world.size, num_pairs=num_pairs)):
+        problems.append(warmup)
     return problems, num_pairs
 
 

@@ -77,3 +77,112 @@ class _ReaderMayGo:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+# --------------------------------------------------------------------------- stop signals
+
+
+class Stopped(Exception):
+    """A stop signal was acted on outside the training loop (before training had anything
+    to save, or after it): what is committed is intact and the same command resumes."""
+
+    def __init__(self, signum: int, where: str):
+        self.signum = signum
+        super().__init__(f"stopped by {signal_name(signum)} {where}; everything committed is intact")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) are requests to stop, each with one contract.
+
+    Inside the training loop (``deferred``) a request only sets ``requested``; the loop
+    commits a checkpoint at the next step boundary and stops (rmrun.hooks). Anywhere else
+    a request raises :class:`Stopped` at once: before training there is nothing to save,
+    after it every finished step is committed. A second SIGINT while the first is being
+    acted on raises KeyboardInterrupt: stop now, without a checkpoint.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self) -> None:
+        self.requested: int | None = None  # the first stop signal received
+        self.deferred = False
+        self.where = "before training had a checkpoint to save"
+
+    def install(self) -> None:
+        import signal
+
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.requested is None:
+            self.requested = signum
+        if not self.deferred:
+            raise Stopped(self.requested, self.where)
+
+    def defer(self) -> None:
+        """From here on a request waits for the training loop to act on it."""
+        self.deferred = True
+
+    def undefer(self, *, where: str) -> None:
+        """A request now stops at once (one already received is acted on here)."""
+        self.deferred = False
+        self.where = where
+        if self.requested is not None:
+            raise Stopped(self.requested, where)
+
+
+STOP = StopSignals()
+
+
+# --------------------------------------------------------------------------- local scratch
+
+
+class ScratchFull(OSError):
+    """Node-local scratch (``TMPDIR``) could not hold what a run writes there (a checkpoint's
+    snapshot, a state read once per node): one line naming the folder and the space needed."""
+
+    @classmethod
+    def explains(cls, error: BaseException) -> bool:
+        """Whether ``error`` says the local disk is full or cannot be written."""
+        import errno
+
+        if isinstance(error, OSError):
+            return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+        text = str(error)
+        return "file write failed" in text or "No space left" in text or "unexpected pos" in text
+
+    @classmethod
+    def of(cls, error: BaseException, *, what: str, needed: int) -> ScratchFull:
+        import errno
+        import shutil
+        import tempfile
+
+        folder = tempfile.gettempdir()
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        cause = (getattr(error, "strerror", None) or str(error)).strip().splitlines()[:1]
+        return cls(
+            errno.ENOSPC,
+            f"local scratch {folder} (TMPDIR) cannot hold {what}: it needs about {needed / 2**20:,.0f} MiB "
+            f"({free}; {cause[0] if cause else type(error).__name__}); the last committed checkpoint is intact: "
+            "point TMPDIR at a disk with room (or free it) and run the same command again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rmrun.collective import broadcast
 from rmrun.context import HANDOFFS, RunContext
@@ -26,7 +27,11 @@ from rmrun.graph import GraphError, Step, build_graph, pending_steps, step_funct
 from rmrun.recipe import RecipeError, environment_problems
 from rmrun.recipe.schema import Recipe
 from rmrun.store import Lease, StateStore
-from rmrun.store.keys import IDENTITY_KEY, LEASE_HOLDER_RECORD, PLAN_RECORD, RECIPE_RECORD
+
+if TYPE_CHECKING:
+    from rmrun.fingerprint import InputDigests
+
+from rmrun.store.keys import IDENTITY_KEY, INPUT_DIGESTS_RECORD, LEASE_HOLDER_RECORD, PLAN_RECORD, RECIPE_RECORD
 
 
 class RunSession:
@@ -39,6 +44,7 @@ class RunSession:
         self.store: StateStore | None = None
         self.lease: Lease | None = None  # rank 0, once taken
         self.ctx: RunContext | None = None
+        self.digests: InputDigests | None = None  # rank 0: the inputs' content digests, once per start
 
     def run(self) -> None:
         """Run what is not done yet; close everything on every path."""
@@ -84,10 +90,11 @@ class RunSession:
 
     def _open(self) -> RunContext:
         """Take the lease (rank 0) and record who holds it and the recipe as written."""
-        store = self.store = StateStore(self.recipe.state_url)
+        store = self.store = StateStore(self.recipe.state_url, retry_seconds=self.recipe.run.store_retry_seconds)
         with open(self.recipe_path) as f:
             text = f.read()
         if self.rank.is_main:
+            store.check_formats()  # before the first write: a newer rmrun's state is left as it is
             holder = f"{os.uname().nodename}:{os.getpid()}"
             lease = self.lease = store.acquire_lease(holder=holder)
             store.write_record(
@@ -102,11 +109,8 @@ class RunSession:
                 {"name": self.recipe.run.name, "path": os.path.abspath(self.recipe_path), "text": text},
                 lease=lease,
             )
-        broadcast(None)  # the other ranks start once the lease is held
-        from rmrun.fingerprint import digest, run_identity
-
-        identity = run_identity(self.recipe)
-        identity["fingerprint"] = digest(identity)
+        # The identity holds the inputs' contents: rank 0 reads what it has not hashed before.
+        identity = broadcast(self._identity(store) if self.rank.is_main else None)
         return RunContext(
             store=store,
             lease=self.lease,
@@ -117,9 +121,16 @@ class RunSession:
             recipe=self.recipe,
         )
 
+    def _identity(self, store: StateStore) -> dict:
+        from rmrun.fingerprint import InputDigests, run_identity
+
+        self.digests = InputDigests(store.read_record(INPUT_DIGESTS_RECORD))
+        return run_identity(self.recipe, self.digests)
+
     def _check_identity(self, ctx: RunContext) -> None:
         """Refuse to resume under a recipe whose result-changing keys differ."""
         from rmrun.fingerprint import changed_keys
+        from rmrun.recipe.schema import fresh_run_hint
 
         problem = None
         if ctx.rank.is_main:
@@ -133,8 +144,9 @@ class RunSession:
                 changes = changed_keys(stored, ctx.identity)
                 if changes:
                     problem = (
-                        f"{self.recipe_path}: cannot resume the run in {ctx.store.root}: result-changing keys "
-                        f"differ from the stored run ({'; '.join(changes)}); use a new run.name or run.state"
+                        f"{self.recipe_path}: cannot resume the run in {ctx.store.root}: what it computes "
+                        f"differs from the stored run ({'; '.join(changes)}); undo the change to resume, or "
+                        f"{fresh_run_hint(self.recipe)} to start afresh"
                     )
         problem = broadcast(problem)
         if problem:
@@ -146,7 +158,13 @@ class RunSession:
         from rmrun.fingerprint import tokenize_key
 
         recipe = self.recipe
-        key = broadcast(tokenize_key(recipe.data, recipe.model) if ctx.rank.is_main else None)
+        key = None
+        if ctx.rank.is_main:
+            assert self.digests is not None  # set by _open on rank 0
+            key = tokenize_key(recipe.data, recipe.model, self.digests)
+            if self.digests.record() != self.digests.cache:
+                ctx.store.write_record(INPUT_DIGESTS_RECORD, self.digests.record(), lease=ctx.held_lease)
+        key = broadcast(key)
         # The number of epochs depends on the pair count only through max_steps; the
         # stored plan (when there is one) has it, else the recipe's max_epochs.
         stored = ctx.store.read_record(PLAN_RECORD)
@@ -209,6 +227,9 @@ class GraphWalk:
                 self._record(step, {"state": "pending", "attempts": 0})
 
     def run_step(self, step: Step) -> None:
+        from rmrun.process import STOP
+
+        STOP.where = f"in step {step.name}"
         attempts = self._attempts(step)
         self._record(step, {"state": "running", "attempts": attempts, "started": time.time()})
         try:

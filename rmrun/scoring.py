@@ -29,31 +29,44 @@ CALIBRATION_BINS = 10
 
 @dataclass(frozen=True)
 class Row:
-    """One input row: a preference pair, or a single response (``single``: chosen is that response)."""
+    """One input row: a preference pair, or a single response (``single``: chosen is that response),
+    or a bad row skipped with ``--bad-rows skip`` (``pair`` None, ``error`` says why)."""
 
-    pair: object  # PreferencePair
+    pair: object | None  # PreferencePair
     single: bool
     source: str
     subset: str | None
     row_id: object
+    error: str | None = None
 
 
-def read_rows(urls, *, format: str) -> list[Row]:
-    """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, others
-    pairwise), and single responses: ``{"prompt": ..., "response": "..."}``."""
+BAD_ROW_POLICIES = ("skip", "error")
+
+
+def read_rows(urls, *, format: str, bad_rows: str = "error") -> list[Row]:
+    """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, HH-RLHF
+    transcripts hh's, others pairwise), and single responses: ``{"prompt": ..., "response": "..."}``.
+
+    A bad row raises DataError (``bad_rows="error"``) or, with ``"skip"``, stays in the list as a
+    Row with its ``error``, so the output still has one line per input row.
+    """
     from rmrun.data.formats import _iter_raw_rows
     from rmrun.data.pairs import DataError, Message, PreferencePair, _BadRow
-    from rmrun.data.rows import _check_prompt_roles, _parse_colossalchat_row, _parse_messages, _parse_pairwise_row
+    from rmrun.data.rows import _ROW_PARSERS, _check_prompt_roles, _parse_messages
 
+    if bad_rows not in BAD_ROW_POLICIES:
+        raise ValueError(f"unknown bad_rows policy {bad_rows!r}; expected one of {', '.join(BAD_ROW_POLICIES)}")
     rows = []
     for url in urls:
         for source, raw in _iter_raw_rows(url):
+            subset, row_id = _subset_and_id(raw)
             try:
                 if isinstance(raw, _BadRow):
                     raise raw
                 if not isinstance(raw, dict):
                     raise _BadRow("not an object", f"expected a JSON object, got {type(raw).__name__}")
-                if "response" in raw and "chosen" not in raw:
+                kind = _row_kind(raw, format=format)
+                if kind == "single":
                     prompt = raw.get("prompt", "")
                     response = raw["response"]
                     if not isinstance(response, str) or not response:
@@ -66,17 +79,48 @@ def read_rows(urls, *, format: str) -> list[Row]:
                     _check_prompt_roles(messages, field="prompt", allow_empty=True)
                     side = (Message("assistant", response),)
                     pair, single = PreferencePair(prompt=messages, chosen=side, rejected=side, source=source), True
-                elif "context" in raw or (format == "colossalchat" and "prompt" not in raw):
-                    pair, single = _parse_colossalchat_row(raw, source=source), False
                 else:
-                    pair, single = _parse_pairwise_row(raw, source=source), False
+                    pair, single = _ROW_PARSERS[kind](raw, source=source), False
             except _BadRow as bad:
-                raise DataError(f"{source}: {bad.detail}") from None
-            subset = next((str(raw[k]) for k in SUBSET_KEYS if raw.get(k) is not None), None)
-            rows.append(Row(pair=pair, single=single, source=source, subset=subset, row_id=raw.get("id")))
+                if bad_rows == "error":
+                    raise DataError(f"{source}: {bad.detail}") from None
+                rows.append(Row(pair=None, single=False, source=source, subset=subset, row_id=row_id, error=bad.detail))
+                continue
+            rows.append(Row(pair=pair, single=single, source=source, subset=subset, row_id=row_id))
     if not rows:
         raise ScoreError(f"{', '.join(urls)}: no rows")
+    if all(row.error is not None for row in rows):
+        raise ScoreError(f"{', '.join(urls)}: no row could be scored; the first: {rows[0].source}: {rows[0].error}")
     return rows
+
+
+def _row_kind(raw: dict, *, format: str) -> str:
+    """Which parser reads a row: "single", or a ``[data].format`` name.
+
+    Rows of another format than the export's are recognised by their shape, except that
+    HH-shaped rows stay pairwise for a model trained with ``format = "pairwise"``: it read
+    them as plain-text responses, and scoring renders text exactly as in training.
+    """
+    from rmrun.data.rows import is_hh_row
+
+    if "response" in raw and "chosen" not in raw:
+        return "single"
+    if "context" in raw:
+        return "colossalchat"
+    if format != "pairwise" and is_hh_row(raw):
+        return "hh"
+    if format == "hh" and "prompt" not in raw and isinstance(raw.get("chosen"), str):
+        return "hh"  # a malformed transcript: the hh parser says what is wrong with it
+    if format == "colossalchat" and "prompt" not in raw:
+        return "colossalchat"
+    return "pairwise"
+
+
+def _subset_and_id(raw) -> tuple[str | None, object]:
+    if not isinstance(raw, dict):
+        return None, None
+    subset = next((str(raw[k]) for k in SUBSET_KEYS if raw.get(k) is not None), None)
+    return subset, raw.get("id")
 
 
 # ------------------------------------------------------------------ scoring
@@ -94,7 +138,8 @@ def score_rows(
     from rmrun.data import tokenize_pairs
 
     data = export.contract["data"]
-    mine = _shard(len(rows), rank=rank, world_size=world_size)
+    shard = _shard(len(rows), rank=rank, world_size=world_size)
+    mine = np.array([i for i in shard if rows[i].pair is not None], dtype=np.int64)  # bad rows have no pair
     tokenized = tokenize_pairs(
         [rows[i].pair for i in mine],
         export.tokenizer,
@@ -152,7 +197,9 @@ def score_lines(rows: list[Row], scores: dict) -> list[dict]:
             record["id"] = row.row_id
         if row.subset is not None:
             record["subset"] = row.subset
-        if i not in scores:
+        if row.error is not None:
+            record["error"] = row.error
+        elif i not in scores:
             record["dropped"] = 'longer than max_length (overflow = "drop")'
         elif row.single:
             record["reward"] = scores[i][0]
@@ -183,7 +230,7 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     losses = pair_losses(loss["name"], chosen, rejected, margin=loss["margin"])
     report: dict[str, Any] = {
         "pairs": len(kept),
-        "dropped": sum(1 for i, r in enumerate(rows) if i not in scores),
+        "dropped": sum(1 for i, r in enumerate(rows) if i not in scores and r.error is None),
         **metrics_from_sums(pair_sums(chosen, rejected, losses)),
     }
     report["ties"] = int((chosen == rejected).sum())
@@ -306,13 +353,18 @@ def _finish(world_size: int) -> None:
         dist.stop()
 
 
-def _score_everything(model: str, data: list[str], *, batch_size: int, then) -> int:
+def _score_everything(model: str, data: list[str], *, batch_size: int, bad_rows: str, then) -> int:
     """Open the export, score this rank's shard of the rows, and call ``then(export, rows,
-    scores)`` on rank 0 with every rank's scores; the process group is closed on every path."""
+    scores)`` on rank 0 with every rank's scores; the process group is closed on every path.
+    Rank 0 names each skipped bad row on stderr, one line each."""
     rank, world_size, device = _world()
     try:
         export = open_export(model, device=device)
-        rows = read_rows(data, format=export.contract["data"]["format"])
+        rows = read_rows(data, format=export.contract["data"]["format"], bad_rows=bad_rows)
+        if rank == 0:
+            for row in rows:
+                if row.error is not None:
+                    print(f"{row.source}: {row.error} (skipped)", file=sys.stderr)
         scores = score_rows(
             export,
             rows,
@@ -329,13 +381,18 @@ def _score_everything(model: str, data: list[str], *, batch_size: int, then) -> 
     return 0
 
 
-def score(model: str, data: list[str], *, out: str | None, batch_size: int) -> int:
+def score(model: str, data: list[str], *, out: str | None, batch_size: int, bad_rows: str = "skip") -> int:
+    """One JSON line per input row; a bad row is named on stderr and, with ``bad_rows="skip"``,
+    written as a line with its ``error`` instead of rewards (``"error"``: the first one stops it)."""
+
     def write_lines(export, rows, scores):
         _write("".join(json.dumps(line) + "\n" for line in score_lines(rows, scores)), out)
         if out not in (None, "-"):
-            print(f"scored {len(scores)} of {len(rows)} rows; wrote {out}", file=sys.stderr)
+            skipped = sum(1 for row in rows if row.error is not None)
+            bad = f", skipped {skipped} bad" if skipped else ""
+            print(f"scored {len(scores)} of {len(rows)} rows{bad}; wrote {out}", file=sys.stderr)
 
-    return _score_everything(model, data, batch_size=batch_size, then=write_lines)
+    return _score_everything(model, data, batch_size=batch_size, bad_rows=bad_rows, then=write_lines)
 
 
 def evaluate(model: str, data: list[str], *, out: str | None, batch_size: int) -> int:
@@ -346,7 +403,7 @@ def evaluate(model: str, data: list[str], *, out: str | None, batch_size: int) -
         if out is not None:
             _write(json.dumps(report, indent=2, default=_json_default) + "\n", out)
 
-    return _score_everything(model, data, batch_size=batch_size, then=write_report)
+    return _score_everything(model, data, batch_size=batch_size, bad_rows="error", then=write_report)
 
 
 def _json_default(value):

@@ -54,7 +54,16 @@ def longer_wins_credit(lengths: np.ndarray) -> float:
 
 
 class Preempted(Exception):
-    """A stop signal was honoured after a committed checkpoint; the run can be requeued."""
+    """A stop signal was honoured after a committed checkpoint; the run can be requeued.
+    ``signum``: the signal this process received (None when another rank's did)."""
+
+    def __init__(self, signum: int | None, *, step: int):
+        from rmrun.process import signal_name
+
+        self.signum = signum
+        self.step = step
+        what = signal_name(signum) if signum is not None else "a stop signal"
+        super().__init__(f"stopped by {what} after committing the checkpoint at step {step}")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -73,3 +73,15 @@ def small_recipe(tmp_path, *, train_pairs: int = 64, eval_pairs: int = 16, extra
     """A quickstart-based recipe on a slice of the data, state and export under tmp_path."""
     body = f'[log]\nprogress = "lines"\n{extra}'
     return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=train_pairs, eval_pairs=eval_pairs, body=body)
+
+
+def recipe_problems(path: str, *, overrides=()) -> list[str]:
+    """The problem lines ``load_recipe`` refuses ``path`` with (fails the test if it loads)."""
+    from rmrun.recipe import RecipeError, load_recipe
+
+    try:
+        load_recipe(path, overrides=overrides)
+    except RecipeError as error:
+        assert str(error) == "\n".join(error.problems)
+        return error.problems
+    raise AssertionError(f"{path} loaded without a problem")

@@ -21,7 +21,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rmrun.commands import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE  # noqa: F401  (defined once)
+from rmrun.commands import (  # noqa: F401  (defined once)
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_UNUSABLE,
+    EXIT_USAGE,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "tests" / "assets" / "resume.toml"
@@ -284,10 +291,21 @@ class Harness:
         ]
 
     def start(
-        self, run: RunDirs, *, faults: str | None = None, trace: str | None = None, nproc: int | None = None, sets=()
+        self,
+        run: RunDirs,
+        *,
+        faults: str | None = None,
+        trace: str | None = None,
+        nproc: int | None = None,
+        sets=(),
+        env: dict | None = None,
     ) -> Child:
+        """``env``: variables to set in the run's environment beyond the harness's own."""
         return Child(
-            self.argv(run, nproc=nproc, sets=sets), self.env(faults=faults, trace=trace), self.cwd, faults or ""
+            self.argv(run, nproc=nproc, sets=sets),
+            {**self.env(faults=faults, trace=trace), **(env or {})},
+            self.cwd,
+            faults or "",
         )
 
     def run(
@@ -299,9 +317,10 @@ class Harness:
         nproc: int | None = None,
         sets=(),
         expect: int | str | None = None,
+        env: dict | None = None,
     ) -> Result:
         """Run to the end. ``expect``: an exit code, "killed" (a fault's SIGKILL) or None."""
-        result = self.start(run, faults=faults, trace=trace, nproc=nproc, sets=sets).wait()
+        result = self.start(run, faults=faults, trace=trace, nproc=nproc, sets=sets, env=env).wait()
         if expect == "killed":
             assert_killed(result, nproc or run.config.nproc)
         elif expect is not None:

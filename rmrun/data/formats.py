@@ -1,12 +1,15 @@
 """Reading preference data (chosen/rejected pairs) from JSONL, JSON and Parquet files.
 
-Two row formats are understood:
+Three row formats are understood:
 
 * ``colossalchat``: ``{"context": [{"from", "content"}, ...], "chosen": [...], "rejected": [...]}``
   as produced by ColossalChat's preference-data preparation.
 * ``pairwise``: TRL's preference formats: plain text ``{"prompt", "chosen", "rejected"}``,
   conversational (lists of ``{"role", "content"}`` messages), and the implicit-prompt form
   without ``"prompt"``.
+* ``hh``: Anthropic's HH-RLHF ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}``:
+  whole transcripts that share every turn before their last Assistant turn (the prompt); that
+  last turn is each side's response.
 
 Every rejected row is reported with ``file:line`` (JSONL), ``file:item N`` (JSON array, 0-based)
 or ``file:row N`` (Parquet, 0-based) so the user can find it; nothing is dropped silently.
@@ -43,7 +46,7 @@ __all__ = [
     "read_pairs",
 ]
 
-FORMATS = ("colossalchat", "pairwise")
+FORMATS = ("colossalchat", "pairwise", "hh")
 BAD_ROW_POLICIES = ("error", "skip")
 
 # Compression suffixes fsspec can undo on the fly ("compression='infer'").

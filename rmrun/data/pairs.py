@@ -22,6 +22,8 @@ WRONG_TYPE = "wrong type"
 EMPTY_RESPONSE = "empty response"
 BAD_ROLES = "bad roles"
 IDENTICAL_RESPONSES = "chosen identical to rejected"
+NOT_A_TRANSCRIPT = "not an HH transcript"
+DIFFERENT_PROMPTS = "different prompts"
 
 
 class DataError(ValueError):

@@ -1,17 +1,20 @@
-"""Rows to preference pairs: the ``colossalchat`` and ``pairwise`` row formats, and the
+"""Rows to preference pairs: the ``colossalchat``, ``pairwise`` and ``hh`` row formats, and the
 checks every pair passes (roles alternate, responses not empty, chosen differs from rejected).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rmrun.data.pairs import (
     BAD_ROLES,
+    DIFFERENT_PROMPTS,
     EMPTY_RESPONSE,
     IDENTICAL_RESPONSES,
     MISSING_KEY,
+    NOT_A_TRANSCRIPT,
     NOT_AN_OBJECT,
     ROLES,
     WRONG_TYPE,
@@ -85,9 +88,74 @@ def _common_prefix_length(first: Sequence[Message], second: Sequence[Message]) -
     return length
 
 
+# Anthropic HH-RLHF: a turn starts at a blank line followed by its speaker. "Human:" inside a
+# line of text, or after a single newline, is part of the text.
+HH_START = "\n\nHuman:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _parse_hh_row(row: Any, *, source: str) -> PreferencePair:
+    """Anthropic HH-RLHF: ``{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}``.
+
+    Both transcripts hold the whole conversation; they must agree up to their last Assistant
+    turn, which is the prompt, and the last Assistant turn of each is its response.
+    """
+    row = _require_object(row)
+    chosen = _parse_hh_transcript(_require_key(row, "chosen"), field="chosen")
+    rejected = _parse_hh_transcript(_require_key(row, "rejected"), field="rejected")
+    prompt, rejected_prompt = chosen[:-1], rejected[:-1]
+    if prompt != rejected_prompt:
+        turn = 1 + _common_prefix_length(prompt, rejected_prompt)
+        raise _BadRow(
+            DIFFERENT_PROMPTS,
+            f'"chosen" and "rejected" differ at turn {turn}, before their last Assistant turn; '
+            "an hh row's two transcripts must share the conversation up to it",
+        )
+    return _checked_pair(
+        prompt, chosen[-1:], rejected[-1:], source=source, prompt_field="prompt", allow_empty_prompt=False
+    )
+
+
+def _parse_hh_transcript(value: Any, *, field: str) -> tuple[Message, ...]:
+    """Turns of one transcript: the single space after each speaker's colon is dropped, the
+    rest of the text is kept exactly; Human and Assistant alternate and Assistant ends it."""
+    text = _require_str(value, field=field)
+    if not text.strip():
+        raise _BadRow(EMPTY_RESPONSE, f'"{field}" is empty')
+    pieces = _HH_TURN.split(text)  # ["", speaker, text, speaker, text, ...] when text starts with a turn
+    if pieces[0]:
+        raise _BadRow(NOT_A_TRANSCRIPT, f'"{field}" must start with "\\n\\nHuman:" (it starts {text[:20]!r})')
+    messages = []
+    for number, (speaker, content) in enumerate(zip(pieces[1::2], pieces[2::2]), start=1):
+        expected = "Human" if number % 2 == 1 else "Assistant"
+        if speaker != expected:
+            raise _BadRow(
+                BAD_ROLES, f'"{field}": turn {number} is {speaker}, expected {expected} (Human and Assistant alternate)'
+            )
+        messages.append(Message(_HH_ROLES[speaker], content.removeprefix(" ")))
+    if len(messages) < 2:
+        raise _BadRow(BAD_ROLES, f'"{field}" has no Assistant turn')
+    if messages[-1].role != "assistant":
+        raise _BadRow(BAD_ROLES, f'"{field}" must end with an Assistant turn, not a Human one')
+    if not messages[-1].content.strip():
+        raise _BadRow(EMPTY_RESPONSE, f'"{field}": the last Assistant turn is empty')
+    return tuple(messages)
+
+
+def is_hh_row(row: Any) -> bool:
+    """Whether a row has the shape of an HH-RLHF row: string transcripts starting with a Human turn."""
+    return (
+        isinstance(row, dict)
+        and "prompt" not in row
+        and all(isinstance(row.get(key), str) and row[key].startswith(HH_START) for key in ("chosen", "rejected"))
+    )
+
+
 _ROW_PARSERS: dict[str, Callable[..., PreferencePair]] = {
     "colossalchat": _parse_colossalchat_row,
     "pairwise": _parse_pairwise_row,
+    "hh": _parse_hh_row,
 }
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import fsspec
 import jinja2
+import jinja2.ext
+import jinja2.nodes
 
 from rmrun.data.pairs import DataError, Message
 from rmrun.recipe.schema import is_template_text
@@ -105,13 +107,35 @@ def _optional_nonempty_str(document: dict, key: str, *, path: str) -> str | None
     return value or None
 
 
+class _GenerationTag(jinja2.ext.Extension):
+    """Parses transformers' ``{% generation %}...{% endgeneration %}`` block (which marks the
+    assistant's tokens) as a plain block: enough to compile a template, nothing to track."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+
+def compile_jinja(jinja: str) -> jinja2.Template:
+    """Compile a chat template as ``tokenizer.apply_chat_template`` does (transformers'
+    sandboxed environment: trimmed blocks, loop controls, ``{% generation %}``), without
+    importing transformers, which imports torch: ``rmrun check`` compiles templates too.
+    ``tests/unit/test_recipe_gaps.py`` holds it to transformers' compiler."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
+    return environment.from_string(jinja)
+
+
 def _check_jinja_syntax(jinja: str, *, path: str) -> None:
     """Compile the template now so a syntax error names the file instead of failing mid-tokenization."""
-    # transformers' own compiler, so its extensions ({% generation %}, loop controls) are accepted.
-    from transformers.utils.chat_template_utils import _compile_jinja_template
-
     try:
-        _compile_jinja_template(jinja)
+        compile_jinja(jinja)
     except jinja2.TemplateSyntaxError as error:
         raise DataError(
             f"{path}: invalid Jinja chat template (template line {error.lineno}): {error.message}"

@@ -278,6 +278,91 @@ def _shared_prompt_blocker(model: ModelSection, plugin: PluginSection) -> str | 
     return None
 
 
+# --------------------------------------------------------------------------- LoRA targets
+
+# The names peft can put a LoRA adapter on (the last part of each linear, embedding or
+# convolution layer's module name) in the AutoModelForSequenceClassification of each model
+# type, over the configs that change them, so that `rmrun check` can refuse target_modules
+# that match nothing without building the model (torch). tests/unit/test_recipe_gaps.py builds
+# each type on the meta device and compares. A type not listed is checked when LoRA is added.
+_LLAMA_LIKE = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "score"}
+)
+_MOE = frozenset(
+    {"q_proj", "k_proj", "v_proj", "o_proj", "gate", "gate_proj", "up_proj", "down_proj", "embed_tokens", "score"}
+)
+_BLOOM_LIKE = frozenset({"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "score"})
+_BERT_LIKE = frozenset(
+    {"query", "key", "value", "dense", "word_embeddings", "position_embeddings", "token_type_embeddings"}
+)
+LORA_TARGETS: dict[str, frozenset[str]] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "mixtral": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate", "w1", "w2", "w3", "embed_tokens", "score"}),
+    "qwen2_moe": _MOE | {"shared_expert_gate"},
+    "qwen3_moe": _MOE,
+    "phi": frozenset({"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "embed_tokens", "score"}),
+    "phi3": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "embed_tokens", "score"}),
+    "starcoder2": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj", "embed_tokens", "score"}),
+    "falcon": _BLOOM_LIKE | {"word_embeddings"},
+    "bloom": _BLOOM_LIKE | {"word_embeddings"},
+    "gpt_neox": _BLOOM_LIKE | {"embed_in"},
+    "gpt2": frozenset({"c_attn", "q_attn", "c_proj", "c_fc", "wte", "wpe", "score"}),  # q_attn: cross-attention
+    "opt": frozenset(
+        {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "embed_tokens", "embed_positions", "score"}
+        | {"project_in", "project_out"}  # when word_embed_proj_dim differs from hidden_size
+    ),
+    "bert": _BERT_LIKE | {"classifier"},
+    "roberta": _BERT_LIKE | {"out_proj"},
+    "xlm-roberta": _BERT_LIKE | {"out_proj"},
+    "electra": _BERT_LIKE | {"out_proj", "embeddings_project"},
+    "distilbert": frozenset(
+        {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2", "word_embeddings", "position_embeddings"}
+        | {"pre_classifier", "classifier"}
+    ),
+    # With relative attention (DeBERTa-v3) and, for v2, a convolution layer.
+    "deberta": frozenset({"in_proj", "dense", "word_embeddings", "position_embeddings", "classifier"})
+    | {"embed_proj", "pos_proj", "pos_q_proj", "rel_embeddings"},
+    "deberta-v2": frozenset({"query_proj", "key_proj", "value_proj", "dense", "word_embeddings", "position_embeddings"})
+    | {"classifier", "embed_proj", "pos_key_proj", "pos_query_proj", "rel_embeddings", "conv"},
+    "modernbert": frozenset({"Wqkv", "Wo", "Wi", "dense", "tok_embeddings", "classifier"}),
+}
+
+
+def lora_target_problem(model: ModelSection) -> str | None:
+    """``model.lora.target_modules`` that match no layer of a local model, read from its
+    ``config.json`` alone; None when they all match, or the model's names are not known here
+    (no LoRA, not a local directory, a type not in LORA_TARGETS, a model with its own code).
+
+    peft matches a target against the end of each module name (``q_proj``, ``self_attn.q_proj``),
+    so a target matches when its last part is a layer name of the model type."""
+    if model.lora is None:
+        return None
+    directory = _local_model_directory(model.pretrain)
+    if directory is None or not os.path.isfile(os.path.join(directory, "config.json")):
+        return None
+    config = _read_config(os.path.join(directory, "config.json"))
+    if not isinstance(config, dict) or "auto_map" in config:
+        return None
+    model_type = config.get("model_type")  # absent or odd: backbone_family reports it
+    names = LORA_TARGETS.get(model_type) if isinstance(model_type, str) else None
+    if names is None:
+        return None
+    missing = [t for t in model.lora.target_modules if t.rsplit(".", 1)[-1] not in names]
+    if not missing:
+        return None
+    return (
+        f"[model.lora].target_modules: {', '.join(map(repr, missing))} "
+        f"match{'es' if len(missing) == 1 else ''} no layer of a {model_type} model; "
+        f"its layers are {', '.join(sorted(names, key=str.lower))}"
+    )
+
+
 def _local_model_directory(pretrain: str) -> str | None:
     if pretrain.startswith(PACKAGE_PREFIX):
         return package_directory(pretrain)

@@ -2,7 +2,9 @@
 
 A :class:`_Decoder` checks every value against its field's type and collects every problem
 as one line, ``file: [table].key: message``, naming the file (or ``--set``) that set the
-key; a table with a problem is remembered so later cross-field checks skip it.
+key. Both the key and its table are remembered: a check of one key's value skips a key
+whose value is unknown (it failed to decode, or its table did), and a cross-field check
+skips a table with any problem (an unknown key there may be a misspelt key the check reads).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class _Decoder:
         self.origins = origins  # key path -> the file (or --set) that set it
         self.problems: list[str] = []
         self.failed_tables: set[str] = set()  # top-level tables with a problem
+        self.failed_keys: set[str] = set()  # dotted paths whose value is unknown (list indexes dropped)
 
     def source_of(self, where: str) -> str:
         parts = tuple(part.split("[")[0] for part in where.split("."))
@@ -74,6 +77,13 @@ class _Decoder:
     def fail(self, where: str, message: str) -> None:
         self.problems.append(f"{self.source_of(where)}: {_label(where)}: {message}")
         self.failed_tables.add(where.split(".")[0].split("[")[0])
+        self.failed_keys.add(where.split("[")[0])
+
+    def value_known(self, key: str) -> bool:
+        """Whether the dotted ``key`` holds what the recipe says: neither it nor a table
+        above it failed to decode (an absent value is its default, which is known)."""
+        parts = key.split(".")
+        return not any(".".join(parts[:n]) in self.failed_keys for n in range(1, len(parts) + 1))
 
     def value(self, where: str, tp, value):
         origin = get_origin(tp)

@@ -5,18 +5,24 @@ the base is loaded first (recursively); then each table of the extending file is
 merged key by key into the base's table of the same name, so a recipe overrides
 single keys without repeating a table. Lists and scalars replace; tables merge.
 ``--set section.key=value`` overrides apply last, typed by the schema.
+
+Data file lists (``path="files"``) are expanded here, so the plan and every step see
+files: a local directory stands for the data files directly in it, a glob pattern
+(``*``, ``?``, ``[...]``, ``**``) for the data files it matches, each sorted by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import re
 import sys
 import typing
 from typing import Any, get_args, get_origin
 
-from rmrun.recipe.decode import _dataclass_in, _Decoder, _did_you_mean, _field_type, _section_fields
-from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
+from rmrun.recipe.decode import _dataclass_in, _Decoder, _did_you_mean, _field_type, _label, _section_fields
+from rmrun.recipe.schema import DATA_FILE_SUFFIXES, PACKAGE_PREFIX, Recipe, is_data_file_name, is_template_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +58,44 @@ def _resolve_field(field_path, value: str, base_dir: str) -> str:
     return resolved
 
 
+GLOB_MAGIC = re.compile(r"[*?[]")
+DATA_FILES = f"data files ({', '.join(DATA_FILE_SUFFIXES)}, maybe compressed)"
+
+
+def _expand_files(values: list, base_dir: str, *, label: str) -> tuple[list, list[str]]:
+    """``values`` resolved against ``base_dir``, each local directory or glob replaced by the data
+    files it holds, sorted; and a problem line for each that holds none (it is kept as given).
+
+    A path that is a file stays, even with glob characters in its name; a missing one stays
+    for preflight to name; URLs stay as they are (remote files are listed by the tokenize step).
+    """
+    files: list = []
+    problems = []
+    for value in values:
+        if not isinstance(value, str):
+            files.append(value)  # the decoder reports the type
+            continue
+        path = _resolve_path(value, base_dir)
+        if not path or _is_url(path) or os.path.isfile(path):
+            files.append(path)
+            continue
+        if os.path.isdir(path):
+            found = [os.path.join(path, name) for name in os.listdir(path) if not name.startswith(".")]
+            what = f"directory {path} holds no"
+        elif GLOB_MAGIC.search(path):
+            found = glob.glob(path, recursive=True)
+            what = f"{path} matches no"
+        else:
+            files.append(path)
+            continue
+        found = sorted(f for f in found if is_data_file_name(f) and os.path.isfile(f))
+        if not found:
+            problems.append(f"{label}: {what} {DATA_FILES}")
+            found = [path]
+        files += found
+    return files, problems
+
+
 def _resolve_path(value: str, base_dir: str) -> str:
     if _is_url(value) or os.path.isabs(value) or not value:
         return value
@@ -63,35 +107,50 @@ def _resolve_path(value: str, base_dir: str) -> str:
 # --------------------------------------------------------------------------- TOML
 
 
+BOM = b"\xef\xbb\xbf"  # editors on Windows start UTF-8 files with it; TOML has no use for it
+
+
 def _read_toml(path: str, problems: list[str]) -> dict | None:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
     except FileNotFoundError:
         problems.append(f"{path}: file not found")
+        return None
     except IsADirectoryError:
         problems.append(f"{path}: is a directory, not a recipe file")
+        return None
+    except OSError as e:
+        problems.append(f"{path}: cannot read: {e.strerror}")
+        return None
+    skipped = len(BOM) if data.startswith(BOM) else 0
+    try:
+        return tomllib.loads(data[skipped:].decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         problems.append(f"{path}: invalid TOML: {e}")
     except UnicodeDecodeError as e:
-        problems.append(f"{path}: invalid TOML: not UTF-8 text (byte {e.start})")
-    except OSError as e:
-        problems.append(f"{path}: cannot read: {e.strerror}")
+        problems.append(f"{path}: invalid TOML: not UTF-8 text (byte {e.start + skipped})")
     return None
 
 
-def _resolve_paths_in(raw: dict, cls, base_dir: str) -> dict:
-    """Resolve path fields of one file's raw tables against that file's directory."""
+def _resolve_paths_in(raw: dict, cls, base_dir: str, expansions: list[tuple[str, str]], where: str = "") -> dict:
+    """Resolve path fields of one file's raw tables against that file's directory; a problem
+    expanding a data file list goes to ``expansions`` as (key path, line)."""
     out = {}
     fields = _section_fields(cls)
     for key, value in raw.items():
         f = fields.get(key)
+        path = f"{where}.{key}" if where else key
         if f is None:
             out[key] = value
             continue
         sub = _dataclass_in(f.type if not isinstance(f.type, str) else _field_type(cls, key))
         if sub is not None and isinstance(value, dict):
-            out[key] = _resolve_paths_in(value, sub, base_dir)
+            out[key] = _resolve_paths_in(value, sub, base_dir, expansions, path)
+        elif f.metadata.get("path") == "files" and isinstance(value, (str, list)):
+            values = [value] if isinstance(value, str) else value
+            out[key], problems = _expand_files(values, base_dir, label=_label(path))
+            expansions += [(path, problem) for problem in problems]
         elif f.metadata.get("path") and isinstance(value, str):
             out[key] = _resolve_field(f.metadata["path"], value, base_dir)
         elif f.metadata.get("path") and isinstance(value, list):
@@ -120,8 +179,11 @@ def _key_origins(raw: dict, path: str, prefix: tuple[str, ...] = ()) -> dict[tup
     return out
 
 
-def _load_raw(path: str, problems: list[str], origins: dict, seen: tuple[str, ...] = ()) -> dict:
-    """The merged tables of ``path`` and its bases; ``origins`` gets the file that set each key."""
+def _load_raw(
+    path: str, problems: list[str], origins: dict, expansions: list[tuple[str, str, str]], seen: tuple[str, ...] = ()
+) -> dict:
+    """The merged tables of ``path`` and its bases; ``origins`` gets the file that set each key,
+    ``expansions`` the data file lists that expanded to nothing, as (key path, file, problem)."""
     real = os.path.realpath(path)
     if real in seen:
         problems.append(f"{path}: extends: forms a cycle ({' -> '.join(seen + (real,))})")
@@ -131,7 +193,9 @@ def _load_raw(path: str, problems: list[str], origins: dict, seen: tuple[str, ..
         return {}
     base_dir = os.path.dirname(os.path.abspath(path))
     parent = raw.pop("extends", None)
-    raw = _resolve_paths_in(raw, Recipe, base_dir)
+    found: list[tuple[str, str]] = []
+    raw = _resolve_paths_in(raw, Recipe, base_dir, found)
+    expansions += [(key, path, problem) for key, problem in found]
     merged = raw
     if parent is None:
         pass
@@ -140,7 +204,7 @@ def _load_raw(path: str, problems: list[str], origins: dict, seen: tuple[str, ..
     elif not os.path.exists(parent_path := _resolve_path(parent, base_dir)):
         problems.append(f"{path}: extends: file not found: {parent_path}")
     else:
-        merged = _merge(_load_raw(parent_path, problems, origins, seen + (real,)), raw)
+        merged = _merge(_load_raw(parent_path, problems, origins, expansions, seen + (real,)), raw)
     origins.update(_key_origins(raw, path))
     return merged
 
@@ -186,7 +250,10 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
                 return
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
-            if fields[part].metadata.get("path") and isinstance(value, str):
+            if fields[part].metadata.get("path") == "files" and isinstance(value, list):
+                value, expanded = _expand_files(value, os.getcwd(), label=_label(".".join(parts)))
+                problems += [f"--set {text}: {problem}" for problem in expanded]
+            elif fields[part].metadata.get("path") and isinstance(value, str):
                 value = _resolve_field(fields[part].metadata["path"], value, os.getcwd())
             elif fields[part].metadata.get("path") and isinstance(value, list):
                 value = [_resolve_path(v, os.getcwd()) if isinstance(v, str) else v for v in value]
@@ -214,10 +281,18 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = (), validate: bo
     """
     problems: list[str] = []
     origins: dict[tuple[str, ...], str] = {}
-    raw = _load_raw(path, problems, origins)
+    expansions: list[tuple[str, str, str]] = []
+    raw = _load_raw(path, problems, origins, expansions)
     if problems:
         raise RecipeError(problems)
     decoder = _Decoder(path, origins)
+    replaced = _overridden(overrides)
+    for key, source, problem in expansions:
+        # A list a later file or the command line replaces is not the one that runs.
+        if origins.get(tuple(key.split("."))) == source and key not in replaced:
+            problems.append(f"{source}: {problem}")
+            decoder.failed_keys.add(key)
+            decoder.failed_tables.add(key.split(".")[0])
     for text in overrides:
         override_problems: list[str] = []
         parsed = _parse_override(text, override_problems)
@@ -234,18 +309,33 @@ def load_recipe(path: str, *, overrides: typing.Sequence[str] = (), validate: bo
         if problems:
             raise RecipeError(problems)
         return recipe
-    from rmrun.recipe.validate import static_problems
+    from rmrun.recipe.validate import cross_field_problems, value_problems
 
-    # Every problem in one pass: cross-field checks run on the rest of the recipe too,
-    # but not on a table that failed to decode (its defaults would give false alarms).
-    for problem in static_problems(recipe):
-        table, _, key = problem[1:].partition("]")
-        if table.split(".")[0] not in decoder.failed_tables:
-            where = table + (key.split(":")[0] if key.startswith(".") else "")
+    # Every problem in one pass. A key's own value is judged whatever else is wrong, unless
+    # that value is unknown (it failed to decode); cross-field checks skip a table with any
+    # problem (its defaults, or a misspelt key, would give false alarms).
+    for problem in value_problems(recipe):
+        where = _key_of(problem)
+        if decoder.value_known(where):
+            problems.append(f"{decoder.source_of(where)}: {problem}")
+    for problem in cross_field_problems(recipe):
+        where = _key_of(problem)
+        if where.split(".")[0] not in decoder.failed_tables:
             problems.append(f"{decoder.source_of(where)}: {problem}")
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def _key_of(problem: str) -> str:
+    """The dotted key (or table) a problem line names: ``[model.lora].r: ...`` → ``model.lora.r``."""
+    table, _, rest = problem[1:].partition("]")
+    return table + (rest.split(":")[0] if rest.startswith(".") else "")
+
+
+def _overridden(overrides: typing.Sequence[str]) -> set[str]:
+    """The dotted keys the ``--set`` overrides replace."""
+    return {text.partition("=")[0].strip() for text in overrides if "=" in text}
 
 
 def recipe_to_dict(recipe) -> dict:

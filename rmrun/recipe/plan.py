@@ -54,19 +54,55 @@ def steps_per_epoch(num_pairs: int, *, pairs_per_step: int) -> int:
     return max(1, math.ceil(num_pairs / pairs_per_step))
 
 
-def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
-    from rmrun.recipe.backbone import choose_forward
+@dataclass(frozen=True)
+class _Steps:
+    dp_size: int
+    pairs_per_micro_batch: int
+    pairs_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _steps(recipe: Recipe, *, world_size: int, num_pairs: int) -> _Steps:
     from rmrun.recipe.validate import model_parallel_size
 
-    p, s = recipe.plugin, recipe.schedule
-    dp_size = max(1, world_size // model_parallel_size(p))
+    s = recipe.schedule
+    dp_size = max(1, world_size // model_parallel_size(recipe.plugin))
     per_micro = s.batch_size * dp_size
     per_step = per_micro * s.accumulation_steps
     per_epoch = steps_per_epoch(num_pairs, pairs_per_step=per_step)
     total = per_epoch * s.max_epochs
     if s.max_steps is not None:
         total = min(total, s.max_steps)
+    return _Steps(dp_size, per_micro, per_step, per_epoch, total)
+
+
+def warmup_problem(recipe: Recipe, *, world_size: int, num_pairs: int) -> str | None:
+    """``schedule.warmup_steps`` longer than the run, once the pair count is known (the static
+    check compares it with max_steps alone); None when it fits or is left to its default."""
+    s = recipe.schedule
+    if s.warmup_steps is None:
+        return None
+    steps = _steps(recipe, world_size=world_size, num_pairs=num_pairs)
+    if s.warmup_steps <= steps.total_steps:
+        return None
+    # Past max_steps it is refused at load already, so here the epochs set the length.
+    return (
+        f"[schedule].warmup_steps: {s.warmup_steps} is more than the run's {steps.total_steps} optimizer steps "
+        f"({steps.steps_per_epoch} per epoch x {s.max_epochs} epoch(s), {num_pairs} pairs at "
+        f"{steps.pairs_per_step} per step); use at most {steps.total_steps}, or leave it out for 2.5% of the steps"
+    )
+
+
+def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
+    from rmrun.recipe.backbone import choose_forward
+
+    p, s = recipe.plugin, recipe.schedule
+    steps = _steps(recipe, world_size=world_size, num_pairs=num_pairs)
+    dp_size, per_micro, per_step = steps.dp_size, steps.pairs_per_micro_batch, steps.pairs_per_step
+    per_epoch, total = steps.steps_per_epoch, steps.total_steps
     num_epochs = min(s.max_epochs, math.ceil(total / per_epoch))
+    # Where the pair count was not known at check (remote data), a longer warmup is cut to the run.
     warmup = s.warmup_steps if s.warmup_steps is not None else math.ceil(DEFAULT_WARMUP_FRACTION * total)
     class_name, args = plugin_call(p, s)
     forward = choose_forward(recipe.data, recipe.model, p)

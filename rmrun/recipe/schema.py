@@ -3,7 +3,9 @@
 Every field carries its documentation in ``metadata["doc"]``; ``rmrun explain`` and
 ``--help`` print it, so the schema is the single place a key is described. Fields
 marked ``path=True`` hold file locations and are resolved against the directory of
-the recipe file that sets them; ``path="or-name"`` fields (a model directory or a hub
+the recipe file that sets them; ``path="files"`` fields (data files) are resolved the
+same way and a directory or glob pattern in them becomes the sorted data files it holds
+(:func:`is_data_file_name`); ``path="or-name"`` fields (a model directory or a hub
 id) are resolved only when that local path exists, and ``package:NAME/dir`` names a
 folder inside an installed Python package; ``path="or-template"`` fields hold either a
 file or the Jinja template text itself.
@@ -37,6 +39,23 @@ def is_template_text(value: str) -> bool:
     return "{{" in value or "{%" in value
 
 
+# The data files rmrun reads (rmrun.data.formats picks the reader by these), and the
+# compression suffixes fsspec undoes on the fly; a directory or glob in data.train or
+# data.eval expands to the files whose names end so.
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+def is_data_file_name(name: str) -> bool:
+    """A file name rmrun reads as data: ``.jsonl``, ``.json`` or ``.parquet``, maybe compressed."""
+    lower = name.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+            break
+    return lower.endswith(DATA_FILE_SUFFIXES)
+
+
 PluginName = Literal["ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"]
 Precision = Literal["fp32", "fp16", "bf16"]
 
@@ -53,6 +72,19 @@ class RunSection:
         None,
         path=True,
     )
+    store_retry_seconds: float = doc(
+        "How long an operation on a remote state store (s3://, gs://...) retries connection errors, "
+        "timeouts, 5xx and throttling (exponential backoff with jitter) before the run stops with "
+        "the preempted exit code: nothing committed is lost, and the same command resumes.",
+        120.0,
+    )
+    preempted_exit_code: int = doc(
+        "Exit code of a run stopped by SIGTERM/SIGUSR1 (after committing a checkpoint when training "
+        "had started) or by a store that stayed unreachable: what the scheduler requeues on. 75 "
+        "(EX_TEMPFAIL) for SLURM --requeue scripts, Kubernetes Job podFailurePolicy and SkyPilot; "
+        "Kubeflow's PyTorchJob restartPolicy ExitCode retries only codes >= 128: use 143 there.",
+        75,
+    )
 
 
 @dataclass(frozen=True)
@@ -60,15 +92,23 @@ class DataSection:
     """[data]: preference pairs and how they become token ids."""
 
     train: tuple[str, ...] = doc(
-        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs.",
+        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs. A local directory or glob "
+        "(data/*.jsonl, data/**/*.parquet) stands for the data files it holds, sorted by name.",
         factory=tuple,
-        path=True,
+        path="files",
         required=True,
     )
-    eval: tuple[str, ...] = doc("Held-out files evaluated at each epoch end.", factory=tuple, path=True)
-    format: Literal["colossalchat", "pairwise"] = doc(
+    eval: tuple[str, ...] = doc(
+        "Held-out files evaluated at each epoch end (directories and globs as for train); none of them "
+        "may be a training file.",
+        factory=tuple,
+        path="files",
+    )
+    format: Literal["colossalchat", "pairwise", "hh"] = doc(
         '"colossalchat": {context, chosen, rejected} message lists with "from"/"content"; '
-        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists.',
+        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists; '
+        '"hh": Anthropic HH-RLHF {chosen, rejected} transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") '
+        "sharing every turn before the last Assistant turn, which is each side's response.",
         "colossalchat",
     )
     max_length: int = doc("Longest sequence (prompt + response) in tokens.", 512)
@@ -189,7 +229,9 @@ class ScheduleSection:
     batch_size: int = doc("Pairs per process per micro-batch.", 8)
     accumulation_steps: int = doc("Micro-batches per optimizer step.", 1)
     lr: float = doc("Peak learning rate.", 5e-6)
-    warmup_steps: Optional[int] = doc("Linear warmup steps. Default: 2.5% of the optimizer steps.", None)
+    warmup_steps: Optional[int] = doc(
+        "Linear warmup steps, at most the run's optimizer steps. Default: 2.5% of the optimizer steps.", None
+    )
     weight_decay: float = doc("AdamW weight decay (never on biases and norms).", 0.1)
     grad_clip: float = doc("Clip the global gradient norm to this value (0 turns clipping off).", 1.0)
     max_steps: Optional[int] = doc("Stop after this many optimizer steps (a cap on max_epochs).", None)
@@ -253,7 +295,8 @@ class OutputSection:
 
     dir: Optional[str] = doc(
         "Export directory (local path or fsspec URL): a Hugging Face model plus recipe, plan and metrics. "
-        "Default: <run.state>/export.",
+        "Default: <run.state>/export; any other location must lie outside run.state, whose folders rmrun "
+        "manages.",
         None,
         path=True,
     )
@@ -298,12 +341,22 @@ class Recipe:
         return self.output.dir or posixpath.join(self.state_url, "export")
 
 
+def fresh_run_hint(recipe: Recipe) -> str:
+    """How to start afresh instead of resuming a stored run: a new state root when the recipe
+    names one (a new run.name would not move it), else a new run name (its default state)."""
+    if recipe.run.state is not None:
+        return f"set a new run.state (it is set to {recipe.run.state})"
+    return "use a new run.name"
+
+
 # Keys whose values do not change what the run computes: they are left out of the
 # run fingerprint, so that changing them between a stop and a resume is allowed.
 NON_RESULT_KEYS = frozenset(
     {
         "run.name",
         "run.state",
+        "run.store_retry_seconds",
+        "run.preempted_exit_code",
         "checkpoint.interval_steps",
         "checkpoint.interval_seconds",
         "checkpoint.keep",

@@ -1,7 +1,12 @@
 """Cross-field checks, in two phases.
 
-``static_problems`` needs only the recipe and runs at load. ``environment_problems``
-needs the world the run found (process count, CUDA) and runs right after the
+``static_problems`` needs only the recipe and runs at load: ``value_problems`` each
+judge one key's value alone (a negative lr, a batch size of 0), ``cross_field_problems``
+judge keys against each other (the plugin's rules, warmup against max_steps, eval files
+against training files, the export against the state root); the loader reports the first
+kind whatever else is wrong and skips the second on a table with a problem.
+
+``environment_problems`` needs the world the run found (process count, CUDA) and runs right after the
 distributed start; it is a pure function of (recipe, world) so tests call it
 without launching processes. The checks that depend on the plugin are the plugin
 table's (:mod:`rmrun.recipe.plugins`).
@@ -10,6 +15,8 @@ table's (:mod:`rmrun.recipe.plugins`).
 from __future__ import annotations
 
 import math
+import os
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -62,6 +69,15 @@ def _number_problems(recipe: Recipe) -> list[str]:
     s, lora = recipe.schedule, recipe.model.lora
     if not 0 <= recipe.run.seed <= SEED_MAX:
         problems.append(f"[run].seed: must be between 0 and 2**63-1, got {recipe.run.seed}")
+    if not 4 <= recipe.run.preempted_exit_code <= 255:
+        problems.append(
+            f"[run].preempted_exit_code: must be between 4 and 255 (0-3 mean done, a bug, a usage error and "
+            f"an unusable state), got {recipe.run.preempted_exit_code}"
+        )
+    if not 0 <= recipe.run.store_retry_seconds <= 86400:
+        problems.append(
+            f"[run].store_retry_seconds: must be between 0 and 86400, got {recipe.run.store_retry_seconds:g}"
+        )
     floats = [
         ("[schedule].lr", s.lr),
         ("[schedule].weight_decay", s.weight_decay),
@@ -197,8 +213,63 @@ def _lora_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def static_problems(recipe: Recipe) -> list[str]:
-    """Every problem the recipe alone shows, one line each."""
+def _warmup_problems(recipe: Recipe) -> list[str]:
+    """Warmup within max_steps; against the step count the data gives, see rmrun.recipe.plan."""
+    s = recipe.schedule
+    if s.warmup_steps is not None and s.max_steps is not None and s.warmup_steps > s.max_steps > 0:
+        return [
+            f"[schedule].warmup_steps: {s.warmup_steps} is more than the run's optimizer steps (at most "
+            f"max_steps = {s.max_steps}); use at most {s.max_steps}, or leave it out for 2.5% of the steps"
+        ]
+    return []
+
+
+def _location_key(url: str) -> tuple[str, str]:
+    """(protocol, path) that compares equal for two spellings of one location: a local path
+    absolute with its links resolved, a URL's path normalized."""
+    match = URL_RE.match(url)
+    if match is None or match.group(1) in ("file", "local"):
+        path = url[match.end() :] if match else url
+        return "file", os.path.realpath(os.path.expanduser(path))
+    return match.group(1), posixpath.normpath(url[match.end() :] or "/")
+
+
+def _inside(child: tuple[str, str], parent: tuple[str, str]) -> bool:
+    """Whether ``child`` is ``parent`` or a location under it."""
+    if child[0] != parent[0]:
+        return False
+    return child[1] == parent[1] or child[1].startswith(parent[1].rstrip("/") + "/")
+
+
+def _data_file_problems(recipe: Recipe) -> list[str]:
+    """No eval file that is also a training file: its pairs would not be held out."""
+    train = {_location_key(url) for url in recipe.data.train if url}
+    return [
+        f"[data].eval: {url} is also a training file ([data].train); evaluate on held-out pairs"
+        for url in recipe.data.eval
+        if url and _location_key(url) in train
+    ]
+
+
+def _export_problems(recipe: Recipe) -> list[str]:
+    """The export outside the state root, whose folders the store manages; its default place,
+    <state>/export (the same as leaving output.dir out), excepted."""
+    out = recipe.output.dir
+    if not out or not out.strip():
+        return []  # absent: the default; empty: reported by _location_problems
+    state = recipe.state_url
+    default = posixpath.join(state, "export")
+    if _location_key(out) == _location_key(default) or not _inside(_location_key(out), _location_key(state)):
+        return []
+    where = "is the state root" if _location_key(out) == _location_key(state) else "is inside the state root"
+    return [
+        f"[output].dir: {out} {where} {state} ([run].state), whose folders rmrun manages; "
+        f"export elsewhere, or leave output.dir out for {default}"
+    ]
+
+
+def value_problems(recipe: Recipe) -> list[str]:
+    """The problems of single keys, each judged by its own value, one line each."""
     return (
         _number_problems(recipe)
         + _location_problems(recipe)
@@ -206,8 +277,22 @@ def static_problems(recipe: Recipe) -> list[str]:
         + _schedule_problems(recipe)
         + _checkpoint_problems(recipe)
         + _lora_problems(recipe)
-        + plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None)
     )
+
+
+def cross_field_problems(recipe: Recipe) -> list[str]:
+    """The problems of keys judged against each other, one line each."""
+    return (
+        plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None)
+        + _warmup_problems(recipe)
+        + _data_file_problems(recipe)
+        + _export_problems(recipe)
+    )
+
+
+def static_problems(recipe: Recipe) -> list[str]:
+    """Every problem the recipe alone shows, one line each."""
+    return value_problems(recipe) + cross_field_problems(recipe)
 
 
 def environment_problems(recipe: Recipe, world: World) -> list[str]:

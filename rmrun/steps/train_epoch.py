@@ -57,7 +57,8 @@ def _make_hooks(
 ) -> Hooks:
     import posixpath
 
-    from rmrun.hooks import CheckpointHook, EvalHook, Hooks, LogHook, StopSignal
+    from rmrun.hooks import CheckpointHook, EvalHook, Hooks, LogHook
+    from rmrun.process import STOP
 
     tb, tb_url = None, None
     if log.tensorboard and ctx.rank.is_main:
@@ -85,7 +86,7 @@ def _make_hooks(
             every=checkpoint.interval_steps,
             seconds=checkpoint.interval_seconds,
             keep=checkpoint.keep,
-            stop=StopSignal(),
+            stop=STOP,
             background=checkpoint.async_upload,
             stop_budget_seconds=checkpoint.stop_budget_seconds,
         ),
@@ -93,10 +94,12 @@ def _make_hooks(
 
 
 def _train(trainer: Trainer, epoch: int, hooks: Hooks) -> None:
+    from rmrun.process import STOP
     from rmrun.trainer import NonFiniteLoss, run_epoch
 
     try:
         try:
+            STOP.defer()  # a stop signal now waits for the next step boundary's checkpoint
             run_epoch(trainer, epoch, hooks)
         except NonFiniteLoss:
             # Raised by every rank at the same step (the loss is all-reduced): the checkpoint in
@@ -105,12 +108,15 @@ def _train(trainer: Trainer, epoch: int, hooks: Hooks) -> None:
             raise
         hooks.checkpoint.finish_pending()  # the epoch's end waits for the checkpoint in flight (none: it blocked)
     except BaseException:
+        STOP.deferred = False
         hooks.checkpoint.abandon()  # an upload in flight is never committed now
         try:  # keep what was logged (a preemption, say); the original error is what is reported
             hooks.log.sync()
         except Exception:
             pass
         raise
+    # Every step of the epoch is committed: a signal received since stops here, at once.
+    STOP.undefer(where=f"after the training steps of epoch {epoch} were committed")
     if trainer.state.finished:
         hooks.log.close()  # the progress bar and TensorBoard files, before the final eval and export say anything
 

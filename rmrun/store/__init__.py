@@ -46,6 +46,15 @@ state may contain ``/``.  Record names may contain ``/``.
 
 The package imports only the standard library, and fsspec when a root is not local.
 
+Formats: every COMMIT and manifest says the layout it was written in (``format``). A
+state in a newer layout than this rmrun reads stops the run (NewerFormat) before it
+writes anything: it is never quarantined, rewritten or deleted. A quarantined state that
+a run replaces is moved aside to ``<root>/quarantined/<key>.<time>/``, never deleted.
+
+Faults: a remote root's every operation retries transient failures (connection errors,
+timeouts, 5xx, throttling) for a bounded time (``rmrun.store.retry``), then raises
+StoreUnreachable: nothing committed is lost, and a later start resumes.
+
 Layout of the package: ``backends`` (the local and fsspec storage behind
 :class:`~rmrun.store.backends.StorageBackend`), ``layout`` (paths, names, JSON
 documents), ``lease`` (leases, fencing, the local flock), ``states`` (staging,
@@ -55,7 +64,7 @@ interface the rest of rmrun uses), ``keys`` (every key and record name rmrun wri
 
 from __future__ import annotations
 
-from rmrun.store.errors import CorruptState, LeaseLost, NoValidState, StoreError
+from rmrun.store.errors import CorruptState, LeaseLost, NewerFormat, NoValidState, StoreError, StoreUnreachable
 from rmrun.store.lease import Lease
 from rmrun.store.states import AttemptWriter, CommittedState, StagedState
 from rmrun.store.statestore import StateStore
@@ -66,8 +75,10 @@ __all__ = [
     "CorruptState",
     "Lease",
     "LeaseLost",
+    "NewerFormat",
     "NoValidState",
     "StagedState",
     "StateStore",
     "StoreError",
+    "StoreUnreachable",
 ]

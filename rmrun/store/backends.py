@@ -59,6 +59,8 @@ class StorageBackend(Protocol):
 
     def remove_tree(self, path: str) -> None: ...
 
+    def move_tree(self, path: str, target: str) -> None: ...
+
 
 # --------------------------------------------------------------------------- streaming
 
@@ -235,6 +237,15 @@ class LocalBackend:
         except FileNotFoundError:
             pass
 
+    def move_tree(self, path: str, target: str) -> None:
+        """Rename a directory (atomic within one filesystem); missing is fine."""
+        if not os.path.exists(path):
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(path, target)
+        self._fsync_parents(path)
+        self._fsync_parents(target)
+
     @staticmethod
     def _temp_path(path: str) -> str:
         """Hidden temp name next to ``path``."""
@@ -370,6 +381,21 @@ class FsspecBackend:
             pass
         self.fs.invalidate_cache(path)
 
+    def move_tree(self, path: str, target: str) -> None:
+        """Copy every file under ``path`` to the same place under ``target``, then delete them
+        (object stores have no rename); missing is fine. Interrupted, both copies remain and
+        the move is done again."""
+        self.fs.invalidate_cache(path)
+        prefix = path.rstrip("/") + "/"
+        try:
+            files = [f for f in self.fs.find(path) if f.startswith(prefix)]
+        except FileNotFoundError:
+            return
+        if files:
+            self.fs.copy(files, [posixpath.join(target, f[len(prefix) :]) for f in files])
+        self.remove_tree(path)
+        self.fs.invalidate_cache(target)
+
 
 def _has_native_create(fs) -> bool:
     """True if ``fs`` performs a server-side create-only write (s3fs ``mode="create"``)."""
@@ -380,14 +406,17 @@ def _has_native_create(fs) -> bool:
     return pipe is not None and "mode" in inspect.signature(pipe).parameters
 
 
-def _make_backend(root: str, storage_options: dict) -> StorageBackend:
-    """Backend for a normalised root."""
+def _make_backend(root: str, storage_options: dict, *, retry_seconds: float | None = None) -> StorageBackend:
+    """Backend for a normalised root; a remote one retries transient failures (rmrun.store.retry)."""
     if is_local_url(root):
         return LocalBackend(root)
+    from rmrun.store.retry import DEFAULT_BUDGET_SECONDS, RetryingBackend, RetryPolicy
+
     options = dict(storage_options)
     # Other processes write the same root: never answer from a stale listing cache.
     options.setdefault("use_listings_cache", False)
     import fsspec  # on first use: local roots and the key names need none of it
 
     fs, base = fsspec.core.url_to_fs(root, **options)
-    return FsspecBackend(fs, base.rstrip("/"))
+    budget = DEFAULT_BUDGET_SECONDS if retry_seconds is None else retry_seconds
+    return RetryingBackend(FsspecBackend(fs, base.rstrip("/")), RetryPolicy(where=root, budget_seconds=budget))

@@ -27,3 +27,13 @@ class CorruptState(StoreError):
 
 class AlreadyQuarantined(StoreError):
     """The committed attempt of a key was quarantined earlier."""
+
+
+class NewerFormat(StoreError):
+    """A state, COMMIT or manifest was written in a newer layout than this rmrun reads: the
+    run stops and changes nothing (an older rmrun must never rewrite what a newer one wrote)."""
+
+
+class StoreUnreachable(StoreError):
+    """The store did not answer within the retry budget (connection errors, timeouts, 5xx,
+    throttling): what is committed is intact, and a later start resumes from it."""

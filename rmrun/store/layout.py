@@ -20,6 +20,7 @@ LEASE_DIR = "lease"
 MANIFEST_NAME = "MANIFEST.json"
 COMMIT_NAME = "COMMIT"
 QUARANTINE_PREFIX = "QUARANTINE-"
+SET_ASIDE_DIR = "quarantined"  # <root>/quarantined/<key>.<attempt>/: replaced states, moved aside, never deleted
 LOCK_NAME = "lease.lock"
 INVALID_COMMIT = "invalid-commit"  # attempt label used to quarantine an unreadable COMMIT
 
@@ -60,6 +61,17 @@ class Layout:
         """Sorted names of key folders under states/ starting with ``prefix``."""
         names = self.backend.names(self.backend.path(STATES_DIR))
         return [n for n in names if n.startswith(prefix) and SEGMENT_RE.match(n)]
+
+
+def check_format(found: object, *, what: str) -> None:
+    """Raise NewerFormat when ``found`` (a document's "format") is newer than this rmrun's."""
+    from rmrun.store.errors import NewerFormat
+
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{what} was written by a newer rmrun (format {found}; this one reads format {FORMAT_VERSION}): "
+            "upgrade rmrun to resume this run; nothing in the state was changed"
+        )
 
 
 def quarantine_name(attempt: str) -> str:

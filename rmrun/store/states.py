@@ -25,6 +25,7 @@ from rmrun.store.layout import (
     SEGMENT_RE,
     Layout,
     check_file_name,
+    check_format,
     json_bytes,
     json_copy,
     sha256,
@@ -337,9 +338,10 @@ def read_commit(layout: Layout, key: str) -> dict | None:
         return None
     try:
         record = json.loads(raw)
+        check_format(record.get("format"), what=f"state {key} (its COMMIT)")
         attempt = record["attempt"]
         record["manifest_sha256"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptState(f"state {key}: COMMIT is not valid", attempt=INVALID_COMMIT) from None
     if not isinstance(attempt, str) or not SEGMENT_RE.match(attempt):
         raise CorruptState(f"state {key}: COMMIT names invalid attempt {attempt!r}", attempt=INVALID_COMMIT)
@@ -365,6 +367,11 @@ def read_manifest(layout: Layout, key: str, attempt: str, *, expected_sha256: st
         raw = layout.backend.read(layout.manifest_path(key, attempt))
     except FileNotFoundError:
         raise corrupt("missing MANIFEST.json") from None
+    try:  # a newer layout is refused before anything calls it corrupt
+        found = json.loads(raw).get("format")
+    except (ValueError, AttributeError):
+        found = None
+    check_format(found, what=f"state {key} (its MANIFEST.json)")
     if sha256(raw) != expected_sha256:
         raise corrupt("MANIFEST.json does not match the sha256 in COMMIT")
     try:

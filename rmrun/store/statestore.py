@@ -8,15 +8,17 @@ import json
 import posixpath
 
 from rmrun.store.backends import BUCKET_PROTOCOLS, _make_backend, normalise_root
-from rmrun.store.errors import AlreadyQuarantined, CorruptState, NoValidState, StoreError
+from rmrun.store.errors import AlreadyQuarantined, CorruptState, NewerFormat, NoValidState, StoreError
 from rmrun.store.layout import (
     ATTEMPT_RE,
     COMMIT_NAME,
     QUARANTINE_PREFIX,
     RECORDS_DIR,
     SEGMENT_RE,
+    SET_ASIDE_DIR,
     Layout,
     attempt_generation,
+    check_format,
     check_key,
     check_prefix,
     check_record_name,
@@ -40,9 +42,11 @@ from rmrun.store.states import (
 class StateStore:
     """States, leases and records under one root URL (see the package docstring)."""
 
-    def __init__(self, root: str, *, storage_options: dict | None = None):
+    def __init__(self, root: str, *, storage_options: dict | None = None, retry_seconds: float | None = None):
+        """``retry_seconds``: how long a remote root's operations retry a store that does not
+        answer before StoreUnreachable (rmrun.store.retry; default 120)."""
         self.root = normalise_root(root)
-        self._backend = _make_backend(self.root, dict(storage_options or {}))
+        self._backend = _make_backend(self.root, dict(storage_options or {}), retry_seconds=retry_seconds)
         self._layout = Layout(self._backend)
         self._leases = Leases(self._layout, root=self.root)
 
@@ -137,6 +141,8 @@ class StateStore:
             return None
         try:
             return self._load_committed(key, names)
+        except NewerFormat:
+            raise
         except StoreError:
             return None
 
@@ -178,6 +184,42 @@ class StateStore:
                     continue
             keys.append(key)
         return keys
+
+    def check_formats(self) -> None:
+        """Raise NewerFormat if any committed state (its COMMIT or manifest) was written in a
+        newer layout than this rmrun reads. Reads only: run before the first write of a start,
+        so that an older rmrun changes nothing in a newer one's state."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        keys = self._layout.key_names("")
+
+        def check(key: str) -> None:
+            try:
+                commit = read_commit(self._layout, key)
+            except CorruptState:
+                return  # judged (and quarantined) when the run reads it, as before
+            if commit is not None:
+                try:
+                    raw = self._backend.read(self._layout.manifest_path(key, commit["attempt"]))
+                    found = json.loads(raw).get("format")
+                except (FileNotFoundError, ValueError, AttributeError):
+                    return
+                check_format(found, what=f"state {key} (its MANIFEST.json)")
+
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="rmrun-format") as pool:
+            for _ in pool.map(check, keys):
+                pass
+
+    def set_aside(self, key: str, *, lease: Lease) -> str:
+        """Move state ``key`` (all its attempts and quarantine notes) out of ``states/`` to
+        ``quarantined/<key>.<time>/``, where nothing reads or deletes it, and return that
+        location: a replaced state is kept for a human, never deleted."""
+        check_key(key)
+        self.check_lease(lease)
+        stamp = utc_now().replace(":", "").replace("+", "Z").replace("-", "")
+        target = self._backend.path(SET_ASIDE_DIR, f"{key}.{stamp}")
+        self._backend.move_tree(self._layout.key_path(key), target)
+        return posixpath.join(self.root, SET_ASIDE_DIR, f"{key}.{stamp}")
 
     def delete(self, key: str, *, lease: Lease) -> None:
         """Delete state ``key``: COMMIT first, then the data (quarantine notes included)."""

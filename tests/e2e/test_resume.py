@@ -72,14 +72,23 @@ steps taken at the old one, so the run stops early in its last epoch.
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
+import os
 import re
+import shutil
 import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.resume_harness import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PREEMPTED,
+    EXIT_UNUSABLE,
     EXIT_USAGE,
     ONE_LOCAL,
     ONE_S3,
@@ -481,3 +490,187 @@ def test_world_size_change_visits_every_pair_once_per_epoch(lab, request):
 
     export = read_export(run.export)
     assert_metrics_complete(export, total_steps=steps[-1])
+
+
+# ----------------------------------------------------------------- identity by content, formats, faults, signals
+
+
+def _swap_sides(source, target) -> None:
+    """``source``'s pairs with chosen and rejected swapped, written to ``target``."""
+    rows = [json.loads(line) for line in Path(source).read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+    Path(target).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _data_copy(lab, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    train, evaluation = shutil.copy(lab.harness.train, folder / "train.jsonl"), shutil.copy(lab.harness.eval, folder)
+    return [f"data.train={train}", f"data.eval={folder / Path(evaluation).name}"]
+
+
+def _one_message(result) -> str:
+    """The one line a stopped run ends with (a warning of a store retrying is not an error)."""
+    messages = [
+        line for line in result.output.splitlines() if line.startswith("rmrun: ") and "is not answering" not in line
+    ]
+    assert len(messages) == 1 and "Traceback" not in result.output, result.describe()
+    return messages[0]
+
+
+@pytest.mark.parametrize("config", [ONE_LOCAL, ONE_S3], ids=str)
+def test_edited_data_is_refused_and_moved_data_resumes_exactly(lab, request, tmp_path, config):
+    """The run is what its data contains: the same path with other content is refused,
+    naming the file; the same content under another path (a requeue on a node whose
+    checkout lives elsewhere) resumes bit-identically."""
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "data-identity")
+    node1 = _data_copy(lab, tmp_path / "node1")
+    h.run(run, faults="kill@step:6", expect="killed", sets=node1)
+    assert committed_checkpoints(run) == [4]
+
+    train = node1[0].split("=", 1)[1]
+    original = Path(train).read_bytes()
+    _swap_sides(train, train)  # edited in place
+    refused = h.run(run, sets=node1, expect=EXIT_USAGE)
+    message = _one_message(refused)
+    assert f"data.train: {train}: its content differs from the file the stored run read" in message, message
+    assert committed_checkpoints(run) == [4]
+
+    Path(train).write_bytes(original)
+    node2 = _data_copy(lab, tmp_path / "node2")  # byte-identical, another directory
+    result = h.run(run, sets=node2, expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert_identical(reference, read_export(run.export))
+
+
+def _listing(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_state_written_by_a_newer_rmrun_is_refused_and_left_untouched(lab, request, killed_mid_epoch):
+    h = lab.harness
+    run = h.copy_run(killed_mid_epoch, "newer-format")
+    key, attempt = newest_checkpoint_attempt(run)
+    # What a newer rmrun would write: its manifest and its COMMIT in format 2.
+    manifest = attempt / "MANIFEST.json"
+    data = json.loads(manifest.read_text())
+    data["format"] = 2
+    manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    commit = attempt.parent / "COMMIT"
+    record = json.loads(commit.read_text())
+    record.update(format=2, manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest())
+    commit.write_text(json.dumps(record))
+    before = _listing(run.local_state)
+
+    result = h.run(run, expect=EXIT_UNUSABLE)
+    message = _one_message(result)
+    assert f"state {key} (its COMMIT) was written by a newer rmrun (format 2;" in message, message
+    assert _listing(run.local_state) == before, "the run changed the state of a newer rmrun"
+    status = h.status(run)
+    assert status.returncode == EXIT_UNUSABLE and "written by a newer rmrun (format 2" in status.output, status.output
+    assert _listing(run.local_state) == before
+
+    # Negative control: the same state back in this rmrun's format resumes.
+    data["format"] = 1
+    manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    record.update(format=1, manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest())
+    commit.write_text(json.dumps(record))
+    finish(lab, run, lab.reference(ONE_LOCAL, request), resumed_from_step=4)
+
+
+def test_sigterm_before_training_and_ctrl_c_in_training_stop_cleanly(lab, request):
+    """SIGTERM before the first checkpoint: exit 75, one line, nothing to save. Ctrl-C in
+    training: a checkpoint, then exit 130. Then the same command resumes exactly."""
+    reference = lab.reference(ONE_LOCAL, request)
+    h = lab.harness
+    run = h.new_run(ONE_LOCAL, "signals")
+
+    result = _sigterm_when(h.start(run), r"^tokenize train: ")
+    assert result.returncode == EXIT_PREEMPTED, result.describe()
+    message = _one_message(result)
+    assert re.search(
+        r"stopped by SIGTERM (in step \S+|before training started); everything committed is intact", message
+    )
+    assert result.steps_logged() == [] and committed_checkpoints(run) == []
+
+    child = h.start(run)
+    child.wait_for(r"^step 6/")
+    child.send_signal(signal.SIGINT)
+    result = child.wait()
+    assert result.returncode == EXIT_INTERRUPTED, result.describe()
+    stopped = re.search(
+        r"stopped by SIGINT after committing the checkpoint at step (\d+); exit 130", _one_message(result)
+    )
+    assert stopped and committed_checkpoints(run)[-1] == int(stopped.group(1)), result.describe()
+
+    finish(lab, run, reference, resumed_from_step=int(stopped.group(1)))
+
+
+def _through(forwarder) -> dict:
+    return {"AWS_ENDPOINT_URL": forwarder.url, "FSSPEC_S3_ENDPOINT_URL": forwarder.url}
+
+
+def test_a_store_outage_is_retried_then_stops_with_the_requeue_code(lab, request):
+    """The state's S3 goes away at step 7 (its checkpoint at 8 falls in the outage): for 10 s
+    the run rides it out; past run.store_retry_seconds it stops with one line and exit 75,
+    and the same command then finishes; both bit-identical to the uninterrupted run."""
+    from urllib.parse import urlparse
+
+    from tests.forwarder import Forwarder
+
+    reference = lab.reference(ONE_S3, request)
+    endpoint = urlparse(lab.s3().endpoint_url)
+    forwarder = Forwarder(endpoint.hostname, endpoint.port)
+    forwarder.up()
+    h = lab.harness
+    try:
+        run = h.new_run(ONE_S3, "outage-short")
+        child = h.start(run, env=_through(forwarder))
+        child.wait_for(r"^step 7/")
+        forwarder.down()
+        time.sleep(10)
+        forwarder.up()
+        result = child.wait()
+        assert result.returncode == EXIT_OK, result.describe()
+        assert "is not answering" in result.output, "the outage was not met:\n" + result.describe()
+        assert_identical(reference, read_export(run.export))
+
+        run = h.new_run(ONE_S3, "outage-long")
+        child = h.start(run, env=_through(forwarder), sets=["run.store_retry_seconds=3"])
+        child.wait_for(r"^step 7/")
+        forwarder.down()
+        result = child.wait()
+        forwarder.up()
+        assert result.returncode == EXIT_PREEMPTED, result.describe()
+        assert re.search(r"did not answer for 3 s .*everything committed is intact.*; exit 75", _one_message(result))
+        result = h.run(run, expect=EXIT_OK, env=_through(forwarder))
+        assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+        assert_identical(reference, read_export(run.export))
+    finally:
+        forwarder.down()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small tmpfs needs root")
+def test_a_full_tmpdir_is_one_line_and_the_rerun_is_exact(lab, request, tmp_path):
+    reference = lab.reference(ONE_LOCAL, request)
+    h = lab.harness
+    run = h.new_run(ONE_LOCAL, "tmpdir-full")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], check=True)
+    try:
+        result = h.run(run, env={"TMPDIR": str(scratch)}, expect=EXIT_UNUSABLE)
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
+    message = _one_message(result)
+    assert f"local scratch {scratch} (TMPDIR) cannot hold the checkpoint at step 4" in message, message
+    assert committed_checkpoints(run) == []
+    finish(lab, run, reference)

@@ -153,8 +153,8 @@ def test_subsets_give_a_per_subset_table(trained, tmp_path):
 def test_bad_rows_are_one_line_errors_with_file_and_line(trained, tmp_path, content, where):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
-    for command in ("score", "eval"):
-        done = rmrun(command, trained["export"], str(bad))
+    for command in (("score", "--bad-rows", "error"), ("eval",)):
+        done = rmrun(*command, trained["export"], str(bad))
         assert done.returncode == 2, (command, done.stderr[-2000:])
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr

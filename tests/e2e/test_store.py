@@ -21,6 +21,7 @@ from rmrun.store import (
     CorruptState,
     Lease,
     LeaseLost,
+    NewerFormat,
     NoValidState,
     StateStore,
     StoreError,
@@ -800,3 +801,65 @@ def test_two_writers_of_one_name_and_bad_attempt_names_are_refused(store_root, t
         store.attempt_writer("ckpt-000004", staged.attempt).put_files(
             {"../escape": str(tmp_path / "rank0" / "scheduler.pt")}
         )
+
+
+# --------------------------------------------------------------------------- formats and moving aside
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    fs, path = fsspec.core.url_to_fs(root)
+    fs.invalidate_cache()
+    return {name[len(path) :]: fs.cat_file(name) for name in sorted(fs.find(path))}
+
+
+def _as_newer(store_root: str, key: str, *, commit_too: bool) -> None:
+    """Rewrite ``key``'s manifest (and COMMIT) as a newer rmrun (format 2) would write them."""
+    commit_url = posixpath.join(store_root, "states", key, "COMMIT")
+    fs, commit_path = fsspec.core.url_to_fs(commit_url)
+    record = json.loads(fs.cat_file(commit_path))
+    manifest_url = posixpath.join(store_root, "states", key, record["attempt"], "MANIFEST.json")
+    manifest = json.loads(fsspec.core.url_to_fs(manifest_url)[0].cat_file(fsspec.core.url_to_fs(manifest_url)[1]))
+    manifest["format"] = 2
+    raw = json.dumps(manifest).encode()
+    overwrite(manifest_url, raw)
+    if commit_too:
+        record.update(format=2, manifest_sha256=hashlib.sha256(raw).hexdigest())
+        overwrite(commit_url, json.dumps(record).encode())
+
+
+@pytest.mark.parametrize("commit_too", [True, False], ids=["commit-and-manifest", "manifest-only"])
+def test_a_state_in_a_newer_format_is_refused_and_left_untouched(store_root, commit_too):
+    store, lease = new_runner(store_root, "job")
+    commit_state(store, lease, "ckpt-000001", {"model.bin": b"old"})
+    commit_state(store, lease, "ckpt-000002", {"model.bin": b"new"})
+    _as_newer(store_root, "ckpt-000002", commit_too=commit_too)
+    before = _tree(store_root)
+    for read in (
+        store.check_formats,
+        lambda: store.open_verified("ckpt-000002"),
+        lambda: store.open_unverified("ckpt-000002"),
+        lambda: store.latest("ckpt-"),
+    ):
+        with pytest.raises(
+            NewerFormat,
+            match=r"state ckpt-000002 \(its (COMMIT|MANIFEST.json)\) was written by a newer rmrun \(format 2; this one reads format 1\): upgrade rmrun",
+        ):
+            read()
+    assert _tree(store_root) == before  # not quarantined, not rewritten, not deleted
+    assert store.quarantined() == []
+
+
+def test_a_replaced_state_is_moved_aside_not_deleted(store_root):
+    store, lease = new_runner(store_root, "job")
+    commit_state(store, lease, "ckpt-000001", {"model.bin": b"weights", "sub/opt.bin": b"moments"})
+    store.quarantine("ckpt-000001", reason="does not load", lease=lease)
+    assert store.open_verified("ckpt-000001") is None
+    where = store.set_aside("ckpt-000001", lease=lease)
+    assert where.startswith(posixpath.join(store.root, "quarantined", "ckpt-000001."))
+    moved = {name.rsplit("/", 1)[-1] for name in _tree(where)}
+    assert {"model.bin", "opt.bin", "MANIFEST.json", "COMMIT"} <= moved, moved
+    assert any(name.startswith("QUARANTINE-") for name in moved), moved
+    commit_state(store, lease, "ckpt-000001", {"model.bin": b"recomputed"})  # the key is free again
+    assert store.open_verified("ckpt-000001").read_bytes("model.bin") == b"recomputed"
+    store.clean_staging(lease=store.acquire_lease(holder="next"))
+    assert b"weights" in _tree(where).values()  # a later start's cleaning leaves it alone

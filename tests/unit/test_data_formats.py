@@ -362,3 +362,13 @@ def test_implicit_prompt_with_different_system_messages_is_a_role_error(tmp_path
     url = write_jsonl(tmp_path / "file.jsonl", [row])
     with pytest.raises(DataError, match=r'file\.jsonl:1: roles do not alternate in "chosen": message 0 is \'system\''):
         read_all([url], format="pairwise")
+
+
+def test_every_format_has_a_row_parser_and_a_recipe_choice():
+    from typing import get_args, get_type_hints
+
+    from rmrun.data.formats import FORMATS
+    from rmrun.data.rows import _ROW_PARSERS
+    from rmrun.recipe.schema import DataSection
+
+    assert tuple(_ROW_PARSERS) == FORMATS == get_args(get_type_hints(DataSection)["format"])

@@ -3,19 +3,27 @@ the lines ``changed_keys`` gives when a resume is refused."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+
+import fsspec
 import pytest
 
-from rmrun.fingerprint import changed_keys, digest, result_keys, run_identity
+from rmrun import fingerprint
+from rmrun.fingerprint import INPUT_KEYS, InputDigests, changed_keys, digest, result_keys, run_identity
 from rmrun.recipe import load_recipe
 from rmrun.recipe.loader import flatten, recipe_to_dict
 from rmrun.recipe.schema import NON_RESULT_KEYS
-from tests.helpers import QUICKSTART
+from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA
 
 # A value for every key that must not change the identity: logging cadence, checkpoint
 # cadence and retention, output and state paths, names.
 NON_RESULT_VALUES = {
     "run.name": "another-name",
     "run.state": "/tmp/another-state",
+    "run.store_retry_seconds": "5",
+    "run.preempted_exit_code": "143",
     "checkpoint.interval_steps": "7",
     "checkpoint.interval_seconds": "60",
     "checkpoint.keep": "5",
@@ -58,13 +66,109 @@ def test_every_key_is_either_a_result_key_or_named_as_not_one():
     assert NON_RESULT_KEYS <= every, sorted(NON_RESULT_KEYS - every)
 
 
-def test_the_identity_holds_the_result_keys_and_the_versions():
+def test_the_identity_holds_the_result_keys_the_versions_and_the_inputs_contents():
     ident = identity()
-    assert set(ident) == {"keys", "versions"}
+    assert set(ident) == {"keys", "versions", "inputs", "fingerprint"}
     assert ident["keys"]["schedule.lr"] == 0.0005 and "run.name" not in ident["keys"]
     assert set(ident["versions"]) == {"rmrun", "colossalai", "torch", "transformers"}
-    assert digest(ident) == digest(identity())
+    assert set(ident["inputs"]) == set(INPUT_KEYS)
+    with open(TRAIN_DATA, "rb") as f:
+        assert ident["inputs"]["data.train"] == [hashlib.sha256(f.read()).hexdigest()]
+    assert ident["fingerprint"] == identity()["fingerprint"]
     assert changed_keys(ident, identity()) == []
+
+
+# --------------------------------------------------------------------------- inputs by content
+
+
+def _copy_data(tmp_path, name: str) -> tuple[str, str]:
+    folder = tmp_path / name
+    folder.mkdir()
+    return str(shutil.copy(TRAIN_DATA, folder / "train.jsonl")), str(shutil.copy(EVAL_DATA, folder / "eval.jsonl"))
+
+
+def test_the_same_data_at_another_path_is_the_same_run(tmp_path):
+    a_train, a_eval = _copy_data(tmp_path, "node1")
+    b_train, b_eval = _copy_data(tmp_path, "node2")
+    a = identity(f"data.train={a_train}", f"data.eval={a_eval}")
+    b = identity(f"data.train={b_train}", f"data.eval={b_eval}")
+    assert a["keys"]["data.train"] != b["keys"]["data.train"]  # the paths are kept, for the readers
+    assert changed_keys(a, b) == []
+    assert a["fingerprint"] == b["fingerprint"]
+
+
+def test_edited_data_at_the_same_path_is_refused_naming_the_file(tmp_path):
+    train, _ = _copy_data(tmp_path, "data")
+    before = identity(f"data.train={train}")
+    with open(train, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(train, "wb") as f:  # one pair's sides swapped: same size, other content
+        f.writelines(lines[1:] + lines[:1])
+    after = identity(f"data.train={train}")
+    assert changed_keys(before, after) == [
+        f"data.train: {train}: its content differs from the file the stored run read"
+    ]
+    assert before["fingerprint"] != after["fingerprint"]
+
+
+def test_files_given_in_another_order_are_another_run(tmp_path):
+    train, eval_ = _copy_data(tmp_path, "data")
+    before = identity(f"data.train=[{train!r}, {eval_!r}]".replace("'", '"'))
+    after = identity(f"data.train=[{eval_!r}, {train!r}]".replace("'", '"'))
+    assert changed_keys(before, after) == [
+        "data.train: the same files in another order (the order of the pairs is part of the run)"
+    ]
+
+
+def test_a_changed_tokenizer_file_is_named(tmp_path):
+    tokenizer = str(
+        shutil.copytree(os.path.join(os.path.dirname(QUICKSTART), "assets", "tiny-tokenizer"), tmp_path / "tok")
+    )
+    before = identity(f"model.tokenizer={tokenizer}")
+    config = os.path.join(tokenizer, "tokenizer_config.json")
+    with open(config, "a") as f:
+        f.write("\n")
+    after = identity(f"model.tokenizer={tokenizer}")
+    assert changed_keys(before, after) == [
+        f"model.tokenizer: {tokenizer}: its content differs from what the stored run read"
+    ]
+
+
+def test_an_identity_stored_before_inputs_were_digested_compares_its_paths():
+    current = identity()
+    stored = {
+        "keys": dict(current["keys"], **{"data.train": ["/elsewhere/train.jsonl"]}),
+        "versions": current["versions"],
+    }
+    assert changed_keys(stored, current) == [f"data.train: ['/elsewhere/train.jsonl'] -> [{TRAIN_DATA!r}]"]
+
+
+def test_a_file_is_read_once_per_version(tmp_path, monkeypatch):
+    train, _ = _copy_data(tmp_path, "data")
+    reads = []
+    real = fingerprint.file_digest
+    monkeypatch.setattr(fingerprint, "file_digest", lambda url: reads.append(url) or real(url))
+    first = InputDigests()
+    sha = first.file(train)
+    assert reads == [train]
+    again = InputDigests(first.record())  # the cache a later start reads from the state
+    assert again.file(train) == sha and reads == [train]
+    with open(train, "ab") as f:
+        f.write(b"\n")
+    assert again.file(train) != sha and reads == [train, train]
+    later = InputDigests(again.record())
+    assert later.file(train) == again.file(train) and reads == [train, train]
+    assert len(later.record()) == 1  # a start keeps the versions it used: the stale one is dropped
+
+
+def test_a_remote_file_has_the_digest_of_its_content(tmp_path):
+    with open(TRAIN_DATA, "rb") as f:
+        data = f.read()
+    with fsspec.open("memory://rmrun-fingerprint/train.jsonl", "wb") as f:
+        f.write(data)
+    digests = InputDigests()
+    assert digests.file("memory://rmrun-fingerprint/train.jsonl") == hashlib.sha256(data).hexdigest()
+    assert digests.path("Qwen/Qwen2-0.5B") == digest({"name": "Qwen/Qwen2-0.5B"})  # a hub id: its name
 
 
 def test_the_non_result_values_cover_every_non_result_key():

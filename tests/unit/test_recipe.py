@@ -117,7 +117,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 56
+    assert len(KEYS) == 58
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -188,7 +188,7 @@ def test_a_table_written_as_a_key(tmp_path):
         ),
         (
             '[data]\ntrain = ["p.jsonl"]\nformat = "sharegpt"',
-            "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise'",
+            "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise', 'hh'",
         ),
     ],
 )
