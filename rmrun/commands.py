@@ -191,7 +191,7 @@ def run(recipe_path: str, *, overrides) -> int:
 
     requeue = recipe.run.preempted_exit_code
     try:
-        rank = dist.start(seed=recipe.run.seed)
+        rank = dist.start(seed=recipe.run.seed, collective_timeout_minutes=recipe.run.collective_timeout_minutes)
         RunSession(recipe_path, recipe, rank=rank).run()
         return EXIT_OK
     except (DataError, ModelError, NonFiniteLoss) as e:

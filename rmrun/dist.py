@@ -3,16 +3,18 @@
 This is the one module that reads RANK / WORLD_SIZE / LOCAL_RANK and the node
 layout torchrun gives (GROUP_RANK: which node, LOCAL_WORLD_SIZE: processes on it). ``world_from_env``
 is cheap (no torch) for ``rmrun check``; ``start`` initialises torch.distributed
-through ColossalAI, standalone (world size 1, a free port chosen by the OS) or under
-torchrun.
+as ColossalAI's launch does, with the recipe's collective timeout, standalone (world size
+1, a free port chosen by the OS) or under torchrun.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from dataclasses import dataclass
 
+from rmrun.recipe.schema import RunSection
 from rmrun.recipe.validate import World
 
 
@@ -49,8 +51,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*, seed: int) -> Rank:
-    """Initialise the default process group (gloo on CPU, nccl on CUDA)."""
+def start(*, seed: int, collective_timeout_minutes: float = RunSection.collective_timeout_minutes) -> Rank:
+    """Initialise the default process group (gloo on CPU, nccl on CUDA), its collectives
+    timing out after ``collective_timeout_minutes`` (``run.collective_timeout_minutes``)."""
     from rmrun.process import configure_process
 
     configure_process()  # before torch's first computation: MKL reads its mode once
@@ -69,10 +72,8 @@ def start(*, seed: int) -> Rank:
             }
         )
     cuda = torch.cuda.is_available()
-    import colossalai
-
-    colossalai.launch_from_torch(backend="nccl" if cuda else "gloo", seed=seed, verbose=False)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    _launch(seed=seed, local_rank=local_rank, timeout=datetime.timedelta(minutes=collective_timeout_minutes))
     node, leader = _node_place(rank, local_rank)
     return Rank(
         rank=rank,
@@ -82,6 +83,26 @@ def start(*, seed: int) -> Rank:
         node=node,
         is_node_leader=leader,
     )
+
+
+def _launch(*, seed: int, local_rank: int, timeout: datetime.timedelta) -> None:
+    """What ``colossalai.launch_from_torch`` does (ColossalAI 0.5.0, which pyproject pins),
+    with the timeout it does not take: its ``init_process_group`` leaves torch's default (10
+    minutes for NCCL, 30 for gloo), shorter than a rank-0-only phase (tokenizing a large data
+    set) that the other ranks wait out in a barrier, and a second ``init_process_group`` is
+    refused, so the group cannot be made first and handed to it."""
+    import torch
+    import torch.distributed as tdist
+    from colossalai.accelerator import get_accelerator  # importing colossalai sets CUDA_DEVICE_MAX_CONNECTIONS
+    from colossalai.utils import set_seed
+
+    accelerator = get_accelerator()
+    # env://: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, as torchrun (or start) sets them.
+    tdist.init_process_group(backend=accelerator.communication_backend, init_method="env://", timeout=timeout)
+    if accelerator.support_set_device:
+        accelerator.set_device(local_rank)
+    set_seed(seed)
+    torch._dynamo.config.optimize_ddp = tdist.get_world_size() > 1
 
 
 def _node_place(rank: int, local_rank: int) -> tuple[int, bool]:

@@ -56,6 +56,14 @@ def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
     }
 
 
+def _reward_stats_pairs(reward_stats: dict) -> str:
+    """Which training pairs the statistics are over, for the model card."""
+    pairs, total = reward_stats["pairs"], reward_stats["of"]
+    if pairs == total:
+        return f"the {total} training pairs"
+    return f"{pairs} of the {total} training pairs (a uniform sample drawn from `run.seed`)"
+
+
 def write_model_card(
     directory: str, *, run_name: str, model, data, evaluation: dict | None, reward_stats: dict | None
 ) -> None:
@@ -97,7 +105,7 @@ def write_model_card(
         lines.append("")
     if reward_stats:
         lines += [
-            f"Rewards over the {reward_stats['pairs']} training pairs (both responses): mean "
+            f"Rewards over {_reward_stats_pairs(reward_stats)} (both responses): mean "
             f"{reward_stats['mean']:.4f}, std {reward_stats['std']:.4f}; stored in `config.json` as "
             "`mean` / `std` (`normalize_reward: false`).",
             "",

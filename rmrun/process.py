@@ -82,7 +82,13 @@ class _ReaderMayGo:
 # --------------------------------------------------------------------------- stop signals
 
 
-class Stopped(Exception):
+class StopRequested(Exception):
+    """A stop signal was acted on; ``signum`` is the signal (None: another rank's)."""
+
+    signum: int | None
+
+
+class Stopped(StopRequested):
     """A stop signal was acted on outside the training loop (before training had anything
     to save, or after it): what is committed is intact and the same command resumes."""
 

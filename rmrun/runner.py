@@ -237,11 +237,14 @@ class GraphWalk:
             step_function(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
             self._check_gives(step, before)
         except BaseException as e:
+            from rmrun.process import StopRequested
+
+            stopped = isinstance(e, (StopRequested, KeyboardInterrupt))
             try:
                 self._record(
                     step,
                     {
-                        "state": "failed",
+                        "state": "stopped" if stopped else "failed",
                         "attempts": attempts,
                         "finished": time.time(),
                         "error": f"{type(e).__name__}: {e}"[:500],

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MEGA_CHUNK_BLOCKS = 64
+# Tags the reward statistics' random stream apart from every epoch's, [seed, epoch] (an epoch
+# is at most 10**6, so no [seed, epoch] spells [seed, this]).
+REWARD_STATS_STREAM = 0x5EED_57A7
 
 
 def epoch_order(*, seed: int, epoch: int, lengths: np.ndarray, batch_size: int, group_by_length: bool) -> np.ndarray:
@@ -38,6 +41,16 @@ def epoch_order(*, seed: int, epoch: int, lengths: np.ndarray, batch_size: int, 
     short = [b for b in blocks if len(b) < batch_size]
     shuffled = [full[i] for i in rng.permutation(len(full))]
     return np.concatenate(shuffled + short) if blocks else order
+
+
+def reward_stats_sample(*, seed: int, num_pairs: int, num_samples: int) -> np.ndarray:
+    """Indices, ascending, of ``num_samples`` pairs drawn uniformly without replacement from
+    ``num_pairs``; every index when there are no more. A pure function of its arguments, like
+    the epoch order: a resumed run, on any number of processes, scores the same pairs."""
+    if num_samples >= num_pairs:
+        return np.arange(num_pairs)
+    rng = np.random.default_rng([seed, REWARD_STATS_STREAM])
+    return np.sort(rng.choice(num_pairs, size=num_samples, replace=False))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from rmrun.data.share import collate_shared, shared_lengths, shared_prefix_lengt
 from rmrun.faults import fault_point, trace_pairs
 from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
 from rmrun.model import RewardReader
+from rmrun.process import StopRequested
 from rmrun.sampler import OptimizerStep, epoch_order, optimizer_steps
 
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
@@ -53,7 +54,7 @@ def longer_wins_credit(lengths: np.ndarray) -> float:
     return float((diff > 0).sum() + 0.5 * (diff == 0).sum())
 
 
-class Preempted(Exception):
+class Preempted(StopRequested):
     """A stop signal was honoured after a committed checkpoint; the run can be requeued.
     ``signum``: the signal this process received (None when another rank's did)."""
 

@@ -81,6 +81,22 @@ class TokenizedPairs:
         """``(n, 2)`` int64 array of (chosen, rejected) lengths, e.g. for length-grouped batching."""
         return np.stack([np.diff(self.chosen_offsets), np.diff(self.rejected_offsets)], axis=1)
 
+    def subset(self, indices: np.ndarray) -> TokenizedPairs:
+        """Pairs ``indices``, in that order, as a data set of their own (copies of their ids);
+        ``pair_index`` keeps each pair's position in the input."""
+        indices = np.asarray(indices, dtype=np.int64)
+        arrays = {"pair_index": self.pair_index[indices]}
+        for side in ("chosen", "rejected"):
+            ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
+            starts = offsets[indices]
+            lengths = offsets[indices + 1] - starts
+            new_offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths, dtype=np.int64)])
+            # Token t of the new flat array comes from its pair's start, shifted by its place in the pair.
+            positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+            arrays[f"{side}_ids"] = ids[positions]
+            arrays[f"{side}_offsets"] = new_offsets
+        return TokenizedPairs(**arrays)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays by name, contiguous, as ``safetensors.numpy.save`` wants them."""
         return {name: np.ascontiguousarray(getattr(self, name)) for name in ARRAY_NAMES}

@@ -85,6 +85,14 @@ class RunSection:
         "Kubeflow's PyTorchJob restartPolicy ExitCode retries only codes >= 128: use 143 there.",
         75,
     )
+    collective_timeout_minutes: float = doc(
+        "How long a rank waits in a collective of the default process group (rmrun's broadcasts and "
+        "barriers) for the others before it gives up and the job fails. Some phases run on rank 0 alone while the other "
+        "ranks wait: tokenizing the data set, writing the export. torch's own default (10 minutes for "
+        "NCCL, 30 for gloo) kills a run whose data takes longer than that to tokenize; a rank that truly "
+        "hangs is still caught, after this long. Does not change results.",
+        60.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -301,11 +309,20 @@ class OutputSection:
         path=True,
     )
     reward_stats: bool = doc(
-        "Score every training pair with the final model (one forward pass over the training data, no "
-        "backward) and store the rewards' mean and std in the export's config.json as `mean` and `std` "
-        "(the names OpenRLHF reads to normalize rewards; `normalize_reward` is written as false, so "
-        "nothing changes unless the RLHF stage asks for it).",
+        "Score the training pairs (every one, or a sample of output.reward_stats_pairs) with the final "
+        "model (one forward pass, no backward) and store the rewards' mean and std in the export's "
+        "config.json as `mean` and `std` (the names OpenRLHF reads to normalize rewards; "
+        "`normalize_reward` is written as false, so nothing changes unless the RLHF stage asks for it).",
         True,
+    )
+    reward_stats_pairs: int = doc(
+        "How many training pairs output.reward_stats scores: a uniform sample of this many, drawn from "
+        "run.seed (the same pairs on a resume and on any number of processes), or every pair when the "
+        "training set has no more. The export states the sample beside the statistics "
+        "(`reward_stats.pairs` of `reward_stats.of` in rmrun.json). The default bounds the save step "
+        "at any data size while keeping the mean and std to about 1% of the std; turn the statistics "
+        "off with output.reward_stats = false.",
+        10_000,
     )
     colossalchat: bool = doc(
         "Also write colossalchat-modeling.safetensors: the weights under ColossalChat's RewardModel names "
@@ -351,12 +368,16 @@ def fresh_run_hint(recipe: Recipe) -> str:
 
 # Keys whose values do not change what the run computes: they are left out of the
 # run fingerprint, so that changing them between a stop and a resume is allowed.
+# A key here may decide whether something is written (output.reward_stats,
+# output.colossalchat), never what a written number is: output.reward_stats_pairs picks
+# the pairs the statistics are taken over, so it is a result key.
 NON_RESULT_KEYS = frozenset(
     {
         "run.name",
         "run.state",
         "run.store_retry_seconds",
         "run.preempted_exit_code",
+        "run.collective_timeout_minutes",
         "checkpoint.interval_steps",
         "checkpoint.interval_seconds",
         "checkpoint.keep",

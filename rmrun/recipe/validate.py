@@ -45,7 +45,9 @@ CEILINGS = {
     "[plugin].pp": 65_536,
     "[plugin].sp": 65_536,
     "[plugin].microbatch_size": 1_000_000,
+    "[output].reward_stats_pairs": 1_000_000_000,
 }
+COLLECTIVE_TIMEOUT_MAX = 7 * 24 * 60  # minutes; a week
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,12 @@ def _number_problems(recipe: Recipe) -> list[str]:
     if not 0 <= recipe.run.store_retry_seconds <= 86400:
         problems.append(
             f"[run].store_retry_seconds: must be between 0 and 86400, got {recipe.run.store_retry_seconds:g}"
+        )
+    timeout = recipe.run.collective_timeout_minutes
+    if not (math.isfinite(timeout) and 0 < timeout <= COLLECTIVE_TIMEOUT_MAX):
+        problems.append(
+            f"[run].collective_timeout_minutes: must be above 0 and at most {COLLECTIVE_TIMEOUT_MAX:,} "
+            f"(a week), got {timeout:g}"
         )
     floats = [
         ("[schedule].lr", s.lr),
@@ -112,6 +120,7 @@ def _number_problems(recipe: Recipe) -> list[str]:
         "[plugin].pp": recipe.plugin.pp,
         "[plugin].sp": recipe.plugin.sp,
         "[plugin].microbatch_size": recipe.plugin.microbatch_size,
+        "[output].reward_stats_pairs": recipe.output.reward_stats_pairs,
     }
     for key, value in values.items():
         if value is not None and value > CEILINGS[key]:
@@ -159,6 +168,11 @@ def _size_problems(recipe: Recipe) -> list[str]:
     ):
         if value < low:
             problems.append(f"{key}: must be at least {low}, got {value}")
+    if recipe.output.reward_stats_pairs < 1:
+        problems.append(
+            f"[output].reward_stats_pairs: must be at least 1, got {recipe.output.reward_stats_pairs} "
+            "(output.reward_stats = false turns the statistics off)"
+        )
     for key, optional in (
         ("[schedule].max_steps", s.max_steps),
         ("[checkpoint].interval_steps", recipe.checkpoint.interval_steps),

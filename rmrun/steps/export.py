@@ -88,13 +88,21 @@ def _upload(local_dir: str, url: str, *, step: int) -> None:
             fault_point("export_upload", step=step)
 
 
-def _reward_stats(trainer: Trainer) -> dict:
-    """Mean and std of the final model's rewards over every training pair, both responses."""
-    result = trainer.evaluate(data=trainer.data)
+def _reward_stats(trainer: Trainer, *, seed: int, num_samples: int) -> dict:
+    """Mean and std of the final model's rewards, both responses, over a uniform sample of
+    ``num_samples`` training pairs drawn from ``seed`` (every pair when there are no more).
+    Every rank draws the same sample and ``evaluate`` splits it across the ranks as it splits
+    any data set, so every rank takes part in the same collectives."""
+    from rmrun.sampler import reward_stats_sample
+
+    total = len(trainer.data)
+    sample = reward_stats_sample(seed=seed, num_pairs=total, num_samples=num_samples)
+    result = trainer.evaluate(data=trainer.data if len(sample) == total else trainer.data.subset(sample))
     return {
         "mean": (result["chosen_reward"] + result["rejected_reward"]) / 2,
         "std": result["reward_std"],
         "pairs": result["pairs"],
+        "of": total,
         "data": "train",
     }
 
@@ -114,7 +122,9 @@ def export(
 
     trainer, plan = ctx.trainer, ctx.plan
     assert trainer is not None and plan is not None and ctx.boosted is not None
-    stats = _reward_stats(trainer) if output.reward_stats else None  # every rank takes part
+    stats = None
+    if output.reward_stats:  # every rank takes part
+        stats = _reward_stats(trainer, seed=run.seed, num_samples=output.reward_stats_pairs)
     tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
     try:
         _write_model(ctx, tmp, ctx.boosted, ctx.tokenizer)

@@ -674,3 +674,34 @@ def test_a_full_tmpdir_is_one_line_and_the_rerun_is_exact(lab, request, tmp_path
     assert f"local scratch {scratch} (TMPDIR) cannot hold the checkpoint at step 4" in message, message
     assert committed_checkpoints(run) == []
     finish(lab, run, reference)
+
+
+# A stop signal at each point outside the training loop, in run order: the run stops there
+# at once (nothing to checkpoint) and the next start goes on from what is committed.
+OUTSIDE_TRAINING = [
+    ("tokenize_commit", "tokenize"),
+    ("tokenized", "tokenize"),
+    ("boosted", "boost"),
+    (f"epoch_commit:{STEPS_PER_EPOCH}", "train/epoch-0"),
+    (f"epoch_done:{STEPS_PER_EPOCH}", "train/epoch-0"),
+    ("eval_final_commit", "evaluate"),
+    ("eval_final_done", "evaluate"),
+    ("export_upload", "save"),
+    ("export_commit", "save"),
+]
+
+
+@pytest.mark.parametrize("config", [ONE_LOCAL, ONE_S3], ids=str)
+def test_sigterm_in_every_phase_outside_training_stops_at_once_and_resumes_exactly(lab, request, config):
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "term-phases")
+    for point, step in OUTSIDE_TRAINING:
+        result = h.run(run, faults=f"term@{point}", expect=EXIT_PREEMPTED)
+        message = _one_message(result)
+        assert re.search(
+            rf"stopped by SIGTERM (in step {re.escape(step)}|after the training steps of epoch 0 were committed); "
+            r"everything committed is intact; exit 75",
+            message,
+        ), f"term@{point}: {message}"
+    finish(lab, run, reference)

@@ -25,13 +25,15 @@ def trained(tmp_path_factory):
         root,
         train_pairs=96,
         eval_pairs=40,
-        extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n[output]\ncolossalchat = true\n",
+        # reward_stats_pairs: the statistics on a sample, 40 of the 96 training pairs.
+        extra="[schedule]\nmax_epochs = 2\nbatch_size = 8\n[output]\ncolossalchat = true\nreward_stats_pairs = 40\n",
     )
     done = rmrun("run", recipe)
     assert done.returncode == 0, done.stderr[-3000:]
     export = root / "state" / "export"
     return {
         "root": root,
+        "recipe": recipe,
         "export": str(export),
         "eval_file": str(root / "eval.jsonl"),
         "train_file": str(root / "train.jsonl"),
@@ -86,15 +88,31 @@ def test_eval_reproduces_the_training_time_report(trained):
     assert "accuracy" in done.stdout and "ECE" in done.stdout
 
 
-def test_config_reward_stats_match_the_scored_training_pairs(trained):
+def test_config_reward_stats_match_the_scored_training_pairs_of_their_sample(trained):
+    from rmrun.recipe import load_recipe
+    from rmrun.sampler import reward_stats_sample
+
     config = trained["config"]
     assert config["normalize_reward"] is False
     lines = _score(trained, trained["train_file"], out_name="train_scores.jsonl")
-    rewards = [line["chosen"] for line in lines] + [line["rejected"] for line in lines]
+    assert len(lines) == 96
+    seed = load_recipe(trained["recipe"]).run.seed
+    sample = [lines[i] for i in reward_stats_sample(seed=seed, num_pairs=96, num_samples=40)]
+    rewards = [line["chosen"] for line in sample] + [line["rejected"] for line in sample]
     mean = sum(rewards) / len(rewards)
     std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
     assert math.isclose(config["mean"], mean, abs_tol=1e-4)
     assert math.isclose(config["std"], std, rel_tol=1e-4)
+
+
+def test_the_export_states_the_sample_beside_the_reward_stats(trained):
+    from pathlib import Path
+
+    stats = json.loads((Path(trained["export"]) / "rmrun.json").read_text())["reward_stats"]
+    assert (stats["pairs"], stats["of"], stats["data"]) == (40, 96, "train")
+    assert (stats["mean"], stats["std"]) == (trained["config"]["mean"], trained["config"]["std"])
+    card = (Path(trained["export"]) / "README.md").read_text()
+    assert "Rewards over 40 of the 96 training pairs (a uniform sample drawn from `run.seed`)" in card
 
 
 def test_single_responses_score_like_the_chosen_side_of_a_pair(trained, tmp_path):

@@ -19,6 +19,18 @@ RECIPES = [
     ("seed-negative", None, ["run.seed=-1"], "[run].seed: must be between 0 and 2**63-1, got -1"),
     ("seed-2**64+1", None, ["run.seed=18446744073709551617"], "[run].seed: must be between 0 and 2**63-1"),
     ("lr-nan", None, ["schedule.lr=nan"], "[schedule].lr: must be a finite number, got nan"),
+    (
+        "collective-timeout-inf",
+        None,
+        ["run.collective_timeout_minutes=inf"],
+        "[run].collective_timeout_minutes: must be above 0 and at most 10,080 (a week), got inf",
+    ),
+    (
+        "reward-stats-pairs-zero",
+        None,
+        ["output.reward_stats_pairs=0"],
+        "[output].reward_stats_pairs: must be at least 1",
+    ),
     ("lr-inf", None, ["schedule.lr=inf"], "[schedule].lr: must be a finite number, got inf"),
     ("lr-negative", None, ["schedule.lr=-1e-5"], "[schedule].lr: must be positive"),
     ("lora-dropout-5", "[model.lora]\ndropout = 5.0\n", [], "[model.lora].dropout: must be in [0, 1), got 5.0"),

@@ -363,6 +363,20 @@ def test_round_trip_of_100_pairs_through_arrays_and_safetensors(tokenizer, tmp_p
     assert restored.stats == original.stats
 
 
+def test_a_subset_holds_exactly_the_pairs_it_names(tokenizer):
+    original = tokenize_pairs(many_pairs(30), tokenizer, max_length=64, overflow="error", template=None)
+    indices = np.array([29, 0, 7, 8, 15])
+    part = original.subset(indices)
+    assert len(part) == 5 and part.pair_index.tolist() == original.pair_index[indices].tolist()
+    assert all(np.array_equal(part.chosen(i), original.chosen(j)) for i, j in enumerate(indices))
+    assert all(np.array_equal(part.rejected(i), original.rejected(j)) for i, j in enumerate(indices))
+    np.testing.assert_array_equal(part.lengths(), original.lengths()[indices])
+    everything = original.subset(np.arange(30))
+    for name, array in original.to_arrays().items():
+        np.testing.assert_array_equal(everything.to_arrays()[name], array, err_msg=name)
+    assert len(original.subset(np.array([], dtype=np.int64))) == 0
+
+
 def test_from_arrays_rejects_a_wrong_dtype(tokenizer):
     arrays = tokenize_pairs(many_pairs(3), tokenizer, max_length=64, overflow="error", template=None).to_arrays()
     arrays["chosen_ids"] = arrays["chosen_ids"].astype(np.int64)

@@ -24,6 +24,7 @@ NON_RESULT_VALUES = {
     "run.state": "/tmp/another-state",
     "run.store_retry_seconds": "5",
     "run.preempted_exit_code": "143",
+    "run.collective_timeout_minutes": "5",
     "checkpoint.interval_steps": "7",
     "checkpoint.interval_seconds": "60",
     "checkpoint.keep": "5",
@@ -52,6 +53,7 @@ RESULT_CHANGES = {
     "loss.name=log_exp": "loss.name: 'log_sig' -> 'log_exp'",
     "loss.margin=0.5": "loss.margin: 0.0 -> 0.5",
     "plugin.grad_checkpoint=true": "plugin.grad_checkpoint: False -> True",
+    "output.reward_stats_pairs=500": "output.reward_stats_pairs: 10000 -> 500",
 }
 
 

@@ -117,7 +117,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 58
+    assert len(KEYS) == 60
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -302,6 +302,23 @@ def test_bad_combination_checkpoint_keep_below_two(tmp_path, keep):
         ("[checkpoint]\ninterval_seconds = 0", "[checkpoint].interval_seconds: must be positive"),
         ("[checkpoint]\nstop_budget_seconds = -30", "[checkpoint].stop_budget_seconds: must be positive, got -30"),
         ("[model.lora]\nr = 0", "[model.lora].r: must be at least 1, got 0"),
+        (
+            "[run]\ncollective_timeout_minutes = 0",
+            "[run].collective_timeout_minutes: must be above 0 and at most 10,080 (a week), got 0",
+        ),
+        (
+            "[run]\ncollective_timeout_minutes = 20000.0",
+            "[run].collective_timeout_minutes: must be above 0 and at most 10,080 (a week), got 20000",
+        ),
+        (
+            "[output]\nreward_stats_pairs = 0",
+            "[output].reward_stats_pairs: must be at least 1, got 0 (output.reward_stats = false turns the "
+            "statistics off)",
+        ),
+        (
+            "[output]\nreward_stats_pairs = 2000000000",
+            "[output].reward_stats_pairs: 2000000000 is beyond any real run (at most 1,000,000,000)",
+        ),
         ("[model.lora]\ntarget_modules = []", "[model.lora].target_modules: needs at least one module name"),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmrun.sampler import epoch_order, optimizer_steps
+from rmrun.sampler import epoch_order, optimizer_steps, reward_stats_sample
 
 LENGTHS = np.random.default_rng(0).lognormal(4, 1, size=203).astype(np.int64)
 
@@ -71,3 +71,32 @@ def test_steps_count_pairs_and_only_the_last_is_short():
     steps = list(optimizer_steps(order, start=0, batch_size=8, dp_size=2, dp_rank=0, accumulation_steps=2))
     assert [s.pairs for s in steps] == [32] * 6 + [11]
     assert sum(s.pairs for s in steps) == 203
+
+
+# --------------------------------------------------------------------------- reward statistics
+
+
+def test_the_reward_stats_sample_is_a_pure_function_of_seed_pairs_and_size():
+    a = reward_stats_sample(seed=42, num_pairs=1_000_000, num_samples=10_000)
+    assert np.array_equal(a, reward_stats_sample(seed=42, num_pairs=1_000_000, num_samples=10_000))
+    assert len(a) == len(np.unique(a)) == 10_000
+    assert np.all(np.diff(a) > 0) and 0 <= a[0] and a[-1] < 1_000_000
+    assert not np.array_equal(a, reward_stats_sample(seed=43, num_pairs=1_000_000, num_samples=10_000))
+    assert not np.array_equal(a, reward_stats_sample(seed=42, num_pairs=999_999, num_samples=10_000))
+
+
+@pytest.mark.parametrize("num_pairs", [0, 1, 96, 10_000])
+def test_the_reward_stats_sample_is_every_pair_when_there_are_no_more(num_pairs):
+    assert reward_stats_sample(seed=42, num_pairs=num_pairs, num_samples=10_000).tolist() == list(range(num_pairs))
+
+
+def test_the_reward_stats_sample_is_uniform():
+    # 10 000 of 100 000: each tenth of the data holds 1000 expected, std ~28; each pair is
+    # drawn with probability 0.1 over seeds.
+    sample = reward_stats_sample(seed=42, num_pairs=100_000, num_samples=10_000)
+    per_tenth = np.bincount(sample // 10_000, minlength=10)
+    assert np.all(np.abs(per_tenth - 1000) < 150), per_tenth
+    hits = np.zeros(50, dtype=np.int64)
+    for seed in range(2000):
+        hits[reward_stats_sample(seed=seed, num_pairs=50, num_samples=5)] += 1
+    assert np.all(np.abs(hits - 200) < 70), hits  # binomial(2000, 0.1): std ~13
