@@ -85,8 +85,8 @@ def write_recipe(directory: Path, *, variant: str, total_steps: int, interval: i
 
 def _instrument() -> dict:
     """Time every CheckpointHook.after_step and optimizer step of this process's run."""
-    from rmrun.hooks import CheckpointHook
-    from rmrun.trainer import Trainer
+    from rmrun.train.hooks import CheckpointHook
+    from rmrun.train.trainer import Trainer
 
     timings = {"hook": {}, "step": {}, "step_started": {}}
     hook_after_step, optimizer_step = CheckpointHook.after_step, Trainer.optimizer_step
@@ -117,7 +117,7 @@ def worker(job_path: str, result_path: str) -> None:
     ThrottledFileSystem.bytes_per_second = job["bytes_per_second"]
     fsspec.register_implementation("throttled", ThrottledFileSystem, clobber=True)
     timings = _instrument()
-    from rmrun.cli import main
+    from rmrun.cli.main import main
 
     code = main(["run", job["recipe"]])
     if code != 0:

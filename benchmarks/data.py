@@ -132,7 +132,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def load_tokenizer():
     """The shipped tiny tokenizer, loaded the way rmrun loads it."""
-    from rmrun.model import load_tokenizer as rmrun_load_tokenizer
+    from rmrun.model.model import load_tokenizer as rmrun_load_tokenizer
     from rmrun.recipe.schema import ModelSection
 
     return rmrun_load_tokenizer(ModelSection(pretrain=str(TINY_MODEL_DIR), tokenizer=str(TOKENIZER_DIR)))

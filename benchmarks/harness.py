@@ -2,14 +2,14 @@
 jobs they run.
 
 A :class:`WorkerPool` spawns ``nproc`` fresh Python processes that join one gloo process
-group through ``rmrun.dist.start`` (RANK/WORLD_SIZE/MASTER_PORT set as torchrun would,
+group through ``rmrun.runtime.dist.start`` (RANK/WORLD_SIZE/MASTER_PORT set as torchrun would,
 on a port the OS picked). The pytest process never imports ColossalAI and never joins the
 group; it sends a job to every rank and collects the per-rank results. Each pool pays the
 ColossalAI import once and runs every model size.
 
 The ``train`` job builds, on the same model init and the same tokenized data:
 
-- ``rmrun``: rmrun's :class:`~rmrun.trainer.Trainer` on a ddp-boosted model, batches from
+- ``rmrun``: rmrun's :class:`~rmrun.train.trainer.Trainer` on a ddp-boosted model, batches from
   rmrun's sampler (length-grouped), padded to the longest sequence of the batch;
 - ``hand``: a hand-written PyTorch loop (plain AdamW, same collate, one concatenated
   chosen+rejected forward, loss, backward, clip, step) on exactly the batches ``rmrun`` takes;
@@ -25,7 +25,7 @@ The ``train`` job builds, on the same model init and the same tokenized data:
 
 and steps them round-robin (one optimizer step of each variant per round, the order
 rotating every round) so that noise from other work on the machine hits them alike. It
-then times rmrun checkpoint saves and loads (``rmrun.checkpoint``) through a local state
+then times rmrun checkpoint saves and loads (``rmrun.train.checkpoint``) through a local state
 store, on the rmrun variant's trained model and optimizer.
 """
 
@@ -41,7 +41,7 @@ import time
 import traceback
 from functools import cache, lru_cache
 
-from rmrun.bench_worker import checkpoint_timings
+from rmrun.bench.worker import checkpoint_timings
 from rmrun.recipe.plugins import PLUGINS
 
 MODEL_SIZES = ("tiny", "small")
@@ -181,7 +181,7 @@ def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        from rmrun.dist import start, stop
+        from rmrun.runtime.dist import start, stop
 
         ranked = start(seed=0)
         conn.send(("ready", {"rank": ranked.rank, "threads": threads, "cuda": ranked.cuda}))
@@ -372,7 +372,7 @@ def _pad_to_max_collate(tokenized, indices, *, pad_token_id: int, max_length: in
 
 
 def _colossalchat_trainer_class():
-    from rmrun.trainer import Trainer
+    from rmrun.train.trainer import Trainer
 
     class PadToMaxTrainer(Trainer):
         """rmrun's Trainer with ColossalChat's batching (the only thing that differs)."""
@@ -395,7 +395,7 @@ class HandLoop:
     def __init__(self, net, *, data, pad_id: int, schedule, plan, device, world_size: int):
         import torch
 
-        from rmrun.boost import warmup_cosine  # the same LR curve, so losses stay comparable
+        from rmrun.model.boost import warmup_cosine  # the same LR curve, so losses stay comparable
 
         net = net.to(device)
         if world_size > 1:
@@ -442,7 +442,7 @@ class HandLoop:
 
 
 def _use_pair_attention(net) -> None:
-    from rmrun.pair_attention import ATTENTION, register
+    from rmrun.model.pair_attention import ATTENTION, register
 
     register()
     net.config._attn_implementation = ATTENTION
@@ -451,8 +451,8 @@ def _use_pair_attention(net) -> None:
 def _build_rmrun_trainer(
     ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False, pack_pairs: bool = False
 ):
-    from rmrun.boost import boost
-    from rmrun.trainer import Trainer, TrainState
+    from rmrun.model.boost import boost
+    from rmrun.train.trainer import Trainer, TrainState
 
     boosted = boost(net, plan=plan, plugin=recipe.plugin, schedule=recipe.schedule, cuda=ranked.cuda)
     return (cls or Trainer)(
@@ -509,7 +509,7 @@ def train_job(
     import torch
 
     from rmrun.data.share import shared_lengths, shared_prefix_lengths
-    from rmrun.model import build_reward_model
+    from rmrun.model.model import build_reward_model
     from rmrun.recipe.plan import make_plan
 
     unknown = set(variants) - set(VARIANTS)
@@ -716,7 +716,7 @@ def _timed_rounds(
     """Round-robin timed steps: ({variant: its step records}, whether the peak RSS could be reset
     before each step, the seconds they took). Without ``memory_probe`` each step's peak memory
     goes into ``memory``."""
-    from rmrun.collective import broadcast
+    from rmrun.runtime.collective import broadcast
 
     records: dict = {v: [] for v in steps.order}
     taken = {v: 0 for v in steps.order}

@@ -1,6 +1,6 @@
-"""The machine description lives in ``rmrun.machine`` (``rmrun bench`` stamps its results with it)."""
+"""The machine description lives in ``rmrun.runtime.machine`` (``rmrun bench`` stamps its results with it)."""
 
-from rmrun.machine import PEAK_BF16_FLOPS, cores, cpu_model, gpus, info, label, peak_bf16_flops, version
+from rmrun.runtime.machine import PEAK_BF16_FLOPS, cores, cpu_model, gpus, info, label, peak_bf16_flops, version
 
 __all__ = ["PEAK_BF16_FLOPS", "cores", "cpu_model", "gpus", "info", "label", "peak_bf16_flops", "version"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import statistics
 
-from rmrun.stats import bootstrap_median_ci, model_flops_utilization
-from rmrun.stats import quartiles as _quantiles
+from rmrun.bench.stats import bootstrap_median_ci, model_flops_utilization
+from rmrun.bench.stats import quartiles as _quantiles
 
 GOALS = {
     "rmrun_vs_hand": 0.97,  # rmrun pairs/s / hand-written pairs/s, at least

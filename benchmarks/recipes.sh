@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 TORCHRUN="$(dirname "$PY")/torchrun"
 out=${1:-benchmarks/results/recipes}
-label=$("$PY" -m rmrun.machine)
+label=$("$PY" -m rmrun.runtime.machine)
 export PYTHONWARNINGS=ignore
 
 sweep=(--sweep plugin.name=ddp,zero2,gemini --sweep schedule.batch_size=8,32 --sweep plugin.grad_checkpoint=false,true)

@@ -412,7 +412,7 @@ def _checkpoint(doc: dict) -> list[str]:
         )
     )
     lines = [
-        "## Checkpoint save / load (rmrun.checkpoint, local state store)",
+        "## Checkpoint save / load (rmrun.train.checkpoint, local state store)",
         "",
         f"| plugin | procs | model | checkpoint size | mean rmrun step | {background}: training waits (median) | "
         f"overhead | upload, in the background (median) | {blocking} (median) | overhead | load (median) |",
@@ -460,7 +460,7 @@ def _checkpoint(doc: dict) -> list[str]:
 def _checkpoint_blocking_only(entries: list[dict]) -> list[str]:
     """The table of results from before the background timings: the blocking save only."""
     lines = [
-        "## Checkpoint save / load (rmrun.checkpoint, local state store)",
+        "## Checkpoint save / load (rmrun.train.checkpoint, local state store)",
         "",
         "| plugin | procs | model | checkpoint size | save (median) | load (median) | mean rmrun step | "
         "overhead at the default interval |",

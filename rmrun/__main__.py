@@ -1,3 +1,3 @@
-from rmrun.cli import entry
+from rmrun.cli.main import entry
 
 entry()

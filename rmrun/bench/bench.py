@@ -9,7 +9,7 @@
 3. A fixed, seeded sample of the training pairs (uniform, so it keeps the data's own
    length distribution) is tokenized once per distinct ``[data]``/tokenizer.
 4. The runnable combinations run as short throw-away runs in worker processes
-   (``rmrun.bench_worker``), one process per short run and rank, in rounds: every round
+   (``rmrun.bench.worker``), one process per short run and rank, in rounds: every round
    runs each combination once (a warm-up step, then ``--steps`` timed steps, then one
    checkpoint save and load), the order rotating round by round, so that slow phases of
    the machine hit all combinations alike. Different plugins cannot share a process, so
@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from rmrun.bench_sample import data_key, tokenize_samples
+from rmrun.bench.sample import data_key, tokenize_samples
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
 from rmrun.recipe.schema import Recipe
 
@@ -150,8 +150,8 @@ def check_sweeps(recipe_path: str, sweeps: list[tuple[str, list[str]]], *, sets:
 def check_combinations(recipe_path: str, combos: list[Combination], *, world: World) -> None:
     """Decode every combination (a bad key or value anywhere is a usage error, raised with every
     problem), then mark the ones that cannot run here with their one-line reason."""
-    from rmrun.preflight import input_problems
     from rmrun.recipe.validate import static_problems
+    from rmrun.run.preflight import input_problems
 
     problems = []
     for c in combos:
@@ -196,7 +196,7 @@ def _worker_env(*, world_size: int, port: int | None) -> dict:
     env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
     if world_size == 1:
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
-            env.pop(key, None)  # rmrun.dist.start picks a free port itself
+            env.pop(key, None)  # rmrun.runtime.dist.start picks a free port itself
     else:
         env["MASTER_PORT"] = str(port)
     python_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,7 +213,7 @@ def run_worker(job: dict, *, directory: str, world_size: int, port: int | None) 
         json.dump(job, f)
     with open(os.path.join(directory, "worker.log"), "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rmrun.bench_worker", job_path, result_path],
+            [sys.executable, "-m", "rmrun.bench.worker", job_path, result_path],
             env=_worker_env(world_size=world_size, port=port),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -256,15 +256,15 @@ class Group:
         return self.rank == 0
 
     def port(self) -> int | None:
-        from rmrun.collective import broadcast
-        from rmrun.dist import _free_port
+        from rmrun.runtime.collective import broadcast
+        from rmrun.runtime.dist import _free_port
 
         if self.world_size == 1:
             return None
         return broadcast(_free_port() if self.is_main else None)
 
     def gather(self, value) -> list:
-        from rmrun.collective import gather_all
+        from rmrun.runtime.collective import gather_all
 
         return gather_all(value) if self.world_size > 1 else [value]
 
@@ -312,8 +312,8 @@ def bench(
 ) -> dict:
     """Run the sweep; returns the report (rank 0 writes it to ``out``). Raises RecipeError or
     BenchError for a usage error."""
-    from rmrun.bench_report import summarize, write_report
-    from rmrun.dist import world_from_env
+    from rmrun.bench.report import summarize, write_report
+    from rmrun.runtime.dist import world_from_env
 
     if steps < 1 or rounds < 1 or num_pairs < 1:
         raise BenchError("--steps, --rounds and --pairs must be at least 1")
@@ -321,7 +321,7 @@ def bench(
     world = world_from_env()
     group = Group(rank=0, world_size=world.size)
     if world.size > 1:
-        from rmrun import dist
+        from rmrun.runtime import dist
 
         rank = dist.start(seed=0)
         group = Group(rank=rank.rank, world_size=rank.world_size)
@@ -361,6 +361,6 @@ def bench(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if world.size > 1:
-            from rmrun import dist
+            from rmrun.runtime import dist
 
             dist.stop()

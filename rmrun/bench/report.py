@@ -7,7 +7,7 @@ import json
 import os
 import statistics
 
-from rmrun.stats import bootstrap_median_ci, model_flops_utilization
+from rmrun.bench.stats import bootstrap_median_ci, model_flops_utilization
 
 FILES = ("bench.json", "bench.md", "bench.png")
 
@@ -98,7 +98,7 @@ def recommendation(ranked: list[dict]) -> str:
 def summarize(
     recipe_path: str, combos, *, samples: dict, world_size: int, steps: int, rounds: int, sets, sweeps
 ) -> dict:
-    from rmrun.machine import info
+    from rmrun.runtime.machine import info
 
     machine = info()
     peak = machine["peak_bf16_flops_per_gpu"]

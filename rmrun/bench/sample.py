@@ -34,7 +34,7 @@ def tokenize_sample(recipe: Recipe, *, num_pairs: int, seed: int, directory: str
     from safetensors.numpy import save_file
 
     from rmrun.data import load_chat_template, tokenize_pairs
-    from rmrun.model import load_tokenizer
+    from rmrun.model.model import load_tokenizer
 
     pairs = _sample_pairs(recipe, num_pairs=num_pairs, seed=seed)
     tokenizer = load_tokenizer(recipe.model)

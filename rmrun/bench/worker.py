@@ -1,10 +1,10 @@
 """One short, throw-away run of one ``rmrun bench`` combination, in a process of its own.
 
-``python -m rmrun.bench_worker JOB.json RESULT.json``: the job names the recipe and the
+``python -m rmrun.bench.worker JOB.json RESULT.json``: the job names the recipe and the
 combination's overrides (already validated by the parent), the tokenized sample of pairs,
 the number of timed steps and a scratch state root. The worker joins a process group
 (standalone, or the ranks of the parent's torchrun world on a port the parent chose),
-builds the model and plugin as ``rmrun run`` does (``rmrun.boost``), takes one warm-up
+builds the model and plugin as ``rmrun run`` does (``rmrun.model.boost``), takes one warm-up
 optimizer step (time to first step), then ``steps`` timed steps through rmrun's
 ``Trainer``, then checkpoint saves (blocking and background) and loads through a local
 state store. It writes what it measured, or why it could not run (``out of memory``
@@ -35,7 +35,7 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
     - ``save_seconds``: a blocking ``save_checkpoint`` (snapshot, upload, hashes, COMMIT,
       retention): what training waits for with ``checkpoint.async_upload = false``.
     - ``load_seconds``: ``load_checkpoint`` of that checkpoint.
-    - The background path as ``rmrun.hooks.CheckpointHook`` takes it (``async_upload = true``):
+    - The background path as ``rmrun.train.hooks.CheckpointHook`` takes it (``async_upload = true``):
       ``snapshot_seconds``, ``start_checkpoint`` (the training thread's wait at the step);
       ``upload_wait_seconds``, from then until every rank's upload is over (in a run, training
       goes on meanwhile); ``commit_seconds``, ``PendingCheckpoint.finish`` once the uploads
@@ -44,10 +44,10 @@ def checkpoint_timings(rank, trainer, *, rounds: int, root: str | None = None) -
       commit: what the training thread loses per background checkpoint; ``commit_wait_seconds``
       = upload wait + commit: what ``finish`` takes when called right after the snapshot.
     """
-    from rmrun.checkpoint import load_checkpoint, save_checkpoint, start_checkpoint
-    from rmrun.collective import barrier, broadcast
-    from rmrun.context import RunContext
+    from rmrun.run.context import RunContext
+    from rmrun.runtime.collective import barrier, broadcast
     from rmrun.store import StateStore
+    from rmrun.train.checkpoint import load_checkpoint, save_checkpoint, start_checkpoint
 
     root = broadcast(tempfile.mkdtemp(prefix="rmrun-bench-state-", dir=root) if rank.is_main else None)
     store = StateStore(root)
@@ -177,14 +177,14 @@ def _peak_memory(rank) -> dict:
 def _build(job: dict, rank):
     from safetensors.numpy import load_file
 
-    from rmrun.boost import boost
-    from rmrun.checkpoint import seed_everything
     from rmrun.data import TokenizedPairs
-    from rmrun.model import build_reward_model, load_tokenizer
+    from rmrun.model.boost import boost
+    from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
     from rmrun.recipe.backbone import SHARED
     from rmrun.recipe.plugins import model_attention
-    from rmrun.trainer import Trainer, TrainState
+    from rmrun.train.checkpoint import seed_everything
+    from rmrun.train.trainer import Trainer, TrainState
 
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
     tokenizer = load_tokenizer(recipe.model)
@@ -271,7 +271,7 @@ def main(job_path: str, result_path: str) -> int:
     warnings.filterwarnings("ignore")
     with open(job_path) as f:
         job = json.load(f)
-    from rmrun import dist
+    from rmrun.runtime import dist
 
     result: dict
     rank = None

@@ -1,7 +1,7 @@
 """The ``rmrun`` command: parse, load the recipe, plan, run, close on every path.
 
 This is the only place that calls ``sys.exit``. Exit codes (defined in
-``rmrun.commands``): 0 done; 2 recipe, data or usage error (never retry); 3 state
+``rmrun.run.commands``): 0 done; 2 recipe, data or usage error (never retry); 3 state
 unusable, needs a human; 75 (``run.preempted_exit_code``) stopped by SIGTERM/SIGUSR1 or an
 unreachable store with nothing committed lost (requeue me); 130 stopped by Ctrl-C; 1 a bug.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmrun.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from rmrun.faults import FAULT_POINTS
+from rmrun.run.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from rmrun.runtime.faults import FAULT_POINTS
 
 COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "report", "bench")
 
@@ -183,9 +183,9 @@ def _add_bench(sub) -> None:
 
 
 def _bench(args) -> int:
-    from rmrun.bench import BenchError, bench
+    from rmrun.bench.bench import BenchError, bench
     from rmrun.data import DataError
-    from rmrun.model import ModelError
+    from rmrun.model.model import ModelError
 
     try:
         bench(
@@ -216,8 +216,8 @@ def _fail(lines, code: int) -> int:
 
 
 def _use(args) -> int:
-    from rmrun import scoring
     from rmrun.data import DataError
+    from rmrun.serve import scoring
 
     if args.batch_size < 1:
         return _fail([f"--batch-size must be at least 1, got {args.batch_size}"], EXIT_USAGE)
@@ -233,8 +233,8 @@ def _use(args) -> int:
 
 def _report(args) -> int:
     from rmrun.data import DataError
-    from rmrun.exported import ScoreError
-    from rmrun.report import ReportError, report
+    from rmrun.report.report import ReportError, report
+    from rmrun.serve.exported import ScoreError
 
     try:
         return report(args.target, out=args.out, rewards=args.rewards)
@@ -253,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             print(explain_text())
             return EXIT_OK
         if args.command == "check":
-            from rmrun.commands import check
+            from rmrun.run.commands import check
 
             return check(args.recipe, overrides=args.overrides)
         if args.command == "status":
-            from rmrun.commands import status
+            from rmrun.run.commands import status
 
             return status(args.target, overrides=args.overrides)
         if args.command in ("score", "eval"):
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "verify-resume":
-            from rmrun.verify import verify_resume
+            from rmrun.run.verify import verify_resume
 
             return verify_resume(
                 args.recipe,
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 points=args.points,
                 state_root=args.state_root,
             )
-        from rmrun.commands import run
+        from rmrun.run.commands import run
 
         return run(args.recipe, overrides=args.overrides)
     except RecipeError as e:
@@ -287,14 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(["interrupted"], EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (``rmrun status | head``): nothing more to say, and no error.
-        from rmrun.process import discard_output
+        from rmrun.runtime.process import discard_output
 
         discard_output(sys.stdout)
         return EXIT_OK
 
 
 def entry() -> None:
-    from rmrun.process import configure_process, discard_output
+    from rmrun.runtime.process import configure_process, discard_output
 
     configure_process()
     code = main()

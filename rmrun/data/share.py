@@ -125,11 +125,11 @@ def pack_rows(lengths: Sequence[int], *, capacity: int) -> list[list[int]]:
 
 
 def pair_layout(segments: list[list[tuple[int, int, int, int]]], size: int):
-    """The :class:`rmrun.pair_attention.PairLayout` of rows of ``size`` positions holding
+    """The :class:`rmrun.model.pair_attention.PairLayout` of rows of ``size`` positions holding
     ``segments`` (per row, per pair: start, prompt end, chosen end, end; absolute)."""
     import torch
 
-    from rmrun.pair_attention import PairLayout
+    from rmrun.model.pair_attention import PairLayout
 
     flat = [
         (row * size + start, prompt_end - start, chosen_end - start, end - start)

@@ -265,12 +265,12 @@ def compiles_at_import(plan: Plan) -> bool:
 def _import_booster(plan: Plan) -> None:
     """Import ``colossalai.booster`` (once a process; the first plan decides) with
     bitsandbytes and, unless the recipe needs them, ColossalAI's import-time compiles left
-    eager, which keeps torch's inductor out of the process (:mod:`rmrun.thirdparty`)."""
+    eager, which keeps torch's inductor out of the process (:mod:`rmrun.model.thirdparty`)."""
     _import_booster_module(compiles=compiles_at_import(plan))
 
 
 def _import_booster_module(*, compiles: bool) -> None:
-    from rmrun.thirdparty import compile_off, import_bitsandbytes
+    from rmrun.model.thirdparty import compile_off, import_bitsandbytes
 
     if "colossalai.booster" in sys.modules:
         return

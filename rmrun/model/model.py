@@ -122,7 +122,7 @@ def build_reward_model(
     _family(config, model)  # refuses a backbone without a usable head, in one line
     config.pad_token_id = tokenizer.pad_token_id
     if attn_implementation == PAIR_ATTENTION:
-        from rmrun.pair_attention import register
+        from rmrun.model.pair_attention import register
 
         register()
     kwargs: dict[str, str | bool] = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -152,7 +152,7 @@ def build_reward_model(
 
 
 def _add_lora(net, lora: LoraSection):
-    from rmrun.thirdparty import import_bitsandbytes
+    from rmrun.model.thirdparty import import_bitsandbytes
 
     import_bitsandbytes()  # peft imports it to look for quantized layers; rmrun has none
     from peft import LoraConfig, TaskType, get_peft_model
@@ -231,7 +231,7 @@ class RewardReader:
         mask = batch["attention_mask"] if bool_mask else additive_mask(batch["attention_mask"], torch.float32)
         mask = mask.to(device)
         if self._pairs:
-            from rmrun import pair_attention
+            from rmrun.model import pair_attention
 
             if pair_attention.skips_masked_blocks(mask.device):
                 mask = pair_attention.attach(mask, batch["pair_layout"].to(device))

@@ -14,7 +14,7 @@ import costs seconds and prints a line:
 plain eager function, correct and uncompiled. :func:`compile_off` sets it for the length
 of an import and puts back what was there, so compiles later in the process, rmrun's or
 the user's, are untouched. The same holds for ColossalAI's own import-time compiles
-(:mod:`rmrun.boost` decides which of those a recipe needs).
+(:mod:`rmrun.model.boost` decides which of those a recipe needs).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ DECODER_TYPES = frozenset(
 SHARED_PROMPT_TYPES = frozenset({"llama", "qwen2"})
 SHARED = "shared-prompt"
 STANDARD = "standard"
-# The attention a shared-prompt model is built with (rmrun.pair_attention): each pair's head
+# The attention a shared-prompt model is built with (rmrun.model.pair_attention): each pair's head
 # and tail as two causal attentions, so the kernels skip what the block mask hides.
 PAIR_ATTENTION = "rmrun_pairs"
 
@@ -232,7 +232,7 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
         SHARED,
         "prompt + chosen + rejected in one sequence with a block attention mask "
         f"(the prompt runs once per pair){packed}; on CUDA each pair's attention runs as two "
-        "causal attentions that skip what the mask hides (rmrun.pair_attention)",
+        "causal attentions that skip what the mask hides (rmrun.model.pair_attention)",
     )
 
 

@@ -5,7 +5,7 @@ ColossalChat's ``train_rm.py``), whether it needs CUDA, whether it shards the mo
 and optimizer, the precisions it trains in, what it supports (LoRA, gradient
 accumulation, tp/pp/sp, the shared-prompt forward), who clips gradients, who casts to
 the mixed precision and who turns flash attention on, and its own cross-field checks.
-Validation, the plan, the boost step, the shared-prompt check and :mod:`rmrun.boost`
+Validation, the plan, the boost step, the shared-prompt check and :mod:`rmrun.model.boost`
 read it; nothing here imports ColossalAI, so ``rmrun check`` prints the exact
 constructor call without torch.
 """

@@ -92,7 +92,7 @@ def _json(state, name: str):
 def read_history(store) -> tuple[dict, dict, list[dict]]:
     """Metric lines and evals by step (the first committed copy of each step wins: a resumed run
     recomputes the same lines), and each piece's {end, since, generation, time}."""
-    from rmrun.checkpoint import committed_history
+    from rmrun.train.checkpoint import committed_history
 
     metrics: dict[int, dict] = {}
     evals: dict[int, dict] = {}
@@ -289,15 +289,15 @@ def read_export_files(url: str) -> RunRecord:
 class Scored:
     rewards: np.ndarray  # (n, 2) chosen, rejected
     model: str  # what scored them, in words
-    calibration: dict  # rmrun.scoring.calibration(...)
+    calibration: dict  # rmrun.serve.scoring.calibration(...)
 
 
 def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     """Rewards of the tokenized eval pairs under the final model: the export when the run
     published one, else its newest checkpoint; None when there is neither or no eval set."""
-    from rmrun.exported import open_export
-    from rmrun.scoring import calibration, score_tokenized
-    from rmrun.snapshot import newest_checkpoint, open_checkpoint
+    from rmrun.serve.exported import open_export
+    from rmrun.serve.scoring import calibration, score_tokenized
+    from rmrun.serve.snapshot import newest_checkpoint, open_checkpoint
 
     tokenized = newest_tokenized_eval(store)
     if tokenized is None:
@@ -316,7 +316,7 @@ def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
 
 def model_weight_bytes(store) -> int | None:
     """Size of the final model's weights as stored (to decide whether scoring is cheap)."""
-    from rmrun.snapshot import newest_checkpoint
+    from rmrun.serve.snapshot import newest_checkpoint
 
     export = store.open_unverified(EXPORT_KEY)
     if export is not None:
@@ -332,7 +332,7 @@ def model_weight_bytes(store) -> int | None:
 
 def length_baseline(lengths: np.ndarray) -> list[dict]:
     """Longer-response-wins accuracy per length bucket (the training-time evaluation's buckets)."""
-    from rmrun.trainer import accuracy_by_length, length_bucket_counts
+    from rmrun.train.trainer import accuracy_by_length, length_bucket_counts
 
     diff = lengths[:, 0].astype(np.int64) - lengths[:, 1]
     credit = (diff > 0) + 0.5 * (diff == 0)

@@ -1,6 +1,6 @@
 """The figures of ``rmrun report``, drawn with matplotlib's Agg backend (no display needed).
 
-Each function takes what :mod:`rmrun.report_data` read and returns a figure, or None when
+Each function takes what :mod:`rmrun.report.data` read and returns a figure, or None when
 there is nothing to draw. Curves over steps mark epoch ends (grey dotted lines) and resumes
 (red dashed lines at the step training took up from).
 """

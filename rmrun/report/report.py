@@ -3,7 +3,7 @@
 The page is ``index.html`` beside the PNG figures it shows (relative links, inline CSS, no
 script, nothing fetched from elsewhere), so the directory can be copied, uploaded or opened
 from a bucket as it is, and each figure can be used on its own. What it shows and where each
-number comes from: :mod:`rmrun.report_data`; the figures: :mod:`rmrun.report_plots`.
+number comes from: :mod:`rmrun.report.data`; the figures: :mod:`rmrun.report.plots`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 
-from rmrun.report_data import ReportError
+from rmrun.report.data import ReportError
 
 MAX_CPU_SCORING_BYTES = 2 * 2**30  # "auto" scores the eval pairs on CPU up to this much weights
 
@@ -63,7 +63,7 @@ def _should_score(store, record, mode: str) -> tuple[bool, str]:
         return False, "not computed: the run has no eval set"
     if mode == "yes":
         return True, ""
-    from rmrun.report_data import model_weight_bytes
+    from rmrun.report.data import model_weight_bytes
 
     size = model_weight_bytes(store)
     if size is None:
@@ -80,7 +80,7 @@ def _should_score(store, record, mode: str) -> tuple[bool, str]:
 
 def build(target: str, *, rewards: str = "auto"):
     """(record, scored or None, note on the rewards) for a state root or an export."""
-    from rmrun.report_data import read_export_files, read_state, score_eval_pairs
+    from rmrun.report.data import read_export_files, read_state, score_eval_pairs
 
     store, how = _open_state(target)
     if store is None:
@@ -103,8 +103,8 @@ def build(target: str, *, rewards: str = "auto"):
 
 def _figures(record, scored, directory: str) -> list[tuple[str, str]]:
     """Draw every figure there is data for into ``directory``; [(file name, caption)]."""
-    from rmrun import report_plots as plots
-    from rmrun.report_data import length_baseline
+    from rmrun.report import plots
+    from rmrun.report.data import length_baseline
 
     model_buckets = (record.final or {}).get("accuracy_by_length") or []
     baseline = length_baseline(record.eval_lengths) if record.eval_lengths is not None else None
@@ -263,8 +263,8 @@ def write_report(target: str, *, out: str | None, rewards: str = "auto") -> str:
 
 def report(target: str, *, out: str | None, rewards: str) -> int:
     """The command; user errors raise ReportError (the CLI prints one line, exit 2)."""
-    from rmrun.commands import EXIT_OK, EXIT_UNUSABLE
-    from rmrun.preflight import bucket_error, protocol_problem
+    from rmrun.run.commands import EXIT_OK, EXIT_UNUSABLE
+    from rmrun.run.preflight import bucket_error, protocol_problem
     from rmrun.store import StoreError
 
     problem = protocol_problem(target) if "://" in target else None

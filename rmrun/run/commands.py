@@ -34,8 +34,8 @@ def _err(message: str) -> None:
 
 
 def check(recipe_path: str, *, overrides) -> int:
-    from rmrun.graph import build_graph
-    from rmrun.preflight import preflight
+    from rmrun.run.graph import build_graph
+    from rmrun.run.preflight import preflight
 
     recipe, world, num_pairs = preflight(recipe_path, overrides=overrides)
     exact = num_pairs is not None
@@ -70,7 +70,7 @@ def _state_url(target: str, overrides) -> str:
 
 
 def status(target: str, *, overrides) -> int:
-    from rmrun.preflight import bucket_error, protocol_problem
+    from rmrun.run.preflight import bucket_error, protocol_problem
     from rmrun.store import StoreError
 
     url = _state_url(target, overrides)
@@ -171,8 +171,8 @@ def _os_error_line(e: OSError) -> str:
 
 def run(recipe_path: str, *, overrides) -> int:
     """Preflight, start the process group, run the session; its outcome becomes the exit code."""
-    from rmrun.preflight import preflight
-    from rmrun.process import STOP, ScratchFull, Stopped, outlive_readers
+    from rmrun.run.preflight import preflight
+    from rmrun.runtime.process import STOP, ScratchFull, Stopped, outlive_readers
 
     outlive_readers()
     STOP.install()
@@ -182,12 +182,12 @@ def run(recipe_path: str, *, overrides) -> int:
     except Stopped as e:
         _err(f"{e}; exit {EXIT_PREEMPTED}: run the same command again")
         return EXIT_PREEMPTED
-    from rmrun import dist
     from rmrun.data import DataError
-    from rmrun.model import ModelError
-    from rmrun.runner import RunSession
+    from rmrun.model.model import ModelError
+    from rmrun.run.runner import RunSession
+    from rmrun.runtime import dist
     from rmrun.store import NoValidState, StoreError, StoreUnreachable
-    from rmrun.trainer import NonFiniteLoss, Preempted
+    from rmrun.train.trainer import NonFiniteLoss, Preempted
 
     requeue = recipe.run.preempted_exit_code
     try:

@@ -2,7 +2,7 @@
 its plan, and the typed hand-offs between steps.
 
 A hand-off is a field that one step gives and later steps take, as the step graph
-declares (``Step.gives`` / ``Step.takes`` in rmrun/graph.py): the runner checks before
+declares (``Step.gives`` / ``Step.takes`` in rmrun/run/graph.py): the runner checks before
 it runs anything that each field a step takes is given by a step it needs, and after a
 step that it set what it gives. None until then.
 """
@@ -12,18 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rmrun.dist import Rank
 from rmrun.recipe import make_plan
 from rmrun.recipe.plan import Plan
 from rmrun.recipe.schema import Recipe
+from rmrun.runtime.dist import Rank
 from rmrun.store import Lease, StagedState, StateStore
 from rmrun.store.keys import PLAN_RECORD, quarantined_record, step_record
 
 if TYPE_CHECKING:
-    from rmrun.boost import Boosted
     from rmrun.data import TokenizedPairs
-    from rmrun.hooks import Hooks
-    from rmrun.trainer import Trainer, TrainState
+    from rmrun.model.boost import Boosted
+    from rmrun.train.hooks import Hooks
+    from rmrun.train.trainer import Trainer, TrainState
 
 # The fields steps hand to one another; Step.gives and Step.takes name them.
 HANDOFFS = ("tokenizer", "data", "plan", "boosted", "train_state", "trainer")

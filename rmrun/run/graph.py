@@ -2,16 +2,16 @@
 
 A step has a name, the steps it needs, the state key it produces (persistent steps),
 the recipe sections it receives, and the run-context fields it gives to later steps
-and takes from earlier ones (rmrun/context.py). :func:`check_graph` refuses a graph in
+and takes from earlier ones (rmrun/run/context.py). :func:`check_graph` refuses a graph in
 which a step takes a field that no step it needs (directly or not) gives, or in which
-two steps give one field. The runner (rmrun/runner.py) asks the state store what is
+two steps give one field. The runner (rmrun/run/runner.py) asks the state store what is
 done, skips it and runs the rest in order. Neither imports a step's code: ``kind`` is
 looked up in :data:`STEP_KINDS` when the step runs.
 
 Every step is idempotent, so a run killed anywhere can simply be started again: a step
 whose output is already committed adopts it (a needed, done step loads it); one whose
 previous attempt died mid-way finds only an uncommitted attempt, removed when the next
-lease is taken, and runs again. ``rmrun.faults.FAULT_POINTS`` names each crash point.
+lease is taken, and runs again. ``rmrun.runtime.faults.FAULT_POINTS`` names each crash point.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from rmrun.store.keys import EVAL_FINAL_KEY, EXPORT_KEY, epoch_key
 
 # kind -> "module:function"; the function is called as fn(ctx, step, **sections).
 STEP_KINDS = {
-    "tokenize": "rmrun.steps.tokenize_data:tokenize_data",
-    "boost": "rmrun.steps.build_model:build_model",
-    "train_epoch": "rmrun.steps.train_epoch:train_epoch",
-    "evaluate": "rmrun.steps.evaluate_final:evaluate_final",
-    "save": "rmrun.steps.export:export",
+    "tokenize": "rmrun.run.steps.tokenize:tokenize_data",
+    "boost": "rmrun.run.steps.boost:build_model",
+    "train_epoch": "rmrun.run.steps.train_epoch:train_epoch",
+    "evaluate": "rmrun.run.steps.evaluate:evaluate_final",
+    "save": "rmrun.run.steps.save:export",
 }
 
 

@@ -246,7 +246,7 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
 def preflight(recipe_path: str, *, overrides, world: World | None = None, read_data: bool = True):
     """Load the recipe and check it against this machine, its locations and its data, before
     anything heavy is imported. Returns (recipe, world, training pair count or None)."""
-    from rmrun.dist import world_from_env
+    from rmrun.runtime.dist import world_from_env
 
     recipe = load_recipe(recipe_path, overrides=overrides)  # static problems, all in one pass
     world = world or world_from_env()

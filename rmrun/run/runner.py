@@ -8,7 +8,7 @@ bar, TensorBoard writer), then the lease. It raises what the run raised; the cal
 maps that to an exit code.
 
 The session never imports a step's code: the graph names each step's function
-(rmrun/graph.py, ``STEP_KINDS``), imported when the step runs.
+(rmrun/run/graph.py, ``STEP_KINDS``), imported when the step runs.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rmrun.collective import broadcast
-from rmrun.context import HANDOFFS, RunContext
-from rmrun.dist import Rank
-from rmrun.graph import GraphError, Step, build_graph, pending_steps, step_function
 from rmrun.recipe import RecipeError, environment_problems
 from rmrun.recipe.schema import Recipe
+from rmrun.run.context import HANDOFFS, RunContext
+from rmrun.run.graph import GraphError, Step, build_graph, pending_steps, step_function
+from rmrun.runtime.collective import broadcast
+from rmrun.runtime.dist import Rank
 from rmrun.store import Lease, StateStore
 
 if TYPE_CHECKING:
-    from rmrun.fingerprint import InputDigests
+    from rmrun.run.fingerprint import InputDigests
 
 from rmrun.store.keys import IDENTITY_KEY, INPUT_DIGESTS_RECORD, LEASE_HOLDER_RECORD, PLAN_RECORD, RECIPE_RECORD
 
@@ -122,15 +122,15 @@ class RunSession:
         )
 
     def _identity(self, store: StateStore) -> dict:
-        from rmrun.fingerprint import InputDigests, run_identity
+        from rmrun.run.fingerprint import InputDigests, run_identity
 
         self.digests = InputDigests(store.read_record(INPUT_DIGESTS_RECORD))
         return run_identity(self.recipe, self.digests)
 
     def _check_identity(self, ctx: RunContext) -> None:
         """Refuse to resume under a recipe whose result-changing keys differ."""
-        from rmrun.fingerprint import changed_keys
         from rmrun.recipe.schema import fresh_run_hint
+        from rmrun.run.fingerprint import changed_keys
 
         problem = None
         if ctx.rank.is_main:
@@ -155,7 +155,7 @@ class RunSession:
     # ------------------------------------------------------------- the graph
 
     def _graph(self, ctx: RunContext) -> list[Step]:
-        from rmrun.fingerprint import tokenize_key
+        from rmrun.run.fingerprint import tokenize_key
 
         recipe = self.recipe
         key = None
@@ -227,7 +227,7 @@ class GraphWalk:
                 self._record(step, {"state": "pending", "attempts": 0})
 
     def run_step(self, step: Step) -> None:
-        from rmrun.process import STOP
+        from rmrun.runtime.process import STOP
 
         STOP.where = f"in step {step.name}"
         attempts = self._attempts(step)
@@ -237,7 +237,7 @@ class GraphWalk:
             step_function(step.kind)(self.ctx, step, **{name: self.sections[name] for name in step.sections})
             self._check_gives(step, before)
         except BaseException as e:
-            from rmrun.process import StopRequested
+            from rmrun.runtime.process import StopRequested
 
             stopped = isinstance(e, (StopRequested, KeyboardInterrupt))
             try:

@@ -5,7 +5,7 @@ started again with the same command, as a spot fleet would), and compares the tw
 exports: every tensor bit for bit, and metrics.jsonl byte for byte.
 
 The kills are either N random optimizer steps (``--kills N``) or fault points
-(``--points all``, or a comma-separated list of :data:`rmrun.faults.FAULT_POINTS`,
+(``--points all``, or a comma-separated list of :data:`rmrun.runtime.faults.FAULT_POINTS`,
 each optionally ``POINT:STEP``): one killed run per point, in run order, on the same
 state, so every crash point of the graph (tokenize commit, checkpoint I/O, epoch
 markers, the final evaluation, the export upload and its record) is survived in turn.
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from rmrun.faults import FAULT_POINTS
+from rmrun.runtime.faults import FAULT_POINTS
 
 
 def _sabotage() -> list[str]:

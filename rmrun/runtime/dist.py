@@ -54,7 +54,7 @@ def _free_port() -> int:
 def start(*, seed: int, collective_timeout_minutes: float = RunSection.collective_timeout_minutes) -> Rank:
     """Initialise the default process group (gloo on CPU, nccl on CUDA), its collectives
     timing out after ``collective_timeout_minutes`` (``run.collective_timeout_minutes``)."""
-    from rmrun.process import configure_process
+    from rmrun.runtime.process import configure_process
 
     configure_process()  # before torch's first computation: MKL reads its mode once
     import torch

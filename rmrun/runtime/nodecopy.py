@@ -22,9 +22,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rmrun.collective import barrier, gather_all
-from rmrun.dist import Rank
-from rmrun.faults import node_copy_enabled
+from rmrun.runtime.collective import barrier, gather_all
+from rmrun.runtime.dist import Rank
+from rmrun.runtime.faults import node_copy_enabled
 from rmrun.store import CorruptState, StateStore
 
 

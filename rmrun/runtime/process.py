@@ -1,6 +1,6 @@
 """Process-wide settings, made once where a process starts rather than when a module is imported.
 
-:func:`configure_process` runs at the CLI's entry and in :func:`rmrun.dist.start`, which
+:func:`configure_process` runs at the CLI's entry and in :func:`rmrun.runtime.dist.start`, which
 every process that trains, scores or benchmarks passes through (the CLI's, torchrun's
 workers, the bench workers); it is idempotent.
 """
@@ -110,7 +110,7 @@ class StopSignals:
     """SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) are requests to stop, each with one contract.
 
     Inside the training loop (``deferred``) a request only sets ``requested``; the loop
-    commits a checkpoint at the next step boundary and stops (rmrun.hooks). Anywhere else
+    commits a checkpoint at the next step boundary and stops (rmrun.train.hooks). Anywhere else
     a request raises :class:`Stopped` at once: before training there is nothing to save,
     after it every finished step is committed. A second SIGINT while the first is being
     acted on raises KeyboardInterrupt: stop now, without a checkpoint.

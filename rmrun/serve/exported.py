@@ -181,7 +181,7 @@ def open_export(model: str, *, device=None) -> Export:
         if published is not None:
             model = published
         else:  # a state whose run has not exported yet: its newest committed checkpoint
-            from rmrun.snapshot import open_newest_checkpoint
+            from rmrun.serve.snapshot import open_newest_checkpoint
 
             snapshot = open_newest_checkpoint(model, device=device)
             if snapshot is not None:

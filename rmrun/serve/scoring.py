@@ -2,9 +2,9 @@
 
 Text is rendered exactly as in training: the export's ``rmrun.json`` holds the chat
 template, ``max_length`` and overflow rule it was trained with, the tokenizer is the one
-saved beside the weights, and rewards are read by the same :class:`~rmrun.model.RewardReader`
+saved beside the weights, and rewards are read by the same :class:`~rmrun.model.model.RewardReader`
 as the training-time evaluation. The metrics are the training-time evaluation's formulas
-(:func:`rmrun.loss.pair_sums`, the same length buckets), plus calibration and per-subset
+(:func:`rmrun.train.loss.pair_sums`, the same length buckets), plus calibration and per-subset
 accuracy.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rmrun.exported import Export, ScoreError, open_export
+from rmrun.serve.exported import Export, ScoreError, open_export
 
 SUBSET_KEYS = ("subset", "category")
 CALIBRATION_BINS = 10
@@ -166,7 +166,7 @@ def score_tokenized(export: Export, tokenized, *, batch_size: int = 16, progress
     import torch
 
     from rmrun.data import collate
-    from rmrun.model import RewardReader
+    from rmrun.model.model import RewardReader
 
     lengths = tokenized.lengths()
     order = np.argsort(-lengths.max(axis=1), kind="stable")  # longest first: batches of like lengths
@@ -218,8 +218,8 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     sigmoid(r_chosen - r_rejected) (ECE, Brier), per-subset accuracy and reward statistics."""
     import torch
 
-    from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
-    from rmrun.trainer import accuracy_by_length, length_bucket_counts, longer_wins_credit
+    from rmrun.train.loss import metrics_from_sums, pair_losses, pair_sums
+    from rmrun.train.trainer import accuracy_by_length, length_bucket_counts, longer_wins_credit
 
     kept = [i for i, row in enumerate(rows) if i in scores and not row.single]
     if not kept:
@@ -310,7 +310,7 @@ def _world():
     """(rank, world size, device): standalone, or the process group under torchrun."""
     import torch
 
-    from rmrun import dist
+    from rmrun.runtime import dist
 
     if dist.world_from_env().size <= 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -348,7 +348,7 @@ def _write(text: str, out: str | None) -> None:
 
 def _finish(world_size: int) -> None:
     if world_size > 1:
-        from rmrun import dist
+        from rmrun.runtime import dist
 
         dist.stop()
 

@@ -69,7 +69,7 @@ def load_weights(net, weights: dict) -> None:
 
 
 def open_newest_checkpoint(url: str, *, device=None):
-    """An :class:`~rmrun.exported.Export` scoring with the newest checkpoint of the state at ``url``;
+    """An :class:`~rmrun.serve.exported.Export` scoring with the newest checkpoint of the state at ``url``;
     None when ``url`` is not a state with a committed checkpoint."""
     from rmrun.store import StateStore, StoreError
 
@@ -84,12 +84,12 @@ def open_newest_checkpoint(url: str, *, device=None):
 
 
 def open_checkpoint(store, state, *, device=None):
-    """An :class:`~rmrun.exported.Export` scoring with the committed checkpoint ``state`` of ``store``."""
+    """An :class:`~rmrun.serve.exported.Export` scoring with the committed checkpoint ``state`` of ``store``."""
     import torch
 
-    from rmrun.exported import Export, ScoreError, contract_for
-    from rmrun.model import ModelError, build_reward_model, load_tokenizer, model_family
+    from rmrun.model.model import ModelError, build_reward_model, load_tokenizer, model_family
     from rmrun.recipe import RecipeError
+    from rmrun.serve.exported import Export, ScoreError, contract_for
     from rmrun.store import StoreError
 
     try:

@@ -6,7 +6,7 @@ keeps one in its optimizer state), every rank's RNG streams, and the trainer sta
 (epoch, absolute count of pairs consumed, optimizer step, meters, metrics and eval
 history). Nothing in it is a pickle that can run code: tensors are safetensors, the
 optimizer and scheduler files are loaded with ``torch.load(weights_only=True)``
-(forced for every load in the process by :func:`rmrun.process.configure_process`),
+(forced for every load in the process by :func:`rmrun.runtime.process.configure_process`),
 the rest is JSON.
 """
 
@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from rmrun.collective import broadcast, gather_all
-from rmrun.faults import fault_point, restore_enabled
-from rmrun.nodecopy import node_copy
-from rmrun.process import ScratchFull
+from rmrun.runtime.collective import broadcast, gather_all
+from rmrun.runtime.faults import fault_point, restore_enabled
+from rmrun.runtime.nodecopy import node_copy
+from rmrun.runtime.process import ScratchFull
 from rmrun.store import StoreError, StoreUnreachable
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
 
 if TYPE_CHECKING:
-    from rmrun.boost import Boosted
-    from rmrun.context import RunContext
+    from rmrun.model.boost import Boosted
+    from rmrun.run.context import RunContext
     from rmrun.store import AttemptWriter, CommittedState, StagedState, StateStore
 
 # ---------------------------------------------------------------- RNG streams
@@ -382,7 +382,7 @@ def load_checkpoint(ctx: RunContext, key: str, *, boosted: Boosted) -> dict:
     """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state.
 
     Collective. The checkpoint is read from the store once per node and hashed as it
-    streams (rmrun.nodecopy); a corruption any node found raises CorruptState on every
+    streams (rmrun.runtime.nodecopy); a corruption any node found raises CorruptState on every
     rank. Nothing is loaded into the model before the whole copy has verified."""
     with node_copy(ctx.store, key, rank=ctx.rank) as copy:
         if copy.corrupt is not None:

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rmrun.collective import any_flag
-from rmrun.trainer import Hook, Preempted, Trainer
+from rmrun.runtime.collective import any_flag
+from rmrun.train.trainer import Hook, Preempted, Trainer
 
 if TYPE_CHECKING:
-    from rmrun.checkpoint import PendingCheckpoint
-    from rmrun.context import RunContext
-    from rmrun.process import StopSignals
+    from rmrun.run.context import RunContext
+    from rmrun.runtime.process import StopSignals
+    from rmrun.train.checkpoint import PendingCheckpoint
 
 
 class LogHook:
@@ -170,7 +170,7 @@ class CheckpointHook:
     """Commit every N steps / seconds, at epoch ends, at the end, and on a stop signal (then exit 75).
 
     With ``background`` the upload of a periodic checkpoint runs while training goes on
-    (see rmrun/checkpoint.py); it is committed at the first step boundary after every
+    (see rmrun/train/checkpoint.py); it is committed at the first step boundary after every
     rank's upload is over. At most one is in flight: the next checkpoint waits for it, and
     the checkpoints at epoch ends, at the end and on a stop signal block until committed.
     """
@@ -198,7 +198,7 @@ class CheckpointHook:
         self.warned = False
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
-        from rmrun.checkpoint import start_checkpoint
+        from rmrun.train.checkpoint import start_checkpoint
 
         step = trainer.state.step
         by_time = self.ctx.rank.is_main and self.seconds is not None and time.monotonic() - self.last >= self.seconds

@@ -1,7 +1,7 @@
 """The training loop and its state.
 
 ``run_epoch`` reads top to bottom: take the next optimizer step of the epoch, run
-it, advance the state, let the hooks (rmrun/hooks.py) do their periodic work.
+it, advance the state, let the hooks (rmrun/train/hooks.py) do their periodic work.
 Logging, evaluation, checkpoints and preemption are hooks with a cadence, not
 branches in the loop.
 """
@@ -17,13 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from rmrun.collective import sum_tensor
 from rmrun.data.share import collate_shared, shared_lengths, shared_prefix_lengths
-from rmrun.faults import fault_point, trace_pairs
-from rmrun.loss import metrics_from_sums, pair_losses, pair_sums
-from rmrun.model import RewardReader
-from rmrun.process import StopRequested
-from rmrun.sampler import OptimizerStep, epoch_order, optimizer_steps
+from rmrun.model.model import RewardReader
+from rmrun.runtime.collective import sum_tensor
+from rmrun.runtime.faults import fault_point, trace_pairs
+from rmrun.runtime.process import StopRequested
+from rmrun.train.loss import metrics_from_sums, pair_losses, pair_sums
+from rmrun.train.sampler import OptimizerStep, epoch_order, optimizer_steps
 
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
 
@@ -59,7 +59,7 @@ class Preempted(StopRequested):
     ``signum``: the signal this process received (None when another rank's did)."""
 
     def __init__(self, signum: int | None, *, step: int):
-        from rmrun.process import signal_name
+        from rmrun.runtime.process import signal_name
 
         self.signum = signum
         self.step = step

@@ -7,7 +7,7 @@ process, 2 epochs, a checkpoint every 2 steps (keep 2), an eval every 3, with ba
 uploads on. Every resumed run is compared with an uninterrupted one: every tensor of the
 export bit for bit and metrics.jsonl byte for byte.
 
-A slow upload is ``slow@checkpoint_upload:STEP=SECONDS`` (rmrun/faults.py): the rank's
+A slow upload is ``slow@checkpoint_upload:STEP=SECONDS`` (rmrun/runtime/faults.py): the rank's
 upload sleeps after its first file, so a state is half uploaded for that long while
 training goes on.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rmrun.commands import EXIT_PREEMPTED
+from rmrun.run.commands import EXIT_PREEMPTED
 from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def async_recipe(tmp_path: Path) -> str:
 
 
 def exports_differ(a: Path, b: Path) -> list[str]:
-    from rmrun.verify import compare_exports
+    from rmrun.run.verify import compare_exports
 
     return compare_exports(str(a), str(b))
 

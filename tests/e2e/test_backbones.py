@@ -48,7 +48,7 @@ def scored_eval_texts(recipe_path: str, export: str) -> tuple[list[str], list[st
     from transformers import AutoTokenizer
 
     from rmrun.data import ScoringRule, load_chat_template, read_pairs, scored_texts
-    from rmrun.model import model_family
+    from rmrun.model.model import model_family
     from rmrun.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)

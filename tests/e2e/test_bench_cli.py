@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from rmrun.bench_report import markdown, terminal_table
+from rmrun.bench.report import markdown, terminal_table
 from tests.helpers import QUICKSTART, child_env, rmrun
 
 # ------------------------------------------------------------------ end to end

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from rmrun.checkpoint import read_history
 from rmrun.store import StateStore
 from rmrun.store.keys import HISTORY_PREFIX
+from rmrun.train.checkpoint import read_history
 from tests.helpers import rmrun, small_recipe
 
 

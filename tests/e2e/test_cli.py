@@ -145,7 +145,7 @@ def test_run_on_a_bad_recipe_fails_in_a_few_seconds_without_a_traceback():
 def test_a_bad_recipe_fails_before_any_heavy_import(argv):
     code = (
         "import sys\n"
-        "from rmrun.cli import main\n"
+        "from rmrun.cli.main import main\n"
         f"code = main({argv!r})\n"
         f"print(code, [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
@@ -219,8 +219,8 @@ def test_check_quickstart_prints_the_plan_in_well_under_a_second():
 def test_check_quickstart_imports_no_torch():
     code = (
         "import sys\n"
-        "import rmrun.commands, rmrun.recipe\n"
-        "from rmrun.cli import main\n"
+        "import rmrun.run.commands, rmrun.recipe\n"
+        "from rmrun.cli.main import main\n"
         "code = main(['check', 'recipes/quickstart.toml'])\n"
         f"print('HEAVY', code, [m for m in {HEAVY!r} if m in sys.modules])\n"
     )

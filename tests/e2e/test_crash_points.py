@@ -7,7 +7,7 @@ show) on 24 training and 8 eval pairs, batch 4: 6 optimizer steps per epoch, 2 e
 12 steps, a checkpoint every 2 steps, an eval every 3. A run takes ~6 s on 2 cores.
 
 Every fault point, in run order, is listed in ``EVERY_POINT`` below (and must equal
-``rmrun.faults.FAULT_POINTS``); ``rmrun verify-resume --points all`` kills each one in
+``rmrun.runtime.faults.FAULT_POINTS``); ``rmrun verify-resume --points all`` kills each one in
 turn on one state, checks that each kill was reached, and compares the final export
 with an uninterrupted run's: every tensor bit for bit, metrics.jsonl byte for byte.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from rmrun.commands import EXIT_UNUSABLE, EXIT_USAGE
-from rmrun.faults import FAULT_POINTS
+from rmrun.run.commands import EXIT_UNUSABLE, EXIT_USAGE
+from rmrun.runtime.faults import FAULT_POINTS
 from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
@@ -57,7 +57,7 @@ def crash_recipe(tmp_path: Path) -> str:
 
 
 def exports_equal(a: str, b: str) -> list[str]:
-    from rmrun.verify import compare_exports
+    from rmrun.run.verify import compare_exports
 
     return compare_exports(a, b)
 

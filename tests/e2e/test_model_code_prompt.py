@@ -13,7 +13,7 @@ def test_no_prompt_even_on_a_terminal_like_stdin(tmp_path):
     """With stdin open and nothing typed, an unasked prompt would hang until the timeout."""
     directory, marker = custom_code_model(tmp_path)
     code = (
-        "from rmrun.model import build_reward_model, ModelError\n"
+        "from rmrun.model.model import build_reward_model, ModelError\n"
         "from rmrun.recipe.schema import ModelSection\n"
         f"try:\n    build_reward_model(ModelSection(pretrain={directory!r}), tokenizer=None, seed=0)\n"
         "except ModelError as e:\n    print('refused')\n"

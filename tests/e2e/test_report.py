@@ -188,7 +188,7 @@ def test_report_of_a_run_without_export_shows_its_newest_checkpoint(local_run):
 def test_eval_of_a_state_without_export_scores_its_newest_checkpoint(local_run):
     """The run was killed after step 5: ``rmrun eval STATE`` scores the checkpoint of step 3 and
     reproduces the evaluation the run made at step 3."""
-    from rmrun.report_data import read_history
+    from rmrun.report.data import read_history
     from rmrun.store import StateStore
 
     out = local_run["root"] / "checkpoint-eval.json"
@@ -229,7 +229,7 @@ def test_a_missing_or_empty_state_is_a_one_line_error(tmp_path, make, expected):
 def test_a_lora_checkpoint_scores_like_the_run_evaluated_it(tmp_path):
     """LoRA adapters live in the checkpoint under the base layers' names; the rebuilt model
     loads them strictly and gives the run's own evaluation at that step."""
-    from rmrun.report_data import read_history
+    from rmrun.report.data import read_history
     from rmrun.store import StateStore
 
     recipe = small_recipe(tmp_path, train_pairs=48, eval_pairs=16, extra=SETTINGS + "[model.lora]\nr = 4\n")

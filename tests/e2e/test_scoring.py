@@ -90,7 +90,7 @@ def test_eval_reproduces_the_training_time_report(trained):
 
 def test_config_reward_stats_match_the_scored_training_pairs_of_their_sample(trained):
     from rmrun.recipe import load_recipe
-    from rmrun.sampler import reward_stats_sample
+    from rmrun.train.sampler import reward_stats_sample
 
     config = trained["config"]
     assert config["normalize_reward"] is False
@@ -228,8 +228,8 @@ def test_colossalchat_layout_round_trips_into_its_reward_model(trained):
     from transformers import AutoModel
 
     from rmrun.data import collate, tokenize_pairs
-    from rmrun.handoff import COLOSSALCHAT_FILE
-    from rmrun.scoring import open_export, read_rows
+    from rmrun.serve.handoff import COLOSSALCHAT_FILE
+    from rmrun.serve.scoring import open_export, read_rows
 
     path = os.path.join(trained["export"], COLOSSALCHAT_FILE)
     assert "modeling" in path  # train_ppo.py loads --rm_checkpoint_path with booster.load_model only then

@@ -4,7 +4,7 @@
   and explain no torch either).
 - A run, full or LoRA, keeps torch's inductor out of the process: bitsandbytes and
   ColossalAI call ``torch.compile`` at import, for kernels rmrun does not use, and those
-  imports run with it off (``rmrun.thirdparty``); a compile after them is a real compile.
+  imports run with it off (``rmrun.model.thirdparty``); a compile after them is a real compile.
 - A run prints no bitsandbytes notice about the optional ``kernels`` package.
 
 Each command runs in a fresh interpreter, as users run it, which reports ``sys.modules``.
@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from rmrun.thirdparty import DYNAMO_OFF
+from rmrun.model.thirdparty import DYNAMO_OFF
 from tests.helpers import REPO, child_env, small_recipe
 
 INDUCTOR = "torch._inductor.compile_fx"
@@ -30,7 +30,7 @@ HAS_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is not None
 
 PROBE = f"""
 import json, os, sys
-from rmrun.cli import main
+from rmrun.cli.main import main
 code = main(sys.argv[1:])
 sys.stdout.flush()
 print("PROBE " + json.dumps({{"code": code, "modules": [m for m in {WATCHED!r} if m in sys.modules],
@@ -107,7 +107,7 @@ def test_what_is_compiled_after_importing_the_booster(sp_mode):
     code = f"""
 import sys
 from types import SimpleNamespace
-from rmrun.boost import _import_booster
+from rmrun.model.boost import _import_booster
 _import_booster(SimpleNamespace(plugin_args={{"sequence_parallelism_mode": {sp_mode!r}}}))
 from colossalai.quantization import fp8
 from colossalai.shardformer.layer import attn

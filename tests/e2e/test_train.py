@@ -40,7 +40,7 @@ def test_quickstart_export_loads_with_transformers_and_gives_the_same_rewards(qu
 
     from rmrun.data import load_chat_template, read_pairs, tokenize_pairs
     from rmrun.data.tokenize import collate
-    from rmrun.model import RewardReader
+    from rmrun.model.model import RewardReader
 
     result, state = quickstart_run
     assert result.returncode == 0, result.stderr[-2000:]
@@ -162,7 +162,7 @@ def test_lora_trains_the_score_head_and_exports_merged_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     weights = _weights(tmp_path / "state")
     assert not any("lora" in name for name in weights), "LoRA is merged into the export"
-    from rmrun.model import build_reward_model, load_tokenizer
+    from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe
 
     section = load_recipe(recipe).model

@@ -86,7 +86,7 @@ def test_head_is_found_from_the_model_class():
         RobertaForSequenceClassification,
     )
 
-    from rmrun.model import _output_layer, head_names
+    from rmrun.model.model import _output_layer, head_names
 
     small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1)
     bert = BertForSequenceClassification(BertConfig(vocab_size=50, **small))
@@ -102,7 +102,7 @@ def test_head_is_found_from_the_model_class():
 def test_model_errors_are_one_line(tmp_path, tiny_bert):
     from transformers import AutoTokenizer
 
-    from rmrun.model import ModelError, build_reward_model, model_family
+    from rmrun.model.model import ModelError, build_reward_model, model_family
     from rmrun.recipe.schema import LoraSection, ModelSection
 
     t5 = tmp_path / "t5"
@@ -120,7 +120,7 @@ def test_model_errors_are_one_line(tmp_path, tiny_bert):
 def test_quickstart_tokenizer_export_drops_inputs_the_model_does_not_take(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from rmrun.model import export_reward_model
+    from rmrun.model.model import export_reward_model
 
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(REPO, "recipes", "assets", "tiny-tokenizer"))
     assert "token_type_ids" in tokenizer.model_input_names  # what made model(**tokenizer(...)) fail

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from rmrun.cli import main
-from rmrun.commands import EXIT_USAGE
+from rmrun.cli.main import main
+from rmrun.run.commands import EXIT_USAGE
 from tests.helpers import QUICKSTART, TRAIN_DATA, slice_recipe
 
 GOOD_ROW = json.loads(open(TRAIN_DATA).readline())
@@ -268,7 +268,7 @@ def test_an_empty_eval_file_is_named_as_eval(tmp_path, capsys):
 def test_a_known_protocol_whose_package_is_missing_names_the_package(monkeypatch):
     import importlib.util
 
-    from rmrun import preflight
+    from rmrun.run import preflight
 
     real = importlib.util.find_spec
     monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None if name == "gcsfs" else real(name))
@@ -281,7 +281,7 @@ def test_a_known_protocol_whose_package_is_missing_names_the_package(monkeypatch
 def test_os_errors_become_one_line_that_says_what_to_do():
     import errno
 
-    from rmrun.commands import _os_error_line
+    from rmrun.run.commands import _os_error_line
 
     full = _os_error_line(OSError(errno.ENOSPC, "No space left on device", "/state/x"))
     assert full.startswith("disk full on /state/x: No space left on device;") and "\n" not in full

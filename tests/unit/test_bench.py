@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from rmrun.bench import BenchError, check_combinations, check_sweeps, expand, parse_sweeps, split_values
-from rmrun.bench_report import combination_summary, recommendation
-from rmrun.cli import main
+from rmrun.bench.bench import BenchError, check_combinations, check_sweeps, expand, parse_sweeps, split_values
+from rmrun.bench.report import combination_summary, recommendation
+from rmrun.cli.main import main
 from rmrun.recipe import RecipeError, World
 from tests.helpers import QUICKSTART
 

@@ -1,4 +1,4 @@
-"""What a checkpoint holds besides the booster's files, in-process (rmrun/checkpoint.py):
+"""What a checkpoint holds besides the booster's files, in-process (rmrun/train/checkpoint.py):
 
 - the RNG streams, captured as JSON-safe data and restored to draw the same numbers;
 - checkpoint keys, zero-padded so the store's name order is the step order;
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from rmrun.checkpoint import capture_rng, committed_history, read_history, restore_rng, write_history_piece
 from rmrun.store import StateStore, StoreError
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key
+from rmrun.train.checkpoint import capture_rng, committed_history, read_history, restore_rng, write_history_piece
 
 # ---------------------------------------------------------------- RNG streams
 

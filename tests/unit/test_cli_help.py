@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from rmrun.cli import main
+from rmrun.cli.main import main
 from rmrun.recipe.explain import explain_text
 from rmrun.recipe.schema import Recipe
 

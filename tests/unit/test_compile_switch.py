@@ -1,4 +1,4 @@
-"""The switch that keeps torch's inductor out of a run (``rmrun.thirdparty``), in-process: it puts
+"""The switch that keeps torch's inductor out of a run (``rmrun.model.thirdparty``), in-process: it puts
 back what was there, drops only the bitsandbytes ``kernels`` notice, and only ring attention keeps
 ColossalAI's import-time compiles. What each command imports is in tests/e2e/test_startup_imports.py."""
 
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
+from rmrun.model.thirdparty import DYNAMO_OFF, KERNELS_NOTICE, _DropKernelsNotice, compile_off
 from rmrun.recipe.plugins import plugin_call
 from rmrun.recipe.schema import PluginSection, ScheduleSection
-from rmrun.thirdparty import DYNAMO_OFF, KERNELS_NOTICE, _DropKernelsNotice, compile_off
 
 # ------------------------------------------------------------------ the switch itself
 
@@ -49,7 +49,7 @@ def test_only_the_kernels_notice_is_dropped():
 def test_only_ring_attention_keeps_colossalai_import_time_compiles(plugin, compiled):
     from types import SimpleNamespace
 
-    from rmrun.boost import compiles_at_import
+    from rmrun.model.boost import compiles_at_import
 
     _, arguments = plugin_call(plugin, ScheduleSection())
     assert compiles_at_import(SimpleNamespace(plugin_args=arguments)) is compiled

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from rmrun.faults import FAULT_POINTS, fault_point, restore_enabled
+from rmrun.runtime.faults import FAULT_POINTS, fault_point, restore_enabled
 
 
 def test_fail_raises_the_named_errno_at_the_named_point_and_step(monkeypatch):

@@ -1,4 +1,4 @@
-"""The run identity (rmrun/fingerprint.py): which recipe keys change it and which do not, and
+"""The run identity (rmrun/run/fingerprint.py): which recipe keys change it and which do not, and
 the lines ``changed_keys`` gives when a resume is refused."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import shutil
 import fsspec
 import pytest
 
-from rmrun import fingerprint
-from rmrun.fingerprint import INPUT_KEYS, InputDigests, changed_keys, digest, result_keys, run_identity
 from rmrun.recipe import load_recipe
 from rmrun.recipe.loader import flatten, recipe_to_dict
 from rmrun.recipe.schema import NON_RESULT_KEYS
+from rmrun.run import fingerprint
+from rmrun.run.fingerprint import INPUT_KEYS, InputDigests, changed_keys, digest, result_keys, run_identity
 from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA
 
 # A value for every key that must not change the identity: logging cadence, checkpoint

@@ -6,14 +6,14 @@ relative imports included (``layering_violations``):
 - ``recipe-layer``: rmrun/recipe/ imports only the standard library and rmrun.recipe
   itself (a guest list admits data-only tables still outside it; each guest must itself
   import only the standard library and rmrun.recipe);
-- ``runner-steps``: the runner (rmrun/runner.py, rmrun/graph.py, whichever exist) never
-  imports ``rmrun.steps`` or anything under it: steps are looked up by importlib strings;
-- ``booster``: only rmrun/boost.py imports ``colossalai.booster``, in any spelling.
+- ``runner-steps``: the runner (rmrun/run/runner.py, rmrun/run/graph.py, whichever exist) never
+  imports ``rmrun.run.steps`` or anything under it: steps are looked up by importlib strings;
+- ``booster``: only rmrun/model/boost.py imports ``colossalai.booster``, in any spelling.
 
 Each rule has a negative control: a copy of rmrun/ with one planted violation, which the
 checker must report as exactly that file and rule. Besides these:
 
-- exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / GROUP_RANK (rmrun/dist.py);
+- exactly one module reads RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / GROUP_RANK (rmrun/runtime/dist.py);
 - only the CLI calls ``sys.exit`` (a worker process may end itself with ``os._exit``);
 - state keys and record names are spelled out only in rmrun/store/keys.py.
 """
@@ -42,7 +42,7 @@ def _relative(path: Path) -> str:
 
 
 def test_the_sources_are_found():
-    assert len(SOURCES) > 30 and PACKAGE / "boost.py" in SOURCES
+    assert len(SOURCES) > 30 and PACKAGE / "model" / "boost.py" in SOURCES
 
 
 # ------------------------------------------------------------------ import rules
@@ -55,8 +55,8 @@ BOOSTER = "booster"
 # tomli: tomllib's backport on Python 3.10, pure Python.
 STANDARD_LIBRARY = frozenset(sys.stdlib_module_names) | {"__future__", "tomli"}
 # The run's owner and what it hands to steps: none imports a step module.
-RUNNER_MODULES = ("runner.py", "graph.py", "context.py", "commands.py")
-BOOSTER_IMPORTER = "rmrun/boost.py"
+RUNNER_MODULES = ("run/runner.py", "run/graph.py", "run/context.py", "run/commands.py")
+BOOSTER_IMPORTER = "rmrun/model/boost.py"
 
 # Modules outside rmrun/recipe/ that the recipe layer may import (none: the plugin table
 # and the backbone families live in it). A test below shows how a listed guest is admitted.
@@ -118,8 +118,8 @@ def recipe_layer_violations(root: Path, *, guests: tuple[str, ...] = ()) -> list
 
 
 def runner_steps_violations(root: Path) -> list[Violation]:
-    """Rule b: the runner modules never import rmrun.steps or anything under it."""
-    steps = f"{root.name}.steps"
+    """Rule b: the runner modules never import rmrun.run.steps or anything under it."""
+    steps = f"{root.name}.run.steps"
     return [
         Violation(_relative_to(root, path), RUNNER_STEPS, name, line)
         for path in (root / module for module in RUNNER_MODULES)
@@ -130,7 +130,7 @@ def runner_steps_violations(root: Path) -> list[Violation]:
 
 
 def booster_violations(root: Path) -> list[Violation]:
-    """Rule c: no module but rmrun/boost.py imports colossalai.booster."""
+    """Rule c: no module but rmrun/model/boost.py imports colossalai.booster."""
     return [
         Violation(_relative_to(root, path), BOOSTER, name, line)
         for path in sorted(root.rglob("*.py"))
@@ -163,7 +163,7 @@ def test_boost_is_the_one_importer_of_the_colossalai_booster():
     "source,expected",
     [
         ("import os.path", ["os.path"]),
-        ("from rmrun.steps import train", ["rmrun.steps.train"]),
+        ("from rmrun.run.steps import train", ["rmrun.run.steps.train"]),
         ("from . import schema", ["rmrun.recipe.schema"]),
         ("from .schema import Recipe", ["rmrun.recipe.schema.Recipe"]),
         ("from .. import steps", ["rmrun.steps"]),
@@ -194,7 +194,7 @@ def _plant(path: Path, line: str) -> None:
     "line,name",
     [
         ("import torch", "torch"),
-        ("from rmrun.model import build_reward_model", "rmrun.model.build_reward_model"),
+        ("from rmrun.model.model import build_reward_model", "rmrun.model.model.build_reward_model"),
         ("from .. import store", "rmrun.store"),
         ("import colossalai", "colossalai"),
     ],
@@ -209,10 +209,10 @@ def test_negative_control_an_import_planted_in_the_recipe_layer_is_reported(tmp_
 @pytest.mark.parametrize(
     "line,name",
     [
-        ("from rmrun.steps import train", "rmrun.steps.train"),
-        ("import rmrun.steps.tokenize", "rmrun.steps.tokenize"),
-        ("from rmrun import steps", "rmrun.steps"),
-        ("from .steps.evaluate import run", "rmrun.steps.evaluate.run"),
+        ("from rmrun.run.steps import train", "rmrun.run.steps.train"),
+        ("import rmrun.run.steps.tokenize", "rmrun.run.steps.tokenize"),
+        ("from rmrun.run import steps", "rmrun.run.steps"),
+        ("from .steps.evaluate import run", "rmrun.run.steps.evaluate.run"),
     ],
 )
 def test_negative_control_a_step_import_planted_in_the_runner_is_reported(tmp_path, line, name):
@@ -220,13 +220,13 @@ def test_negative_control_a_step_import_planted_in_the_runner_is_reported(tmp_pa
     runner = next((root / m for m in RUNNER_MODULES if (root / m).exists()), root / RUNNER_MODULES[0])
     _plant(runner, line)
     violations = layering_violations(root, recipe_guests=RECIPE_LAYER_GUESTS)
-    assert [(v.path, v.rule, v.name) for v in violations] == [(f"rmrun/{runner.name}", RUNNER_STEPS, name)]
+    assert [(v.path, v.rule, v.name) for v in violations] == [(_relative_to(root, runner), RUNNER_STEPS, name)]
 
 
 def test_negative_control_every_runner_module_is_checked(tmp_path):
     root = _copy_of_the_package(tmp_path)
     for module in RUNNER_MODULES:
-        _plant(root / module, "from rmrun.steps import save")
+        _plant(root / module, "from rmrun.run.steps import save")
     violations = layering_violations(root, recipe_guests=RECIPE_LAYER_GUESTS)
     assert sorted((v.path, v.rule) for v in violations) == [
         (f"rmrun/{m}", RUNNER_STEPS) for m in sorted(RUNNER_MODULES)
@@ -277,7 +277,7 @@ def _reads_rank_variable(node: ast.AST) -> bool:
 
 def test_only_dist_reads_the_rank_variables():
     readers = [_relative(p) for p in SOURCES if any(_reads_rank_variable(n) for n in ast.walk(_tree(p)))]
-    assert readers == ["rmrun/dist.py"]
+    assert readers == ["rmrun/runtime/dist.py"]
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_only_the_cli_calls_sys_exit():
                 and node.func.value.id == "sys"
             ):
                 callers.append(_relative(path))
-    assert sorted(set(callers)) == ["rmrun/cli.py"]
+    assert sorted(set(callers)) == ["rmrun/cli/main.py"]
 
 
 STORE_NAMING_METHODS = {
@@ -369,12 +369,12 @@ def _top_level_functions(path: Path) -> set[str]:
 
 
 def test_each_step_kind_names_a_step_function_whose_name_is_its_own():
-    from rmrun.graph import STEP_KINDS
+    from rmrun.run.graph import STEP_KINDS
 
-    elsewhere = set().union(*(_top_level_functions(p) for p in SOURCES if p.parent != PACKAGE / "steps"))
+    elsewhere = set().union(*(_top_level_functions(p) for p in SOURCES if p.parent != PACKAGE / "run" / "steps"))
     for kind, target in STEP_KINDS.items():
         module, _, function = target.partition(":")
         path = PACKAGE.parent / (module.replace(".", "/") + ".py")
-        assert module.startswith("rmrun.steps.") and path.is_file(), (kind, target)
+        assert module.startswith("rmrun.run.steps.") and path.is_file(), (kind, target)
         assert function in _top_level_functions(path), (kind, target)
         assert function not in elsewhere, f"{target}: another module defines {function}() too"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rmrun.loss import log_exp_loss, log_sig_loss, metrics_from_sums, pair_losses, pair_sums
+from rmrun.train.loss import log_exp_loss, log_sig_loss, metrics_from_sums, pair_losses, pair_sums
 
 
 def test_log_sig_matches_hand_computed_values():

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from rmrun.boost import capture_grad_scaler, find_grad_scaler, restore_grad_scaler
+from rmrun.model.boost import capture_grad_scaler, find_grad_scaler, restore_grad_scaler
 
 
 @pytest.fixture(autouse=True)

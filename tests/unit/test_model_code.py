@@ -30,7 +30,7 @@ def test_trust_remote_code_is_off_by_default():
 
 
 def test_custom_code_is_refused_in_one_line_without_running_it(tmp_path):
-    from rmrun.model import ModelError, build_reward_model
+    from rmrun.model.model import ModelError, build_reward_model
 
     directory, marker = custom_code_model(tmp_path)
     with pytest.raises(ModelError, match=r"set \[model\].trust_remote_code = true to run it"):

@@ -1,5 +1,5 @@
-"""rmrun.nodecopy in one process (no process group: the collectives are no-ops), the
-decision every process takes from the readers' reports, and the node layout rmrun.dist
+"""rmrun.runtime.nodecopy in one process (no process group: the collectives are no-ops), the
+decision every process takes from the readers' reports, and the node layout rmrun.runtime.dist
 reads from the launcher. The multi-process behaviour is tested in tests/e2e/test_state_reads.py."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import tempfile
 
 import pytest
 
-from rmrun import dist
-from rmrun.dist import Rank
-from rmrun.nodecopy import NodeReadFailed, _outcome, node_copy
+from rmrun.runtime import dist
+from rmrun.runtime.dist import Rank
+from rmrun.runtime.nodecopy import NodeReadFailed, _outcome, node_copy
 from rmrun.store import StateStore
 
 ONE = Rank(rank=0, world_size=1, local_rank=0, cuda=False)

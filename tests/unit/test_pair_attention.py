@@ -1,4 +1,4 @@
-"""The pair attention (``rmrun.pair_attention``): each shared-prompt pair's attention as two
+"""The pair attention (``rmrun.model.pair_attention``): each shared-prompt pair's attention as two
 causal attentions gathered out of the row, instead of one dense block mask.
 
 It must compute what SDPA computes with the dense block mask, at every real position, for
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import rmrun.pair_attention as pair_attention
+import rmrun.model.pair_attention as pair_attention
 from rmrun.data.share import collate_shared, shared_prefix_lengths
-from rmrun.pair_attention import ATTENTION, PairLayout, attach, pair_attention_forward, register
+from rmrun.model.pair_attention import ATTENTION, PairLayout, attach, pair_attention_forward, register
 from tests.unit.test_shared_prompt import (
     assert_equivalent,
     pairs_of,
@@ -204,7 +204,7 @@ def test_under_gradient_checkpointing_the_recomputed_layers_run_it_too(quickstar
 
 def test_on_cuda_its_attention_calls_leave_out_cudnns_per_shape_plans():
     """The gathered batches change shape with every batch; cuDNN's attention would plan each."""
-    from rmrun.pair_attention import kernels_without_per_shape_plans
+    from rmrun.model.pair_attention import kernels_without_per_shape_plans
 
     enabled = torch.backends.cuda.cudnn_sdp_enabled()
     with kernels_without_per_shape_plans(torch.device("cuda")):

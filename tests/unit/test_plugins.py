@@ -150,7 +150,7 @@ def test_booster_mixed_precision():
 
 def test_every_keyword_exists_in_the_installed_colossalai_class():
     pytest.importorskip("colossalai")
-    from rmrun.boost import plugin_class
+    from rmrun.model.boost import plugin_class
 
     for name in PLUGINS:
         # Every boolean and size switched away from its default, so every keyword appears.

@@ -1,5 +1,5 @@
-"""Process-wide settings are made where a process starts (rmrun.process.configure_process,
-called by the CLI's entry and by rmrun.dist.start), never as a side effect of an import."""
+"""Process-wide settings are made where a process starts (rmrun.runtime.process.configure_process,
+called by the CLI's entry and by rmrun.runtime.dist.start), never as a side effect of an import."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rmrun.process import MKL_CBWR, WEIGHTS_ONLY, configure_process
+from rmrun.runtime.process import MKL_CBWR, WEIGHTS_ONLY, configure_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def test_the_check_itself():
 
 
 def test_importing_the_checkpoint_code_leaves_torch_load_alone():
-    code = f"import os, rmrun.boost, rmrun.checkpoint; print(os.environ.get({WEIGHTS_ONLY!r}))"
+    code = f"import os, rmrun.model.boost, rmrun.train.checkpoint; print(os.environ.get({WEIGHTS_ONLY!r}))"
     env = {k: v for k, v in os.environ.items() if k != WEIGHTS_ONLY}
     env["PYTHONPATH"] = str(REPO)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -95,7 +95,7 @@ def test_configure_process_sets_mkl_reproducible_mode(monkeypatch):
 _MKL_MODE = """
 import ctypes, os, sys
 if sys.argv[1] == "configure":
-    from rmrun.process import configure_process
+    from rmrun.runtime.process import configure_process
     configure_process()
 import torch
 if not torch.backends.mkl.is_available():
@@ -129,7 +129,7 @@ def test_mkl_runs_in_its_reproducible_mode_after_configure_process():
 
 
 def test_the_entry_points_configure_the_process():
-    for relative, function in (("rmrun/cli.py", "entry"), ("rmrun/dist.py", "start")):
+    for relative, function in (("rmrun/cli/main.py", "entry"), ("rmrun/runtime/dist.py", "start")):
         tree = ast.parse((REPO / relative).read_text())
         body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
         calls = {n.func.id for n in ast.walk(body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}

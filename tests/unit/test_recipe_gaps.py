@@ -14,7 +14,6 @@ import os
 
 import pytest
 
-from rmrun.preflight import preflight
 from rmrun.recipe import RecipeError, World, load_recipe, make_plan
 from rmrun.recipe.backbone import LORA_TARGETS, lora_target_problem
 from rmrun.recipe.schema import (
@@ -25,6 +24,7 @@ from rmrun.recipe.schema import (
     fresh_run_hint,
     is_data_file_name,
 )
+from rmrun.run.preflight import preflight
 from tests.helpers import QUICKSTART, REPO, TRAIN_DATA, head_lines, recipe_problems, small_recipe
 
 CPU = World(size=1, cuda=False)

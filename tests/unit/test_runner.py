@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rmrun import graph
-from rmrun.context import RunContext
-from rmrun.dist import Rank
-from rmrun.graph import GraphError, Step, check_graph, pending_steps
 from rmrun.recipe import load_recipe
-from rmrun.runner import GraphWalk, RunSession
+from rmrun.run import graph
+from rmrun.run.context import RunContext
+from rmrun.run.graph import GraphError, Step, check_graph, pending_steps
+from rmrun.run.runner import GraphWalk, RunSession
+from rmrun.runtime.dist import Rank
 from rmrun.store import StateStore
 from rmrun.store.keys import EXPORT_KEY, STEP_RECORDS
 

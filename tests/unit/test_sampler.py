@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rmrun.sampler import epoch_order, optimizer_steps, reward_stats_sample
+from rmrun.train.sampler import epoch_order, optimizer_steps, reward_stats_sample
 
 LENGTHS = np.random.default_rng(0).lognormal(4, 1, size=203).astype(np.int64)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rmrun.data.formats import DataError, Message
-from rmrun.exported import ScoreError
-from rmrun.scoring import read_rows, score, score_lines
+from rmrun.serve.exported import ScoreError
+from rmrun.serve.scoring import read_rows, score, score_lines
 
 GOOD = {"prompt": "Is the sky blue?", "chosen": "Yes, on a clear day.", "rejected": "No.", "id": "a"}
 OTHER = {"prompt": "Is grass green?", "chosen": "Mostly, yes.", "rejected": "It is purple.", "id": "d"}
@@ -33,7 +33,7 @@ def model_dir(tmp_path_factory, byte_tokenizer) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rmrun.model import export_reward_model
+    from rmrun.model.model import export_reward_model
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -54,8 +54,8 @@ def export_for(model_dir: str, tmp_path: Path, *, format: str) -> str:
     """The model directory with the ``rmrun.json`` of a run trained with ``[data].format = format``."""
     import shutil
 
-    from rmrun.exported import write_contract
     from rmrun.recipe.schema import DataSection, LossSection
+    from rmrun.serve.exported import write_contract
 
     directory = str(tmp_path / f"export-{format}")
     shutil.copytree(model_dir, directory)
@@ -147,7 +147,7 @@ def test_score_skips_a_bad_row_names_it_and_lines_up_with_the_input(model_dir, t
 
 
 def test_bad_rows_error_exits_2_with_one_line(model_dir, tmp_path, capsys):
-    from rmrun.cli import main
+    from rmrun.cli.main import main
 
     export = export_for(model_dir, tmp_path, format="pairwise")
     url = write_jsonl(tmp_path / "rows.jsonl", [GOOD, EMPTY_RESPONSE, OTHER])

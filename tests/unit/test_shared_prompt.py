@@ -20,11 +20,11 @@ import torch
 
 from rmrun.data import TokenizedPairs, collate, tokenize_pairs
 from rmrun.data.share import additive_mask, collate_shared, pack_rows, shared_lengths, shared_prefix_lengths
-from rmrun.loss import pair_losses
-from rmrun.model import RewardReader
+from rmrun.model.model import RewardReader
 from rmrun.recipe import RecipeError, load_recipe
 from rmrun.recipe.backbone import SHARED, STANDARD, choose_forward
 from rmrun.recipe.schema import DataSection, ModelSection, PluginSection
+from rmrun.train.loss import pair_losses
 from tests.helpers import REPO, small_recipe
 
 QUICKSTART = os.path.join(REPO, "recipes", "quickstart.toml")
@@ -100,7 +100,7 @@ def test_packing_puts_pairs_in_blocks_of_their_own():
 def quickstart_pairs():
     """The quickstart's first 12 pairs, tokenized at a max_length that truncates some of them."""
     from rmrun.data import read_pairs
-    from rmrun.model import load_tokenizer
+    from rmrun.model.model import load_tokenizer
 
     tokenizer = load_tokenizer(ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER))
     train = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
@@ -202,7 +202,7 @@ def test_rewards_loss_and_gradients_match_the_standard_forward(quickstart_pairs,
 
 
 def test_a_lora_reward_model_passes_the_positions_through(quickstart_pairs):
-    from rmrun.model import build_reward_model
+    from rmrun.model.model import build_reward_model
     from rmrun.recipe.schema import LoraSection
 
     tokenized, tokenizer = quickstart_pairs
@@ -246,8 +246,8 @@ def test_auto_shares_where_supported_and_says_why_not_elsewhere(tmp_path):
 
 
 def test_on_where_unsupported_is_refused_in_one_line(tmp_path):
-    from rmrun.preflight import preflight
     from rmrun.recipe.validate import World
+    from rmrun.run.preflight import preflight
 
     recipe = small_recipe(tmp_path, extra="[plugin]\nflash_attn = true\n")
     with pytest.raises(

@@ -13,7 +13,7 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from rmrun.boost import MASTERS, load_zero_masters, save_zero_masters
+from rmrun.model.boost import MASTERS, load_zero_masters, save_zero_masters
 
 
 class ZeroLike:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from rmrun.recipe.schema import ModelSection, PluginSection, RunSection, ScheduleSection
 
 if TYPE_CHECKING:
-    from rmrun.boost import Boosted
-    from rmrun.context import RunContext
-    from rmrun.graph import Step
-    from rmrun.trainer import TrainState
+    from rmrun.model.boost import Boosted
+    from rmrun.run.context import RunContext
+    from rmrun.run.graph import Step
+    from rmrun.train.trainer import TrainState
 
 
 # What a committed checkpoint that verifies but cannot be loaded raises: a refused or
@@ -44,9 +44,9 @@ def _load_newest_loadable(ctx: RunContext, boosted: Boosted) -> tuple[str | None
     their manifest as they are read, or that verifies but does not load, is quarantined
     with the reason and the previous one is tried. Raises NoValidState (via
     latest_checkpoint_key) when none is left."""
-    from rmrun.checkpoint import latest_checkpoint_key, load_checkpoint
-    from rmrun.collective import gather_all
+    from rmrun.runtime.collective import gather_all
     from rmrun.store import CorruptState
+    from rmrun.train.checkpoint import latest_checkpoint_key, load_checkpoint
 
     reported = False
     while (key := latest_checkpoint_key(ctx)) is not None:
@@ -119,12 +119,12 @@ def build_model(
     schedule: ScheduleSection,
     run: RunSection,
 ) -> None:
-    from rmrun.boost import boost
-    from rmrun.checkpoint import seed_everything
-    from rmrun.faults import fault_point, restore_enabled
-    from rmrun.model import build_reward_model
+    from rmrun.model.boost import boost
+    from rmrun.model.model import build_reward_model
     from rmrun.recipe.plugins import model_attention
-    from rmrun.trainer import TrainState
+    from rmrun.runtime.faults import fault_point, restore_enabled
+    from rmrun.train.checkpoint import seed_everything
+    from rmrun.train.trainer import TrainState
 
     assert ctx.data is not None
     plan = ctx.set_plan(num_pairs=len(ctx.data["train"]))

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from rmrun.recipe.schema import EvalSection, LossSection
 
 if TYPE_CHECKING:
-    from rmrun.context import RunContext
-    from rmrun.graph import Step
+    from rmrun.run.context import RunContext
+    from rmrun.run.graph import Step
 
 
 def _say(ctx: RunContext, final: dict) -> None:
@@ -24,8 +24,8 @@ def _say(ctx: RunContext, final: dict) -> None:
 
 
 def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:
-    from rmrun.collective import broadcast
-    from rmrun.faults import fault_point
+    from rmrun.runtime.collective import broadcast
+    from rmrun.runtime.faults import fault_point
 
     trainer = ctx.trainer
     assert trainer is not None

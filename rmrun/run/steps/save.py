@@ -18,18 +18,18 @@ from rmrun.recipe.schema import DataSection, LossSection, ModelSection, OutputSe
 from rmrun.store.keys import EVAL_FINAL_KEY
 
 if TYPE_CHECKING:
-    from rmrun.boost import Boosted
-    from rmrun.context import RunContext
-    from rmrun.graph import Step
-    from rmrun.trainer import Trainer
+    from rmrun.model.boost import Boosted
+    from rmrun.run.context import RunContext
+    from rmrun.run.graph import Step
+    from rmrun.train.trainer import Trainer
 
 
 def _export_files(
     ctx: RunContext, directory: str, trainer: Trainer, *, data, loss, model, run_name: str, reward_stats: dict | None
 ) -> None:
-    from rmrun.exported import write_contract, write_model_card
-    from rmrun.model import model_family
-    from rmrun.trainer import metrics_jsonl
+    from rmrun.model.model import model_family
+    from rmrun.serve.exported import write_contract, write_model_card
+    from rmrun.train.trainer import metrics_jsonl
 
     write_contract(directory, data=data, loss=loss, family=model_family(model), reward_stats=reward_stats)
 
@@ -49,7 +49,7 @@ def _export_files(
 
 
 def _write_model(ctx: RunContext, directory: str, boosted: Boosted, tokenizer) -> None:
-    from rmrun.model import export_reward_model, exportable_tokenizer
+    from rmrun.model.model import export_reward_model, exportable_tokenizer
 
     if boosted.sharded:
         # Every rank takes part in gathering the sharded weights.
@@ -78,7 +78,7 @@ def _upload(local_dir: str, url: str, *, step: int) -> None:
     """Copy every file to the export URL; a previous partial upload is overwritten."""
     import fsspec
 
-    from rmrun.faults import fault_point
+    from rmrun.runtime.faults import fault_point
 
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path, exist_ok=True)
@@ -93,7 +93,7 @@ def _reward_stats(trainer: Trainer, *, seed: int, num_samples: int) -> dict:
     ``num_samples`` training pairs drawn from ``seed`` (every pair when there are no more).
     Every rank draws the same sample and ``evaluate`` splits it across the ranks as it splits
     any data set, so every rank takes part in the same collectives."""
-    from rmrun.sampler import reward_stats_sample
+    from rmrun.train.sampler import reward_stats_sample
 
     total = len(trainer.data)
     sample = reward_stats_sample(seed=seed, num_pairs=total, num_samples=num_samples)
@@ -117,8 +117,8 @@ def export(
     model: ModelSection,
     run: RunSection,
 ) -> None:
-    from rmrun.collective import barrier, broadcast
-    from rmrun.faults import fault_point
+    from rmrun.runtime.collective import barrier, broadcast
+    from rmrun.runtime.faults import fault_point
 
     trainer, plan = ctx.trainer, ctx.plan
     assert trainer is not None and plan is not None and ctx.boosted is not None
@@ -132,7 +132,7 @@ def export(
         if ctx.rank.is_main:
             _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
             if output.colossalchat:
-                from rmrun.handoff import write_colossalchat_reward_model
+                from rmrun.serve.handoff import write_colossalchat_reward_model
 
                 write_colossalchat_reward_model(tmp)
             ctx.store.check_lease(ctx.held_lease)  # a superseded writer must not publish

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from rmrun.recipe.schema import DataSection, ModelSection
 
 if TYPE_CHECKING:
-    from rmrun.context import RunContext
     from rmrun.data import TokenizedPairs
-    from rmrun.graph import Step
+    from rmrun.run.context import RunContext
+    from rmrun.run.graph import Step
 
 ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
 
@@ -38,8 +38,8 @@ def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSectio
     from safetensors.numpy import save
 
     from rmrun.data import DataError, load_chat_template
-    from rmrun.faults import fault_point
-    from rmrun.model import model_family
+    from rmrun.model.model import model_family
+    from rmrun.runtime.faults import fault_point
 
     template = load_chat_template(data.chat_template)
     family = model_family(model)
@@ -88,7 +88,7 @@ def _load(directory: str) -> dict[str, TokenizedPairs]:
 def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | None:
     """Collective: the tokenized data, read from the store once per node and hashed as it
     streams; None (after rank 0 quarantined it) when a node found it corrupt."""
-    from rmrun.nodecopy import node_copy
+    from rmrun.runtime.nodecopy import node_copy
 
     with node_copy(ctx.store, step.key, rank=ctx.rank) as copy:
         if copy.corrupt is None:
@@ -101,9 +101,9 @@ def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | 
 
 
 def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection) -> None:
-    from rmrun.collective import barrier
-    from rmrun.faults import fault_point
-    from rmrun.model import load_tokenizer
+    from rmrun.model.model import load_tokenizer
+    from rmrun.runtime.collective import barrier
+    from rmrun.runtime.faults import fault_point
     from rmrun.store import StoreError
 
     tokenizer = load_tokenizer(model)

@@ -21,17 +21,17 @@ from rmrun.recipe.schema import (
 from rmrun.store.keys import epoch_key
 
 if TYPE_CHECKING:
-    from rmrun.context import RunContext
-    from rmrun.graph import Step
-    from rmrun.hooks import Hooks
-    from rmrun.trainer import Trainer
+    from rmrun.run.context import RunContext
+    from rmrun.run.graph import Step
+    from rmrun.train.hooks import Hooks
+    from rmrun.train.trainer import Trainer
 
 
 def _make_trainer(
     ctx: RunContext, *, schedule: ScheduleSection, loss: LossSection, data: DataSection, eval: EvalSection
 ) -> Trainer:
     from rmrun.recipe.backbone import SHARED
-    from rmrun.trainer import Trainer
+    from rmrun.train.trainer import Trainer
 
     tokenized, plan, state = ctx.data, ctx.plan, ctx.train_state
     assert tokenized is not None and plan is not None and state is not None and ctx.boosted is not None
@@ -57,8 +57,8 @@ def _make_hooks(
 ) -> Hooks:
     import posixpath
 
-    from rmrun.hooks import CheckpointHook, EvalHook, Hooks, LogHook
-    from rmrun.process import STOP
+    from rmrun.runtime.process import STOP
+    from rmrun.train.hooks import CheckpointHook, EvalHook, Hooks, LogHook
 
     tb, tb_url = None, None
     if log.tensorboard and ctx.rank.is_main:
@@ -94,8 +94,8 @@ def _make_hooks(
 
 
 def _train(trainer: Trainer, epoch: int, hooks: Hooks) -> None:
-    from rmrun.process import STOP
-    from rmrun.trainer import NonFiniteLoss, run_epoch
+    from rmrun.runtime.process import STOP
+    from rmrun.train.trainer import NonFiniteLoss, run_epoch
 
     try:
         try:
@@ -133,8 +133,8 @@ def train_epoch(
     data: DataSection,
     run: RunSection,
 ) -> None:
-    from rmrun.collective import barrier
-    from rmrun.faults import fault_point
+    from rmrun.runtime.collective import barrier
+    from rmrun.runtime.faults import fault_point
 
     epoch = step.params["epoch"]
     if ctx.trainer is None:
