@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rmrun.run.commands import (  # noqa: F401  (defined once)
+from rmrun.errors import (  # noqa: F401  (defined once)
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,

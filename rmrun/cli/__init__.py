@@ -1,5 +1,1 @@
-"""The ``rmrun`` command line: ``entry`` is the console script, ``main(argv)`` its in-process form."""
-
-from rmrun.cli.main import entry, main
-
-__all__ = ["entry", "main"]
+"""The ``rmrun`` command line: ``rmrun.cli.main`` (``entry``, the console script; ``main(argv)``), one module per subcommand."""

@@ -12,7 +12,6 @@ import datetime
 import html
 import json
 import os
-import sys
 import tempfile
 
 from rmrun.report.data import ReportError
@@ -262,10 +261,10 @@ def write_report(target: str, *, out: str | None, rewards: str = "auto") -> str:
 
 
 def report(target: str, *, out: str | None, rewards: str) -> int:
-    """The command; user errors raise ReportError (the CLI prints one line, exit 2)."""
-    from rmrun.run.commands import EXIT_OK, EXIT_UNUSABLE
+    """The command; user errors raise ReportError (the CLI prints one line, exit 2), a store's
+    StoreError exits 3 (``rmrun.errors``)."""
+    from rmrun.errors import EXIT_OK
     from rmrun.run.preflight import bucket_error, protocol_problem
-    from rmrun.store import StoreError
 
     problem = protocol_problem(target) if "://" in target else None
     if problem:
@@ -274,8 +273,5 @@ def report(target: str, *, out: str | None, rewards: str) -> int:
         written = write_report(target, out=out, rewards=rewards)
     except FileNotFoundError as e:
         raise ReportError(f"{target}: {bucket_error(e, target)}") from None
-    except StoreError as e:
-        print(f"rmrun: {e}", file=sys.stderr)
-        return EXIT_UNUSABLE
     print(f"wrote {written.rstrip('/')}/index.html")
     return EXIT_OK

@@ -1,11 +1,11 @@
-"""What each ``rmrun`` subcommand does; returns an exit code (the CLI exits with it)."""
+"""What ``rmrun run``, ``check`` and ``status`` do: each returns 0 or raises, and the CLI
+turns what it raises into the exit code (``rmrun.errors``)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import sys
 
+from rmrun.errors import EXIT_FAILED, EXIT_OK, StateUnusable, StoppedBeforeStart, UsageError, Worded, exit_code
 from rmrun.recipe import RecipeError, load_recipe, make_plan
 from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
@@ -17,20 +17,6 @@ from rmrun.store.keys import (
     STEP_RECORDS,
     TOKENIZE_PREFIX,
 )
-
-# Exit codes, documented in README.md; the CLI exits with what a command returns.
-EXIT_OK = 0  # done (also: the run was already complete)
-EXIT_FAILED = 1  # a bug in rmrun: a traceback was printed
-EXIT_USAGE = 2  # recipe, data or usage error: fix the input, never retry as is
-EXIT_UNUSABLE = 3  # the state cannot be used (no checkpoint loads, disk full, read-only, lease lost): needs a human
-EXIT_PREEMPTED = (
-    75  # stopped by a signal or an unreachable store, nothing committed lost: requeue (run.preempted_exit_code)
-)
-EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT): a checkpoint was committed if training had started
-
-
-def _err(message: str) -> None:
-    print(f"rmrun: {message}", file=sys.stderr)
 
 
 def check(recipe_path: str, *, overrides) -> int:
@@ -79,14 +65,11 @@ def status(target: str, *, overrides) -> int:
         raise RecipeError([f"{url}: {problem}"])
     try:
         return _status(url)
-    except StoreError as e:
-        _err(str(e))
-        return EXIT_UNUSABLE
-    except BrokenPipeError:
-        raise  # the reader of the output went away: not the store's error
+    except (StoreError, BrokenPipeError):
+        raise  # the store's own error; or the reader of the output went away
     except OSError as e:
-        _err(f"{url}: {bucket_error(e, url)}")
-        return EXIT_USAGE if isinstance(e, FileNotFoundError) else EXIT_UNUSABLE
+        line = f"{url}: {bucket_error(e, url)}"
+        raise (UsageError([line]) if isinstance(e, FileNotFoundError) else StateUnusable([line])) from e
 
 
 def _status(url: str) -> int:
@@ -170,9 +153,10 @@ def _os_error_line(e: OSError) -> str:
 
 
 def run(recipe_path: str, *, overrides) -> int:
-    """Preflight, start the process group, run the session; its outcome becomes the exit code."""
+    """Preflight, start the process group, run the session; 0, or what it raised, worded for a
+    run and carrying the recipe's requeue code (``run.preempted_exit_code``)."""
     from rmrun.run.preflight import preflight
-    from rmrun.runtime.process import STOP, ScratchFull, Stopped, outlive_readers
+    from rmrun.runtime.process import STOP, Stopped, outlive_readers
 
     outlive_readers()
     STOP.install()
@@ -180,45 +164,39 @@ def run(recipe_path: str, *, overrides) -> int:
     try:
         recipe, _, _ = preflight(recipe_path, overrides=overrides)
     except Stopped as e:
-        _err(f"{e}; exit {EXIT_PREEMPTED}: run the same command again")
-        return EXIT_PREEMPTED
-    from rmrun.data import DataError
-    from rmrun.model.model import ModelError
+        raise StoppedBeforeStart(str(e)) from e
     from rmrun.run.runner import RunSession
     from rmrun.runtime import dist
-    from rmrun.store import NoValidState, StoreError, StoreUnreachable
-    from rmrun.train.trainer import NonFiniteLoss, Preempted
 
     requeue = recipe.run.preempted_exit_code
     try:
         rank = dist.start(seed=recipe.run.seed, collective_timeout_minutes=recipe.run.collective_timeout_minutes)
         RunSession(recipe_path, recipe, rank=rank).run()
         return EXIT_OK
-    except (DataError, ModelError, NonFiniteLoss) as e:
-        _err(str(e).splitlines()[0])
-        return EXIT_USAGE
-    except (Preempted, Stopped) as e:
-        code = EXIT_INTERRUPTED if e.signum == signal.SIGINT else requeue
-        _err(f"{e}; exit {code}: run the same command again to resume")
-        return code
-    except KeyboardInterrupt:
-        _err("interrupted twice: stopped at once, without a checkpoint; everything committed is intact")
-        return EXIT_INTERRUPTED
-    except StoreUnreachable as e:
-        _err(f"{e}; exit {requeue}: run the same command again to resume")
-        return requeue
-    except NoValidState as e:
-        _err(f"state unusable, needs a human: {e}")
-        return EXIT_UNUSABLE
-    except StoreError as e:
-        _err(str(e))
-        return EXIT_UNUSABLE
-    except ScratchFull as e:
-        _err(str(e))
-        return EXIT_UNUSABLE
-    except OSError as e:
-        _err(_os_error_line(e))
-        return EXIT_UNUSABLE
+    except BaseException as e:
+        worded = _worded(e, requeue)
+        if worded is None:
+            raise  # a bug: its traceback, exit 1
+        raise worded from e
     finally:
         STOP.deferred = True  # closing is not interrupted: a signal now waits for the exit
         dist.stop()
+
+
+def _worded(e: BaseException, requeue: int) -> BaseException | None:
+    """What a run says about ``e`` where it says more than ``rmrun.errors``; None for a bug."""
+    from rmrun.data import DataError
+    from rmrun.model.model import ModelError
+    from rmrun.runtime.process import ScratchFull
+    from rmrun.store import NoValidState
+    from rmrun.train.trainer import NonFiniteLoss
+
+    if isinstance(e, (DataError, ModelError, NonFiniteLoss)):
+        return Worded(e, [str(e).splitlines()[0]])
+    if isinstance(e, KeyboardInterrupt):
+        return Worded(e, ["interrupted twice: stopped at once, without a checkpoint; everything committed is intact"])
+    if isinstance(e, NoValidState):
+        return Worded(e, [f"state unusable, needs a human: {e}"])
+    if isinstance(e, OSError) and not isinstance(e, ScratchFull):
+        return StateUnusable([_os_error_line(e)])
+    return Worded(e, requeue=requeue) if exit_code(e, requeue=requeue) != EXIT_FAILED else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rmrun.run.commands import EXIT_PREEMPTED
+from rmrun.errors import EXIT_PREEMPTED
 from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rmrun.run.commands import EXIT_USAGE
+from rmrun.errors import EXIT_USAGE
 from tests.unit.test_bad_inputs import _write_recipe
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from rmrun.cli.main import main
-from rmrun.run.commands import EXIT_USAGE
+from rmrun.errors import EXIT_USAGE
 from tests.helpers import QUICKSTART, TRAIN_DATA, slice_recipe
 
 GOOD_ROW = json.loads(open(TRAIN_DATA).readline())
