@@ -181,8 +181,7 @@ def _build(job: dict, rank):
     from rmrun.model.boost import boost
     from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
-    from rmrun.recipe.backbone import SHARED
-    from rmrun.recipe.plugins import model_attention
+    from rmrun.recipe.backbone import SHARED, model_attention
     from rmrun.train.checkpoint import seed_everything
     from rmrun.train.trainer import Trainer, TrainState
 

@@ -367,3 +367,14 @@ def _local_model_directory(pretrain: str) -> str | None:
     if pretrain.startswith(PACKAGE_PREFIX):
         return package_directory(pretrain)
     return pretrain if os.path.isdir(pretrain) else None
+
+
+def model_attention(plugin: PluginSection, *, forward: str = "standard") -> str | None:
+    """The ``attn_implementation`` the Hugging Face model is built with: flash attention where
+    the recipe asks for it and the plugin does not switch it on itself (gemini, 3d); the
+    pair attention under the shared-prompt forward (which flash attention rules out)."""
+    if plugin.flash_attn and PLUGINS[plugin.name].flash_attention == "rmrun":
+        return "flash_attention_2"
+    if forward == SHARED:
+        return PAIR_ATTENTION
+    return None

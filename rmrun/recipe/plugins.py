@@ -213,19 +213,6 @@ def autocast_dtype(plugin: PluginSection) -> str | None:
     return None
 
 
-def model_attention(plugin: PluginSection, *, forward: str = "standard") -> str | None:
-    """The ``attn_implementation`` the Hugging Face model is built with: flash attention where
-    the recipe asks for it and the plugin does not switch it on itself (gemini, 3d); the
-    pair attention under the shared-prompt forward (which flash attention rules out)."""
-    from rmrun.recipe.backbone import PAIR_ATTENTION, SHARED  # backbone imports this module
-
-    if plugin.flash_attn and PLUGINS[plugin.name].flash_attention == "rmrun":
-        return "flash_attention_2"
-    if forward == SHARED:
-        return PAIR_ATTENTION
-    return None
-
-
 def plugin_problems(plugin: PluginSection, schedule: ScheduleSection, *, lora: bool) -> list[str]:
     """The checks that depend on the plugin: what it supports, the sizes only a
     model-parallel plugin takes, its precisions and its own rules."""

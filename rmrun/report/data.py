@@ -92,7 +92,7 @@ def _json(state, name: str):
 def read_history(store) -> tuple[dict, dict, list[dict]]:
     """Metric lines and evals by step (the first committed copy of each step wins: a resumed run
     recomputes the same lines), and each piece's {end, since, generation, time}."""
-    from rmrun.train.checkpoint import committed_history
+    from rmrun.train.history import committed_history
 
     metrics: dict[int, dict] = {}
     evals: dict[int, dict] = {}
@@ -295,9 +295,9 @@ class Scored:
 def score_eval_pairs(store, record: RunRecord, *, device=None) -> Scored | None:
     """Rewards of the tokenized eval pairs under the final model: the export when the run
     published one, else its newest checkpoint; None when there is neither or no eval set."""
-    from rmrun.serve.exported import open_export
     from rmrun.serve.scoring import calibration, score_tokenized
     from rmrun.serve.snapshot import newest_checkpoint, open_checkpoint
+    from rmrun.serve.source import open_export
 
     tokenized = newest_tokenized_eval(store)
     if tokenized is None:

@@ -160,32 +160,8 @@ def _local_copy(url: str) -> str:
     return local
 
 
-def _export_of_state(model: str) -> str | None:
-    """The export URL a state root (``run.state``) published, if ``model`` is one."""
-    from rmrun.store import StateStore
-    from rmrun.store.keys import EXPORT_KEY
-
-    try:
-        record = StateStore(model).open_unverified(EXPORT_KEY)
-    except Exception:  # not a state root at all: the caller reports the path as it was given
-        return None
-    return record.manifest["meta"].get("url") if record is not None else None
-
-
-def open_export(model: str, *, device=None) -> Export:
-    """Load an export directory (local path or fsspec URL) made by ``rmrun run``, or the export
-    a state root published."""
-    local_export = "://" not in model and os.path.exists(os.path.join(model, "config.json"))
-    if not local_export:
-        published = _export_of_state(model)
-        if published is not None:
-            model = published
-        else:  # a state whose run has not exported yet: its newest committed checkpoint
-            from rmrun.serve.snapshot import open_newest_checkpoint
-
-            snapshot = open_newest_checkpoint(model, device=device)
-            if snapshot is not None:
-                return snapshot
+def load_export(model: str, *, device=None) -> Export:
+    """Load an export directory (local path or fsspec URL) made by ``rmrun run``."""
     directory = model if "://" not in model else _local_copy(model)
     if not os.path.isdir(directory):
         raise ScoreError(f"{model}: no such export directory")

@@ -4,20 +4,17 @@ behind :class:`StorageBackend`. Reads and writes stream in chunks and hash as th
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import posixpath
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import IO, Protocol
 
 from rmrun.store.errors import StoreError
-
-CHUNK_SIZE = 8 * 2**20
-UPLOAD_THREADS = 8  # files one writer uploads at a time where the backend has no batched put
+from rmrun.store.streams import copy_hashing, hash_local_file, upload_in_threads
 
 _LOCAL_PROTOCOLS = ("file", "local")
 BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
@@ -60,45 +57,6 @@ class StorageBackend(Protocol):
     def remove_tree(self, path: str) -> None: ...
 
     def move_tree(self, path: str, target: str) -> None: ...
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def copy_hashing(chunks: Iterable[bytes], write: Callable[[bytes], object]) -> tuple[int, str]:
-    """Pass every chunk to ``write``; return (total size, hex sha256)."""
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-        write(chunk)
-    return size, digest.hexdigest()
-
-
-def hash_local_file(path: str) -> tuple[int, str]:
-    """(size, hex sha256) of a local file."""
-    with open(path, "rb") as f:
-        return copy_hashing(read_chunks(f), lambda chunk: None)
-
-
-def upload_in_threads(write_stream, pairs: list[tuple[str, str]]) -> list[tuple[int, str]]:
-    """Stream each (local path, backend path) through ``write_stream``, a few at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def upload(pair: tuple[str, str]) -> tuple[int, str]:
-        with open(pair[0], "rb") as f:
-            return write_stream(pair[1], read_chunks(f))
-
-    if len(pairs) <= 1:
-        return [upload(pair) for pair in pairs]
-    with ThreadPoolExecutor(max_workers=min(UPLOAD_THREADS, len(pairs)), thread_name_prefix="rmrun-upload") as pool:
-        return list(pool.map(upload, pairs))
-
-
-def read_chunks(fileobj) -> Iterator[bytes]:
-    """Iterate over a binary file in CHUNK_SIZE pieces."""
-    return iter(lambda: fileobj.read(CHUNK_SIZE), b"")
 
 
 def is_local_url(root: str) -> bool:

@@ -16,7 +16,7 @@ import posixpath
 import secrets
 from collections.abc import Callable, Iterable
 
-from rmrun.store.backends import SymlinkRefused, copy_hashing, read_chunks
+from rmrun.store.backends import SymlinkRefused
 from rmrun.store.errors import CorruptState, StoreError
 from rmrun.store.layout import (
     FORMAT_VERSION,
@@ -32,6 +32,7 @@ from rmrun.store.layout import (
     utc_now,
 )
 from rmrun.store.lease import Lease, Leases
+from rmrun.store.streams import copy_hashing, read_chunks
 
 GET_THREADS = 8  # files of one state downloaded at once
 

@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,12 +29,12 @@ from rmrun.runtime.faults import fault_point, restore_enabled
 from rmrun.runtime.nodecopy import node_copy
 from rmrun.runtime.process import ScratchFull
 from rmrun.store import StoreError, StoreUnreachable
-from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key, history_key
+from rmrun.store.keys import CHECKPOINT_PREFIX, checkpoint_key
+from rmrun.train.history import RunView, read_history, write_history_piece
 
 if TYPE_CHECKING:
     from rmrun.model.boost import Boosted
-    from rmrun.run.context import RunContext
-    from rmrun.store import AttemptWriter, CommittedState, StagedState, StateStore
+    from rmrun.store import AttemptWriter, StagedState
 
 # ---------------------------------------------------------------- RNG streams
 
@@ -71,82 +70,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------- history
-#
-# The per-step metric lines and eval results grow with the run; a checkpoint holds only
-# what it needs to continue. They go into the store as append-only pieces,
-# ``history-<step>`` holding the lines after the previous piece up to <step>, committed
-# before the checkpoint at <step>, and never deleted by retention. A resume reassembles
-# them (first copy of each step wins: runs are exact, so copies are identical).
-
-
-def write_history_piece(ctx: RunContext, trainer_state: dict) -> None:
-    """Rank 0: commit the metric lines and evals since the last committed piece."""
-    step = trainer_state["step"]
-    key = history_key(step)
-    if ctx.store.open_verified(key) is not None:  # an earlier attempt reached this step: the same lines
-        return
-    since = _history_end_before(ctx, step)
-    piece = {
-        "metrics": [m for m in trainer_state["metrics"] if since < m["step"] <= step],
-        "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
-    }
-    staged = ctx.stage(key, meta={"step": step, "since": since})
-    # key order kept: eval.json is compared byte for byte
-    staged.write_bytes("history.json", json.dumps(piece).encode())
-    fault_point("history_commit", step=step, rank=0)
-    try:
-        staged.commit()
-    except BaseException:
-        # The piece may have landed before the error (a lost reply): the next piece lists again.
-        ctx.history_end = None
-        raise
-    ctx.history_end = max(step, ctx.history_end or 0)
-
-
-def _history_end_before(ctx: RunContext, step: int) -> int:
-    """Where the last committed piece below ``step`` ends (0: none).
-
-    ``ctx.history_end`` remembers the furthest end of any committed piece, so that a run
-    lists the pieces (a LIST that grows with the run) once per process, not at every
-    checkpoint. Where a piece reaches ``step`` or beyond (a resumed run behind the pieces
-    of the run it replaces) the furthest end does not answer, and the store is listed.
-    """
-    if ctx.history_end is not None and ctx.history_end < step:
-        return ctx.history_end
-    ends = [int(k[len(HISTORY_PREFIX) :]) for k in ctx.store.committed_keys(HISTORY_PREFIX)]
-    ctx.history_end = max(ends, default=0)
-    return max([end for end in ends if end < step], default=0)
-
-
-def committed_history(store: StateStore) -> Iterator[tuple[str, CommittedState, dict]]:
-    """(key, state, piece) of every committed history piece, in step order."""
-    for key in sorted(store.committed_keys(HISTORY_PREFIX)):
-        state = store.open_unverified(key)
-        if state is not None:
-            yield key, state, json.loads(state.read_bytes("history.json"))
-
-
-def read_history(store: StateStore, *, through: int) -> tuple[list, list]:
-    """Metric lines of steps 1..through and the evals up to it, from the committed pieces.
-    A gap (a piece lost or quarantined) is a ValueError: the checkpoint cannot continue."""
-    metrics: dict[int, dict] = {}
-    evals: dict[int, dict] = {}
-    for key, _, piece in committed_history(store):
-        if int(key[len(HISTORY_PREFIX) :]) > through:  # a later attempt's, beyond this checkpoint
-            continue
-        for line in piece["metrics"]:
-            if line["step"] <= through:
-                metrics.setdefault(line["step"], line)
-        for result in piece["evals"]:
-            if result["step"] <= through:
-                evals.setdefault(result["step"], result)
-    missing = sorted(set(range(1, through + 1)) - metrics.keys())
-    if missing:
-        raise ValueError(f"the metric history misses {len(missing)} step(s) (first: {missing[0]}) of 1..{through}")
-    return [metrics[s] for s in sorted(metrics)], [evals[s] for s in sorted(evals)]
-
-
 # ---------------------------------------------------------------- writing
 #
 # Every rank writes and uploads its own part; no path is shared between ranks.
@@ -179,7 +102,7 @@ class PendingCheckpoint:
 
     def __init__(
         self,
-        ctx: RunContext,
+        ctx: RunView,
         *,
         key: str,
         step: int,
@@ -299,7 +222,7 @@ def _scratch_files(scratch: str) -> dict[str, str]:
     return files
 
 
-def start_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict) -> PendingCheckpoint | None:
+def start_checkpoint(ctx: RunView, *, boosted: Boosted, trainer_state: dict) -> PendingCheckpoint | None:
     """All ranks: snapshot ``ckpt-<step>`` into node-local scratch and start uploading it;
     None if that checkpoint is committed already."""
     started = time.perf_counter()
@@ -359,7 +282,7 @@ def _write_json(directory: str, name: str, data: dict) -> None:
         f.write(json.dumps(data).encode())
 
 
-def save_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict, keep: int) -> str | None:
+def save_checkpoint(ctx: RunView, *, boosted: Boosted, trainer_state: dict, keep: int) -> str | None:
     """Commit ``ckpt-<step>`` and wait for it (all ranks call this); the key, or None if it exists."""
     pending = start_checkpoint(ctx, boosted=boosted, trainer_state=trainer_state)
     if pending is None:
@@ -368,7 +291,7 @@ def save_checkpoint(ctx: RunContext, *, boosted: Boosted, trainer_state: dict, k
     return pending.key
 
 
-def latest_checkpoint_key(ctx: RunContext) -> str | None:
+def latest_checkpoint_key(ctx: RunView) -> str | None:
     """Rank 0 finds the newest checkpoint whose manifest and file sizes check out (its
     contents are hashed by the one real read, in load_checkpoint); every rank gets its key."""
     key = None
@@ -378,7 +301,7 @@ def latest_checkpoint_key(ctx: RunContext) -> str | None:
     return broadcast(key)
 
 
-def load_checkpoint(ctx: RunContext, key: str, *, boosted: Boosted) -> dict:
+def load_checkpoint(ctx: RunView, key: str, *, boosted: Boosted) -> dict:
     """Load model, optimizer, scheduler and this rank's RNG; returns the trainer state.
 
     Collective. The checkpoint is read from the store once per node and hashed as it
@@ -409,7 +332,7 @@ def _read_local(directory: str, name: str) -> bytes:
         return f.read()
 
 
-def _history_for_every_rank(ctx: RunContext, *, through: int) -> tuple[list, list]:
+def _history_for_every_rank(ctx: RunView, *, through: int) -> tuple[list, list]:
     """Rank 0 reads the history pieces and hands them to every rank (one read per job).
     A gap is a ValueError on every rank, so that every rank condemns the checkpoint."""
     found: tuple[list, list] | str | None = None

@@ -18,9 +18,9 @@ from rmrun.runtime.collective import any_flag
 from rmrun.train.trainer import Hook, Preempted, Trainer
 
 if TYPE_CHECKING:
-    from rmrun.run.context import RunContext
     from rmrun.runtime.process import StopSignals
     from rmrun.train.checkpoint import PendingCheckpoint
+    from rmrun.train.history import RunView
 
 
 class LogHook:
@@ -178,7 +178,7 @@ class CheckpointHook:
     def __init__(
         self,
         *,
-        ctx: RunContext,
+        ctx: RunView,
         every: int | None,
         seconds: float | None,
         keep: int,

@@ -13,7 +13,7 @@ import pytest
 
 from rmrun.store import StateStore
 from rmrun.store.keys import HISTORY_PREFIX
-from rmrun.train.checkpoint import read_history
+from rmrun.train.history import read_history
 from tests.helpers import rmrun, small_recipe
 
 

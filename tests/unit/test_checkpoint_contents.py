@@ -23,7 +23,8 @@ import torch
 
 from rmrun.store import StateStore, StoreError
 from rmrun.store.keys import CHECKPOINT_PREFIX, HISTORY_PREFIX, checkpoint_key
-from rmrun.train.checkpoint import capture_rng, committed_history, read_history, restore_rng, write_history_piece
+from rmrun.train.checkpoint import capture_rng, restore_rng
+from rmrun.train.history import committed_history, read_history, write_history_piece
 
 # ---------------------------------------------------------------- RNG streams
 

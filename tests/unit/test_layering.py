@@ -378,3 +378,86 @@ def test_each_step_kind_names_a_step_function_whose_name_is_its_own():
         assert module.startswith("rmrun.run.steps.") and path.is_file(), (kind, target)
         assert function in _top_level_functions(path), (kind, target)
         assert function not in elsewhere, f"{target}: another module defines {function}() too"
+
+
+# ------------------------------------------------------------------ import cycles
+
+
+def _module_name(root: Path, path: Path) -> str:
+    return ".".join(_module_parts(root, path))
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports (module-level, in functions and under
+    TYPE_CHECKING alike); ``from a import b`` counts as a.b when b is a module, else a."""
+    modules = {_module_name(root, path): path for path in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for _, imported in imported_names(root, path):
+            target = imported
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted."""
+    graph = import_graph(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_the_package_has_no_import_cycles():
+    assert import_cycles(PACKAGE) == []
+
+
+def test_negative_control_a_planted_import_cycle_is_reported(tmp_path):
+    root = tmp_path / "rmrun"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    assert import_cycles(root) == []
+    # errors imports rmrun.runtime.process in a function; an import back, in a function too, closes a loop.
+    _plant(root / "runtime" / "process.py", "from rmrun.errors import EXIT_OK")
+    assert import_cycles(root) == [["rmrun.errors", "rmrun.runtime.process"]]
+
+
+def test_negative_control_a_type_checking_cycle_counts(tmp_path):
+    root = tmp_path / "rmrun"
+    (root / "a").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "a" / "__init__.py").write_text("")
+    (root / "a" / "x.py").write_text("from rmrun.a import y\n")
+    (root / "a" / "y.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rmrun.a.x import Thing\n"
+    )
+    assert import_cycles(root) == [["rmrun.a.x", "rmrun.a.y"]]

@@ -12,7 +12,8 @@ import pytest
 
 from rmrun.recipe import World, environment_problems
 from rmrun.recipe import plugins as table
-from rmrun.recipe.plugins import PLUGINS, model_attention
+from rmrun.recipe.backbone import model_attention
+from rmrun.recipe.plugins import PLUGINS
 from rmrun.recipe.schema import (
     DataSection,
     LoraSection,

@@ -121,7 +121,7 @@ def build_model(
 ) -> None:
     from rmrun.model.boost import boost
     from rmrun.model.model import build_reward_model
-    from rmrun.recipe.plugins import model_attention
+    from rmrun.recipe.backbone import model_attention
     from rmrun.runtime.faults import fault_point, restore_enabled
     from rmrun.train.checkpoint import seed_everything
     from rmrun.train.trainer import TrainState
