@@ -461,3 +461,40 @@ def test_negative_control_a_type_checking_cycle_counts(tmp_path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rmrun.a.x import Thing\n"
     )
     assert import_cycles(root) == [["rmrun.a.x", "rmrun.a.y"]]
+
+
+# ------------------------------------------------------------------ module sizes
+
+MAX_MODULE_LINES = 400
+MAX_TOP_LEVEL_MODULES = 8  # directly in rmrun/, besides __init__.py and __main__.py
+
+
+def oversized_modules(root: Path) -> list[str]:
+    return [
+        f"{_relative_to(root, p)}: {n} lines"
+        for p in sorted(root.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+
+
+def top_level_modules(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+
+
+def test_no_module_is_over_400_lines():
+    assert oversized_modules(PACKAGE) == []
+
+
+def test_few_modules_sit_directly_in_the_package():
+    assert len(top_level_modules(PACKAGE)) <= MAX_TOP_LEVEL_MODULES, top_level_modules(PACKAGE)
+
+
+def test_negative_control_an_oversized_module_and_a_crowded_package_are_reported(tmp_path):
+    root = tmp_path / "rmrun"
+    root.mkdir()
+    (root / "big.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (root / "small.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    assert oversized_modules(root) == [f"rmrun/big.py: {MAX_MODULE_LINES + 1} lines"]
+    for i in range(MAX_TOP_LEVEL_MODULES):
+        (root / f"m{i}.py").write_text("")
+    assert len(top_level_modules(root)) > MAX_TOP_LEVEL_MODULES
