@@ -448,27 +448,27 @@ def _use_pair_attention(net) -> None:
     net.config._attn_implementation = ATTENTION
 
 
-def _build_rmrun_trainer(
-    ranked, net, recipe, plan, data, cls=None, share_prompt: bool = False, pack_pairs: bool = False
-):
+def _build_rmrun_trainer(ranked, net, recipe, plan, data, *, cls=None, forward: str = "", pack_pairs: bool = False):
+    """rmrun's trainer through rmrun's own builder; a variant's forward (the standard one unless
+    ``forward`` names another) and packing are the plan's and the data section's, as in a run."""
+    import dataclasses
+
     from rmrun.model.boost import boost
-    from rmrun.train.trainer import Trainer, TrainState
+    from rmrun.recipe.backbone import STANDARD
+    from rmrun.train.build import build_trainer
 
     boosted = boost(net, plan=plan, plugin=recipe.plugin, schedule=recipe.schedule, cuda=ranked.cuda)
-    return (cls or Trainer)(
-        boosted=boosted,
-        data=data,
-        eval_data=None,
+    return build_trainer(
+        boosted,
+        pairs=data,
         tokenizer=_tokenizer(),
-        plan=plan,
+        plan=dataclasses.replace(plan, forward=forward or STANDARD),
+        rank=ranked,
+        seed=recipe.run.seed,
         schedule=recipe.schedule,
         loss=recipe.loss,
-        rank=ranked,
-        state=TrainState(seed=recipe.run.seed),
-        group_by_length=recipe.data.group_by_length,
-        eval_batch_size=recipe.schedule.batch_size,
-        share_prompt=share_prompt,
-        pack_pairs=pack_pairs,
+        data=dataclasses.replace(recipe.data, pack_pairs=pack_pairs),
+        cls=cls,
     )
 
 
@@ -612,6 +612,8 @@ def _build_variants(
     seed: int,
 ) -> tuple[dict, dict]:
     """({variant: its trainer or loop}, {variant: its epoch's optimizer steps}), each on a copy of ``base``."""
+    from rmrun.recipe.backbone import SHARED
+
     runners, schedules = {}, {}
     if "rmrun" in variants or "hand" in variants or "shared" in variants:
         rmrun_trainer = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
@@ -635,7 +637,7 @@ def _build_variants(
             if variant != "dense":  # as a run builds it: the pair attention (used on CUDA)
                 _use_pair_attention(net)
             runners[variant] = _build_rmrun_trainer(
-                ranked, net, recipe, plan, data, share_prompt=True, pack_pairs=variant == "packed"
+                ranked, net, recipe, plan, data, forward=SHARED, pack_pairs=variant == "packed"
             )
             schedules[variant] = list(runners[variant].steps_of_epoch(0))  # grouped by the shared length
     if "colossalchat" in variants:

@@ -181,9 +181,9 @@ def _build(job: dict, rank):
     from rmrun.model.boost import boost
     from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
-    from rmrun.recipe.backbone import SHARED, model_attention
+    from rmrun.recipe.backbone import model_attention
+    from rmrun.train.build import build_trainer
     from rmrun.train.checkpoint import seed_everything
-    from rmrun.train.trainer import Trainer, TrainState
 
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
     tokenizer = load_tokenizer(recipe.model)
@@ -201,20 +201,16 @@ def _build(job: dict, rank):
     )
     num_params = sum(p.numel() for p in net.parameters())
     boosted = boost(net, plan=plan, plugin=plugin, schedule=recipe.schedule, cuda=rank.cuda)
-    trainer = Trainer(
-        boosted=boosted,
-        data=data,
-        eval_data=None,
+    trainer = build_trainer(
+        boosted,
+        pairs=data,
         tokenizer=tokenizer,
         plan=plan,
+        rank=rank,
+        seed=recipe.run.seed,
         schedule=recipe.schedule,
         loss=recipe.loss,
-        rank=rank,
-        state=TrainState(seed=recipe.run.seed),
-        group_by_length=recipe.data.group_by_length,
-        eval_batch_size=recipe.schedule.batch_size,
-        share_prompt=plan.forward == SHARED,
-        pack_pairs=recipe.data.pack_pairs,
+        data=recipe.data,
     )
     return trainer, num_params
 

@@ -30,25 +30,22 @@ if TYPE_CHECKING:
 def _make_trainer(
     ctx: RunContext, *, schedule: ScheduleSection, loss: LossSection, data: DataSection, eval: EvalSection
 ) -> Trainer:
-    from rmrun.recipe.backbone import SHARED
-    from rmrun.train.trainer import Trainer
+    from rmrun.train.build import build_trainer
 
     tokenized, plan, state = ctx.data, ctx.plan, ctx.train_state
     assert tokenized is not None and plan is not None and state is not None and ctx.boosted is not None
-    return Trainer(
-        boosted=ctx.boosted,
-        data=tokenized["train"],
-        eval_data=tokenized.get("eval"),
+    return build_trainer(
+        ctx.boosted,
+        pairs=tokenized["train"],
+        eval_pairs=tokenized.get("eval"),
         tokenizer=ctx.tokenizer,
         plan=plan,
-        schedule=schedule,
-        loss=loss,
         rank=ctx.rank,
         state=state,
-        group_by_length=data.group_by_length,
-        eval_batch_size=eval.batch_size or schedule.batch_size,
-        share_prompt=plan.forward == SHARED,
-        pack_pairs=data.pack_pairs,
+        schedule=schedule,
+        loss=loss,
+        data=data,
+        eval=eval,
     )
 
 
