@@ -24,39 +24,43 @@ def pair_losses(name: str, chosen: torch.Tensor, rejected: torch.Tensor, *, marg
     return LOSSES[name](chosen.float(), rejected.float(), margin=margin)
 
 
-def pair_sums(chosen: torch.Tensor, rejected: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    """Sums over a batch that metrics are built from; they add up across batches and ranks.
+# What pair_sums returns, in this order; sums of a batch, so they add up across batches and ranks.
+# Code that keeps more in the same tensor (the trainer's token count) indexes it through these names.
+SUM_FIELDS = ("count", "loss", "correct", "margin", "chosen", "rejected", "reward_square", "num_rewards")
+NUM_SUMS = len(SUM_FIELDS)
 
-    Order: count, loss, correct, margin, chosen, rejected, reward², reward count.
-    """
+
+def pair_sums(chosen: torch.Tensor, rejected: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """Sums over a batch that metrics are built from, one per name in ``SUM_FIELDS``."""
     chosen, rejected = chosen.detach().float(), rejected.detach().float()
     rewards = torch.cat([chosen, rejected])
-    return torch.stack(
-        [
-            torch.tensor(float(chosen.numel()), device=chosen.device),
-            losses.detach().float().sum(),
-            (chosen > rejected).float().sum(),
-            (chosen - rejected).sum(),
-            chosen.sum(),
-            rejected.sum(),
-            rewards.pow(2).sum(),
-            torch.tensor(float(rewards.numel()), device=rewards.device),
-        ]
-    )
+    sums = {
+        "count": torch.tensor(float(chosen.numel()), device=chosen.device),
+        "loss": losses.detach().float().sum(),
+        "correct": (chosen > rejected).float().sum(),
+        "margin": (chosen - rejected).sum(),
+        "chosen": chosen.sum(),
+        "rejected": rejected.sum(),
+        "reward_square": rewards.pow(2).sum(),
+        "num_rewards": torch.tensor(float(rewards.numel()), device=rewards.device),
+    }
+    return torch.stack([sums[name] for name in SUM_FIELDS])
 
 
 def metrics_from_sums(sums) -> dict[str, float]:
-    """loss, accuracy, mean margin, mean chosen/rejected reward and reward std."""
-    count, loss, correct, margin, chosen, rejected, square, num_rewards = (float(v) for v in sums)
+    """loss, accuracy, mean margin, mean chosen/rejected reward and reward std, from
+    :func:`pair_sums` (summed)."""
+    s = dict(zip(SUM_FIELDS, (float(v) for v in sums), strict=True))
+    count, num_rewards = s["count"], s["num_rewards"]
     if count == 0:
         return {}
-    mean_reward = (chosen + rejected) / num_rewards
-    variance = max(square / num_rewards - mean_reward**2, 0.0)
+    mean_reward = (s["chosen"] + s["rejected"]) / num_rewards
+    variance = max(s["reward_square"] / num_rewards - mean_reward**2, 0.0)
     return {
-        "loss": loss / count,
-        "accuracy": correct / count,
-        "margin": margin / count,
-        "chosen_reward": chosen / count,
-        "rejected_reward": rejected / count,
+        "loss": s["loss"] / count,
+        "accuracy": s["correct"] / count,
+        "margin": s["margin"] / count,
+        "chosen_reward": s["chosen"] / count,
+        "rejected_reward": s["rejected"] / count,
         "reward_std": variance**0.5,
     }

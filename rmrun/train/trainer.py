@@ -22,10 +22,15 @@ from rmrun.model.model import RewardReader
 from rmrun.runtime.collective import sum_tensor
 from rmrun.runtime.faults import fault_point, trace_pairs
 from rmrun.runtime.process import StopRequested
-from rmrun.train.loss import metrics_from_sums, pair_losses, pair_sums
+from rmrun.train.loss import NUM_SUMS, SUM_FIELDS, metrics_from_sums, pair_losses, pair_sums
 from rmrun.train.sampler import OptimizerStep, epoch_order, optimizer_steps
 
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
+
+# An optimizer step's sums: pair_sums' and the non-padding token count, in one tensor (one all-reduce).
+STEP_SUM_FIELDS = (*SUM_FIELDS, "tokens")
+LOSS_SUM = STEP_SUM_FIELDS.index("loss")
+TOKENS_SUM = STEP_SUM_FIELDS.index("tokens")
 
 
 def length_bucket_counts(lengths: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -180,7 +185,7 @@ class Trainer:
 
     def optimizer_step(self, step: OptimizerStep) -> dict:
         """Micro-batches with one concatenated chosen+rejected forward each, then one update."""
-        sums = torch.zeros(9)  # pair_sums(...) and the non-padding token count: one all-reduce
+        sums = torch.zeros(len(STEP_SUM_FIELDS))
         model_weight = self.plan.dp_size / step.pairs  # DDP averages over ranks: mean over all pairs
         for i, micro in enumerate(step.micro_batches):
             empty = len(micro.indices) == 0
@@ -190,8 +195,8 @@ class Trainer:
                 losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
                 self.boosted.backward(losses.sum() * (0.0 if empty else model_weight))
             if not empty:
-                sums[:8] += pair_sums(chosen, rejected, losses).cpu()
-                sums[8] += n_tokens
+                sums[:NUM_SUMS] += pair_sums(chosen, rejected, losses).cpu()
+                sums[TOKENS_SUM] += n_tokens
                 trace_pairs(
                     rank=self.rank.rank,
                     epoch=self.state.epoch,
@@ -200,7 +205,7 @@ class Trainer:
                 )
         sums = sum_tensor(sums, group=self.dp_group)
         lr = self.boosted.optimizer.param_groups[0]["lr"]
-        finite = bool(torch.isfinite(sums[1]))
+        finite = bool(torch.isfinite(sums[LOSS_SUM]))
         grad_norm = None
         if finite:
             grad_norm = self.boosted.clip(self.schedule.grad_clip)
@@ -216,9 +221,9 @@ class Trainer:
             "step": self.state.step + 1,
             "epoch": self.state.epoch,
             "lr": lr,
-            **metrics_from_sums(sums[:8]),
+            **metrics_from_sums(sums[:NUM_SUMS]),
             "grad_norm": grad_norm,
-            "tokens": int(sums[8]),
+            "tokens": int(sums[TOKENS_SUM]),
             "skipped": not finite,
         }
         return line
@@ -254,7 +259,7 @@ class Trainer:
         per_rank = -(-n // self.plan.dp_size)
         mine = np.arange(self.dp_rank * per_rank, min(n, (self.dp_rank + 1) * per_rank))
         num_batches = -(-per_rank // self.eval_batch_size)
-        sums = torch.zeros(8)
+        sums = torch.zeros(NUM_SUMS)
         buckets = torch.zeros(len(LENGTH_BUCKETS) + 1, 2)  # (pairs, correct)
         longer_wins = torch.zeros(1)
         lengths = data.lengths()

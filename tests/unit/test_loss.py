@@ -72,3 +72,14 @@ def test_sums_add_up_across_batches():
     whole = metrics_from_sums(pair_sums(c, r, log_sig_loss(c, r)))
     parts = metrics_from_sums(pair_sums(c1, r1, log_sig_loss(c1, r1)) + pair_sums(c2, r2, log_sig_loss(c2, r2)))
     assert whole == pytest.approx(parts)
+
+
+def test_pair_sums_has_one_sum_per_named_field():
+    from rmrun.train.loss import SUM_FIELDS
+    from rmrun.train.trainer import LOSS_SUM, STEP_SUM_FIELDS, TOKENS_SUM
+
+    chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    sums = pair_sums(chosen, rejected, log_sig_loss(chosen, rejected))
+    assert sums.shape == (len(SUM_FIELDS),)
+    assert sums[SUM_FIELDS.index("count")] == 2 and sums[SUM_FIELDS.index("correct")] == 1
+    assert STEP_SUM_FIELDS[LOSS_SUM] == "loss" and TOKENS_SUM == len(SUM_FIELDS)
