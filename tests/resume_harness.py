@@ -388,19 +388,11 @@ def assert_metrics_complete(export: Export, total_steps: int = TOTAL_STEPS) -> N
 
 
 def differing_tensors(a: Export, b: Export) -> list[str]:
+    """The tensors of two exports that differ by a bit (rmrun verify-resume's comparison)."""
+    from rmrun.run.verify import differing_tensors
+
     assert set(a.tensors) == set(b.tensors), f"tensor names differ: {sorted(set(a.tensors) ^ set(b.tensors))}"
-    out = []
-    for name, tensor in a.tensors.items():
-        other = b.tensors[name]
-        if tensor.dtype != other.dtype or tensor.shape != other.shape or not _equal(tensor, other):
-            out.append(name)
-    return out
-
-
-def _equal(x, y) -> bool:
-    import torch
-
-    return bool(torch.equal(x, y))
+    return differing_tensors(a.tensors, b.tensors)
 
 
 def assert_identical(
