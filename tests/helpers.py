@@ -1,10 +1,15 @@
-"""Shared helpers for tests that run rmrun as users do: as a subprocess."""
+"""Helpers shared by test modules (no test module imports another): running rmrun as users do,
+as a subprocess; recipes on a slice of the quickstart data; small models and model folders."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rmrun.data import TokenizedPairs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "recipes", "quickstart.toml")
@@ -85,3 +90,156 @@ def recipe_problems(path: str, *, overrides=()) -> list[str]:
         assert str(error) == "\n".join(error.problems)
         return error.problems
     raise AssertionError(f"{path} loaded without a problem")
+
+
+def quickstart_slice(tmp_path, extra: str | None = None) -> str:
+    """The quickstart on 32 training and 8 eval pairs, batch size 8, then ``extra`` TOML."""
+    body = f"[schedule]\nbatch_size = 8\n{extra or ''}"
+    return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=32, eval_pairs=8, body=body)
+
+
+def custom_code_model(tmp_path):
+    """A model folder whose config names Python code to run; (its path, the file that code creates)."""
+    import json
+
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "rmrun_custom",
+                "hidden_size": 8,
+                "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
+            }
+        )
+    )
+    marker = tmp_path / "ran"
+    (tmp_path / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return str(tmp_path), marker
+
+
+def build_tiny_bert(directory) -> str:
+    """A 2-layer BERT config and a WordPiece tokenizer whose vocabulary is the quickstart's words."""
+    import re
+
+    from transformers import BertConfig, BertTokenizerFast
+
+    words = set()
+    for path in (TRAIN_DATA, EVAL_DATA):
+        with open(path) as f:
+            words.update(re.findall(r"\w+|[^\w\s]", f.read().lower()))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    os.makedirs(directory, exist_ok=True)
+    vocab_file = os.path.join(directory, "vocab.txt")
+    with open(vocab_file, "w") as f:
+        f.write("\n".join(specials + sorted(words)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=vocab_file)
+    tokenizer.save_pretrained(directory)
+    BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    ).save_pretrained(directory)
+    return str(directory)
+
+
+# ----------------------------------------------------------------- the shared-prompt forward against the standard one
+
+TINY_LLAMA = os.path.join(REPO, "recipes", "assets", "tiny-llama")
+TINY_TOKENIZER = os.path.join(REPO, "recipes", "assets", "tiny-tokenizer")
+REWARD_TOLERANCE = 1e-5  # absolute, rewards of order 1
+GRADIENT_TOLERANCE = 1e-4  # relative, per parameter tensor
+
+
+def pairs_of(chosen: list[list[int]], rejected: list[list[int]]) -> TokenizedPairs:
+    import numpy as np
+
+    from rmrun.data import TokenizedPairs
+
+    def csr(sequences):
+        ids = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences])
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
+        return ids, offsets
+
+    (ci, co), (ri, ro) = csr(chosen), csr(rejected)
+    return TokenizedPairs(ci, co, ri, ro, np.arange(len(chosen), dtype=np.int64))
+
+
+def with_short_pairs(tokenized: TokenizedPairs) -> TokenizedPairs:
+    """The pairs and, after them, a short copy of each (both sides cut 12 tokens past their shared
+    prompt, the prompt included)."""
+    from rmrun.data.share import shared_prefix_lengths
+
+    prefix = shared_prefix_lengths(tokenized)
+    chosen = [tokenized.chosen(i).tolist() for i in range(len(tokenized))]
+    rejected = [tokenized.rejected(i).tolist() for i in range(len(tokenized))]
+    cut = [min(int(p) + 12, 30) for p in prefix]
+    return pairs_of(
+        chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[: n - 2] for r, n in zip(rejected, cut)]
+    )
+
+
+def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
+
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForSequenceClassification),
+        "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
+    }[family]
+    config = config_class(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        attn_implementation=attn,
+    )
+    torch.manual_seed(0)
+    return model_class(config)
+
+
+def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False, device="cpu"):
+    """(rewards, loss, gradients) of the standard forward and of the shared-prompt forward."""
+    import torch
+
+    from rmrun.data import collate
+    from rmrun.data.share import collate_shared, shared_prefix_lengths
+    from rmrun.model.model import RewardReader
+    from rmrun.train.loss import pair_losses
+
+    reader = RewardReader(net)
+    results = []
+    for shared in (False, True):
+        net.zero_grad()
+        if shared:
+            batch = collate_shared(
+                tokenized, indices, prefix=shared_prefix_lengths(tokenized), pad_token_id=pad_token_id, pack=pack
+            )
+            chosen, rejected = reader.shared_prompt(net, batch, device=torch.device(device))
+        else:
+            batch = collate(tokenized, indices, pad_token_id=pad_token_id)
+            rewards = reader(net, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            chosen, rejected = rewards[: len(indices)], rewards[len(indices) :]
+        loss = pair_losses("log_sig", chosen, rejected, margin=0.0).mean()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+        results.append((torch.cat([chosen, rejected]).detach(), loss.detach(), grads))
+    return results
+
+
+def assert_equivalent(standard, shared):
+    """Equal rewards and loss (within REWARD_TOLERANCE) and gradients (GRADIENT_TOLERANCE, relative)."""
+    import torch
+
+    (rewards_a, loss_a, grads_a), (rewards_b, loss_b, grads_b) = standard, shared
+    assert torch.allclose(rewards_a, rewards_b, rtol=0, atol=REWARD_TOLERANCE), (rewards_a - rewards_b).abs().max()
+    assert torch.allclose(loss_a, loss_b, rtol=0, atol=REWARD_TOLERANCE)
+    assert set(grads_a) == set(grads_b) and grads_a
+    for name, grad in grads_a.items():
+        error = (grad - grads_b[name]).norm() / grad.norm().clamp_min(1e-12)
+        assert error < GRADIENT_TOLERANCE, f"{name}: relative gradient difference {error:.2e}"

@@ -1,8 +1,6 @@
 """A local S3 (moto) that counts the bytes it serves, per client and per object.
 
-Use it from a test module with::
-
-    from tests.s3counting import counting_s3  # noqa: F401  (registers the fixture)
+tests/conftest.py registers it (``pytest_plugins``), so any test takes it by name::
 
     def test_reads(counting_s3):
         root = counting_s3.root("run")            # fresh "s3://rmrun-count/run-<unique>"

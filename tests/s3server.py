@@ -1,15 +1,10 @@
 """A local S3 (moto server) for tests, as a session-scoped pytest fixture.
 
-Use it from any test module with::
-
-    from tests.s3server import s3_root  # noqa: F401  (registers the fixture)
+tests/conftest.py registers it (``pytest_plugins``), so any test takes it by name::
 
     def test_something(s3_root):
         root = s3_root()          # fresh "s3://rmrun-test/<unique>" URL
         ...
-
-or, for a whole directory, ``pytest_plugins = ["tests.s3server"]`` in a
-top-level ``conftest.py``.
 
 The server listens on 127.0.0.1 on a port chosen by the OS.  While it runs,
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (``testing``),

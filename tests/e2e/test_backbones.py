@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import REPO, child_env, rmrun, small_recipe
-from tests.unit.test_backbones_model import tiny_bert  # noqa: F401  (module fixture)
 
 MINILM_RECIPE = os.path.join(REPO, "recipes", "minilm-docstrings.toml")
 

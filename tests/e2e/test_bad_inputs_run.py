@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from rmrun.errors import EXIT_USAGE
-from tests.unit.test_bad_inputs import _write_recipe
+from tests.helpers import quickstart_slice
 
 
 def test_every_pair_dropped_at_tokenize_is_an_error_with_the_counts(tmp_path):
     """Only tokenizing knows that every pair is longer than max_length: exit 2, one line."""
     from tests.helpers import child_env, rmrun
 
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     done = rmrun(
         "run",
         recipe,

@@ -26,7 +26,6 @@ import pytest
 from rmrun.errors import EXIT_UNUSABLE, EXIT_USAGE
 from rmrun.runtime.faults import FAULT_POINTS
 from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
-from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 pytestmark = pytest.mark.slow
 

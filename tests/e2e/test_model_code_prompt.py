@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.unit.test_model_code import custom_code_model
+from tests.helpers import custom_code_model
 
 
 def test_no_prompt_even_on_a_terminal_like_stdin(tmp_path):

@@ -21,7 +21,6 @@ import shutil
 import pytest
 
 from tests.helpers import child_env, rmrun, small_recipe
-from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -108,7 +108,6 @@ from tests.resume_harness import (
     read_export,
     read_trace,
 )
-from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 pytestmark = pytest.mark.slow
 

@@ -54,7 +54,6 @@ from tests.resume_harness import (
     committed_checkpoints,
     read_export,
 )
-from tests.s3counting import counting_s3  # noqa: F401  (module fixture: byte-counting S3 server)
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_TRAIN = REPO / "recipes" / "data" / "quickstart_train.jsonl"

@@ -26,7 +26,6 @@ from rmrun.store import (
     StateStore,
     StoreError,
 )
-from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from tests.helpers import child_env, rmrun, small_recipe
-from tests.s3server import s3_root  # noqa: F401  (session fixture: moto S3 server)
 
 SETTINGS = [
     "--set",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 # Emits bos itself, like Llama-style templates; every turn is closed by eos, where a reward is read.
@@ -31,3 +33,19 @@ def byte_tokenizer():
     )
     tokenizer.chat_template = BYTE_TEMPLATE
     return tokenizer
+
+
+@pytest.fixture(scope="module")
+def quickstart_pairs():
+    """The quickstart's first 12 pairs, tokenized at a max_length that truncates some of them."""
+    from rmrun.data import read_pairs, tokenize_pairs
+    from rmrun.model.model import load_tokenizer
+    from rmrun.recipe.schema import ModelSection
+    from tests.helpers import REPO, TINY_LLAMA, TINY_TOKENIZER
+
+    tokenizer = load_tokenizer(ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER))
+    train = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
+    pairs = list(read_pairs([train], format="colossalchat", bad_rows="error"))[:12]
+    tokenized = tokenize_pairs(pairs, tokenizer, max_length=48, overflow="truncate", template=None)
+    assert 0 < tokenized.stats["truncated"] < len(tokenized), "the data should mix truncated and whole pairs"
+    return tokenized, tokenizer

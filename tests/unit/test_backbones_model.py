@@ -1,50 +1,17 @@
 """Encoder and decoder backbones without a run: the family table against transformers, the
 head found from the model class, ``package:`` model paths, one-line model errors, and the
 exported tokenizer's inputs. The encoder is a 2-layer BERT with a WordPiece tokenizer over the
-quickstart's words, built from its config (``tiny_bert``, shared with tests/e2e/test_backbones.py)."""
+quickstart's words, built from its config (``tiny_bert``, a fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 
 import pytest
 import torch
 
-from tests.helpers import EVAL_DATA, REPO, TRAIN_DATA, small_recipe
-
-
-def build_tiny_bert(directory) -> str:
-    """A 2-layer BERT config and a WordPiece tokenizer whose vocabulary is the quickstart's words."""
-    from transformers import BertConfig, BertTokenizerFast
-
-    words = set()
-    for path in (TRAIN_DATA, EVAL_DATA):
-        with open(path) as f:
-            words.update(re.findall(r"\w+|[^\w\s]", f.read().lower()))
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    os.makedirs(directory, exist_ok=True)
-    vocab_file = os.path.join(directory, "vocab.txt")
-    with open(vocab_file, "w") as f:
-        f.write("\n".join(specials + sorted(words)) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=vocab_file)
-    tokenizer.save_pretrained(directory)
-    BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    ).save_pretrained(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
+from tests.helpers import REPO, small_recipe
 
 # --------------------------------------------------------------------------- families and check
 

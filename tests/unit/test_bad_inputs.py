@@ -10,7 +10,7 @@ import pytest
 
 from rmrun.cli.main import main
 from rmrun.errors import EXIT_USAGE
-from tests.helpers import QUICKSTART, TRAIN_DATA, slice_recipe
+from tests.helpers import TRAIN_DATA, quickstart_slice
 
 GOOD_ROW = json.loads(open(TRAIN_DATA).readline())
 
@@ -119,11 +119,6 @@ RECIPES = [
 ]
 
 
-def _write_recipe(tmp_path, extra: str | None) -> str:
-    body = f"[schedule]\nbatch_size = 8\n{extra or ''}"
-    return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=32, eval_pairs=8, body=body)
-
-
 def check_one_line(capsys, argv: list[str]) -> str:
     code = main(argv)
     out, err = capsys.readouterr()
@@ -148,13 +143,13 @@ def test_the_tables_are_big_enough():
 
 
 def test_the_valid_base_recipe_passes(tmp_path, capsys):
-    assert main(["check", _write_recipe(tmp_path, None)]) == 0
+    assert main(["check", quickstart_slice(tmp_path, None)]) == 0
     assert "32 pairs read" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, sets, expected", [r[1:] for r in RECIPES], ids=[r[0] for r in RECIPES])
 def test_a_malformed_recipe_is_one_line_naming_the_key(tmp_path, capsys, extra, sets, expected):
-    recipe = _write_recipe(tmp_path, extra)
+    recipe = quickstart_slice(tmp_path, extra)
     line = check_one_line(capsys, ["check", recipe, *(a for s in sets for a in ("--set", s))])
     assert line.startswith(f"rmrun: {recipe}: "), line
     assert expected in line, line
@@ -165,7 +160,7 @@ def _keys(err: str) -> list[str]:
 
 
 def test_all_recipe_mistakes_are_reported_in_one_pass(tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     code = main(["check", recipe, "--set", "run.seed=-1", "--set", "schedule.lr=nan", "--set", "run.name=../x"])
     err = capsys.readouterr().err
     assert code == EXIT_USAGE and "Traceback" not in err
@@ -174,7 +169,7 @@ def test_all_recipe_mistakes_are_reported_in_one_pass(tmp_path, capsys):
 
 def test_all_environment_problems_are_reported_in_one_pass(tmp_path, capsys):
     """On a recipe without mistakes of its own: locations, inputs and data, all at once."""
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     code = main(
         [
             "check",
@@ -239,7 +234,7 @@ DATA_FILES = [
     "name, content, line_no, expected", [d[1:] for d in DATA_FILES], ids=[d[0] for d in DATA_FILES]
 )
 def test_a_malformed_training_file_is_one_line_naming_file_and_line(tmp_path, capsys, name, content, line_no, expected):
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     bad = tmp_path / "bad" / name
     bad.parent.mkdir()
     bad.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -250,7 +245,7 @@ def test_a_malformed_training_file_is_one_line_naming_file_and_line(tmp_path, ca
 
 
 def test_every_row_skipped_is_an_error_with_the_counts(tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     bad = tmp_path / "skipped.jsonl"
     bad.write_text(row(chosen=[]) + "\n" + '"x"\n' + row(chosen=_DROP) + "\n")
     line = check_one_line(capsys, ["check", recipe, "--set", f"data.train={bad}", "--set", "data.bad_rows=skip"])
@@ -258,7 +253,7 @@ def test_every_row_skipped_is_an_error_with_the_counts(tmp_path, capsys):
 
 
 def test_an_empty_eval_file_is_named_as_eval(tmp_path, capsys):
-    recipe = _write_recipe(tmp_path, None)
+    recipe = quickstart_slice(tmp_path, None)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     line = check_one_line(capsys, ["check", recipe, "--set", f"data.eval={empty}"])

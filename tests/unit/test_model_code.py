@@ -3,26 +3,10 @@ one line naming the recipe key, never an interactive "[y/N]" prompt."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from rmrun.recipe.schema import ModelSection
-
-
-def custom_code_model(tmp_path):
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "model_type": "rmrun_custom",
-                "hidden_size": 8,
-                "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
-            }
-        )
-    )
-    marker = tmp_path / "ran"
-    (tmp_path / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    return str(tmp_path), marker
+from tests.helpers import custom_code_model
 
 
 def test_trust_remote_code_is_off_by_default():

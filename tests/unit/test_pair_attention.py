@@ -17,14 +17,7 @@ import torch
 import rmrun.model.pair_attention as pair_attention
 from rmrun.data.share import collate_shared, shared_prefix_lengths
 from rmrun.model.pair_attention import ATTENTION, PairLayout, attach, pair_attention_forward, register
-from tests.unit.test_shared_prompt import (
-    assert_equivalent,
-    pairs_of,
-    quickstart_pairs,  # noqa: F401 (a fixture)
-    standard_and_shared,
-    tiny_decoder,
-    with_short_pairs,
-)
+from tests.helpers import assert_equivalent, pairs_of, standard_and_shared, tiny_decoder, with_short_pairs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -137,7 +130,7 @@ def count_layout_reads(monkeypatch) -> list:
 @pytest.mark.parametrize("pack", [False, True], ids=["one-pair-per-row", "packed"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_a_model_built_with_it_gives_the_standard_forwards_rewards_and_gradients(
-    quickstart_pairs,  # noqa: F811 (the fixture)
+    quickstart_pairs,
     monkeypatch,
     family,
     pack,
@@ -158,7 +151,7 @@ def test_a_model_built_with_it_gives_the_standard_forwards_rewards_and_gradients
     assert len(calls) == 2 * 2  # every layer (2) ran the pair attention's head and tail
 
 
-def test_runs_use_it_on_cuda_and_the_dense_mask_on_cpu(quickstart_pairs, monkeypatch):  # noqa: F811
+def test_runs_use_it_on_cuda_and_the_dense_mask_on_cpu(quickstart_pairs, monkeypatch):
     tokenized, tokenizer = quickstart_pairs
     register()
     net = tiny_decoder("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, attn=ATTENTION)
@@ -186,7 +179,7 @@ def test_the_export_of_a_model_built_with_it_does_not_name_it(tmp_path):
     assert ATTENTION not in (tmp_path / "config.json").read_text()
 
 
-def test_under_gradient_checkpointing_the_recomputed_layers_run_it_too(quickstart_pairs, monkeypatch):  # noqa: F811
+def test_under_gradient_checkpointing_the_recomputed_layers_run_it_too(quickstart_pairs, monkeypatch):
     """rmrun's gradient checkpointing (non-reentrant) hands the recomputation the very mask
     object, layout included: the backward recomputes the pair attention, not the dense one."""
     tokenized, tokenizer = quickstart_pairs

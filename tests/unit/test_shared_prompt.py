@@ -18,30 +18,23 @@ import numpy as np
 import pytest
 import torch
 
-from rmrun.data import TokenizedPairs, collate, tokenize_pairs
 from rmrun.data.share import additive_mask, collate_shared, pack_rows, shared_lengths, shared_prefix_lengths
-from rmrun.model.model import RewardReader
 from rmrun.recipe import RecipeError, load_recipe
 from rmrun.recipe.backbone import SHARED, STANDARD, choose_forward
 from rmrun.recipe.schema import DataSection, ModelSection, PluginSection
-from rmrun.train.loss import pair_losses
-from tests.helpers import REPO, small_recipe
+from tests.helpers import (
+    REPO,
+    TINY_LLAMA,
+    TINY_TOKENIZER,
+    assert_equivalent,
+    pairs_of,
+    small_recipe,
+    standard_and_shared,
+    tiny_decoder,
+    with_short_pairs,
+)
 
 QUICKSTART = os.path.join(REPO, "recipes", "quickstart.toml")
-TINY_LLAMA = os.path.join(REPO, "recipes", "assets", "tiny-llama")
-TINY_TOKENIZER = os.path.join(REPO, "recipes", "assets", "tiny-tokenizer")
-REWARD_TOLERANCE = 1e-5  # absolute, rewards of order 1
-GRADIENT_TOLERANCE = 1e-4  # relative, per parameter tensor
-
-
-def pairs_of(chosen: list[list[int]], rejected: list[list[int]]) -> TokenizedPairs:
-    def csr(sequences):
-        ids = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences])
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
-        return ids, offsets
-
-    (ci, co), (ri, ro) = csr(chosen), csr(rejected)
-    return TokenizedPairs(ci, co, ri, ro, np.arange(len(chosen), dtype=np.int64))
 
 
 # ----------------------------------------------------------------- the batch itself
@@ -94,86 +87,6 @@ def test_packing_puts_pairs_in_blocks_of_their_own():
 
 
 # ----------------------------------------------------------------- equivalence with the standard forward
-
-
-@pytest.fixture(scope="module")
-def quickstart_pairs():
-    """The quickstart's first 12 pairs, tokenized at a max_length that truncates some of them."""
-    from rmrun.data import read_pairs
-    from rmrun.model.model import load_tokenizer
-
-    tokenizer = load_tokenizer(ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER))
-    train = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
-    pairs = list(read_pairs([train], format="colossalchat", bad_rows="error"))[:12]
-    tokenized = tokenize_pairs(pairs, tokenizer, max_length=48, overflow="truncate", template=None)
-    assert 0 < tokenized.stats["truncated"] < len(tokenized), "the data should mix truncated and whole pairs"
-    return tokenized, tokenizer
-
-
-def with_short_pairs(tokenized: TokenizedPairs) -> TokenizedPairs:
-    """The pairs and, after them, a short copy of each (both sides cut 12 tokens past their shared
-    prompt, the prompt included)."""
-    prefix = shared_prefix_lengths(tokenized)
-    chosen = [tokenized.chosen(i).tolist() for i in range(len(tokenized))]
-    rejected = [tokenized.rejected(i).tolist() for i in range(len(tokenized))]
-    cut = [min(int(p) + 12, 30) for p in prefix]
-    return pairs_of(
-        chosen + [c[:n] for c, n in zip(chosen, cut)], rejected + [r[: n - 2] for r, n in zip(rejected, cut)]
-    )
-
-
-def tiny_decoder(family: str, *, vocab_size: int, pad_token_id: int, attn: str):
-    from transformers import LlamaConfig, LlamaForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
-
-    config_class, model_class = {
-        "llama": (LlamaConfig, LlamaForSequenceClassification),
-        "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
-    }[family]
-    config = config_class(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        num_labels=1,
-        pad_token_id=pad_token_id,
-        attn_implementation=attn,
-    )
-    torch.manual_seed(0)
-    return model_class(config)
-
-
-def standard_and_shared(net, tokenized, indices, *, pad_token_id, pack=False, device="cpu"):
-    """(rewards, loss, gradients) of the standard forward and of the shared-prompt forward."""
-    reader = RewardReader(net)
-    results = []
-    for shared in (False, True):
-        net.zero_grad()
-        if shared:
-            batch = collate_shared(
-                tokenized, indices, prefix=shared_prefix_lengths(tokenized), pad_token_id=pad_token_id, pack=pack
-            )
-            chosen, rejected = reader.shared_prompt(net, batch, device=torch.device(device))
-        else:
-            batch = collate(tokenized, indices, pad_token_id=pad_token_id)
-            rewards = reader(net, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            chosen, rejected = rewards[: len(indices)], rewards[len(indices) :]
-        loss = pair_losses("log_sig", chosen, rejected, margin=0.0).mean()
-        loss.backward()
-        grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
-        results.append((torch.cat([chosen, rejected]).detach(), loss.detach(), grads))
-    return results
-
-
-def assert_equivalent(standard, shared):
-    (rewards_a, loss_a, grads_a), (rewards_b, loss_b, grads_b) = standard, shared
-    assert torch.allclose(rewards_a, rewards_b, rtol=0, atol=REWARD_TOLERANCE), (rewards_a - rewards_b).abs().max()
-    assert torch.allclose(loss_a, loss_b, rtol=0, atol=REWARD_TOLERANCE)
-    assert set(grads_a) == set(grads_b) and grads_a
-    for name, grad in grads_a.items():
-        error = (grad - grads_b[name]).norm() / grad.norm().clamp_min(1e-12)
-        assert error < GRADIENT_TOLERANCE, f"{name}: relative gradient difference {error:.2e}"
 
 
 @pytest.mark.parametrize("pack", [False, True], ids=["one-pair-per-row", "packed"])
