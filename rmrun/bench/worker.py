@@ -175,9 +175,8 @@ def _peak_memory(rank) -> dict:
 
 
 def _build(job: dict, rank):
-    from safetensors.numpy import load_file
-
     from rmrun.data import TokenizedPairs
+    from rmrun.data.mapped import map_safetensors
     from rmrun.model.boost import boost
     from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe, make_plan
@@ -188,7 +187,7 @@ def _build(job: dict, rank):
     recipe = load_recipe(job["recipe"], overrides=job["overrides"])
     tokenizer = load_tokenizer(recipe.model)
     with open(job["data_stats"]) as f:
-        data = TokenizedPairs.from_arrays(load_file(job["data"]), json.load(f))
+        data = TokenizedPairs.from_arrays(map_safetensors(job["data"]), json.load(f))
     plan = make_plan(recipe, world_size=rank.world_size, num_pairs=len(data))
     seed_everything(recipe.run.seed + rank.rank)
     plugin = recipe.plugin

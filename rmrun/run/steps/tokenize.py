@@ -3,6 +3,10 @@
 Written once per data fingerprint (file contents, tokenizer files, template,
 max_length, overflow and bad-row policy), reused on resume and by later runs in the
 same state root. Rank 0 tokenizes and commits; the other ranks load what it committed.
+
+Every rank maps the token arrays of its node's copy (``rmrun.data.mapped``) rather than
+loading them: resident memory per rank does not grow with the number of pairs. The mapping
+outlives the copy's folder, which ``node_copy`` removes once every process has mapped it.
 """
 
 from __future__ import annotations
@@ -71,9 +75,8 @@ def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSectio
 def _load(directory: str) -> dict[str, TokenizedPairs]:
     import os
 
-    from safetensors.numpy import load_file
-
     from rmrun.data import TokenizedPairs
+    from rmrun.data.mapped import map_safetensors
 
     with open(os.path.join(directory, "stats.json")) as f:
         stats = json.load(f)
@@ -81,7 +84,7 @@ def _load(directory: str) -> dict[str, TokenizedPairs]:
     for split, name in ARRAY_FILES.items():
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            out[split] = TokenizedPairs.from_arrays(load_file(path), stats[split])
+            out[split] = TokenizedPairs.from_arrays(map_safetensors(path), stats[split])
     return out
 
 
