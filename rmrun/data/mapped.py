@@ -21,7 +21,12 @@ import struct
 
 import numpy as np
 
-_DTYPES: dict[str, np.dtype] = {"I32": np.dtype("<i4"), "I64": np.dtype("<i8"), "F32": np.dtype("<f4"), "U8": np.dtype("u1")}
+_DTYPES: dict[str, np.dtype] = {
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "F32": np.dtype("<f4"),
+    "U8": np.dtype("u1"),
+}
 
 
 def map_safetensors(path: str) -> dict[str, np.ndarray]:

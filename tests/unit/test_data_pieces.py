@@ -1,0 +1,51 @@
+"""Tokenizing in pieces gives exactly the arrays one pass gives (rmrun/data/pieces.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rmrun.data import read_pairs, tokenize_pairs
+from rmrun.data.pieces import assemble, piece_bounds, tokenize_piece
+from rmrun.data.tokenize import ARRAY_NAMES
+
+
+@pytest.fixture(scope="module")
+def pairs_and_tokenizer():
+    from rmrun.model.model import load_tokenizer
+    from rmrun.recipe.schema import ModelSection
+    from tests.helpers import REPO, TINY_LLAMA, TINY_TOKENIZER
+
+    tokenizer = load_tokenizer(ModelSection(pretrain=TINY_LLAMA, tokenizer=TINY_TOKENIZER))
+    train = os.path.join(REPO, "recipes", "data", "quickstart_train.jsonl")
+    return list(read_pairs([train], format="colossalchat", bad_rows="error"))[:41], tokenizer
+
+
+def test_piece_bounds_are_contiguous_and_depend_on_counts_only():
+    assert piece_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert piece_bounds(2, 3) == [(0, 1), (1, 2), (2, 2)]
+    assert piece_bounds(0, 2) == [(0, 0), (0, 0)]
+    for num_pairs in (0, 1, 7, 100):
+        for num_pieces in (1, 2, 3, 8):
+            bounds = piece_bounds(num_pairs, num_pieces)
+            assert bounds[0][0] == 0 and bounds[-1][1] == num_pairs
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    with pytest.raises(ValueError, match="num_pieces must be at least 1, got 0"):
+        piece_bounds(5, 0)
+
+
+@pytest.mark.parametrize("overflow", ["truncate", "drop"])
+@pytest.mark.parametrize("num_pieces", [1, 2, 3])
+def test_assembled_pieces_are_bit_identical_to_one_pass(pairs_and_tokenizer, num_pieces, overflow):
+    pairs, tokenizer = pairs_and_tokenizer
+    options = {"max_length": 64, "overflow": overflow, "template": None}
+    whole = tokenize_pairs(pairs, tokenizer, **options)
+    assert whole.stats["truncated" if overflow == "truncate" else "dropped"] > 0, "the overflow policy should act"
+    pieces = [tokenize_piece(pairs, tokenizer, piece=i, num_pieces=num_pieces, **options) for i in range(num_pieces)]
+    assembled = assemble(pieces)
+    for name in ARRAY_NAMES:
+        expected, got = getattr(whole, name), getattr(assembled, name)
+        assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), name
+    for name in ("pairs", "truncated", "dropped", "tokens"):
+        assert assembled.stats[name] == whole.stats[name], name
