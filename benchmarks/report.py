@@ -590,6 +590,31 @@ def _tokenize(doc: dict) -> list[str]:
     return lines
 
 
+def _token_memory(doc: dict) -> list[str]:
+    entries = _entries(doc, "token_memory")
+    if not entries:
+        return []
+    lines = [
+        "## Token arrays in memory (loaded against mapped)",
+        "",
+        "| pairs | file MiB | variant | RssAnon growth MiB | RssFile growth MiB |",
+        "|---:|---:|---|---:|---:|",
+    ]
+    for e in entries:
+        for variant, grown in e["grown_mib"].items():
+            lines.append(
+                f"| {e['pairs']} | {e['file_mib']:.0f} | {variant} | {grown['RssAnon']:.0f} | {grown['RssFile']:.0f} |"
+            )
+    lines += [
+        "",
+        "One fresh process per variant: the sampler's lengths, then 512 batches collated across the whole "
+        "file. RssAnon is private to the rank; RssFile is clean page cache, shared by a node's ranks and "
+        "dropped under memory pressure.",
+        "",
+    ]
+    return lines
+
+
 def _method() -> list[str]:
     return [
         "## How it was measured",
@@ -623,6 +648,7 @@ def markdown(doc: dict) -> str:
         lines += _startup(doc)
     if throughput or any(b.get("extra_info", {}).get("kind") == "tokenize" for b in doc.get("benchmarks", [])):
         lines += _tokenize(doc)
+    lines += _token_memory(doc)
     if throughput:
         lines += _method()
     return "\n".join(lines)

@@ -44,6 +44,7 @@ if SMOKE:
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny",), 1, 200
     # Checkpoint stall: steps per run, checkpoint interval, rounds, store bandwidth (bytes/s).
     STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 9, 4, 1, 64 * 2**20
+    MEMORY_PAIRS = 4000  # synthetic tokenized pairs whose arrays are loaded or mapped
 else:
     TOKENIZE_PAIRS, TOKENIZE_ROUNDS = 6000, 3
     TRAIN_PAIRS = 2000
@@ -64,3 +65,4 @@ else:
     STARTUP_SIZES, STARTUP_ROUNDS, STARTUP_PAIRS = ("tiny", "small"), 2, 2000
     # The tiny model's checkpoint (model + AdamW state, ~2.1 MB) takes ~1 s at 2 MiB/s.
     STALL_STEPS, STALL_INTERVAL, STALL_ROUNDS, STALL_BYTES_PER_SECOND = 81, 20, 2, 2 * 2**20
+    MEMORY_PAIRS = 40000
