@@ -11,12 +11,12 @@ call over every pair gives, bit for bit, whatever the number of pieces.
 
 :func:`tokenize_in_pool` tokenizes the pieces in a pool of worker processes (``spawn``:
 nothing of the parent's threads or CUDA state is inherited), each holding its own copy of
-the tokenizer.
+the tokenizer. The tokenize step (``rmrun/run/steps/tokenize.py``) commits each finished piece
+as a state of its own, so a killed start keeps them and the next one tokenizes the rest.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +26,13 @@ from rmrun.data.pairs import PreferencePair
 from rmrun.data.tokenize import ARRAY_NAMES, TokenizedPairs, tokenize_pairs
 
 _SUMMED_STATS = ("pairs", "truncated", "dropped", "tokens")
+PAIRS_PER_PIECE = 8192  # a kill loses at most this many pairs' tokenization
+MIN_PIECES = 4  # even a small split is cut, so that its pieces can be tokenized side by side
+
+
+def pieces_for(num_pairs: int) -> int:
+    """How many pieces a split of ``num_pairs`` pairs is cut into: a pure function of the count."""
+    return max(1, min(num_pairs, MIN_PIECES), -(-num_pairs // PAIRS_PER_PIECE))
 
 
 def piece_bounds(num_pairs: int, num_pieces: int) -> list[tuple[int, int]]:
@@ -97,29 +104,24 @@ def tokenize_in_pool(
     pairs: Sequence[PreferencePair],
     tokenizer,
     *,
+    pieces: Sequence[int],
     num_pieces: int,
     num_workers: int,
-    on_piece: Callable[[int, TokenizedPairs], None] | None = None,
+    on_piece: Callable[[int, TokenizedPairs], None],
     **options: Any,
-) -> TokenizedPairs:
-    """Every piece of ``pairs`` tokenized by ``num_workers`` processes, assembled; ``on_piece(i,
-    piece)`` is called in this process as each piece finishes (e.g. to keep it, or log progress)."""
+) -> None:
+    """Pieces ``pieces`` (of ``num_pieces``) of ``pairs`` tokenized by ``num_workers`` processes;
+    ``on_piece(i, piece)`` is called in this process as each finishes (to keep it, and log progress)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    started = time.perf_counter()
     bounds = piece_bounds(len(pairs), num_pieces)
-    done: dict[int, TokenizedPairs] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_load_worker, initargs=(tokenizer,)) as pool:
         futures = {
-            pool.submit(_tokenize_in_worker, list(pairs[start:stop]), start, options): piece
-            for piece, (start, stop) in enumerate(bounds)
+            pool.submit(_tokenize_in_worker, list(pairs[bounds[i][0] : bounds[i][1]]), bounds[i][0], options): i
+            for i in pieces
         }
         for future in as_completed(futures):
             result = future.result()
-            piece = futures[future]
-            done[piece] = TokenizedPairs.from_arrays(result["arrays"], result["stats"])
-            if on_piece is not None:
-                on_piece(piece, done[piece])
-    return assemble([done[piece] for piece in range(num_pieces)], seconds=time.perf_counter() - started)
+            on_piece(futures[future], TokenizedPairs.from_arrays(result["arrays"], result["stats"]))

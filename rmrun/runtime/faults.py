@@ -34,6 +34,8 @@ import time
 # name -> where it is, in run order. A point reached at an optimizer step takes that
 # step; the others are reached once per run (their step is the trainer's step then).
 FAULT_POINTS = {
+    "tokenize_piece": "a piece of the tokenized data staged, before its commit (its step: the pieces this "
+    "start kept before it)",
     "tokenize_commit": "tokenized data staged, before its commit",
     "tokenized": "tokenized data committed, before the model is built",
     "boosted": "model built and checkpoint loaded, before the next optimizer step",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 IDENTITY_KEY = "run-identity"  # what the run is: the result-changing recipe keys and their fingerprint
 TOKENIZE_PREFIX = "tokenize-"  # + the data fingerprint: the tokenized data set, shared by runs that agree on it
+TOKENIZE_PIECE_PREFIX = (
+    "piece-"  # + the data key, split, piece and count: one finished piece of it (deleted once it is whole)
+)
 EPOCH_PREFIX = "epoch-"  # + the epoch: that epoch was trained to its end
 CHECKPOINT_PREFIX = "ckpt-"  # + the step: model, optimizer and trainer state
 HISTORY_PREFIX = "history-"  # + the last step: the metric lines since the previous one
@@ -29,6 +32,10 @@ QUARANTINED_RECORDS = "quarantined/"  # + key and attempt: notes of quarantined 
 
 def tokenize_key(fingerprint: str) -> str:
     return f"{TOKENIZE_PREFIX}{fingerprint[:20]}"
+
+
+def tokenize_piece_key(data_key: str, split: str, piece: int, num_pieces: int) -> str:
+    return f"{TOKENIZE_PIECE_PREFIX}{data_key}-{split}-{piece:05d}-of-{num_pieces:05d}"
 
 
 def epoch_key(epoch: int) -> str:

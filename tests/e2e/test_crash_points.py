@@ -30,6 +30,7 @@ from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
 pytestmark = pytest.mark.slow
 
 EVERY_POINT = [
+    "tokenize_piece",
     "tokenize_commit",
     "tokenized",
     "boosted",

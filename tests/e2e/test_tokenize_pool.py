@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from rmrun.data import read_pairs, tokenize_pairs
-from rmrun.data.pieces import tokenize_in_pool
+from rmrun.data.pieces import assemble, tokenize_in_pool
 from rmrun.data.tokenize import ARRAY_NAMES
 from tests.helpers import REPO, TINY_LLAMA, TINY_TOKENIZER
 
@@ -20,11 +20,12 @@ def test_two_workers_give_the_arrays_of_one_pass_and_report_every_piece():
     pairs = list(read_pairs([train], format="colossalchat", bad_rows="error"))[:300]
     options = {"max_length": 64, "overflow": "drop", "template": None}
     whole = tokenize_pairs(pairs, tokenizer, **options)
-    finished = []
-    pooled = tokenize_in_pool(
-        pairs, tokenizer, num_pieces=5, num_workers=2, on_piece=lambda i, piece: finished.append(i), **options
+    finished: dict = {}
+    tokenize_in_pool(
+        pairs, tokenizer, pieces=[4, 0, 2, 1, 3], num_pieces=5, num_workers=2, on_piece=finished.__setitem__, **options
     )
     assert sorted(finished) == [0, 1, 2, 3, 4]
+    pooled = assemble([finished[i] for i in range(5)])
     for name in ARRAY_NAMES:
         assert getattr(pooled, name).tobytes() == getattr(whole, name).tobytes(), name
     assert pooled.stats["dropped"] == whole.stats["dropped"] > 0

@@ -41,7 +41,7 @@ def test_an_unknown_point_in_a_directive_is_refused(monkeypatch):
 def test_negative_controls_and_the_point_list(monkeypatch):
     monkeypatch.setenv("RMRUN_FAULTS", "no-restore=rng")
     assert not restore_enabled("rng") and restore_enabled("position")
-    assert list(FAULT_POINTS)[:3] == ["tokenize_commit", "tokenized", "boosted"]
+    assert list(FAULT_POINTS)[:4] == ["tokenize_piece", "tokenize_commit", "tokenized", "boosted"]
     assert list(FAULT_POINTS)[-1] == "export_done"
 
 
