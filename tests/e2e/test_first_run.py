@@ -34,6 +34,13 @@ def test_a_quickstart_run_and_its_check_print_only_rmrun_lines(tmp_path):
     assert done.returncode == 0, done.stderr
     assert _noise(done) == [], done.stdout + done.stderr
     assert "find_unused_parameters" not in done.stdout  # off, as planned: nothing revised it
+    lines = done.stdout.splitlines()
+    assert (
+        lines[-3].startswith("final eval: held-out accuracy ")
+        and " on 8 pairs (the longer response wins: " in lines[-3]
+    )
+    assert lines[-2] == f"exported the reward model to {tmp_path / 'state' / 'export'}"
+    assert lines[-1].startswith(f"next: rmrun report {tmp_path / 'state'} ")
     plan = _export_plan(tmp_path)
     assert plan["plugin_args"]["find_unused_parameters"] is False
 
