@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	PYTHONWARNINGS=ignore $(BIN)/rmrun run recipes/quickstart.toml
+	$(BIN)/rmrun run recipes/quickstart.toml
 
 # tests/e2e/test_report.py opens `rmrun report` pages in the system's headless Chromium
 # (Playwright drives it; it never downloads a browser of its own).

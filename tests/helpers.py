@@ -116,6 +116,29 @@ def custom_code_model(tmp_path):
     return str(tmp_path), marker
 
 
+def llama_with_unused_part(directory) -> str:
+    """The quickstart's tiny Llama with a layer in its backbone that the reward never uses (its
+    own model code, so the recipe needs trust_remote_code): DDP must look for unused parameters."""
+    import json
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(TINY_LLAMA, "config.json")) as f:
+        config = json.load(f)
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_spare.SpareLlama"}
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(directory, "modeling_spare.py"), "w") as f:
+        f.write(
+            "import torch\n"
+            "from transformers import LlamaForSequenceClassification\n\n\n"
+            "class SpareLlama(LlamaForSequenceClassification):\n"
+            "    def __init__(self, config):\n"
+            "        super().__init__(config)\n"
+            "        self.model.spare = torch.nn.Linear(4, 4)  # never called\n"
+        )
+    return str(directory)
+
+
 def build_tiny_bert(directory) -> str:
     """A 2-layer BERT config and a WordPiece tokenizer whose vocabulary is the quickstart's words."""
     import re

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmrun.cli import bench, check, explain, report, run, score, status, verify_resume
+from rmrun.cli import bench, check, explain, init, report, run, score, status, verify_resume
 from rmrun.cli.args import recipe_keys_help
 from rmrun.errors import fail
 
 # In the order of `rmrun --help`; score.py adds score and eval.
-SUBCOMMANDS = (run, check, status, explain, verify_resume, score, report, bench)
-COMMANDS = ("run", "check", "status", "explain", "verify-resume", "score", "eval", "report", "bench")
+SUBCOMMANDS = (run, check, status, explain, init, verify_resume, score, report, bench)
+COMMANDS = ("run", "check", "status", "explain", "init", "verify-resume", "score", "eval", "report", "bench")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -151,6 +151,28 @@ def build_reward_model(
     return net
 
 
+def unreached_parameters(net) -> list[str]:
+    """Names of the trainable parameters no gradient of the reward reaches: one forward of a
+    few tokens (on the model's own device, its random streams left as they were) and a walk of
+    its autograd graph, as DDP's find_unused_parameters does every step."""
+    vocab = net.get_input_embeddings().num_embeddings
+    device = next(net.parameters()).device
+    input_ids = (torch.arange(1, 9, device=device) % vocab).unsqueeze(0)
+    with torch.random.fork_rng(devices=[]):
+        output = net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    logits = output.logits if hasattr(output, "logits") else output[0]
+    reached, seen, stack = set(), set(), [logits.sum().grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            reached.add(id(node.variable))
+        stack.extend(child for child, _ in node.next_functions)
+    return [name for name, p in net.named_parameters() if p.requires_grad and id(p) not in reached]
+
+
 def _add_lora(net, lora: LoraSection):
     from rmrun.model.thirdparty import import_bitsandbytes
 

@@ -363,6 +363,12 @@ def lora_target_problem(model: ModelSection) -> str | None:
     )
 
 
+def local_model_type(model: ModelSection) -> str | None:
+    """``model_type`` of ``model.pretrain`` where it is a local folder or a package's; else None."""
+    directory = _local_model_directory(model.pretrain)
+    return None if directory is None else read_model_type(directory)
+
+
 def _local_model_directory(pretrain: str) -> str | None:
     if pretrain.startswith(PACKAGE_PREFIX):
         return package_directory(pretrain)

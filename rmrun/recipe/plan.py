@@ -12,10 +12,17 @@ import json
 import math
 from dataclasses import dataclass
 
-from rmrun.recipe.plugins import autocast_dtype, booster_mixed_precision, plugin_call
+from rmrun.recipe.plugins import PLUGINS, autocast_dtype, booster_mixed_precision, plugin_call
 from rmrun.recipe.schema import Recipe
 
 DEFAULT_WARMUP_FRACTION = 0.025
+# Mixture-of-experts decoders: an expert no token of a batch is routed to gets no gradient in
+# that step, so DDP has to look for unused parameters every step.
+ROUTED_TYPES = frozenset({"jamba", "jetmoe", "mixtral", "phimoe", "qwen2_moe", "qwen3_moe"})
+ALL_REACH_REWARD = (
+    "every trainable parameter reaches the reward (the boost step checks it on the built model, "
+    "before training, and turns it on where one does not)"
+)
 
 
 @dataclass(frozen=True)
@@ -38,12 +45,23 @@ class Plan:
     autocast: str | None = None  # the forward's autocast dtype where rmrun does it (ddp in bf16)
     forward: str = "standard"  # "shared-prompt" or "standard" (rmrun.recipe.backbone.choose_forward)
     forward_reason: str = ""
+    find_unused_reason: str = ""  # why DDP's find_unused_parameters is on or off (ddp only)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def with_unused_parameters(self, names: list[str]) -> Plan:
+        """This plan with DDP's find_unused_parameters on, for a model where ``names`` (trainable
+        parameters) get no gradient: without it DDP stops at the second step."""
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return dataclasses.replace(
+            self,
+            plugin_args={**self.plugin_args, "find_unused_parameters": True},
+            find_unused_reason=f"{len(names)} trainable parameter(s) get no gradient from the reward: {shown}",
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
@@ -94,6 +112,22 @@ def warmup_problem(recipe: Recipe, *, world_size: int, num_pairs: int) -> str | 
     )
 
 
+def find_unused(recipe: Recipe) -> tuple[bool, str]:
+    """DDP's find_unused_parameters for the recipe's model, and why: on only where some
+    trainable parameters may get no gradient in a step (a mixture of experts' routing); the
+    boost step turns it on where the built model has parameters the reward never reaches.
+    (LoRA's frozen weights do not count: DDP leaves out what does not require a gradient.)"""
+    from rmrun.recipe.backbone import BackboneError, local_model_type
+
+    try:
+        model_type = local_model_type(recipe.model)
+    except BackboneError:  # refused where the recipe is checked; here it only decides nothing
+        model_type = None
+    if model_type in ROUTED_TYPES:
+        return True, f"a {model_type} model routes each token to some experts; the others get no gradient in a step"
+    return False, ALL_REACH_REWARD
+
+
 def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
     from rmrun.recipe.backbone import choose_forward
 
@@ -105,6 +139,9 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
     # Where the pair count was not known at check (remote data), a longer warmup is cut to the run.
     warmup = s.warmup_steps if s.warmup_steps is not None else math.ceil(DEFAULT_WARMUP_FRACTION * total)
     class_name, args = plugin_call(p, s)
+    unused_reason = ""
+    if PLUGINS[p.name].finds_unused_parameters:
+        args["find_unused_parameters"], unused_reason = find_unused(recipe)
     forward = choose_forward(recipe.data, recipe.model, p)
     return Plan(
         world_size=world_size,
@@ -125,4 +162,5 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
         autocast=autocast_dtype(p),
         forward=forward.name,
         forward_reason=forward.reason,
+        find_unused_reason=unused_reason,
     )

@@ -41,13 +41,17 @@ class PluginSpec:
     shared_prompt: bool = False  # runs the Hugging Face model as it is (no shardformer), so a block mask reaches it
     supports_lora: bool = True
     supports_accumulation: bool = True
+    # takes find_unused_parameters, which the plan sets from the model (rmrun.recipe.plan.find_unused)
+    finds_unused_parameters: bool = False
     rules: tuple[Rule, ...] = ()
 
 
 def _ddp(p, s) -> dict:
     # Transformer buffers (rotary tables) are fixed and equal on every rank, so the
-    # broadcast DDP does before each forward only costs time.
-    return {"find_unused_parameters": True, "broadcast_buffers": False}
+    # broadcast DDP does before each forward only costs time. find_unused_parameters is the
+    # plan's to decide, from the model (rmrun.recipe.plan.find_unused); off, DDP skips a walk of
+    # the autograd graph every step.
+    return {"find_unused_parameters": False, "broadcast_buffers": False}
 
 
 def _gemini(placement: str):
@@ -129,6 +133,7 @@ PLUGINS: dict[str, PluginSpec] = {
         casts="rmrun",
         flash_attention="rmrun",
         shared_prompt=True,
+        finds_unused_parameters=True,
     ),
     "zero2": PluginSpec(
         "LowLevelZeroPlugin",

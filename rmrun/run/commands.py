@@ -34,6 +34,8 @@ def check(recipe_path: str, *, overrides) -> int:
     print("steps: " + " -> ".join(s.name for s in steps))
     print(f"world: {world.size} process(es), {'CUDA' if world.cuda else 'no CUDA'}")
     print(f"plugin: {plan.plugin_class}({', '.join(f'{k}={v!r}' for k, v in plan.plugin_args.items())})")
+    if plan.find_unused_reason:
+        print(f"find_unused_parameters={plan.plugin_args['find_unused_parameters']}: {plan.find_unused_reason}")
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"
     print(
         f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "

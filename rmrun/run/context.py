@@ -70,6 +70,12 @@ class RunContext:
             self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.held_lease)
         return self.plan
 
+    def revise_plan(self, plan: Plan) -> None:
+        """The plan as the built model revised it (``Plan.with_unused_parameters``); recorded again."""
+        self.plan = plan
+        if self.rank.is_main:
+            self.store.write_record(PLAN_RECORD, plan.to_dict(), lease=self.held_lease)
+
     def handoffs(self) -> dict[str, Any]:
         """The hand-off fields as they are now."""
         return {name: getattr(self, name) for name in HANDOFFS}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
@@ -20,6 +21,17 @@ WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 MKL_CBWR = "MKL_CBWR"
 MKL_CBWR_DEFAULT = "AUTO"
 
+# Third-party notices about optional kernels rmrun does not use (ColossalAI's async save and
+# fused RMSNorm), printed as warnings at every import: silenced by their text, so any other
+# warning still shows.
+QUIET_WARNINGS = (
+    r"Please install the latest tensornvme",  # colossalai.utils.safetensors: async save
+    r"Please install apex from source",  # colossalai.shardformer: fused RMSNorm, not used by ddp
+)
+# transformers' own logging: "Some weights ... newly initialized" (rmrun initialises the
+# reward head itself) and the like; errors still show. A user's own setting is kept.
+TRANSFORMERS_VERBOSITY = "TRANSFORMERS_VERBOSITY"
+
 
 def configure_process() -> None:
     # Every torch.load in this process, ColossalAI's checkpoint I/O included, refuses
@@ -30,6 +42,9 @@ def configure_process() -> None:
     # processes started from this one (torchrun's workers, the bench workers). A mode the
     # user chose (e.g. COMPATIBLE, for the same results across CPU types) is kept.
     os.environ.setdefault(MKL_CBWR, MKL_CBWR_DEFAULT)
+    os.environ.setdefault(TRANSFORMERS_VERBOSITY, "error")
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
 def outlive_readers() -> None:

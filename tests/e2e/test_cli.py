@@ -208,7 +208,8 @@ def test_check_quickstart_prints_the_plan_in_well_under_a_second():
     assert done.stderr == ""
     out = done.stdout
     assert out.startswith("recipe recipes/quickstart.toml: ok\n")
-    assert "plugin: TorchDDPPlugin(find_unused_parameters=True, broadcast_buffers=False)" in out
+    assert "plugin: TorchDDPPlugin(find_unused_parameters=False, broadcast_buffers=False)" in out
+    assert "\nfind_unused_parameters=False: every trainable parameter reaches the reward" in out
     plan = json.loads(out.split("plan: ", 1)[1])
     assert plan["plugin_class"] == "TorchDDPPlugin"
     assert plan["world_size"] == 1 and plan["num_epochs"] == 2

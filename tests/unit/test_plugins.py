@@ -31,7 +31,7 @@ def test_the_six_plugin_names():
 def test_ddp():
     assert call(name="ddp", mixed_precision="fp32") == (
         "TorchDDPPlugin",
-        {"find_unused_parameters": True, "broadcast_buffers": False},
+        {"find_unused_parameters": False, "broadcast_buffers": False},
     )
 
 

@@ -120,7 +120,7 @@ def build_model(
     run: RunSection,
 ) -> None:
     from rmrun.model.boost import boost
-    from rmrun.model.model import build_reward_model
+    from rmrun.model.model import build_reward_model, unreached_parameters
     from rmrun.recipe.backbone import model_attention
     from rmrun.runtime.faults import fault_point, restore_enabled
     from rmrun.train.checkpoint import seed_everything
@@ -136,6 +136,14 @@ def build_model(
         attn_implementation=model_attention(plugin, forward=plan.forward),
         seed=run.seed,
     )
+    if plan.plugin_args.get("find_unused_parameters") is False:
+        # DDP without find_unused_parameters stops at the second step where a trainable
+        # parameter gets no gradient; with it, it walks the autograd graph every step.
+        unreached = unreached_parameters(net)
+        if unreached:
+            plan = plan.with_unused_parameters(unreached)
+            ctx.revise_plan(plan)
+            ctx.say(f"find_unused_parameters=True: {plan.find_unused_reason}")
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
     if key is None or loaded is None:

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 def _say(ctx: RunContext, final: dict) -> None:
     ctx.say(
-        f"final eval: accuracy {final['accuracy']:.4f}, loss {final['loss']:.4f}, "
-        f"longer-wins baseline {final['longer_wins_accuracy']:.4f}"
+        f"final eval: held-out accuracy {final['accuracy']:.4f} on {final['pairs']} pairs "
+        f"(the longer response wins: {final['longer_wins_accuracy']:.4f}), loss {final['loss']:.4f}"
     )
 
 

@@ -143,6 +143,10 @@ def export(
             staged.commit()
             fault_point("export_done", step=trainer.state.step)
             ctx.say(f"exported the reward model to {plan.export}")
+            ctx.say(
+                f"next: rmrun report {plan.state} (an HTML page about the run, in ./rmrun-report-{run.name}); "
+                f"rmrun eval {plan.export} DATA.jsonl (the model on other preference data)"
+            )
         barrier()
     finally:
         if ctx.rank.is_main:
