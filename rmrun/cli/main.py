@@ -46,8 +46,8 @@ def _argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
-    try:
+    try:  # the parser too: its help text is built from the recipe schema
+        args = _parser().parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
         return args.func(args)
     except (Exception, KeyboardInterrupt) as e:
         return fail(e)

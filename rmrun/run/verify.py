@@ -114,8 +114,10 @@ def verify_resume(
     points: str | None = None,
     state_root: str | None = None,
 ) -> int:
-    from rmrun.recipe import RecipeError
+    from rmrun.errors import EXIT_UNUSABLE, EXIT_USAGE
+    from rmrun.recipe import RecipeError, load_recipe
 
+    load_recipe(recipe, overrides=overrides)  # a recipe mistake is the user's (2), before any run starts
     try:
         specs = parse_points(points) if points else None
     except ValueError as e:
@@ -133,9 +135,13 @@ def verify_resume(
     }
     print(f"verify-resume: uninterrupted run, state {runs['uninterrupted'][0]}", flush=True)
     state, export = runs["uninterrupted"]
-    if _run(recipe, state=state, export=export, overrides=overrides, faults=[]) != 0:
-        print("verify-resume: the uninterrupted run failed; run it with `rmrun run` to see why", file=sys.stderr)
-        return 1
+    code = _run(recipe, state=state, export=export, overrides=overrides, faults=[])
+    if code != 0:
+        print(
+            f"verify-resume: the uninterrupted run failed (exit {code}); run it with `rmrun run` to see why",
+            file=sys.stderr,
+        )
+        return code if code in (EXIT_USAGE, EXIT_UNUSABLE) else 1
     with open(os.path.join(export, "metrics.jsonl")) as f:
         total = sum(1 for _ in f)
     state, export = runs["killed"]

@@ -12,10 +12,13 @@ from rmrun.serve.snapshot import open_newest_checkpoint
 def _export_of_state(model: str) -> str | None:
     """The export URL a state root (``run.state``) published, if ``model`` is one."""
     from rmrun.store import StateStore
+    from rmrun.store.errors import NewerFormat, StoreUnreachable
     from rmrun.store.keys import EXPORT_KEY
 
     try:
         record = StateStore(model).open_unverified(EXPORT_KEY)
+    except (NewerFormat, StoreUnreachable):  # a state, but one this rmrun must not read now
+        raise
     except Exception:  # not a state root at all: the caller reports the path as it was given
         return None
     return record.manifest["meta"].get("url") if record is not None else None

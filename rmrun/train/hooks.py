@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from rmrun.runtime.collective import any_flag
@@ -257,8 +257,8 @@ class Hooks:
     eval: EvalHook
     checkpoint: CheckpointHook
 
-    def __iter__(self) -> Iterator[Hook]:
-        return iter((self.log, self.eval, self.checkpoint))
+    def __iter__(self) -> Iterator[Hook]:  # the fields above are the one list of hooks
+        return iter(getattr(self, field.name) for field in fields(self))
 
     def close(self) -> None:
         """Leave a checkpoint still in flight uncommitted (no collective; a finished epoch
