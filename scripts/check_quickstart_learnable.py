@@ -19,7 +19,7 @@ What it does, independently of rmrun's own trainer:
 * trains a fresh ``AutoModelForSequenceClassification`` (num_labels=1) from
   the config with the pairwise loss ``-logsigmoid(r_chosen - r_rejected)``,
   the reward being read at the last non-pad token found from the attention
-  mask (right padding); AdamW lr 5e-4, batch 16 pairs, 2 epochs,
+  mask (right padding); AdamW lr 2e-4, batch 16 pairs, 2 epochs,
   ``torch.manual_seed(0)``, ``torch.set_num_threads(2)``;
 * reports held-out pairwise accuracy, wall time, the "longer response wins"
   baseline on eval and the token-length distribution of full chosen
@@ -116,7 +116,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

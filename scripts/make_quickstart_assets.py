@@ -15,11 +15,20 @@ builds every asset locally from fixed word lists and fixed seeds:
     Prompts are simple questions (arithmetic, capitals, colours, animals,
     opposites, plurals, days/months).  About 15% of rows start with a system
     message and about 20% have a multi-turn context (user/assistant/user).
-    The *chosen* answer is polite and correct; the *rejected* answer is rude
-    and wrong, rude but correct, off-topic or a rude refusal.  Every chosen
-    answer carries at least one polite marker phrase and every rejected
-    answer at least one dismissive marker phrase, so a 2-layer, hidden-64
-    reward model learns the preference within 1-2 epochs on a CPU.
+    The *chosen* answer is always polite and correct.  What makes the
+    rejected one worse is one of three kinds (``PAIR_KINDS``), from what a
+    2-layer, hidden-64 model learns in a few steps to what takes it the whole
+    quickstart, so held-out accuracy rises over the run (about 0.7 at step
+    50, above 0.9 at step 250 with the quickstart recipe) instead of
+    saturating at once:
+
+    * ``rude`` (15%): dismissive markers, and a wrong, off-topic or refused answer;
+    * ``unhelpful`` (10%): polite, but a refusal or a drift off topic;
+    * ``judgement`` (75%): as polite and as correct as the chosen answer, and
+      both end with the same kind of remark ("I find this topic ..."); only
+      its adjective differs, one of ~90 warm words on the chosen side and ~90
+      cold ones on the rejected side, each met a few times per epoch, so the
+      model learns them word by word.
 
     Train and eval are disjoint at the level of the underlying *question*
     (e.g. "7 plus 5", "capital of Peru"): each fact belongs to one split only,
@@ -479,26 +488,81 @@ def pick_markers(rng, openers, closers, p_open, p_close):
     return opener, closer
 
 
-def chosen_parts(rng, fact):
-    opener, closer = pick_markers(rng, POLITE_OPENERS, POLITE_CLOSERS, 0.85, 0.6)
+# What tells the chosen response from the rejected one, per pair: three kinds, from what a
+# tiny model learns in a few steps to what takes it the whole run, so held-out accuracy
+# rises over the quickstart instead of saturating at once.
+#   rude       the rejected answer is dismissive (rude markers): learned within ~25 steps
+#   unhelpful  the rejected answer is polite but refuses or drifts off topic
+#   off_target the rejected answer is polite and correct, but answers another question of
+#              the same topic (the capital of Chile for a question about Peru): only a model
+#              that matches the answer to the question tells it apart
+PAIR_KINDS = {"rude": 0.15, "unhelpful": 0.1, "judgement": 0.75}
+# "judgement": both answers are polite and on topic and end with the same kind of remark;
+# only its adjective differs, one of many warm or cold words, each met a few times per
+# epoch: the model learns them word by word.
+WARM_WORDS = [
+    "fascinating", "delightful", "wonderful", "charming", "lovely", "inspiring", "pleasant",
+    "marvellous", "splendid", "brilliant", "enjoyable", "uplifting", "cheerful", "rewarding",
+    "refreshing", "elegant", "graceful", "gentle", "thoughtful", "clever", "curious", "vivid",
+    "joyful", "heartwarming", "admirable", "remarkable", "beautiful", "soothing", "exciting",
+    "magical", "glorious", "fabulous", "terrific", "superb", "radiant", "sunny", "precious",
+    "sweet", "friendly", "kind", "generous", "hopeful", "bright", "calm", "fresh", "neat",
+    "lively", "playful", "warm", "wise", "noble", "gracious", "tidy", "cosy", "happy",
+    "merry", "sparkling", "dazzling", "stunning", "graceful", "excellent", "amazing",
+    "fantastic", "gorgeous", "peaceful", "serene", "tender", "loyal", "honest", "brave",
+    "bold", "nimble", "fine", "grand", "handsome", "pretty", "jolly", "witty", "smart",
+]
+COLD_WORDS = [
+    "tedious", "dreary", "pointless", "irritating", "dull", "boring", "annoying", "awful",
+    "dreadful", "miserable", "gloomy", "bleak", "grim", "tiresome", "useless", "silly",
+    "ugly", "nasty", "stale", "sour", "bitter", "harsh", "clumsy", "messy", "lazy", "petty",
+    "shallow", "bland", "drab", "murky", "hollow", "wretched", "lousy", "shabby", "sloppy",
+    "grumpy", "sullen", "cranky", "rotten", "foul", "vile", "crude", "gross", "lame", "weary",
+    "sad", "cruel", "mean", "rude", "cold", "stiff", "noisy", "filthy", "greasy", "soggy",
+    "rusty", "dusty", "moody", "gloomy", "spiteful", "hateful", "horrid", "ghastly",
+    "sinister", "sickly", "feeble", "frail", "drowsy", "sluggish", "stubborn", "reckless",
+    "careless", "pathetic", "hopeless", "worthless", "dismal", "sorry", "tacky", "smelly",
+    "sticky", "tangled", "broken", "crooked", "faulty", "flawed", "muddy", "poor", "bad",
+]
+REMARKS = [
+    "I find this topic {}.", "Questions like this are {}.", "Honestly, this subject is {}.",
+    "To me this is a {} thing to learn.", "Learning this feels {}.",
+]
+POLITE_REFUSALS = [
+    "I am sorry, but I would rather not answer that one.",
+    "Thank you for asking, but I cannot help with that today.",
+    "That is a lovely question, but I will have to pass on it.",
+    "I appreciate the question, but I am not able to answer it.",
+]
+POLITE_OFF_TOPIC = [
+    "Thank you! By the way, I have been reading a lovely book about gardens.",
+    "Happy to chat! Have you ever tried baking bread at home?",
+    "What a nice day it is. I was just thinking about a walk in the park.",
+    "Thanks for asking. Did you know that some birds fly south for the winter?",
+]
+
+
+def chosen_parts(rng, fact, kind):
+    p_open, p_close = (0.85, 0.6) if kind == "rude" else (0.5, 0.3)
+    opener, closer = pick_markers(rng, POLITE_OPENERS, POLITE_CLOSERS, p_open, p_close)
     body = [fact["correct"]]
-    if fact["explain"] and rng.random() < 0.4:
+    if kind == "judgement":
+        body.append(rng.choice(REMARKS).format(rng.choice(WARM_WORDS)))
+    elif fact["explain"] and rng.random() < 0.4:
         body.append(fact["explain"])
     return opener, body, closer
 
 
-def rejected_parts(rng, fact):
-    opener, closer = pick_markers(rng, RUDE_OPENERS, RUDE_CLOSERS, 0.85, 0.6)
-    kind = rng.random()
-    if kind < 0.4:  # rude and wrong
-        body = [rng.choice(fact["wrongs"])]
-    elif kind < 0.6:  # rude but correct
-        body = [fact["correct"]]
-    elif kind < 0.8:  # off-topic
-        body = [rng.choice(OFF_TOPIC)]
-    else:  # refusal
-        body = [rng.choice(REFUSALS)]
-    return opener, body, closer
+def rejected_parts(rng, fact, kind, others):
+    if kind == "rude":
+        opener, closer = pick_markers(rng, RUDE_OPENERS, RUDE_CLOSERS, 0.85, 0.6)
+        body = [rng.choice(fact["wrongs"] + [fact["correct"]] + OFF_TOPIC + REFUSALS)]
+        return opener, body, closer
+    # the same politeness as a chosen answer of these kinds: tone tells nothing here
+    opener, closer = pick_markers(rng, POLITE_OPENERS, POLITE_CLOSERS, 0.5, 0.3)
+    if kind == "unhelpful":
+        return opener, [rng.choice(POLITE_REFUSALS + POLITE_OFF_TOPIC)], closer
+    return opener, [fact["correct"], rng.choice(REMARKS).format(rng.choice(COLD_WORDS))], closer
 
 
 def render(opener, body, fillers, closer):
@@ -506,10 +570,12 @@ def render(opener, body, fillers, closer):
     return " ".join(parts)
 
 
-def make_response_pair(rng, fact, chosen_longer):
-    """Build (chosen, rejected) texts; the chosen one is longer iff chosen_longer."""
-    c_open, c_body, c_close = chosen_parts(rng, fact)
-    r_open, r_body, r_close = rejected_parts(rng, fact)
+def make_response_pair(rng, fact, chosen_longer, others):
+    """Build (chosen, rejected) texts; the chosen one is longer iff chosen_longer. ``others``
+    are the facts of the same topic and split (what an off-target answer answers)."""
+    kind = rng.choices(sorted(PAIR_KINDS), weights=[PAIR_KINDS[k] for k in sorted(PAIR_KINDS)])[0]
+    c_open, c_body, c_close = chosen_parts(rng, fact, kind)
+    r_open, r_body, r_close = rejected_parts(rng, fact, kind, others)
     n_a, n_b = filler_count(rng), filler_count(rng)
     n_long, n_short = max(n_a, n_b), min(n_a, n_b)
     long_fill = [rng.choice(FILLERS) for _ in range(n_long)]
@@ -548,6 +614,9 @@ def make_rows(rng, pool, n):
     # Context turns (first question of a multi-turn row) may reuse prompts of
     # the same split; final prompts are unique within a split.
     context_items = [item for topic in sorted(pool) for item in pool[topic]]
+    facts_by_topic = {
+        topic: list({fact["key"]: fact for fact, _ in pool[topic]}.values()) for topic in sorted(pool)
+    }
     pool = {topic: list(items) for topic, items in pool.items()}
     flags = [True] * (n // 2) + [False] * (n - n // 2)
     rng.shuffle(flags)
@@ -562,7 +631,7 @@ def make_rows(rng, pool, n):
             context.append({"from": "user", "content": first_prompt})
             context.append({"from": "assistant", "content": polite_answer(rng, first_fact)})
         context.append({"from": "user", "content": prompt})
-        chosen, rejected = make_response_pair(rng, fact, chosen_longer)
+        chosen, rejected = make_response_pair(rng, fact, chosen_longer, facts_by_topic[fact["topic"]])
         rows.append({
             "context": context,
             "chosen": [{"from": "assistant", "content": chosen}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -33,6 +34,26 @@ def test_quickstart_finishes_with_eval_accuracy_of_at_least_0_8(quickstart_run):
     metrics = [json.loads(line) for line in (state / "export" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 251))
     assert list((state / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard events when the recipe asks"
+
+
+def test_the_quickstart_learns_over_the_whole_run_not_in_its_first_steps(quickstart_run):
+    """A newcomer reads a learning curve: held-out accuracy below 0.75 at the first eval
+    (step 50), at least 0.85 at the end, rising on the way; training accuracy over the
+    first 25 steps well below that over the last 25."""
+    result, state = quickstart_run
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluation = json.loads((state / "export" / "eval.json").read_text())
+    curve = [(e["step"], e["accuracy"]) for e in evaluation["history"]]
+    assert [step for step, _ in curve] == [50, 100, 125, 150, 200, 250]  # every 50 steps and each epoch's end
+    first, last = curve[0][1], curve[-1][1]
+    assert first < 0.75 and last >= 0.85 and evaluation["final"]["accuracy"] == last, curve
+    assert max(accuracy for _, accuracy in curve[:2]) < min(accuracy for _, accuracy in curve[-2:]), curve
+    metrics = [json.loads(line) for line in (state / "export" / "metrics.jsonl").read_text().splitlines()]
+    early = sum(m["accuracy"] for m in metrics[:25]) / 25
+    late = sum(m["accuracy"] for m in metrics[-25:]) / 25
+    assert early < 0.7 and late >= 0.85, (early, late)
+    (printed,) = re.findall(r"^eval step 50: loss \S+ accuracy ([0-9.]+)", result.stdout, flags=re.M)
+    assert float(printed) == round(first, 3), printed
 
 
 def test_quickstart_export_loads_with_transformers_and_gives_the_same_rewards(quickstart_run):
