@@ -255,7 +255,7 @@ def test_mid_epoch_kill_refuses_a_changed_key_then_resumes_exactly(lab, request,
     refused = h.run(run, sets=["schedule.lr=1e-3"], expect=EXIT_USAGE)
     messages = [line for line in refused.output.splitlines() if line.startswith("rmrun: ")]
     assert len(messages) == 1, refused.describe()
-    assert "schedule.lr" in messages[0] and "0.0005" in messages[0] and "0.001" in messages[0], messages[0]
+    assert "schedule.lr" in messages[0] and "0.0002" in messages[0] and "0.001" in messages[0], messages[0]
     assert committed_checkpoints(run) == [4]
 
     finish(lab, run, reference, resumed_from_step=4)

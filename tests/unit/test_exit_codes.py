@@ -107,7 +107,7 @@ INNER = {
     "check": "rmrun.run.commands.check",
     "status": "rmrun.run.commands.status",
     "explain": "rmrun.recipe.explain.explain_text",
-    "init": "rmrun.cli.init.recipe_text",
+    "init": "rmrun.run.starter.inspect_model",
     "verify-resume": "rmrun.run.verify.verify_resume",
     "score": "rmrun.serve.scoring.score",
     "eval": "rmrun.serve.scoring.evaluate",

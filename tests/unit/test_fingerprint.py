@@ -43,7 +43,7 @@ NON_RESULT_VALUES = {
 
 # Keys that change what a run computes, with the line changed_keys gives for the override.
 RESULT_CHANGES = {
-    "schedule.lr=2e-5": "schedule.lr: 0.0005 -> 2e-05",
+    "schedule.lr=2e-5": "schedule.lr: 0.0002 -> 2e-05",
     "schedule.batch_size=8": "schedule.batch_size: 16 -> 8",
     "schedule.max_steps=10": "schedule.max_steps: None -> 10",
     "run.seed=7": "run.seed: 42 -> 7",
@@ -71,7 +71,7 @@ def test_every_key_is_either_a_result_key_or_named_as_not_one():
 def test_the_identity_holds_the_result_keys_the_versions_and_the_inputs_contents():
     ident = identity()
     assert set(ident) == {"keys", "versions", "inputs", "fingerprint"}
-    assert ident["keys"]["schedule.lr"] == 0.0005 and "run.name" not in ident["keys"]
+    assert ident["keys"]["schedule.lr"] == 0.0002 and "run.name" not in ident["keys"]
     assert set(ident["versions"]) == {"rmrun", "colossalai", "torch", "transformers"}
     assert set(ident["inputs"]) == set(INPUT_KEYS)
     with open(TRAIN_DATA, "rb") as f:
