@@ -61,6 +61,11 @@ def _optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
+def autocast_context(dtype: torch.dtype | None, *, device: str):
+    """``torch.autocast`` to ``dtype`` on ``device`` ("cuda" or "cpu"); nothing when ``dtype`` is None."""
+    return nullcontext() if dtype is None else torch.autocast(device_type=device, dtype=dtype)
+
+
 @dataclass
 class Boosted:
     booster: Any
@@ -71,6 +76,7 @@ class Boosted:
     sharded: bool
     clips_itself: bool  # the plugin's optimizer clips gradients (max_norm)
     autocast: torch.dtype | None = None  # set where rmrun autocasts the forward itself (ddp in bf16)
+    autocast_device: str = "cuda"  # "cpu": oneDNN's bf16 kernels (AMX / AVX512-BF16) run the matmuls
 
     @property
     def dp_group(self):
@@ -92,9 +98,7 @@ class Boosted:
 
     def forward_context(self):
         """Autocast around the forward where neither the plugin nor the Booster handles precision."""
-        if self.autocast is None:
-            return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.autocast)
+        return autocast_context(self.autocast, device=self.autocast_device)
 
     def unwrap(self):
         return self.model.unwrap(unwrap_peft=False)
@@ -328,5 +332,6 @@ def boost(model, *, plan: Plan, plugin: PluginSection, schedule: ScheduleSection
         scheduler=scheduler,
         sharded=PLUGINS[plugin.name].sharded,
         clips_itself=PLUGINS[plugin.name].clips_gradients == "plugin",
-        autocast=_DTYPES[plan.autocast] if cuda and plan.autocast else None,
+        autocast=_DTYPES[plan.autocast] if plan.autocast else None,
+        autocast_device="cuda" if cuda else "cpu",
     )

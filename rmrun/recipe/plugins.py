@@ -260,10 +260,20 @@ def _model_parallel_options_problems(p: PluginSection) -> list[str]:
     return problems
 
 
-def cuda_problem(plugin: PluginSection) -> str | None:
-    """Why the plugin cannot run on a machine without CUDA, or None."""
+def cuda_problem(plugin: PluginSection, *, cpu_bf16: bool = False) -> str | None:
+    """Why the plugin cannot run on a machine without CUDA, or None. ddp in bf16 runs on a CPU
+    whose matrix units multiply bf16 (``cpu_bf16``: avx512_bf16 or amx_bf16), under rmrun's
+    autocast; without them oneDNN would emulate bf16, slower than fp32."""
     if PLUGINS[plugin.name].needs_cuda:
         return f'[plugin].name: "{plugin.name}" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'
-    if plugin.mixed_precision != "fp32":
-        return f'[plugin].mixed_precision: "{plugin.mixed_precision}" needs CUDA; use "fp32" on CPU'
+    if plugin.mixed_precision == "fp16":
+        return (
+            '[plugin].mixed_precision: "fp16" needs CUDA (its dynamic loss scale is torch\'s CUDA AMP); '
+            'use "bf16" or "fp32" on CPU'
+        )
+    if plugin.mixed_precision == "bf16" and not cpu_bf16:
+        return (
+            '[plugin].mixed_precision: "bf16" on this CPU has no bf16 matrix units (avx512_bf16 or amx_bf16 in '
+            '/proc/cpuinfo): it would run slower than fp32; use "fp32"'
+        )
     return None

@@ -56,6 +56,7 @@ class World:
 
     size: int
     cuda: bool
+    cpu_bf16: bool = False  # the CPU multiplies bf16 in hardware (avx512_bf16 or amx_bf16)
 
 
 def model_parallel_size(p: PluginSection) -> int:
@@ -313,7 +314,7 @@ def environment_problems(recipe: Recipe, world: World) -> list[str]:
     """Checks that need the world the run is in."""
     problems = []
     p = recipe.plugin
-    if not world.cuda and (problem := cuda_problem(p)) is not None:
+    if not world.cuda and (problem := cuda_problem(p, cpu_bf16=world.cpu_bf16)) is not None:
         problems.append(problem)
     model_parallel = model_parallel_size(p)
     if world.size % model_parallel:

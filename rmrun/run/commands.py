@@ -34,6 +34,13 @@ def check(recipe_path: str, *, overrides) -> int:
     print("steps: " + " -> ".join(s.name for s in steps))
     print(f"world: {world.size} process(es), {'CUDA' if world.cuda else 'no CUDA'}")
     print(f"plugin: {plan.plugin_class}({', '.join(f'{k}={v!r}' for k, v in plan.plugin_args.items())})")
+    if plan.autocast and not world.cuda:
+        from rmrun.runtime.machine import cpu_bf16_units
+
+        print(
+            f"precision: the forward under torch.autocast({plan.autocast}) on the CPU, its matmuls on "
+            f"{cpu_bf16_units()} through oneDNN; weights, gradients and the optimizer in fp32"
+        )
     if plan.find_unused_reason:
         print(f"find_unused_parameters={plan.plugin_args['find_unused_parameters']}: {plan.find_unused_reason}")
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"

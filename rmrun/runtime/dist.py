@@ -24,7 +24,11 @@ def _cuda_driver_present() -> bool:
 
 
 def world_from_env() -> World:
-    return World(size=int(os.environ.get("WORLD_SIZE", "1")), cuda=_cuda_driver_present())
+    from rmrun.runtime.machine import cpu_bf16_units
+
+    return World(
+        size=int(os.environ.get("WORLD_SIZE", "1")), cuda=_cuda_driver_present(), cpu_bf16=cpu_bf16_units() is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,9 @@ class Rank:
 
     @property
     def world(self) -> World:
-        return World(size=self.world_size, cuda=self.cuda)
+        from rmrun.runtime.machine import cpu_bf16_units
+
+        return World(size=self.world_size, cuda=self.cuda, cpu_bf16=cpu_bf16_units() is not None)
 
 
 def _free_port() -> int:

@@ -23,6 +23,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # hardware bf16 matrix multiply, fastest first
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_units(flags: set[str] | None = None) -> str | None:
+    """The CPU's bf16 matrix unit (``amx_bf16``, ``avx512_bf16``), or None."""
+    flags = cpu_flags() if flags is None else flags
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
