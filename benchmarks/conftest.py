@@ -15,6 +15,20 @@ _STARTED = time.time()
 ORDER = ("test_tokenize", "test_train", "test_shared_prompt", "test_startup", "test_checkpoint_stall")
 
 
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    """A one-process gloo group, for benchmarks that wrap a model in DDP in this process."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    store = tmp_path_factory.mktemp("pg") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item):
         name = item.originalname or item.name

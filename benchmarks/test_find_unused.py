@@ -23,19 +23,6 @@ ROWS, LENGTH = 32, 96
 ROUNDS = 2 if settings.SMOKE else 60
 
 
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory):
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        yield
-        return
-    store = tmp_path_factory.mktemp("pg") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def _wrapped(find_unused: bool):
     from rmrun.model.model import build_reward_model, load_tokenizer
     from rmrun.recipe import load_recipe
