@@ -13,7 +13,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import pytest
 import torch
 
 from benchmarks import machine, settings
