@@ -35,7 +35,6 @@ import copy
 import gc
 import json
 import os
-import socket
 import tempfile
 import time
 import traceback
@@ -71,12 +70,6 @@ VARIANTS = ("rmrun", "hand", "colossalchat", "dense", "shared", "packed")
 # --------------------------------------------------------------------------- pool
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class WorkerError(RuntimeError):
     pass
 
@@ -91,7 +84,9 @@ class WorkerPool:
         cores = os.cpu_count() or 1
         threads = threads_per_rank or max(1, cores // nproc)  # callers pass 1 (see README)
         ctx = mp.get_context("spawn")
-        port = _free_port()
+        from rmrun.runtime.dist import free_port
+
+        port = free_port()
         self.conns, self.procs = [], []
         for rank in range(nproc):
             parent, child = ctx.Pipe()

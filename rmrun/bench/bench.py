@@ -257,11 +257,11 @@ class Group:
 
     def port(self) -> int | None:
         from rmrun.runtime.collective import broadcast
-        from rmrun.runtime.dist import _free_port
+        from rmrun.runtime.dist import free_port
 
         if self.world_size == 1:
             return None
-        return broadcast(_free_port() if self.is_main else None)
+        return broadcast(free_port() if self.is_main else None)
 
     def gather(self, value) -> list:
         from rmrun.runtime.collective import gather_all

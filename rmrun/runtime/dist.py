@@ -51,7 +51,8 @@ class Rank:
         return World(size=self.world_size, cuda=self.cuda, cpu_bf16=cpu_bf16_units() is not None)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback the OS says is free now (the launcher, rmrun bench and the benchmarks)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -74,7 +75,7 @@ def start(*, seed: int, collective_timeout_minutes: float = RunSection.collectiv
                 "LOCAL_WORLD_SIZE": "1",
                 "GROUP_RANK": "0",
                 "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(_free_port()),
+                "MASTER_PORT": str(free_port()),
             }
         )
     cuda = torch.cuda.is_available()
