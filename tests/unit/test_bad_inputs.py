@@ -99,7 +99,7 @@ RECIPES = [
     ("log-interval-zero", None, ["log.interval_steps=0"], "[log].interval_steps: must be at least 1"),
     ("tp-without-3d", None, ["plugin.tp=2"], '[plugin].tp: only the "3d" plugin shards models'),
     ("plugin-typo", None, ["plugin.name=zero3"], "[plugin].name: 'zero3' is not one of"),
-    ("bf16-on-cpu", None, ["plugin.mixed_precision=bf16"], '[plugin].mixed_precision: "bf16" needs CUDA'),
+    ("fp16-on-cpu", None, ["plugin.mixed_precision=fp16"], '[plugin].mixed_precision: "fp16" needs CUDA'),
     ("format-unknown", None, ["data.format=sharegpt"], "[data].format: 'sharegpt' is not one of"),
     ("nonfinite-unknown", None, ["schedule.nonfinite=ignore"], "[schedule].nonfinite: 'ignore' is not one of"),
     (
