@@ -190,7 +190,7 @@ def _worker_main(rank: int, world: int, port: int, threads: int, conn) -> None:
                 break
             job, kwargs = message
             try:
-                conn.send(("ok", JOBS[job](ranked, **kwargs)))
+                conn.send(("ok", _job(job)(ranked, **kwargs)))
             except BaseException:
                 conn.send(("error", traceback.format_exc()))
                 break
@@ -800,3 +800,13 @@ def _probe_memory(steps: _VariantSteps, ranked, *, memory: dict) -> bool:
 
 
 JOBS = {"train": train_job}
+
+
+def _job(name: str):
+    """A job of ``JOBS``, or ``"module:function"``: a benchmark module's own job, run in a rank."""
+    if name in JOBS:
+        return JOBS[name]
+    import importlib
+
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)

@@ -4,7 +4,8 @@
 #
 #   benchmarks/recipes.sh [OUT]    results under OUT (default benchmarks/results/recipes/<machine>-*)
 #
-# On CPU: the quickstart with 1 and 2 processes (the CUDA plugins are listed as skipped).
+# On CPU: the quickstart with 1 and 2 processes (the CUDA plugins are listed as skipped), and ddp's
+# precision (bf16 where torch has oneDNN bf16 kernels on the CPU; fp16 is listed as needing CUDA).
 # With GPUs: also recipes/llama2-7b-zero2.toml over the sharded plugins, batch size and
 # gradient checkpointing (it needs the model of that recipe in the local Hugging Face cache).
 # Environment: PYTHON (default .venv/bin/python, else python3).
@@ -21,6 +22,8 @@ sweep=(--sweep plugin.name=ddp,zero2,gemini --sweep schedule.batch_size=8,32 --s
 "$PY" -m rmrun bench recipes/quickstart.toml "${sweep[@]}" --out "$out/$label-quickstart-1proc"
 "$TORCHRUN" --nproc_per_node=2 --rdzv-backend=c10d --rdzv-endpoint=localhost:0 \
     -m rmrun bench recipes/quickstart.toml "${sweep[@]}" --out "$out/$label-quickstart-2proc"
+"$PY" -m rmrun bench recipes/quickstart.toml --sweep plugin.mixed_precision=fp32,bf16,fp16 \
+    --out "$out/$label-quickstart-precision"
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     gpus=$(nvidia-smi -L | wc -l)

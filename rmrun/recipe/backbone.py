@@ -209,10 +209,11 @@ class Forward:
 
 # "auto" shares the prompt where it was measured faster: on CPU (fp32) 1.4-1.6x the standard
 # forward; on an H200 in bf16 (156M Llama) one pair per row ran at 0.66-0.75x of it, packed
-# rows at 1.3-1.4x over a whole run (benchmarks/results/shared-prompt-nvidia-h200.md).
-NOT_FASTER_ON_CUDA = (
-    'data.share_prompt = "auto" keeps the standard forward in bf16/fp16 (on CUDA): the shared-prompt '
-    'forward was not measured faster there; "on" uses it (equal rewards within bf16 rounding)'
+# rows at 1.3-1.4x over a whole run (benchmarks/results/shared-prompt-nvidia-h200.md). CPU bf16
+# (autocast) has not been measured with it.
+NOT_MEASURED_FASTER = (
+    'data.share_prompt = "auto" keeps the standard forward in bf16/fp16: the shared-prompt forward was '
+    'measured faster only in fp32; "on" uses it (equal rewards within bf16 rounding)'
 )
 
 
@@ -226,7 +227,7 @@ def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection
     if blocker is not None:
         return Forward(STANDARD, blocker)
     if data.share_prompt == "auto" and plugin.mixed_precision != "fp32":
-        return Forward(STANDARD, NOT_FASTER_ON_CUDA)
+        return Forward(STANDARD, NOT_MEASURED_FASTER)
     packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
     return Forward(
         SHARED,

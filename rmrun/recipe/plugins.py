@@ -260,10 +260,19 @@ def _model_parallel_options_problems(p: PluginSection) -> list[str]:
     return problems
 
 
-def cuda_problem(plugin: PluginSection, *, cpu_bf16: bool = False) -> str | None:
-    """Why the plugin cannot run on a machine without CUDA, or None. ddp in bf16 runs on a CPU
-    whose matrix units multiply bf16 (``cpu_bf16``: avx512_bf16 or amx_bf16), under rmrun's
-    autocast; without them oneDNN would emulate bf16, slower than fp32."""
+# How ``torch.autocast`` runs bf16 matmuls on a CPU, by ``World.cpu_bf16`` (the names
+# ``rmrun.runtime.machine.cpu_bf16_kernels`` gives).
+CPU_BF16_KERNELS = {
+    "amx_bf16": "oneDNN with AMX (amx_bf16)",
+    "avx512_bf16": "oneDNN with AVX512-BF16 (avx512_bf16)",
+    "avx512": "oneDNN on AVX512 without bf16 matrix units (no amx_bf16 or avx512_bf16): expect no speed-up over fp32",
+}
+
+
+def cuda_problem(plugin: PluginSection, *, cpu_bf16: str | None = None) -> str | None:
+    """Why the plugin cannot run on a machine without CUDA, or None. ``cpu_bf16`` names the kernels
+    that run bf16 matmuls on this CPU (a key of :data:`CPU_BF16_KERNELS`), None where torch has no
+    oneDNN bf16 kernels on it (its reference fallback is ~20x slower than fp32)."""
     if PLUGINS[plugin.name].needs_cuda:
         return f'[plugin].name: "{plugin.name}" needs CUDA GPUs and this machine has none; use name = "ddp" on CPU'
     if plugin.mixed_precision == "fp16":
@@ -271,9 +280,16 @@ def cuda_problem(plugin: PluginSection, *, cpu_bf16: bool = False) -> str | None
             '[plugin].mixed_precision: "fp16" needs CUDA (its dynamic loss scale is torch\'s CUDA AMP); '
             'use "bf16" or "fp32" on CPU'
         )
-    if plugin.mixed_precision == "bf16" and not cpu_bf16:
+    if plugin.mixed_precision == "bf16" and cpu_bf16 is None:
         return (
-            '[plugin].mixed_precision: "bf16" on this CPU has no bf16 matrix units (avx512_bf16 or amx_bf16 in '
-            '/proc/cpuinfo): it would run slower than fp32; use "fp32"'
+            '[plugin].mixed_precision: "bf16" on this CPU: torch has no oneDNN bf16 kernels without AVX512 '
+            '(avx512f/bw/vl/dq in /proc/cpuinfo) and its fallback is ~20x slower than fp32; use "fp32"'
         )
     return None
+
+
+def cpu_precision_note(plugin: PluginSection, *, cpu_bf16: str | None) -> str | None:
+    """What ddp in bf16 runs on a CPU without CUDA, for ``rmrun check`` and the run's log; None otherwise."""
+    if autocast_dtype(plugin) is None or cpu_bf16 is None:
+        return None
+    return f"bf16 autocast on CPU: {CPU_BF16_KERNELS[cpu_bf16]}; weights, gradients and the optimizer in fp32"

@@ -205,7 +205,10 @@ class PluginSection:
         "ColossalAI plugin: ddp, zero2, zero2_cpu, gemini, gemini_auto or 3d. Only ddp runs without CUDA.",
         "ddp",
     )
-    mixed_precision: Precision = doc("Training precision: fp32, fp16 or bf16 (fp32 only on CPU).", "bf16")
+    mixed_precision: Precision = doc(
+        "Training precision: fp32, fp16 or bf16 (on a CPU: fp32, or bf16 with ddp where torch has oneDNN bf16 kernels).",
+        "bf16",
+    )
     tp: int = doc("Tensor-parallel size (3d only).", 1)
     pp: int = doc("Pipeline-parallel size (3d only).", 1)
     sp: int = doc("Sequence-parallel size (3d only).", 1)

@@ -56,7 +56,8 @@ class World:
 
     size: int
     cuda: bool
-    cpu_bf16: bool = False  # the CPU multiplies bf16 in hardware (avx512_bf16 or amx_bf16)
+    # the kernels that run bf16 matmuls on the CPU (a key of plugins.CPU_BF16_KERNELS), None: no bf16 there
+    cpu_bf16: str | None = None
 
 
 def model_parallel_size(p: PluginSection) -> int:

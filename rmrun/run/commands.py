@@ -7,6 +7,7 @@ import os
 
 from rmrun.errors import EXIT_FAILED, EXIT_OK, StateUnusable, StoppedBeforeStart, UsageError, Worded, exit_code
 from rmrun.recipe import RecipeError, load_recipe, make_plan
+from rmrun.recipe.plugins import cpu_precision_note
 from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
     EXPORT_KEY,
@@ -34,13 +35,8 @@ def check(recipe_path: str, *, overrides) -> int:
     print("steps: " + " -> ".join(s.name for s in steps))
     print(f"world: {world.size} process(es), {'CUDA' if world.cuda else 'no CUDA'}")
     print(f"plugin: {plan.plugin_class}({', '.join(f'{k}={v!r}' for k, v in plan.plugin_args.items())})")
-    if plan.autocast and not world.cuda:
-        from rmrun.runtime.machine import cpu_bf16_units
-
-        print(
-            f"precision: the forward under torch.autocast({plan.autocast}) on the CPU, its matmuls on "
-            f"{cpu_bf16_units()} through oneDNN; weights, gradients and the optimizer in fp32"
-        )
+    if not world.cuda and (note := cpu_precision_note(recipe.plugin, cpu_bf16=world.cpu_bf16)):
+        print(f"precision: {note}")
     if plan.find_unused_reason:
         print(f"find_unused_parameters={plan.plugin_args['find_unused_parameters']}: {plan.find_unused_reason}")
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"

@@ -24,11 +24,9 @@ def _cuda_driver_present() -> bool:
 
 
 def world_from_env() -> World:
-    from rmrun.runtime.machine import cpu_bf16_units
+    from rmrun.runtime.machine import cpu_bf16_kernels
 
-    return World(
-        size=int(os.environ.get("WORLD_SIZE", "1")), cuda=_cuda_driver_present(), cpu_bf16=cpu_bf16_units() is not None
-    )
+    return World(size=int(os.environ.get("WORLD_SIZE", "1")), cuda=_cuda_driver_present(), cpu_bf16=cpu_bf16_kernels())
 
 
 @dataclass(frozen=True)
@@ -46,9 +44,9 @@ class Rank:
 
     @property
     def world(self) -> World:
-        from rmrun.runtime.machine import cpu_bf16_units
+        from rmrun.runtime.machine import cpu_bf16_kernels
 
-        return World(size=self.world_size, cuda=self.cuda, cpu_bf16=cpu_bf16_units() is not None)
+        return World(size=self.world_size, cuda=self.cuda, cpu_bf16=cpu_bf16_kernels())
 
 
 def free_port() -> int:

@@ -23,7 +23,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # hardware bf16 matrix multiply, fastest first
+AVX512_CORE_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")  # what oneDNN's bf16 kernels need at least
+# ONEDNN_MAX_CPU_ISA caps the instructions oneDNN uses (torch's bf16 check follows it); ranked low to high.
+_ONEDNN_ISA_RANK = {
+    "SSE41": 0,
+    "AVX": 1,
+    "AVX2": 2,
+    "AVX2_VNNI": 3,
+    "AVX2_VNNI_2": 4,
+    "AVX512_CORE": 5,
+    "AVX512_CORE_VNNI": 6,
+    "AVX512_CORE_BF16": 7,
+    "AVX10_1_512": 8,
+    "AVX512_CORE_FP16": 8,
+    "AVX10_1_512_AMX": 9,
+    "AVX512_CORE_AMX": 9,
+    "AVX10_1_512_AMX_FP16": 10,
+    "AVX512_CORE_AMX_FP16": 10,
+}
+# (kernels, the flags they need, the lowest ONEDNN_MAX_CPU_ISA that lets oneDNN use them), fastest first;
+# the names are the keys of rmrun.recipe.plugins.CPU_BF16_KERNELS.
+_BF16_TIERS = (
+    ("amx_bf16", ("amx_bf16", "amx_tile", *AVX512_CORE_FLAGS), "AVX512_CORE_AMX"),
+    ("avx512_bf16", ("avx512_bf16", *AVX512_CORE_FLAGS), "AVX512_CORE_BF16"),
+    ("avx512", AVX512_CORE_FLAGS, "AVX512_CORE"),
+)
 
 
 def cpu_flags() -> set[str]:
@@ -38,10 +62,21 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_bf16_units(flags: set[str] | None = None) -> str | None:
-    """The CPU's bf16 matrix unit (``amx_bf16``, ``avx512_bf16``), or None."""
+def cpu_bf16_kernels(flags: set[str] | None = None, *, max_isa: str | None = None) -> str | None:
+    """Which kernels run bf16 matmuls under ``torch.autocast`` on this CPU: ``amx_bf16`` (AMX tiles),
+    ``avx512_bf16`` (bf16 dot products), ``avx512`` (oneDNN converts bf16 to fp32 and multiplies in
+    fp32: no bf16 units), or None where torch's oneDNN has no bf16 at all (no AVX512: what
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` answers; torch then falls back to reference
+    kernels, ~20x slower than fp32). From the CPU's flags and ``max_isa`` (default: the
+    ``ONEDNN_MAX_CPU_ISA`` environment variable), without importing torch."""
     flags = cpu_flags() if flags is None else flags
-    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+    if max_isa is None:
+        max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    cap = _ONEDNN_ISA_RANK.get(max_isa.strip().upper(), len(_ONEDNN_ISA_RANK))  # unset or "ALL": no cap
+    for kernels, needs, isa in _BF16_TIERS:
+        if flags.issuperset(needs) and cap >= _ONEDNN_ISA_RANK[isa]:
+            return kernels
+    return None
 
 
 def cores() -> int:
@@ -100,6 +135,7 @@ def info() -> dict:
         "cores": cores(),
         "gpu": ", ".join(gpu_list) if gpu_list else "none",
         "peak_bf16_flops_per_gpu": peak_bf16_flops(gpu_list[0]) if gpu_list else None,
+        "cpu_bf16_kernels": cpu_bf16_kernels(),
         "torch": version("torch"),
         "colossalai": version("colossalai"),
         "transformers": version("transformers"),

@@ -1,64 +1,117 @@
-"""ddp in bf16 on the CPU, run as users run it: the forward under torch.autocast on the CPU's
-bf16 matrix units (fp32 weights and optimizer), killed and resumed bit-identically, with a
-negative control that drops the RNG streams and must be seen."""
+"""ddp in bf16 on the CPU, run as users run it: the forward under ``torch.autocast`` (oneDNN's bf16
+kernels), fp32 weights and AdamW. A run killed mid-epoch and resumed is bit-identical to an
+uninterrupted bf16 run (weights, metrics.jsonl, eval.json), a resume that drops the RNG streams is
+not, and bf16 really ran: the run says so and its losses differ from an fp32 run's.
+
+The recipe and the harness are tests/e2e/test_resume.py's (tests/resume_harness.py): 1 process,
+local state, 26 steps, a checkpoint every 4, attention dropout 0.1 so the RNG streams matter.
+``ONEDNN_MAX_CPU_ISA`` caps what oneDNN (and torch's bf16 check) may use, which lets this machine
+play a CPU without bf16 kernels for the refusal."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
 
 import pytest
 
-from rmrun.runtime.machine import cpu_bf16_units
-from tests.helpers import RESUME_RECIPE, child_env, rmrun, slice_recipe
+from rmrun.recipe.plugins import cpu_precision_note
+from rmrun.recipe.schema import PluginSection
+from rmrun.runtime.machine import cpu_bf16_kernels
+from tests.helpers import RESUME_RECIPE, child_env, rmrun
+from tests.resume_harness import (
+    EXIT_OK,
+    EXIT_USAGE,
+    ONE_LOCAL,
+    Harness,
+    assert_identical,
+    differing_tensors,
+    read_export,
+)
 
-pytestmark = pytest.mark.skipif(cpu_bf16_units() is None, reason="this CPU has no bf16 matrix units")
+pytestmark = pytest.mark.skipif(cpu_bf16_kernels() is None, reason="torch has no oneDNN bf16 kernels on this CPU")
 
-BF16 = '[plugin]\nmixed_precision = "bf16"\n'
-
-
-def _recipe(tmp_path, body: str) -> str:
-    return slice_recipe(tmp_path, base=RESUME_RECIPE, train_pairs=48, eval_pairs=8, body=body)
+BF16 = ("plugin.mixed_precision=bf16",)
+NOTE = cpu_precision_note(PluginSection(mixed_precision="bf16"), cpu_bf16=cpu_bf16_kernels())
 
 
-def test_check_says_how_bf16_runs_on_this_cpu(tmp_path):
-    done = rmrun("check", _recipe(tmp_path, BF16))
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    return Harness(tmp_path_factory.mktemp("cpu-bf16"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(harness):
+    run = harness.new_run(ONE_LOCAL, "bf16-uninterrupted")
+    result = harness.run(run, sets=BF16, expect=EXIT_OK)
+    assert NOTE is not None and NOTE in result.output, result.describe()
+    return read_export(run.export)
+
+
+@pytest.fixture(scope="module")
+def killed_mid_epoch(harness):
+    run = harness.new_run(ONE_LOCAL, "bf16-killed")
+    harness.run(run, sets=BF16, faults="kill@step:6", expect="killed")
+    return run
+
+
+def test_check_says_which_kernels_run_bf16(tmp_path):
+    done = rmrun("check", str(RESUME_RECIPE), "--set", "plugin.mixed_precision=bf16")
     assert done.returncode == 0, done.stderr
-    assert (
-        f"precision: the forward under torch.autocast(bf16) on the CPU, its matmuls on {cpu_bf16_units()}"
-        in done.stdout
-    )
+    assert f"precision: {NOTE}\n" in done.stdout
     assert '"autocast": "bf16"' in done.stdout
 
 
-def test_a_bf16_run_killed_twice_resumes_bit_identical_and_a_sabotaged_one_does_not(tmp_path):
-    recipe = _recipe(tmp_path, BF16)
-    done = rmrun("verify-resume", recipe, "--kills", "2", "--seed", "3", "--workdir", str(tmp_path / "verify"))
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "bit-identical after 2 kill(s)" in done.stdout
-
-    sabotaged = rmrun(
-        "verify-resume",
-        recipe,
-        "--kills",
-        "2",
-        "--seed",
-        "3",
-        "--workdir",
-        str(tmp_path / "sabotaged"),
-        env=child_env(RMRUN_FAULTS="no-restore=rng"),
+def test_check_refuses_bf16_where_torch_has_no_bf16_kernels_in_one_line():
+    done = rmrun(
+        "check", str(RESUME_RECIPE), "--set", "plugin.mixed_precision=bf16", env=child_env(ONEDNN_MAX_CPU_ISA="AVX2")
     )
-    assert sabotaged.returncode == 1 and "NOT identical" in sabotaged.stdout, sabotaged.stdout[-2000:]
+    assert done.returncode == EXIT_USAGE, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"rmrun: {RESUME_RECIPE}: "
+        '[plugin].mixed_precision: "bf16" on this CPU: torch has no oneDNN bf16 kernels without AVX512 '
+        '(avx512f/bw/vl/dq in /proc/cpuinfo) and its fallback is ~20x slower than fp32; use "fp32"'
+    ], done.stderr
 
 
-def test_bf16_really_runs_the_forward_in_bf16(tmp_path):
-    """The same recipe in fp32 and bf16: the first step's loss differs (by bf16 rounding, not much)."""
-    losses = {}
-    for precision in ("fp32", "bf16"):
-        folder = tmp_path / precision
-        folder.mkdir()
-        recipe = _recipe(folder, f'[plugin]\nmixed_precision = "{precision}"\n[schedule]\nmax_steps = 1\n')
-        done = rmrun("run", recipe)
-        assert done.returncode == 0, done.stderr[-2000:]
-        first = json.loads((folder / "state" / "export" / "metrics.jsonl").read_text().splitlines()[0])
-        losses[precision] = first["loss"]
-    assert losses["fp32"] != losses["bf16"] and abs(losses["fp32"] - losses["bf16"]) < 0.05, losses
+@pytest.mark.parametrize("max_isa", ["", "AVX512_CORE", "AVX2"])
+def test_the_machine_fact_agrees_with_torch(max_isa):
+    """rmrun reads /proc/cpuinfo (``rmrun check`` imports no torch); torch asks oneDNN."""
+    code = (
+        "import torch; from rmrun.runtime.machine import cpu_bf16_kernels; "
+        "print(torch.ops.mkldnn._is_mkldnn_bf16_supported(), cpu_bf16_kernels() is not None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(ONEDNN_MAX_CPU_ISA=max_isa), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    torch_says, rmrun_says = done.stdout.split()
+    assert torch_says == rmrun_says, done.stdout
+
+
+def test_a_bf16_run_killed_mid_epoch_resumes_bit_identical(harness, uninterrupted, killed_mid_epoch):
+    run = harness.copy_run(killed_mid_epoch, "bf16-resumed")
+    result = harness.run(run, sets=BF16, expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    assert_identical(uninterrupted, read_export(run.export))
+
+
+def test_a_bf16_resume_without_its_rng_streams_differs(harness, uninterrupted, killed_mid_epoch):
+    run = harness.copy_run(killed_mid_epoch, "bf16-no-restore-rng")
+    result = harness.run(run, sets=BF16, faults="no-restore=rng", expect=EXIT_OK)
+    assert result.resumed_from() == ("ckpt-0000000004", 4), result.describe()
+    got = read_export(run.export)
+    assert differing_tensors(uninterrupted, got), "no-restore=rng: the weights are still bit-identical"
+    assert got.metrics != uninterrupted.metrics
+
+
+def test_bf16_really_ran_its_losses_differ_from_fp32_and_its_weights_stay_fp32(harness, uninterrupted):
+    run = harness.new_run(ONE_LOCAL, "fp32")
+    result = harness.run(run, sets=("plugin.mixed_precision=fp32",), expect=EXIT_OK)
+    assert "bf16 autocast" not in result.output
+    fp32 = read_export(run.export)
+    first_fp32, first_bf16 = fp32.metric_lines()[0]["loss"], uninterrupted.metric_lines()[0]["loss"]
+    # the same weights and batch: only bf16 rounding in the forward separates the first losses
+    assert first_fp32 != first_bf16 and abs(first_fp32 - first_bf16) < 0.05, (first_fp32, first_bf16)
+    assert {str(t.dtype) for t in uninterrupted.tensors.values()} == {"torch.float32"}

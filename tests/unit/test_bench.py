@@ -110,6 +110,15 @@ def test_cuda_plugins_are_skipped_here_with_the_reason():
     )
 
 
+def test_bf16_is_swept_on_a_cpu_with_oneDNN_bf16_kernels_and_skipped_without():
+    combos = combos_for("plugin.mixed_precision=fp32,bf16,fp16", world=World(size=1, cuda=False, cpu_bf16="amx_bf16"))
+    assert [c.status for c in combos] == ["runnable", "runnable", "skipped"]
+    assert combos[2].reason.startswith('needs CUDA: [plugin].mixed_precision: "fp16" needs CUDA')
+    combos = combos_for("plugin.mixed_precision=fp32,bf16", world=CPU)  # no oneDNN bf16 kernels
+    assert [c.status for c in combos] == ["runnable", "skipped"]
+    assert combos[1].reason.startswith('[plugin].mixed_precision: "bf16" on this CPU: torch has no oneDNN bf16')
+
+
 def test_an_invalid_combination_is_reported_with_its_one_line_message():
     combos = combos_for("plugin.name=ddp,gemini", world=World(size=1, cuda=True))
     assert combos[0].status == "runnable"

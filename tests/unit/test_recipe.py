@@ -725,37 +725,6 @@ def test_a_cuda_plugin_on_a_cpu_machine_suggests_ddp(tmp_path, plugin):
     assert environment_problems(recipe, World(size=1, cuda=True)) == []
 
 
-def test_ddp_in_bf16_on_a_cpu_needs_its_bf16_matrix_units(tmp_path):
-    recipe = recipe_for(tmp_path, '[plugin]\nname = "ddp"\nmixed_precision = "bf16"')
-    assert environment_problems(recipe, World(size=2, cuda=False, cpu_bf16=True)) == []
-    assert environment_problems(recipe, World(size=2, cuda=False)) == [
-        '[plugin].mixed_precision: "bf16" on this CPU has no bf16 matrix units (avx512_bf16 or amx_bf16 in '
-        '/proc/cpuinfo): it would run slower than fp32; use "fp32"'
-    ]
-    assert environment_problems(recipe, World(size=2, cuda=True)) == []
-    assert environment_problems(recipe_for(tmp_path, ""), World(size=2, cuda=False)) == []
-
-
-def test_ddp_in_fp16_on_a_cpu_is_refused_whatever_its_units(tmp_path):
-    recipe = recipe_for(tmp_path, '[plugin]\nname = "ddp"\nmixed_precision = "fp16"')
-    refusal = [
-        '[plugin].mixed_precision: "fp16" needs CUDA (its dynamic loss scale is torch\'s CUDA AMP); '
-        'use "bf16" or "fp32" on CPU'
-    ]
-    assert environment_problems(recipe, World(size=1, cuda=False, cpu_bf16=True)) == refusal
-    assert environment_problems(recipe, World(size=1, cuda=True)) == []
-
-
-@pytest.mark.parametrize(
-    "flags,units",
-    [({"avx2", "amx_bf16", "avx512_bf16"}, "amx_bf16"), ({"avx512f", "avx512_bf16"}, "avx512_bf16"), ({"avx2"}, None)],
-)
-def test_the_cpu_bf16_units_come_from_its_flags(flags, units):
-    from rmrun.runtime.machine import cpu_bf16_units
-
-    assert cpu_bf16_units(flags) == units
-
-
 @pytest.mark.parametrize(
     "plugin, world, message",
     [

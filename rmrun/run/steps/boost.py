@@ -122,6 +122,7 @@ def build_model(
     from rmrun.model.boost import boost
     from rmrun.model.model import build_reward_model, unreached_parameters
     from rmrun.recipe.backbone import model_attention
+    from rmrun.recipe.plugins import cpu_precision_note
     from rmrun.runtime.faults import fault_point, restore_enabled
     from rmrun.train.checkpoint import seed_everything
     from rmrun.train.trainer import TrainState
@@ -144,6 +145,8 @@ def build_model(
             plan = plan.with_unused_parameters(unreached)
             ctx.revise_plan(plan)
             ctx.say(f"find_unused_parameters=True: {plan.find_unused_reason}")
+    if not ctx.rank.cuda and (note := cpu_precision_note(plugin, cpu_bf16=ctx.rank.world.cpu_bf16)):
+        ctx.say(note)
     boosted = boost(net, plan=plan, plugin=plugin, schedule=schedule, cuda=ctx.rank.cuda)
     key, loaded = _load_newest_loadable(ctx, boosted)
     if key is None or loaded is None:
