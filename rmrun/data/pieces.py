@@ -9,15 +9,17 @@ tokenizer encodes each text alone, nothing is padded), so :func:`assemble` (conc
 shift the offsets and the pair positions) gives exactly the arrays one ``tokenize_pairs``
 call over every pair gives, bit for bit, whatever the number of pieces.
 
-:func:`tokenize_in_pool` tokenizes the pieces in a pool of worker processes (``spawn``:
-nothing of the parent's threads or CUDA state is inherited), each holding its own copy of
-the tokenizer. The tokenize step (``rmrun/run/steps/tokenize.py``) commits each finished piece
-as a state of its own, so a killed start keeps them and the next one tokenizes the rest.
+:func:`pieces_from` cuts a stream of pairs into the pieces a rank wants, holding one piece at
+a time; :func:`tokenize_pieces` tokenizes them, in a pool of worker processes where a rank has
+cores to spare; :class:`AssembledFile` writes the assembled arrays to disk piece by piece. The
+tokenize step (``rmrun/run/steps/tokenize.py``) shares the pieces among the ranks and commits
+each finished piece as a state of its own, so a killed start keeps them and the next one
+tokenizes the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,12 +79,33 @@ def assemble(pieces: Sequence[TokenizedPairs], *, seconds: float | None = None) 
             [np.zeros(1, dtype=np.int64), np.cumsum(np.concatenate([np.zeros(0, dtype=np.int64), *lengths]))]
         )
     arrays["pair_index"] = np.concatenate([np.zeros(0, dtype=np.int64), *(p.pair_index for p in pieces)])
-    stats: dict[str, Any] = {name: sum(int(p.stats.get(name, 0)) for p in pieces) for name in _SUMMED_STATS}
-    stats["seconds"] = seconds if seconds is not None else sum(float(p.stats.get("seconds", 0.0)) for p in pieces)
-    input_pairs = stats["pairs"] + stats["dropped"]
-    stats["pairs_per_second"] = input_pairs / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    stats = summed_stats([p.stats for p in pieces], seconds=seconds)
     assert set(arrays) == set(ARRAY_NAMES), "assemble builds every array of a TokenizedPairs"
     return TokenizedPairs.from_arrays(arrays, stats)
+
+
+# --------------------------------------------------------------------------- streaming the pieces
+
+
+def pieces_from(
+    pairs: Iterable[PreferencePair], bounds: Sequence[tuple[int, int]], wanted: Sequence[int]
+) -> Iterator[tuple[int, list[PreferencePair]]]:
+    """``(i, pairs of piece i)`` for each piece in ``wanted``, in order, from a stream of every
+    pair; only one piece's pairs are held at a time, and the stream is left as soon as the last
+    wanted piece is complete (a rank that tokenizes the first pieces does not read the rest)."""
+    stream = enumerate(pairs)
+    for i in sorted(set(wanted)):
+        start, stop = bounds[i]
+        collected: list[PreferencePair] = []
+        if stop > start:
+            for index, pair in stream:
+                if index >= start:
+                    collected.append(pair)
+                if index == stop - 1:
+                    break
+        if len(collected) != stop - start:
+            raise ValueError(f"the pairs ran out before piece {i} ({start}, {stop}) was complete")
+        yield i, collected
 
 
 # --------------------------------------------------------------------------- a pool of processes
@@ -100,28 +123,126 @@ def _tokenize_in_worker(pairs: Sequence[PreferencePair], start: int, options: di
     return {"arrays": tokenized.to_arrays(), "stats": tokenized.stats}
 
 
-def tokenize_in_pool(
-    pairs: Sequence[PreferencePair],
+def tokenize_pieces(
+    pieces: Iterable[tuple[int, list[PreferencePair]]],
     tokenizer,
     *,
-    pieces: Sequence[int],
-    num_pieces: int,
+    bounds: Sequence[tuple[int, int]],
     num_workers: int,
     on_piece: Callable[[int, TokenizedPairs], None],
     **options: Any,
 ) -> None:
-    """Pieces ``pieces`` (of ``num_pieces``) of ``pairs`` tokenized by ``num_workers`` processes;
-    ``on_piece(i, piece)`` is called in this process as each finishes (to keep it, and log progress)."""
+    """Tokenize each ``(i, pairs)`` of ``pieces`` (``pieces_from``); ``on_piece(i, piece)`` is
+    called in this process as each finishes (to keep it, and log progress). With
+    ``num_workers > 1`` a pool of that many processes (``spawn``: nothing of this process's
+    threads or CUDA state is inherited), each with its own copy of the tokenizer, tokenizes
+    them side by side, with at most two pieces per worker in flight so memory stays bounded.
+    An exception here (a stop signal) terminates the workers at once: their pieces are lost,
+    every piece ``on_piece`` was given is kept."""
+    if num_workers <= 1:
+        for i, piece_pairs in pieces:
+            on_piece(i, _shifted(tokenize_pairs(piece_pairs, tokenizer, **options), bounds[i][0]))
+        return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    bounds = piece_bounds(len(pairs), num_pieces)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_load_worker, initargs=(tokenizer,)) as pool:
-        futures = {
-            pool.submit(_tokenize_in_worker, list(pairs[bounds[i][0] : bounds[i][1]]), bounds[i][0], options): i
-            for i in pieces
-        }
-        for future in as_completed(futures):
-            result = future.result()
-            on_piece(futures[future], TokenizedPairs.from_arrays(result["arrays"], result["stats"]))
+    pool = context.Pool(num_workers, initializer=_load_worker, initargs=(tokenizer,))
+    in_flight: dict[int, Any] = {}
+
+    def finish_one() -> None:
+        while True:
+            for i, result in list(in_flight.items()):
+                if result.ready():
+                    del in_flight[i]
+                    got = result.get()
+                    on_piece(i, TokenizedPairs.from_arrays(got["arrays"], got["stats"]))
+                    return
+            next(iter(in_flight.values())).wait(0.05)
+
+    try:
+        for i, piece_pairs in pieces:
+            while len(in_flight) >= 2 * num_workers:
+                finish_one()
+            in_flight[i] = pool.apply_async(_tokenize_in_worker, (piece_pairs, bounds[i][0], options))
+        while in_flight:
+            finish_one()
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+# --------------------------------------------------------------------------- assembling on disk
+
+_ASSEMBLED_ORDER = ("chosen_offsets", "pair_index", "rejected_offsets", "chosen_ids", "rejected_ids")
+_SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+
+
+class AssembledFile:
+    """The pieces, in order, written as one safetensors file of a ``TokenizedPairs`` without
+    holding more than one piece: each array is appended to a scratch file of its own (offsets
+    and pair positions shifted), and :meth:`finish` writes the header and the arrays one after
+    the other. ``map_safetensors`` and ``safetensors.numpy.load_file`` read it; its arrays are
+    the ones :func:`assemble` gives, bit for bit."""
+
+    def __init__(self, directory: str):
+        import os
+
+        self.directory = directory
+        self._files = {name: open(os.path.join(directory, f"{name}.raw"), "wb") for name in ARRAY_NAMES}
+        self._pairs = 0
+        self._ids = {"chosen": 0, "rejected": 0}
+        self._stats: list[dict] = []
+        for side in ("chosen", "rejected"):
+            self._files[f"{side}_offsets"].write(np.zeros(1, dtype=np.int64).tobytes())
+
+    def add(self, piece: TokenizedPairs) -> None:
+        for side in ("chosen", "rejected"):
+            ids, offsets = getattr(piece, f"{side}_ids"), getattr(piece, f"{side}_offsets")
+            self._files[f"{side}_ids"].write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+            shifted = np.asarray(offsets[1:], dtype=np.int64) + np.int64(self._ids[side])
+            self._files[f"{side}_offsets"].write(shifted.tobytes())
+            self._ids[side] += len(ids)
+        self._files["pair_index"].write(np.ascontiguousarray(piece.pair_index, dtype=np.int64).tobytes())
+        self._pairs += len(piece)
+        self._stats.append(dict(piece.stats))
+
+    def finish(self, path: str, *, seconds: float | None = None) -> dict:
+        """Write the safetensors file at ``path``; returns the summed stats (as :func:`assemble`)."""
+        import json
+        import os
+        import shutil
+        import struct
+
+        for f in self._files.values():
+            f.close()
+        header, begin = {}, 0
+        for name in _ASSEMBLED_ORDER:
+            size = os.path.getsize(os.path.join(self.directory, f"{name}.raw"))
+            dtype = np.dtype(np.int64) if name.endswith(("offsets", "index")) else np.dtype(np.int32)
+            header[name] = {
+                "dtype": _SAFETENSORS_DTYPES[dtype],
+                "shape": [size // dtype.itemsize],
+                "data_offsets": [begin, begin + size],
+            }
+            begin += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        with open(path, "wb") as out:
+            out.write(struct.pack("<Q", len(text)))
+            out.write(text)
+            for name in _ASSEMBLED_ORDER:
+                raw = os.path.join(self.directory, f"{name}.raw")
+                with open(raw, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+                os.unlink(raw)
+        return summed_stats(self._stats, seconds=seconds)
+
+
+def summed_stats(stats: Sequence[dict], *, seconds: float | None = None) -> dict:
+    """The pieces' stats summed; the rate is over ``seconds`` (the pieces' sum when None)."""
+    out: dict[str, Any] = {name: sum(int(s.get(name, 0)) for s in stats) for name in _SUMMED_STATS}
+    out["seconds"] = seconds if seconds is not None else sum(float(s.get("seconds", 0.0)) for s in stats)
+    input_pairs = out["pairs"] + out["dropped"]
+    out["pairs_per_second"] = input_pairs / out["seconds"] if out["seconds"] > 0 else 0.0
+    return out

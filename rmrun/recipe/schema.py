@@ -138,6 +138,11 @@ class DataSection:
         "A malformed row: stop with an error naming file and line, or skip it and report the count.",
         "error",
     )
+    tokenize_workers: int = doc(
+        "Processes each rank tokenizes with (every rank tokenizes its own share of the pieces); 0: the "
+        "machine's cores divided among the ranks on it. Never changes the tokenized data.",
+        0,
+    )
     group_by_length: bool = doc(
         "Group pairs of similar length into the same batch (less padding); the order stays a pure "
         "function of (seed, epoch).",
@@ -381,6 +386,7 @@ NON_RESULT_KEYS = frozenset(
         "run.store_retry_seconds",
         "run.preempted_exit_code",
         "run.collective_timeout_minutes",
+        "data.tokenize_workers",
         "checkpoint.interval_steps",
         "checkpoint.interval_seconds",
         "checkpoint.keep",

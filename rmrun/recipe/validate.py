@@ -46,6 +46,7 @@ CEILINGS = {
     "[plugin].sp": 65_536,
     "[plugin].microbatch_size": 1_000_000,
     "[output].reward_stats_pairs": 1_000_000_000,
+    "[data].tokenize_workers": 1024,
 }
 COLLECTIVE_TIMEOUT_MAX = 7 * 24 * 60  # minutes; a week
 
@@ -123,6 +124,7 @@ def _number_problems(recipe: Recipe) -> list[str]:
         "[plugin].sp": recipe.plugin.sp,
         "[plugin].microbatch_size": recipe.plugin.microbatch_size,
         "[output].reward_stats_pairs": recipe.output.reward_stats_pairs,
+        "[data].tokenize_workers": recipe.data.tokenize_workers,
     }
     for key, value in values.items():
         if value is not None and value > CEILINGS[key]:
@@ -167,6 +169,7 @@ def _size_problems(recipe: Recipe) -> list[str]:
         ("[plugin].sp", p.sp, 1),
         ("[plugin].microbatch_size", p.microbatch_size, 1),
         ("[log].interval_steps", recipe.log.interval_steps, 1),
+        ("[data].tokenize_workers", recipe.data.tokenize_workers, 0),
     ):
         if value < low:
             problems.append(f"{key}: must be at least {low}, got {value}")

@@ -209,6 +209,15 @@ def _file_digest(url: str) -> str:
         raise DataError(f"{url}: cannot read: {e}") from None
 
 
+def pair_count_key(urls, *, format: str, bad_rows: str) -> str | None:
+    """The key of ``urls``' pair count in ``records/pair-counts``: their version stamps (cheap:
+    no read) and the policies that decide what a pair is; None when a file has no stamp."""
+    stamps = [_stamp(u) for u in urls]
+    if not stamps or None in stamps:
+        return None
+    return digest({"files": stamps, "format": format, "bad_rows": bad_rows})
+
+
 def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:
     from rmrun.recipe.backbone import backbone_family
 

@@ -62,7 +62,13 @@ class Step:
 def build_graph(*, num_epochs: int, tokenize_key: str, has_eval: bool) -> list[Step]:
     """tokenize → boost → train epochs → evaluate → save."""
     steps = [
-        Step("tokenize", "tokenize", produces=tokenize_key, sections=("data", "model"), gives=("tokenizer", "data")),
+        Step(
+            "tokenize",
+            "tokenize",
+            produces=tokenize_key,
+            sections=("data", "model", "run"),
+            gives=("tokenizer", "data"),
+        ),
         Step(
             "boost",
             "boost",

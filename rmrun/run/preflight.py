@@ -23,7 +23,7 @@ import secrets
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
 from rmrun.recipe.plan import warmup_problem
-from rmrun.recipe.schema import PACKAGE_PREFIX, Recipe, is_template_text
+from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, Recipe, is_template_text
 from rmrun.recipe.validate import URL_RE, model_parallel_size
 
 PROBE_PREFIX = ".rmrun-probe-"
@@ -199,13 +199,39 @@ def backbone_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def count_pairs(recipe: Recipe, urls) -> tuple[int, int]:
-    """(pairs read, bad rows skipped) of local files; DataError on a bad row under "error"."""
-    from rmrun.data.formats import BadRowReport, read_pairs
+# Pair counts this process made or read, by ``pair_count_key``: the tokenize step of the same
+# start reuses them instead of reading every row again.
+COUNTED: dict[str, dict] = {}
 
-    report = BadRowReport()
-    pairs = sum(1 for _ in read_pairs(urls, format=recipe.data.format, bad_rows=recipe.data.bad_rows, report=report))
-    return pairs, report.total
+
+def stored_pair_counts(recipe: Recipe) -> dict:
+    """The pair counts an earlier start recorded in the state (``records/pair-counts``); a
+    cache: a state that cannot be read yet (a first start) has none."""
+    from rmrun.store import StateStore
+    from rmrun.store.keys import PAIR_COUNTS_RECORD
+
+    try:
+        return StateStore(recipe.state_url).read_record(PAIR_COUNTS_RECORD) or {}
+    except Exception:  # noqa: BLE001 - a cache; location_problems reports an unusable state
+        return {}
+
+
+def count_pairs(urls, *, data: DataSection, stored: dict | None = None) -> dict:
+    """``{"pairs", "skipped", "summary"}`` of ``urls`` (pairs read, bad rows skipped and what
+    they were), read once per version of the files (their stamps: ``COUNTED``, then ``stored``);
+    DataError on a bad row under "error"."""
+    from rmrun.data.formats import BadRowReport, read_pairs
+    from rmrun.run.fingerprint import pair_count_key
+
+    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows)
+    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
+    if known is None:
+        report = BadRowReport()
+        pairs = sum(1 for _ in read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report))
+        known = {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
+    if key:
+        COUNTED[key] = known
+    return known
 
 
 def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
@@ -213,11 +239,13 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
     from rmrun.data.formats import DataError
 
     problems, num_pairs = [], None
+    stored = stored_pair_counts(recipe)
     for key, urls in (("[data].train", recipe.data.train), ("[data].eval", recipe.data.eval)):
         if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
             continue  # remote files are read by the tokenize step; missing ones are reported above
         try:
-            pairs, skipped = count_pairs(recipe, urls)
+            counted = count_pairs(urls, data=recipe.data, stored=stored)
+            pairs, skipped = counted["pairs"], counted["skipped"]
         except DataError as e:
             problems.append(str(e).splitlines()[0])
             continue

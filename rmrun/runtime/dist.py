@@ -37,6 +37,11 @@ class Rank:
     cuda: bool
     node: int = 0  # processes with the same node share node-local scratch
     is_node_leader: bool = True  # the one process of its node that reads shared state into that scratch
+    local_world_size: int = 1  # processes on this node, which share its cores
+
+    def cores(self) -> int:
+        """The cores this process may use: the node's (its CPU affinity), shared among its processes."""
+        return max(1, len(os.sched_getaffinity(0)) // max(1, self.local_world_size))
 
     @property
     def is_main(self) -> bool:
@@ -87,6 +92,7 @@ def start(*, seed: int, collective_timeout_minutes: float = RunSection.collectiv
         cuda=cuda,
         node=node,
         is_node_leader=leader,
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
     )
 
 

@@ -15,6 +15,8 @@
   test. Fails after 60 s rather than hang.
 - ``no-restore=rng`` / ``no-restore=position`` — negative controls: skip restoring that
   piece of the resume state, so tests can prove they see the difference.
+- ``no-heartbeat`` — negative control for the waits between ranks: a rank does not beat on
+  the board (``rmrun.runtime.board``), as a frozen one would not.
 - ``no-node-copy`` — negative control for the state reads: every process reads the
   state from the store itself instead of once per node.
 
@@ -63,6 +65,10 @@ def _directives() -> list[str]:
 
 def restore_enabled(piece: str) -> bool:
     return f"no-restore={piece}" not in _directives()
+
+
+def heartbeat_enabled() -> bool:
+    return "no-heartbeat" not in _directives()
 
 
 def node_copy_enabled() -> bool:

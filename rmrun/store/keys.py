@@ -26,6 +26,7 @@ RECIPE_RECORD = "recipe"  # the recipe text as given, with its name and path
 LEASE_HOLDER_RECORD = "lease-holder"  # who holds the lease now, for status
 STEP_RECORDS = "steps/"  # + the step name: pending / running / done / failed
 START_RECORDS = "starts/"  # + the lease generation: where each start resumed from
+PAIR_COUNTS_RECORD = "pair-counts"  # pairs and bad rows of each set of data files, by version stamps (a cache)
 INPUT_DIGESTS_RECORD = "input-digests"  # content digests of the input files, by version stamp (a cache)
 QUARANTINED_RECORDS = "quarantined/"  # + key and attempt: notes of quarantined states since replaced
 

@@ -49,3 +49,54 @@ def test_assembled_pieces_are_bit_identical_to_one_pass(pairs_and_tokenizer, num
         assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), name
     for name in ("pairs", "truncated", "dropped", "tokens"):
         assert assembled.stats[name] == whole.stats[name], name
+
+
+def test_pieces_from_a_stream_are_the_wanted_pieces_in_order_and_stop_early():
+    from rmrun.data.pieces import pieces_from
+
+    bounds = piece_bounds(10, 4)  # (0,3) (3,6) (6,8) (8,10)
+    read = []
+
+    def stream():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    assert list(pieces_from(stream(), bounds, [2, 0])) == [(0, [0, 1, 2]), (2, [6, 7])]
+    assert read == list(range(8)), "the stream is left once the last wanted piece is complete"
+    assert list(pieces_from(iter(range(2)), piece_bounds(2, 4), [3, 2, 1])) == [(1, [1]), (2, []), (3, [])]
+    with pytest.raises(ValueError, match="ran out before piece 3"):
+        list(pieces_from(iter(range(9)), bounds, [3]))
+
+
+def test_the_shares_of_the_missing_pieces_are_contiguous_disjoint_and_cover_them():
+    from rmrun.run.steps.tokenize import share
+
+    missing = [0, 2, 3, 5, 6, 9, 11]
+    for world_size in (1, 2, 3, 8):
+        shares = [share(missing, rank=r, world_size=world_size) for r in range(world_size)]
+        assert [i for s in shares for i in s] == missing
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert share(missing, rank=1, world_size=2) == [6, 9, 11]
+
+
+def test_a_file_assembled_on_disk_reads_back_as_the_pieces_assembled(pairs_and_tokenizer, tmp_path):
+    from safetensors.numpy import load_file
+
+    from rmrun.data.mapped import map_safetensors
+    from rmrun.data.pieces import AssembledFile
+
+    pairs, tokenizer = pairs_and_tokenizer
+    options = {"max_length": 64, "overflow": "drop", "template": None}
+    pieces = [tokenize_piece(pairs, tokenizer, piece=i, num_pieces=3, **options) for i in range(3)]
+    in_memory = assemble(pieces)
+    on_disk = AssembledFile(str(tmp_path))
+    for piece in pieces:
+        on_disk.add(piece)
+    stats = on_disk.finish(str(tmp_path / "t.safetensors"), seconds=2.0)
+    for read in (load_file(str(tmp_path / "t.safetensors")), map_safetensors(str(tmp_path / "t.safetensors"))):
+        for name in ARRAY_NAMES:
+            expected = getattr(in_memory, name)
+            assert read[name].dtype == expected.dtype and read[name].tobytes() == expected.tobytes(), name
+    assert stats == {**in_memory.stats, "seconds": 2.0, "pairs_per_second": stats["pairs_per_second"]}
+    assert os.listdir(tmp_path) == ["t.safetensors"], "the scratch files are removed"

@@ -2,14 +2,21 @@
 
 Written once per data fingerprint (file contents, tokenizer files, template,
 max_length, overflow and bad-row policy), reused on resume and by later runs in the
-same state root. Rank 0 tokenizes and commits; the other ranks load what it committed.
+same state root.
 
-Rank 0 cuts each split into pieces (``rmrun.data.pieces``: their bounds depend on the pair
-count only), commits each finished piece as a state of its own (``piece-<data key>-<split>-
-<i>-of-<n>``), so a kill or a stop keeps every finished piece and the next start (at any
-world size) tokenizes only the missing ones; with many pairs a pool of worker processes, one
-per core, tokenizes the pieces side by side. The pieces assembled give exactly the arrays one
-pass gives; once those are committed the pieces are deleted.
+Each split is cut into pieces (``rmrun.data.pieces``: their bounds depend on the pair count
+only, counted once per version of the files and recorded in ``records/pair-counts``). Every
+rank tokenizes a contiguous share of the missing pieces, reading the rows as a stream and
+holding one piece at a time, with a pool of worker processes where it has cores to spare
+(``data.tokenize_workers``). Rank 0 commits each finished piece as a state of its own
+(``piece-<data key>-<split>-<i>-of-<n>``): its own directly, another rank's once that rank has
+uploaded the files into the attempt rank 0 staged for it and posted them on the board
+(``rmrun.runtime.board``). A kill or a stop keeps every committed piece, and the next start (at
+any world size) tokenizes only the missing ones. Rank 0 then assembles the pieces on disk,
+one at a time, into exactly the arrays one pass gives, commits them and deletes the pieces.
+No rank waits for another in a collective: each waits on the board, where every rank beats
+while it works, and gives up only when the ranks it waits for have been silent for
+``run.collective_timeout_minutes``.
 
 Every rank maps the token arrays of its node's copy (``rmrun.data.mapped``) rather than
 loading them: resident memory per rank does not grow with the number of pairs. The mapping
@@ -19,9 +26,10 @@ outlives the copy's folder, which ``node_copy`` removes once every process has m
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING
 
-from rmrun.recipe.schema import DataSection, ModelSection
+from rmrun.recipe.schema import DataSection, ModelSection, RunSection
 from rmrun.store.keys import tokenize_piece_key
 
 if TYPE_CHECKING:
@@ -34,125 +42,240 @@ ARRAY_FILES = {"train": "train.safetensors", "eval": "eval.safetensors"}
 
 POOL_MIN_PAIRS = 20_000  # below this, starting worker processes costs more than it saves
 PIECE_FILE = "pairs.safetensors"
+SPLITS = ("train", "eval")
 
 
-def _tokenize_split(ctx: RunContext, step: Step, split: str, urls, *, data: DataSection, tokenizer, template, family):
-    """The split's pairs, tokenized piece by piece: pieces an earlier start committed are read
-    back, the others tokenized (in a pool of processes when there are many pairs) and each
-    committed as it finishes, so a kill keeps every finished piece."""
-    import os
+def share(missing: list[int], *, rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s contiguous share of the missing pieces (the first ranks take one more):
+    contiguous, so a rank reads the rows only up to the end of its share."""
+    size, extra = divmod(len(missing), world_size)
+    start = rank * size + min(rank, extra)
+    return missing[start : start + size + (1 if rank < extra else 0)]
+
+
+class _Split:
+    """One split's pieces in this start: what is missing, who tokenizes what, what is committed."""
+
+    def __init__(self, ctx: RunContext, step: Step, split: str, urls, *, data: DataSection):
+        from rmrun.data.pieces import piece_bounds, pieces_for
+        from rmrun.run.preflight import count_pairs
+        from rmrun.runtime.collective import broadcast
+        from rmrun.store.keys import PAIR_COUNTS_RECORD
+
+        self.ctx, self.split, self.urls, self.data = ctx, split, urls, data
+        stored = broadcast(ctx.store.read_record(PAIR_COUNTS_RECORD) or {} if ctx.rank.is_main else None)
+        self.counted = count_pairs(urls, data=data, stored=stored)  # every rank, side by side, if not known
+        if ctx.rank.is_main:
+            _record_count(ctx, stored, urls, data=data, counted=self.counted)
+        self.num_pairs = self.counted["pairs"]
+        self.num_pieces = pieces_for(self.num_pairs)
+        self.bounds = piece_bounds(self.num_pairs, self.num_pieces)
+        self.keys = [tokenize_piece_key(step.key, split, i, self.num_pieces) for i in range(self.num_pieces)]
+        self.staged: dict = {}
+        if ctx.rank.is_main:
+            missing = [i for i, key in enumerate(self.keys) if ctx.store.open_verified(key) is None]
+            self.staged = {i: ctx.stage(self.keys[i], meta={"step": "tokenize", "piece": True}) for i in missing}
+        self.attempts: dict[int, str] = {
+            int(i): a for i, a in broadcast({i: st.attempt for i, st in self.staged.items()}).items()
+        }
+        self.missing = sorted(self.attempts)
+        self.mine = share(self.missing, rank=ctx.rank.rank, world_size=ctx.rank.world_size)
+        self.committed: set[int] = set()
+
+    def pairs_in(self, pieces) -> int:
+        return sum(self.bounds[i][1] - self.bounds[i][0] for i in pieces)
+
+
+def _record_count(ctx: RunContext, stored: dict, urls, *, data: DataSection, counted: dict) -> None:
+    from rmrun.run.fingerprint import pair_count_key
+    from rmrun.store.keys import PAIR_COUNTS_RECORD
+
+    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows)
+    if key and stored.get(key) != counted:
+        ctx.store.write_record(PAIR_COUNTS_RECORD, {**stored, key: counted}, lease=ctx.held_lease)
+
+
+def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template, family, workers: int) -> None:
+    """This rank's share of the split's missing pieces, tokenized (in a pool of processes when
+    it has the cores and many pairs) and each kept as it finishes: rank 0 commits its own and
+    the ones the other ranks posted; a kill keeps every committed piece."""
+    import tempfile
     import time
 
-    from rmrun.data import BadRowReport, read_pairs
-    from rmrun.data.pieces import piece_bounds, pieces_for, tokenize_in_pool, tokenize_piece
+    from safetensors.numpy import save
 
+    from rmrun.data import read_pairs
+    from rmrun.data.pieces import pieces_from, tokenize_pieces
+    from rmrun.runtime.faults import fault_point
+
+    split, rank = part.split, ctx.rank
+    kept_before = len(part.keys) - len(part.missing)
+    ctx.say(
+        f"tokenize {split}: {part.num_pairs} pairs in {part.num_pieces} pieces, {kept_before} kept from an earlier "
+        f"start" + (f"; {rank.world_size} ranks share the {len(part.missing)} missing" if rank.world_size > 1 else "")
+    )
     started = time.perf_counter()
-    report = BadRowReport()
-    pairs = list(read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report))
-    if report.total:
-        ctx.say(f"skipped {report.total} bad rows: {report.summary()}")
-    num_pieces = pieces_for(len(pairs))
-    keys = [tokenize_piece_key(step.key, split, i, num_pieces) for i in range(num_pieces)]
-    done = {i: piece for i, key in enumerate(keys) if (piece := _read_piece(ctx, key)) is not None}
-    missing = [i for i in range(num_pieces) if i not in done]
-    ctx.say(f"tokenize {split}: {len(pairs)} pairs in {num_pieces} pieces, {len(done)} kept from an earlier start")
-    options = {"max_length": data.max_length, "overflow": data.overflow, "template": template, "family": family}
+    kept_here: list[int] = []
 
-    bounds = piece_bounds(len(pairs), num_pieces)
-    kept_now: list[int] = []
-    tokenizing = time.perf_counter()
+    def report(i: int) -> None:
+        part.committed.add(i)
+        done = sorted(part.committed)
+        rate = part.pairs_in(done) / max(time.perf_counter() - started, 1e-9)
+        left = part.pairs_in(set(part.missing) - part.committed)
+        ctx.say(
+            f"tokenize {split}: piece {i + 1}/{part.num_pieces} kept ({len(done)}/{len(part.missing)} this start), "
+            f"{rate:.0f} pairs/s, {left / rate if rate > 0 else 0:.0f} s to go"
+        )
+
+    def commit_posted() -> None:
+        for i in part.missing:
+            if i in part.committed or i in part.mine:
+                continue
+            entries = board.read(f"{split}/piece-{i}")
+            if entries is not None:
+                part.staged[i].add_files(entries)
+                part.staged[i].commit()
+                report(i)
 
     def keep(i: int, piece: TokenizedPairs) -> None:
-        done[i] = piece
-        _commit_piece(ctx, keys[i], piece, kept_before=len(kept_now))
-        kept_now.append(i)
-        pairs_now = sum(bounds[j][1] - bounds[j][0] for j in kept_now)
-        ctx.say(
-            f"tokenize {split}: piece {i + 1}/{num_pieces} kept ({len(kept_now)}/{len(missing)} this start), "
-            f"{pairs_now / (time.perf_counter() - tokenizing):.0f} pairs/s"
-        )
+        blobs = {PIECE_FILE: save(piece.to_arrays()), "stats.json": json.dumps(piece.stats).encode()}
+        if rank.is_main:
+            for name, blob in blobs.items():
+                part.staged[i].write_bytes(name, blob)
+            fault_point("tokenize_piece", step=len(kept_here), rank=rank.rank)
+            part.staged[i].commit()
+            report(i)
+            commit_posted()
+        else:
+            with tempfile.TemporaryDirectory(prefix="rmrun-piece-") as scratch:
+                paths = {}
+                for name, blob in blobs.items():
+                    paths[name] = f"{scratch}/{name}"
+                    with open(paths[name], "wb") as f:
+                        f.write(blob)
+                entries = ctx.store.attempt_writer(part.keys[i], part.attempts[i]).put_files(paths)
+            fault_point("tokenize_piece", step=len(kept_here), rank=rank.rank)
+            board.post(f"{split}/piece-{i}", entries)
+        kept_here.append(i)
+        board.advance(f"{split}/done")
 
-    missing_pairs = sum(bounds[i][1] - bounds[i][0] for i in missing)
-    workers = min(len(missing), os.cpu_count() or 1)
-    if workers > 1 and missing_pairs >= POOL_MIN_PAIRS:
-        tokenize_in_pool(
-            pairs,
-            tokenizer,
-            pieces=missing,
-            num_pieces=num_pieces,
-            num_workers=workers,
-            on_piece=keep,
-            **options,
-        )
-    else:
-        for i in missing:
-            keep(i, tokenize_piece(pairs, tokenizer, piece=i, num_pieces=num_pieces, **options))
-    return [done[i] for i in range(num_pieces)], report, keys, time.perf_counter() - started
+    options = {"max_length": part.data.max_length, "overflow": part.data.overflow, "template": template}
+    pairs = read_pairs(part.urls, format=part.data.format, bad_rows=part.data.bad_rows)
+    tokenize_pieces(
+        pieces_from(pairs, part.bounds, part.mine),
+        tokenizer,
+        bounds=part.bounds,
+        num_workers=min(workers, len(part.mine)) if part.pairs_in(part.mine) >= POOL_MIN_PAIRS else 1,
+        on_piece=keep,
+        family=family,
+        **options,
+    )
+    board.wait(
+        lambda: board.count(f"{split}/done") == len(part.missing),
+        what=f"the other ranks' pieces of {split}",
+        between=commit_posted if rank.is_main else None,
+    )
+    if rank.is_main:
+        commit_posted()
+        assert part.committed == set(part.missing), "every missing piece was posted before the count reached it"
 
 
-def _read_piece(ctx: RunContext, key: str) -> TokenizedPairs | None:
+def _assemble(ctx: RunContext, step: Step, parts: list[_Split], board, *, seconds: float) -> None:
+    """Rank 0: the committed pieces of each split, read back one at a time into one file each,
+    committed as the tokenized data; then the pieces are deleted."""
+    import tempfile
+
     from safetensors.numpy import load
 
-    from rmrun.data import TokenizedPairs
-
-    state = ctx.store.open_verified(key)
-    if state is None:
-        return None
-    return TokenizedPairs.from_arrays(load(state.read_bytes(PIECE_FILE)), json.loads(state.read_bytes("stats.json")))
-
-
-def _commit_piece(ctx: RunContext, key: str, piece: TokenizedPairs, *, kept_before: int) -> None:
-    from safetensors.numpy import save
-
+    from rmrun.data import DataError, TokenizedPairs
+    from rmrun.data.pieces import AssembledFile
     from rmrun.runtime.faults import fault_point
 
-    staged = ctx.stage(key, meta={"step": "tokenize", "piece": True})
-    staged.write_bytes(PIECE_FILE, save(piece.to_arrays()))
-    staged.write_bytes("stats.json", json.dumps(piece.stats).encode())
-    fault_point("tokenize_piece", step=kept_before)
-    staged.commit()
+    stats = {}
+    with tempfile.TemporaryDirectory(prefix="rmrun-tokenized-") as scratch:
+        staged = ctx.stage(step.key, meta={"step": "tokenize"})
+        for part in parts:
+            assembled = AssembledFile(scratch)
+            for key in part.keys:
+                state = ctx.store.open_unverified(key)
+                assert state is not None, f"piece {key} was committed"
+                piece_stats = json.loads(state.read_bytes("stats.json"))
+                assembled.add(TokenizedPairs.from_arrays(load(state.read_bytes(PIECE_FILE)), piece_stats))
+            path = f"{scratch}/{ARRAY_FILES[part.split]}"
+            s = stats[part.split] = dict(
+                assembled.finish(path, seconds=seconds), bad_rows_skipped=part.counted["skipped"]
+            )
+            if s["pairs"] == 0:
+                raise DataError(
+                    f"[data].{part.split}: no preference pairs left in {', '.join(part.urls)} ({s['bad_rows_skipped']} "
+                    f"bad rows skipped, {s['dropped']} dropped as longer than max_length {part.data.max_length})"
+                )
+            ctx.say(
+                f"tokenize {part.split}: {s['pairs']} pairs ({s['truncated']} truncated, {s['dropped']} dropped, "
+                f"{s['bad_rows_skipped']} bad rows skipped), {s['pairs_per_second']:.0f} pairs/s"
+            )
+            staged.put_file(ARRAY_FILES[part.split], path)
+            os.unlink(path)
+        staged.write_bytes("stats.json", json.dumps(stats, indent=2).encode())
+        fault_point("tokenize_commit")
+        staged.commit()
+    for part in parts:  # whole now; a kill before this leaves pieces no later start reads
+        for key in part.keys:
+            ctx.store.delete(key, lease=ctx.held_lease)
 
 
-def _write(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection, tokenizer) -> None:
-    from safetensors.numpy import save
+def _write(
+    ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection, run: RunSection, tokenizer, attempt: int
+) -> None:
+    """Every rank: tokenize its share of each split's missing pieces; rank 0 commits them and
+    assembles the data set. Ranks wait for each other on a board (``rmrun.runtime.board``),
+    giving up only when the ranks waited for have been silent for the collective timeout;
+    ``attempt`` (the how-many-th write of this start) keeps each write's board apart."""
 
-    from rmrun.data import DataError, load_chat_template
-    from rmrun.data.pieces import assemble
+    from rmrun.data import load_chat_template
     from rmrun.model.model import model_family
-    from rmrun.runtime.faults import fault_point
+    from rmrun.runtime.board import Board
 
     template = load_chat_template(data.chat_template)
     family = model_family(model)
-    stats = {}
-    arrays = {}
-    piece_keys = []
-    for split, urls in (("train", data.train), ("eval", data.eval)):
-        if not urls:
-            continue
-        pieces, report, keys, seconds = _tokenize_split(
-            ctx, step, split, urls, data=data, tokenizer=tokenizer, template=template, family=family
+    board = Board(
+        f"{step.key}/{attempt}",
+        timeout_seconds=run.collective_timeout_minutes * 60,
+        rank=ctx.rank.rank,
+        world_size=ctx.rank.world_size,
+    )
+    workers = data.tokenize_workers or ctx.rank.cores()
+    with board:
+        _tokenize_and_assemble(
+            ctx, step, board, data=data, tokenizer=tokenizer, template=template, family=family, workers=workers
         )
-        piece_keys += keys
-        tokenized = assemble(pieces, seconds=seconds)
-        s = stats[split] = dict(tokenized.stats, bad_rows_skipped=report.total)
-        if s["pairs"] == 0:
-            raise DataError(
-                f"[data].{split}: no preference pairs left in {', '.join(urls)} ({s['bad_rows_skipped']} bad "
-                f"rows skipped, {s['dropped']} dropped as longer than max_length {data.max_length})"
-            )
-        arrays[split] = save(tokenized.to_arrays())
-        ctx.say(
-            f"tokenize {split}: {s['pairs']} pairs ({s['truncated']} truncated, {s['dropped']} dropped, "
-            f"{s['bad_rows_skipped']} bad rows skipped), {s['pairs_per_second']:.0f} pairs/s"
-        )
-    staged = ctx.stage(step.key, meta={"step": "tokenize"})
-    for split, blob in arrays.items():
-        staged.write_bytes(ARRAY_FILES[split], blob)
-    staged.write_bytes("stats.json", json.dumps(stats, indent=2).encode())
-    fault_point("tokenize_commit")
-    staged.commit()
-    for key in piece_keys:  # whole now; a kill before this leaves pieces no later start reads
-        ctx.store.delete(key, lease=ctx.held_lease)
+
+
+def _tokenize_and_assemble(
+    ctx: RunContext, step: Step, board, *, data: DataSection, tokenizer, template, family, workers
+) -> None:
+    import time
+
+    try:
+        started = time.perf_counter()
+        parts = []
+        for split, urls in (("train", data.train), ("eval", data.eval)):
+            if urls:
+                part = _Split(ctx, step, split, urls, data=data)
+                if part.counted["skipped"]:
+                    ctx.say(f"skipped {part.counted['skipped']} bad rows: {part.counted['summary']}")
+                _tokenize_split(
+                    ctx, part, board, tokenizer=tokenizer, template=template, family=family, workers=workers
+                )
+                parts.append(part)
+        if ctx.rank.is_main:
+            _assemble(ctx, step, parts, board, seconds=time.perf_counter() - started)
+            board.post("assembled-done", True)
+        else:
+            board.wait(lambda: board.read("assembled-done") is not None, what="rank 0 to assemble the tokenized data")
+    except BaseException as e:
+        board.abandon(f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
 
 
 def _load(directory: str) -> dict[str, TokenizedPairs]:
@@ -186,20 +309,19 @@ def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | 
     return None
 
 
-def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection) -> None:
+def tokenize_data(ctx: RunContext, step: Step, *, data: DataSection, model: ModelSection, run: RunSection) -> None:
     from rmrun.model.model import load_tokenizer
-    from rmrun.runtime.collective import barrier
+    from rmrun.runtime.collective import broadcast
     from rmrun.runtime.faults import fault_point
     from rmrun.store import StoreError
 
     tokenizer = load_tokenizer(model)
     loaded = None
-    for _ in range(2):  # a copy found corrupt is written again, once
+    for attempt in range(2):  # a copy found corrupt is written again, once
         # The runner's done-check has checked the manifest and sizes of a committed copy
         # (quarantining one that fails); its contents are hashed by the one read below.
-        if ctx.rank.is_main and ctx.store.open_unverified(step.key) is None:
-            _write(ctx, step, data=data, model=model, tokenizer=tokenizer)
-        barrier()
+        if not broadcast(ctx.store.open_unverified(step.key) is not None if ctx.rank.is_main else None):
+            _write(ctx, step, data=data, model=model, run=run, tokenizer=tokenizer, attempt=attempt)
         loaded = _load_node_copy(ctx, step)
         if loaded is not None:
             break
