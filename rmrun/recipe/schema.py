@@ -8,9 +8,7 @@ same way and a directory or glob pattern in them becomes the sorted data files i
 (:func:`is_data_file_name`); ``path="or-name"`` fields (a model directory or a hub
 id) are resolved only when that local path exists, and ``package:NAME/dir`` names a
 folder inside an installed Python package; ``path="or-template"`` fields hold either a
-file or the Jinja template text itself.
-
-This module imports only the standard library.
+file or the Jinja template text itself. This module imports only the standard library.
 """
 
 # Optional[X] stays: typing.get_type_hints gives typing.Union for it but types.UnionType
@@ -138,11 +136,7 @@ class DataSection:
         "A malformed row: stop with an error naming file and line, or skip it and report the count.",
         "error",
     )
-    tokenize_workers: int = doc(
-        "Processes each rank tokenizes with (every rank tokenizes its own share of the pieces); 0: the "
-        "machine's cores divided among the ranks on it. Never changes the tokenized data.",
-        0,
-    )
+    tokenize_workers: int = doc("Processes per rank that tokenize; 0: the node's cores / its ranks.", 0)
     group_by_length: bool = doc(
         "Group pairs of similar length into the same batch (less padding); the order stays a pure "
         "function of (seed, epoch).",

@@ -25,6 +25,7 @@ NON_RESULT_VALUES = {
     "run.store_retry_seconds": "5",
     "run.preempted_exit_code": "143",
     "run.collective_timeout_minutes": "5",
+    "data.tokenize_workers": "3",
     "checkpoint.interval_steps": "7",
     "checkpoint.interval_seconds": "60",
     "checkpoint.keep": "5",
