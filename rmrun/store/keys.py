@@ -13,6 +13,7 @@ TOKENIZE_PREFIX = "tokenize-"  # + the data fingerprint: the tokenized data set,
 TOKENIZE_PIECE_PREFIX = (
     "piece-"  # + the data key, split, piece and count: one finished piece of it (deleted once it is whole)
 )
+SCORED_PREFIX = "scored-"  # + what and the step, the piece: eval sums of a piece of the final eval or reward stats
 EPOCH_PREFIX = "epoch-"  # + the epoch: that epoch was trained to its end
 CHECKPOINT_PREFIX = "ckpt-"  # + the step: model, optimizer and trainer state
 HISTORY_PREFIX = "history-"  # + the last step: the metric lines since the previous one
@@ -37,6 +38,10 @@ def tokenize_key(fingerprint: str) -> str:
 
 def tokenize_piece_key(data_key: str, split: str, piece: int, num_pieces: int) -> str:
     return f"{TOKENIZE_PIECE_PREFIX}{data_key}-{split}-{piece:05d}-of-{num_pieces:05d}"
+
+
+def scored_piece_key(name: str, step: int, piece: int, num_pieces: int) -> str:
+    return f"{SCORED_PREFIX}{name}-{step:010d}-{piece:05d}-of-{num_pieces:05d}"
 
 
 def epoch_key(epoch: int) -> str:

@@ -251,10 +251,15 @@ class Trainer:
     def evaluate(self, data=None) -> dict:
         """Eval metrics over all ranks (on ``data``, default the eval files); never touches the
         training RNG streams or data order."""
+        data = self.eval_data if data is None else data
+        return self.eval_result(self.eval_sums(data), pairs=len(data))
+
+    def eval_sums(self, data) -> dict[str, torch.Tensor]:
+        """The sums the eval metrics are made of, over all ranks (each scores its share of
+        ``data``); sums of several data sets added in a fixed order give their metrics together."""
         model = self.boosted.model
         was_training = model.training
         model.eval()
-        data = self.eval_data if data is None else data
         n = len(data)
         per_rank = -(-n // self.plan.dp_size)
         mine = np.arange(self.dp_rank * per_rank, min(n, (self.dp_rank + 1) * per_rank))
@@ -278,17 +283,22 @@ class Trainer:
                 buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
                 longer_wins += longer_wins_credit(lengths[indices])
         model.train(was_training)
-        sums = sum_tensor(sums, group=self.dp_group)
-        buckets = sum_tensor(buckets, group=self.dp_group)
-        longer_wins = sum_tensor(longer_wins, group=self.dp_group)
+        return {
+            "sums": sum_tensor(sums, group=self.dp_group),
+            "buckets": sum_tensor(buckets, group=self.dp_group),
+            "longer_wins": sum_tensor(longer_wins, group=self.dp_group),
+        }
+
+    def eval_result(self, sums: dict[str, torch.Tensor], *, pairs: int) -> dict:
+        """The eval metrics of ``pairs`` pairs from their :meth:`eval_sums`."""
         result: dict[str, Any] = {
             "step": self.state.step,
             "epoch": self.state.epoch,
-            "pairs": n,
-            **metrics_from_sums(sums),
+            "pairs": pairs,
+            **metrics_from_sums(sums["sums"]),
         }
-        result["longer_wins_accuracy"] = float(longer_wins) / n if n else None
-        result["accuracy_by_length"] = accuracy_by_length(buckets)
+        result["longer_wins_accuracy"] = float(sums["longer_wins"]) / pairs if pairs else None
+        result["accuracy_by_length"] = accuracy_by_length(sums["buckets"])
         return result
 
 

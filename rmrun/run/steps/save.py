@@ -88,16 +88,18 @@ def _upload(local_dir: str, url: str, *, step: int) -> None:
             fault_point("export_upload", step=step)
 
 
-def _reward_stats(trainer: Trainer, *, seed: int, num_samples: int) -> dict:
+def _reward_stats(ctx: RunContext, trainer: Trainer, *, seed: int, num_samples: int) -> dict:
     """Mean and std of the final model's rewards, both responses, over a uniform sample of
     ``num_samples`` training pairs drawn from ``seed`` (every pair when there are no more).
-    Every rank draws the same sample and ``evaluate`` splits it across the ranks as it splits
-    any data set, so every rank takes part in the same collectives."""
+    Every rank draws the same sample and scores its share of each piece of it
+    (``rmrun.run.scored``: a stop keeps every scored piece)."""
+    from rmrun.run.scored import score_in_pieces
     from rmrun.train.sampler import reward_stats_sample
 
     total = len(trainer.data)
     sample = reward_stats_sample(seed=seed, num_pairs=total, num_samples=num_samples)
-    result = trainer.evaluate(data=trainer.data if len(sample) == total else trainer.data.subset(sample))
+    data = trainer.data if len(sample) == total else trainer.data.subset(sample)
+    result = score_in_pieces(ctx, trainer, data, what="stats", fault="stats_piece")
     return {
         "mean": (result["chosen_reward"] + result["rejected_reward"]) / 2,
         "std": result["reward_std"],
@@ -117,6 +119,7 @@ def export(
     model: ModelSection,
     run: RunSection,
 ) -> None:
+    from rmrun.run.scored import forget
     from rmrun.runtime.collective import barrier, broadcast
     from rmrun.runtime.faults import fault_point
 
@@ -124,7 +127,7 @@ def export(
     assert trainer is not None and plan is not None and ctx.boosted is not None
     stats = None
     if output.reward_stats:  # every rank takes part
-        stats = _reward_stats(trainer, seed=run.seed, num_samples=output.reward_stats_pairs)
+        stats = _reward_stats(ctx, trainer, seed=run.seed, num_samples=output.reward_stats_pairs)
     tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
     try:
         _write_model(ctx, tmp, ctx.boosted, ctx.tokenizer)
@@ -143,6 +146,7 @@ def export(
             staged.commit()
             fault_point("export_done", step=trainer.state.step)
             ctx.say(f"exported the reward model to {plan.export}")
+            forget(ctx, "stats")
             ctx.say(
                 f"next: rmrun report {plan.state} (an HTML page about the run, in ./rmrun-report-{run.name}); "
                 f"rmrun eval {plan.export} DATA.jsonl (the model on other preference data)"

@@ -1,0 +1,79 @@
+"""Scoring a data set in committed pieces: the final evaluation and the reward statistics.
+
+The data set is cut into contiguous pieces of at most :data:`PIECE_PAIRS` pairs
+(``piece_bounds``: a pure function of the count). Every rank scores its share of each piece
+(``Trainer.eval_sums``), and rank 0 commits the piece's sums as a state of its own
+(``scored-<what>-<step>-<i>-of-<n>``, each float32 kept exactly as its hex), so a stop signal
+or a kill keeps every scored piece and the next start scores only the missing ones. The sums
+are added in piece order, so the metrics are bit-identical to those of a start that scored
+every piece; a data set of one piece gives exactly ``Trainer.evaluate``'s numbers. The pieces
+are deleted once the result they make is committed (:func:`forget`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from rmrun.store.keys import SCORED_PREFIX, scored_piece_key
+
+if TYPE_CHECKING:
+    from rmrun.run.context import RunContext
+    from rmrun.train.trainer import Trainer
+
+PIECE_PAIRS = 2048  # a stop loses at most this many pairs' scoring
+
+
+def _encoded(sums: dict) -> dict:
+    return {
+        name: {"shape": list(t.shape), "hex": [float(v).hex() for v in t.flatten().tolist()]}
+        for name, t in sums.items()
+    }
+
+
+def _decoded(stored: dict) -> dict:
+    import torch
+
+    return {
+        name: torch.tensor([float.fromhex(v) for v in entry["hex"]], dtype=torch.float32).reshape(entry["shape"])
+        for name, entry in stored.items()
+    }
+
+
+def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault: str) -> dict:
+    """Collective: the eval metrics of ``data``, scored piece by piece (``what``: "eval" or
+    "stats", part of the pieces' keys; ``fault``: the fault point reached before each commit)."""
+    import numpy as np
+
+    from rmrun.data.pieces import piece_bounds
+    from rmrun.runtime.collective import broadcast
+    from rmrun.runtime.faults import fault_point
+
+    n = len(data)
+    num_pieces = max(1, -(-n // PIECE_PAIRS))
+    step = trainer.state.step
+    total = None
+    for i, (start, stop) in enumerate(piece_bounds(n, num_pieces)):
+        key = scored_piece_key(what, step, i, num_pieces)
+        committed = ctx.store.open_verified(key) if ctx.rank.is_main else None
+        stored = broadcast(json.loads(committed.read_bytes("sums.json")) if committed is not None else None)
+        if stored is None:
+            sums = trainer.eval_sums(data if num_pieces == 1 else data.subset(np.arange(start, stop)))
+            if ctx.rank.is_main:
+                staged = ctx.stage(key, meta={"step": step, "piece": i, "of": num_pieces})
+                staged.write_bytes("sums.json", json.dumps(_encoded(sums)).encode())
+                fault_point(fault, step=i)
+                staged.commit()
+            ctx.say(f"{'final eval' if what == 'eval' else 'reward statistics'}: piece {i + 1}/{num_pieces} scored")
+        else:
+            sums = _decoded(stored)
+        total = sums if total is None else {name: total[name] + sums[name] for name in total}
+    assert total is not None
+    return trainer.eval_result(total, pairs=n)
+
+
+def forget(ctx: RunContext, what: str) -> None:
+    """Rank 0: delete the committed pieces of ``what`` once the result they make is committed."""
+    if ctx.rank.is_main:
+        for key in ctx.store.committed_keys(f"{SCORED_PREFIX}{what}-"):
+            ctx.store.delete(key, lease=ctx.held_lease)
