@@ -204,4 +204,11 @@ def _worded(e: BaseException, requeue: int) -> BaseException | None:
         return Worded(e, [f"state unusable, needs a human: {e}"])
     if isinstance(e, OSError) and not isinstance(e, ScratchFull):
         return StateUnusable([_os_error_line(e)])
-    return Worded(e, requeue=requeue) if exit_code(e, requeue=requeue) != EXIT_FAILED else None
+    if exit_code(e, requeue=requeue) != EXIT_FAILED:
+        return Worded(e, requeue=requeue)
+    from rmrun.runtime.process import STOP, Stopped
+
+    if STOP.requested is not None:
+        # Stopping: a peer that stopped first broke the collective this process was in.
+        return Worded(Stopped(STOP.requested, STOP.where), requeue=requeue)
+    return None

@@ -1,4 +1,4 @@
-"""Scoring a data set in committed pieces: the final evaluation and the reward statistics.
+"""Scoring a data set in committed pieces: the reward statistics the export states.
 
 The data set is cut into contiguous pieces of at most :data:`PIECE_PAIRS` pairs
 (``piece_bounds``: a pure function of the count). Every rank scores its share of each piece
@@ -41,8 +41,8 @@ def _decoded(stored: dict) -> dict:
 
 
 def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault: str) -> dict:
-    """Collective: the eval metrics of ``data``, scored piece by piece (``what``: "eval" or
-    "stats", part of the pieces' keys; ``fault``: the fault point reached before each commit)."""
+    """Collective: the eval metrics of ``data``, scored piece by piece (``what``: part of the
+    pieces' keys, e.g. "stats"; ``fault``: the fault point reached before each commit)."""
     import numpy as np
 
     from rmrun.data.pieces import piece_bounds
@@ -64,7 +64,7 @@ def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault
                 staged.write_bytes("sums.json", json.dumps(_encoded(sums)).encode())
                 fault_point(fault, step=i)
                 staged.commit()
-            ctx.say(f"{'final eval' if what == 'eval' else 'reward statistics'}: piece {i + 1}/{num_pieces} scored")
+            ctx.say(f"scoring {what}: piece {i + 1}/{num_pieces} scored")
         else:
             sums = _decoded(stored)
         total = sums if total is None else {name: total[name] + sums[name] for name in total}

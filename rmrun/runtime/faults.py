@@ -51,7 +51,6 @@ FAULT_POINTS = {
     "retention": "checkpoint committed, before old checkpoints are deleted",
     "epoch_commit": "epoch over, before its epoch marker is committed",
     "epoch_done": "epoch marker committed, before the next step of the graph",
-    "eval_piece": "a piece of the final evaluation scored and staged, before its commit (its step: the piece)",
     "eval_final_commit": "final evaluation done, before it is committed",
     "eval_final_done": "final evaluation committed and printed, before the export",
     "stats_piece": "a piece of the reward statistics scored and staged, before its commit (its step: the piece)",

@@ -43,7 +43,6 @@ EVERY_POINT = [
     "retention",
     "epoch_commit",
     "epoch_done",
-    "eval_piece",
     "eval_final_commit",
     "eval_final_done",
     "stats_piece",

@@ -704,3 +704,33 @@ def test_sigterm_in_every_phase_outside_training_stops_at_once_and_resumes_exact
             message,
         ), f"term@{point}: {message}"
     finish(lab, run, reference)
+
+
+# On two ranks a stop signal reaches every process (torchrun forwards it to its workers); a
+# point only rank 0 reaches stops rank 0, and the other rank, waiting for it on the board, stops
+# too. In run order: tokenizing, the tokenized data loaded, the model built, the final eval
+# committed, the reward statistics (the first eval batch at the last step once training is
+# done), the export's upload.
+TWO_RANK_PHASES = [
+    ("term@tokenize_piece:0:all", r"in step tokenize"),
+    ("term@tokenized:all", r"in step tokenize"),
+    ("term@boosted:0:all", r"in step boost"),
+    ("term@eval_final_done:all", r"in step evaluate"),
+    (f"term@eval:{2 * STEPS_PER_EPOCH}:all", r"in step save"),
+    ("term@export_upload", r"in step save|rank 0 stopped while rank 1 waited for rank 0 to upload the export"),
+]
+
+
+@pytest.mark.parametrize("config", [TWO_LOCAL, TWO_S3], ids=str)
+def test_sigterm_in_every_phase_outside_training_on_two_ranks(lab, request, config):
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "term-phases-2")
+    for faults, where in TWO_RANK_PHASES:
+        result = h.run(run, faults=faults)
+        assert result.returncode != EXIT_OK, f"{faults}: {result.describe()}"
+        assert not re.search(r'File ".*/rmrun/', result.output), f"{faults}: {result.describe()}"
+        lines = [line for line in result.output.splitlines() if line.startswith("rmrun: ")]
+        assert lines and all("exit 75" in line for line in lines), f"{faults}: {lines}"
+        assert any(re.search(where, line) for line in lines), f"{faults}: {lines}"
+    finish(lab, run, reference)

@@ -71,18 +71,18 @@ def data():
 
 def test_a_stopped_scoring_resumes_from_its_pieces_and_gives_the_same_bits(tmp_path, data, monkeypatch):
     monkeypatch.setattr(scored, "PIECE_PAIRS", 1000)
-    whole = scored.score_in_pieces(_context(str(tmp_path / "a")), Trainer(), data, what="eval", fault="eval_piece")
+    whole = scored.score_in_pieces(_context(str(tmp_path / "a")), Trainer(), data, what="stats", fault="stats_piece")
     assert whole["pairs"] == 5000 and whole["buckets"] == [[5000.0, 5.0]]
 
     ctx = _context(str(tmp_path / "b"))
     stopped = Trainer(stop_after=3)
     with pytest.raises(KeyboardInterrupt):
-        scored.score_in_pieces(ctx, stopped, data, what="eval", fault="eval_piece")
+        scored.score_in_pieces(ctx, stopped, data, what="stats", fault="stats_piece")
     assert len(ctx.store.committed_keys(SCORED_PREFIX)) == 3
     ctx.store.release(ctx.lease)  # the stopped start is gone
     resumed = Trainer()
     ctx = _context(str(tmp_path / "b"))
-    again = scored.score_in_pieces(ctx, resumed, data, what="eval", fault="eval_piece")
+    again = scored.score_in_pieces(ctx, resumed, data, what="stats", fault="stats_piece")
     assert resumed.scored == [1000, 1000], "only the two missing pieces are scored again"
     assert math.copysign(1, again["sum"]) == math.copysign(1, whole["sum"]) and again == whole
 
@@ -96,7 +96,7 @@ def test_a_stopped_scoring_resumes_from_its_pieces_and_gives_the_same_bits(tmp_p
         backward = backward + s
     assert float(forward[0]) == whole["sum"] and float(backward[0]) != whole["sum"]
 
-    scored.forget(ctx, "eval")
+    scored.forget(ctx, "stats")
     assert ctx.store.committed_keys(SCORED_PREFIX) == []
 
 

@@ -1,8 +1,7 @@
 """The evaluate step: final metrics on the eval files, committed as JSON.
 
 Idempotent: when a previous attempt committed ``eval-final`` and died before the
-export, the committed result is adopted, not computed or staged again. The eval data is
-scored in committed pieces (``rmrun.run.scored``): a stop keeps every scored piece.
+export, the committed result is adopted, not computed or staged again.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ def _say(ctx: RunContext, final: dict) -> None:
 
 
 def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:
-    from rmrun.run.scored import forget, score_in_pieces
     from rmrun.runtime.collective import broadcast
     from rmrun.runtime.faults import fault_point
 
@@ -41,12 +39,11 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
     if history and history[-1]["step"] == trainer.state.step:
         final = history[-1]
     else:
-        final = score_in_pieces(ctx, trainer, trainer.eval_data, what="eval", fault="eval_piece")
+        final = trainer.evaluate()
     if ctx.rank.is_main:
         staged = ctx.stage(step.key, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()
         _say(ctx, final)
-    forget(ctx, "eval")
     fault_point("eval_final_done", step=trainer.state.step, rank=ctx.rank.rank)

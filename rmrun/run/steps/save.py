@@ -109,6 +109,33 @@ def _reward_stats(ctx: RunContext, trainer: Trainer, *, seed: int, num_samples: 
     }
 
 
+def _publish(ctx: RunContext, step: Step, tmp: str, trainer: Trainer, *, output, data, loss, model, run, stats) -> None:
+    """Rank 0: the export's other files next to the model, uploaded, then its record committed."""
+    from rmrun.run.scored import forget
+    from rmrun.runtime.faults import fault_point
+
+    plan = ctx.plan
+    assert plan is not None
+    _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
+    if output.colossalchat:
+        from rmrun.serve.handoff import write_colossalchat_reward_model
+
+        write_colossalchat_reward_model(tmp)
+    ctx.store.check_lease(ctx.held_lease)  # a superseded writer must not publish
+    _upload(tmp, plan.export, step=trainer.state.step)
+    staged = ctx.stage(step.key, meta={"url": plan.export, "step": trainer.state.step})
+    staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
+    fault_point("export_commit", step=trainer.state.step)
+    staged.commit()
+    fault_point("export_done", step=trainer.state.step)
+    ctx.say(f"exported the reward model to {plan.export}")
+    forget(ctx, "stats")
+    ctx.say(
+        f"next: rmrun report {plan.state} (an HTML page about the run, in ./rmrun-report-{run.name}); "
+        f"rmrun eval {plan.export} DATA.jsonl (the model on other preference data)"
+    )
+
+
 def export(
     ctx: RunContext,
     step: Step,
@@ -119,9 +146,8 @@ def export(
     model: ModelSection,
     run: RunSection,
 ) -> None:
-    from rmrun.run.scored import forget
+    from rmrun.runtime.board import Board
     from rmrun.runtime.collective import barrier, broadcast
-    from rmrun.runtime.faults import fault_point
 
     trainer, plan = ctx.trainer, ctx.plan
     assert trainer is not None and plan is not None and ctx.boosted is not None
@@ -129,29 +155,27 @@ def export(
     if output.reward_stats:  # every rank takes part
         stats = _reward_stats(ctx, trainer, seed=run.seed, num_samples=output.reward_stats_pairs)
     tmp = broadcast(tempfile.mkdtemp(prefix="rmrun-export-") if ctx.rank.is_main else None)
+    board = Board(
+        f"{step.key}/export",
+        timeout_seconds=run.collective_timeout_minutes * 60,
+        rank=ctx.rank.rank,
+        world_size=ctx.rank.world_size,
+    )
     try:
         _write_model(ctx, tmp, ctx.boosted, ctx.tokenizer)
         barrier()
-        if ctx.rank.is_main:
-            _export_files(ctx, tmp, trainer, data=data, loss=loss, model=model, run_name=run.name, reward_stats=stats)
-            if output.colossalchat:
-                from rmrun.serve.handoff import write_colossalchat_reward_model
-
-                write_colossalchat_reward_model(tmp)
-            ctx.store.check_lease(ctx.held_lease)  # a superseded writer must not publish
-            _upload(tmp, plan.export, step=trainer.state.step)
-            staged = ctx.stage(step.key, meta={"url": plan.export, "step": trainer.state.step})
-            staged.write_bytes("export.json", json.dumps(_listing(tmp), indent=2).encode())
-            fault_point("export_commit", step=trainer.state.step)
-            staged.commit()
-            fault_point("export_done", step=trainer.state.step)
-            ctx.say(f"exported the reward model to {plan.export}")
-            forget(ctx, "stats")
-            ctx.say(
-                f"next: rmrun report {plan.state} (an HTML page about the run, in ./rmrun-report-{run.name}); "
-                f"rmrun eval {plan.export} DATA.jsonl (the model on other preference data)"
-            )
-        barrier()
+        with board:  # rank 0 uploads alone, however long that takes; the others wait on the board
+            if ctx.rank.is_main:
+                try:
+                    _publish(
+                        ctx, step, tmp, trainer, output=output, data=data, loss=loss, model=model, run=run, stats=stats
+                    )
+                except BaseException as e:
+                    board.abandon(f"{type(e).__name__}: {e}".splitlines()[0])
+                    raise
+                board.post("exported", True)
+            else:
+                board.wait(lambda: board.read("exported") is not None, what="rank 0 to upload the export")
     finally:
         if ctx.rank.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
