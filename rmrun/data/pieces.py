@@ -214,8 +214,8 @@ class AssembledFile:
         import shutil
         import struct
 
-        for f in self._files.values():
-            f.close()
+        for scratch in self._files.values():
+            scratch.close()
         header, begin = {}, 0
         for name in _ASSEMBLED_ORDER:
             size = os.path.getsize(os.path.join(self.directory, f"{name}.raw"))
