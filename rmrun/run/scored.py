@@ -64,7 +64,8 @@ def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault
                 staged.write_bytes("sums.json", json.dumps(_encoded(sums)).encode())
                 fault_point(fault, step=i)
                 staged.commit()
-            ctx.say(f"scoring {what}: piece {i + 1}/{num_pieces} scored")
+            if num_pieces > 1:
+                ctx.say(f"scoring {what}: piece {i + 1}/{num_pieces} scored")
         else:
             sums = _decoded(stored)
         total = sums if total is None else {name: total[name] + sums[name] for name in total}
