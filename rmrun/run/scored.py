@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from rmrun.store.keys import SCORED_PREFIX, scored_piece_key
+from rmrun.store.keys import scored_piece_key, scored_prefix
 
 if TYPE_CHECKING:
     from rmrun.run.context import RunContext
@@ -76,5 +76,5 @@ def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault
 def forget(ctx: RunContext, what: str) -> None:
     """Rank 0: delete the committed pieces of ``what`` once the result they make is committed."""
     if ctx.rank.is_main:
-        for key in ctx.store.committed_keys(f"{SCORED_PREFIX}{what}-"):
+        for key in ctx.store.committed_keys(scored_prefix(what)):
             ctx.store.delete(key, lease=ctx.held_lease)

@@ -40,8 +40,12 @@ def tokenize_piece_key(data_key: str, split: str, piece: int, num_pieces: int) -
     return f"{TOKENIZE_PIECE_PREFIX}{data_key}-{split}-{piece:05d}-of-{num_pieces:05d}"
 
 
+def scored_prefix(name: str) -> str:
+    return f"{SCORED_PREFIX}{name}-"
+
+
 def scored_piece_key(name: str, step: int, piece: int, num_pieces: int) -> str:
-    return f"{SCORED_PREFIX}{name}-{step:010d}-{piece:05d}-of-{num_pieces:05d}"
+    return f"{scored_prefix(name)}{step:010d}-{piece:05d}-of-{num_pieces:05d}"
 
 
 def epoch_key(epoch: int) -> str:
