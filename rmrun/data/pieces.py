@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from rmrun.data.pairs import PreferencePair
-from rmrun.data.tokenize import ARRAY_NAMES, TokenizedPairs, tokenize_pairs
+from rmrun.data.tokenize import ARRAY_DTYPES, ARRAY_NAMES, TokenizedPairs, tokenize_pairs
 
 _SUMMED_STATS = ("pairs", "truncated", "dropped", "tokens")
 PAIRS_PER_PIECE = 8192  # a kill loses at most this many pairs' tokenization
@@ -219,7 +219,7 @@ class AssembledFile:
         header, begin = {}, 0
         for name in _ASSEMBLED_ORDER:
             size = os.path.getsize(os.path.join(self.directory, f"{name}.raw"))
-            dtype = np.dtype(np.int64) if name.endswith(("offsets", "index")) else np.dtype(np.int32)
+            dtype = np.dtype(ARRAY_DTYPES[name])
             header[name] = {
                 "dtype": _SAFETENSORS_DTYPES[dtype],
                 "shape": [size // dtype.itemsize],

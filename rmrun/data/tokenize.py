@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
 ARRAY_NAMES = ("chosen_ids", "chosen_offsets", "rejected_ids", "rejected_offsets", "pair_index")
-_ARRAY_DTYPES = {
+ARRAY_DTYPES = {
     "chosen_ids": np.int32,
     "chosen_offsets": np.int64,
     "rejected_ids": np.int32,
@@ -56,9 +56,9 @@ class TokenizedPairs:
     def __post_init__(self) -> None:
         for name in ARRAY_NAMES:
             array = getattr(self, name)
-            if array.dtype != _ARRAY_DTYPES[name] or array.ndim != 1:
+            if array.dtype != ARRAY_DTYPES[name] or array.ndim != 1:
                 raise ValueError(
-                    f"{name} must be a 1-d {np.dtype(_ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
+                    f"{name} must be a 1-d {np.dtype(ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
                 )
         count = len(self.pair_index)
         for side in ("chosen", "rejected"):

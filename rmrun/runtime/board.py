@@ -11,7 +11,8 @@ it waits for have not beaten for the collective timeout: a phase of any length (
 million pairs, rank 0 assembling and uploading them) never times out while the ranks doing it
 are alive, and a rank that is gone or frozen still ends the wait.
 
-A rank that stops (a stop signal, an error) posts that on the board (:meth:`Board.abandon`),
+A rank that leaves the board on an exception (a stop signal, an error) posts that it stopped
+(:meth:`Board.abandon`),
 so the ranks waiting for it stop too instead of waiting out the timeout. Python signal
 handlers run between the polls, so a stop signal is acted on at once.
 
@@ -54,7 +55,7 @@ def _store():
 
 class Board:
     """Messages under ``name`` (unique within a start, e.g. the state key); a context manager:
-    inside it, this rank beats."""
+    inside it, this rank beats, and leaving it on an exception abandons the board."""
 
     POLL_SECONDS = 0.1
     BEAT_SECONDS = 2.0
@@ -77,7 +78,9 @@ class Board:
             self._beater.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:  # leaving on an error or a stop: no rank is to wait for this one
+            self.abandon(f"{type(exc).__name__}: {exc}".splitlines()[0])
         self._stop_beating.set()
         if self._beater is not None:
             self._beater.join()

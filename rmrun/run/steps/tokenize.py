@@ -256,26 +256,20 @@ def _tokenize_and_assemble(
 ) -> None:
     import time
 
-    try:
-        started = time.perf_counter()
-        parts = []
-        for split, urls in (("train", data.train), ("eval", data.eval)):
-            if urls:
-                part = _Split(ctx, step, split, urls, data=data)
-                if part.counted["skipped"]:
-                    ctx.say(f"skipped {part.counted['skipped']} bad rows: {part.counted['summary']}")
-                _tokenize_split(
-                    ctx, part, board, tokenizer=tokenizer, template=template, family=family, workers=workers
-                )
-                parts.append(part)
-        if ctx.rank.is_main:
-            _assemble(ctx, step, parts, board, seconds=time.perf_counter() - started)
-            board.post("assembled-done", True)
-        else:
-            board.wait(lambda: board.read("assembled-done") is not None, what="rank 0 to assemble the tokenized data")
-    except BaseException as e:
-        board.abandon(f"{type(e).__name__}: {e}".splitlines()[0])
-        raise
+    started = time.perf_counter()
+    parts = []
+    for split, urls in (("train", data.train), ("eval", data.eval)):
+        if urls:
+            part = _Split(ctx, step, split, urls, data=data)
+            if part.counted["skipped"]:
+                ctx.say(f"skipped {part.counted['skipped']} bad rows: {part.counted['summary']}")
+            _tokenize_split(ctx, part, board, tokenizer=tokenizer, template=template, family=family, workers=workers)
+            parts.append(part)
+    if ctx.rank.is_main:
+        _assemble(ctx, step, parts, board, seconds=time.perf_counter() - started)
+        board.post("assembled-done", True)
+    else:
+        board.wait(lambda: board.read("assembled-done") is not None, what="rank 0 to assemble the tokenized data")
 
 
 def _load(directory: str) -> dict[str, TokenizedPairs]:
