@@ -1,5 +1,6 @@
 """Preference data: reading pairs from files, chat templates, tokenizing and collating."""
 
+from rmrun.data.arrays import TokenizedPairs
 from rmrun.data.formats import BadRowReport, DataError, Message, PreferencePair, read_pairs
 from rmrun.data.template import (
     ChatTemplate,
@@ -8,7 +9,7 @@ from rmrun.data.template import (
     render_conversations,
     resolve_chat_template,
 )
-from rmrun.data.tokenize import ScoringRule, TokenizedPairs, collate, scored_texts, tokenize_pairs
+from rmrun.data.tokenize import ScoringRule, collate, scored_texts, tokenize_pairs
 
 __all__ = [
     "BadRowReport",

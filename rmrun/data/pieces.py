@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from rmrun.data.arrays import ARRAY_DTYPES, ARRAY_NAMES, TokenizedPairs
 from rmrun.data.pairs import PreferencePair
-from rmrun.data.tokenize import ARRAY_DTYPES, ARRAY_NAMES, TokenizedPairs, tokenize_pairs
+from rmrun.data.tokenize import tokenize_pairs
 
 _SUMMED_STATS = ("pairs", "truncated", "dropped", "tokens")
 PAIRS_PER_PIECE = 8192  # a kill loses at most this many pairs' tokenization
@@ -79,6 +80,7 @@ def assemble(pieces: Sequence[TokenizedPairs], *, seconds: float | None = None) 
             [np.zeros(1, dtype=np.int64), np.cumsum(np.concatenate([np.zeros(0, dtype=np.int64), *lengths]))]
         )
     arrays["pair_index"] = np.concatenate([np.zeros(0, dtype=np.int64), *(p.pair_index for p in pieces)])
+    arrays["shared_prefix"] = np.concatenate([np.zeros(0, dtype=np.int32), *(p.shared_prefix for p in pieces)])
     stats = summed_stats([p.stats for p in pieces], seconds=seconds)
     assert set(arrays) == set(ARRAY_NAMES), "assemble builds every array of a TokenizedPairs"
     return TokenizedPairs.from_arrays(arrays, stats)
@@ -174,7 +176,7 @@ def tokenize_pieces(
 
 # --------------------------------------------------------------------------- assembling on disk
 
-_ASSEMBLED_ORDER = ("chosen_offsets", "pair_index", "rejected_offsets", "chosen_ids", "rejected_ids")
+_ASSEMBLED_ORDER = ("chosen_offsets", "pair_index", "rejected_offsets", "chosen_ids", "rejected_ids", "shared_prefix")
 _SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
 
 
@@ -204,6 +206,7 @@ class AssembledFile:
             self._files[f"{side}_offsets"].write(shifted.tobytes())
             self._ids[side] += len(ids)
         self._files["pair_index"].write(np.ascontiguousarray(piece.pair_index, dtype=np.int64).tobytes())
+        self._files["shared_prefix"].write(np.ascontiguousarray(piece.shared_prefix, dtype=np.int32).tobytes())
         self._pairs += len(piece)
         self._stats.append(dict(piece.stats))
 

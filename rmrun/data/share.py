@@ -30,23 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rmrun.data.tokenize import TokenizedPairs
+from rmrun.data.arrays import TokenizedPairs
 
 if TYPE_CHECKING:
     import torch
 
 
 def shared_prefix_lengths(tokenized: TokenizedPairs) -> np.ndarray:
-    """Per pair, the number of leading tokens both sides share, capped at ``min(c, r) - 1``."""
-    lengths = tokenized.lengths()
-    out = np.zeros(len(tokenized), dtype=np.int64)
-    for i in range(len(tokenized)):
-        chosen, rejected = tokenized.chosen(i), tokenized.rejected(i)
-        n = int(min(lengths[i]))
-        differ = np.flatnonzero(chosen[:n] != rejected[:n])
-        common = int(differ[0]) if len(differ) else n
-        out[i] = min(common, n - 1)
-    return out
+    """Per pair, the number of leading tokens both sides share, capped at ``min(c, r) - 1``
+    (stored with the tokenized pairs: reading it touches no token)."""
+    return np.asarray(tokenized.shared_prefix, dtype=np.int64)
 
 
 def shared_lengths(tokenized: TokenizedPairs, prefix: np.ndarray) -> np.ndarray:

@@ -7,8 +7,7 @@ ids. For a decoder the text ends at the end-of-assistant token, where the reward
 special tokens the tokenizer adds by itself (a leading bos) are not repeated from the
 template; an encoder gets its own [CLS] ... [SEP]. Over-long sequences lose tokens from the start.
 
-Token ids are kept as one flat int32 array per side plus int64 offsets (CSR layout): 100k pairs
-fit in a few hundred MB at most and can be stored with ``safetensors.numpy.save`` as they are.
+The ids are kept as ``TokenizedPairs`` (``arrays.py``: CSR arrays, stored as they are).
 """
 
 from __future__ import annotations
@@ -17,11 +16,12 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rmrun.data.arrays import TokenizedPairs
 from rmrun.data.pairs import DataError, PreferencePair
 from rmrun.data.template import ChatTemplate, end_of_assistant_token, render_conversations, resolve_chat_template
 
@@ -29,87 +29,6 @@ if TYPE_CHECKING:
     import torch
 
 OVERFLOW_POLICIES = ("truncate", "drop", "error")
-ARRAY_NAMES = ("chosen_ids", "chosen_offsets", "rejected_ids", "rejected_offsets", "pair_index")
-ARRAY_DTYPES = {
-    "chosen_ids": np.int32,
-    "chosen_offsets": np.int64,
-    "rejected_ids": np.int32,
-    "rejected_offsets": np.int64,
-    "pair_index": np.int64,
-}
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
-class TokenizedPairs:
-    """Tokenized pairs in CSR layout: pair ``i``'s chosen ids are ``chosen_ids[chosen_offsets[i]:chosen_offsets[i+1]]``.
-
-    ``pair_index[i]`` is the position of pair ``i`` in the input, so dropped pairs show as gaps.
-    """
-
-    chosen_ids: np.ndarray
-    chosen_offsets: np.ndarray
-    rejected_ids: np.ndarray
-    rejected_offsets: np.ndarray
-    pair_index: np.ndarray
-    stats: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ARRAY_NAMES:
-            array = getattr(self, name)
-            if array.dtype != ARRAY_DTYPES[name] or array.ndim != 1:
-                raise ValueError(
-                    f"{name} must be a 1-d {np.dtype(ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
-                )
-        count = len(self.pair_index)
-        for side in ("chosen", "rejected"):
-            ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
-            if len(offsets) != count + 1 or offsets[0] != 0 or offsets[-1] != len(ids):
-                raise ValueError(f"{side}_offsets must have {count + 1} entries from 0 to len({side}_ids)")
-
-    def __len__(self) -> int:
-        return len(self.pair_index)
-
-    def chosen(self, i: int) -> np.ndarray:
-        """Token ids of pair ``i``'s chosen sequence (a view, not a copy)."""
-        return self.chosen_ids[self.chosen_offsets[i] : self.chosen_offsets[i + 1]]
-
-    def rejected(self, i: int) -> np.ndarray:
-        """Token ids of pair ``i``'s rejected sequence (a view, not a copy)."""
-        return self.rejected_ids[self.rejected_offsets[i] : self.rejected_offsets[i + 1]]
-
-    def lengths(self) -> np.ndarray:
-        """``(n, 2)`` int64 array of (chosen, rejected) lengths, e.g. for length-grouped batching."""
-        return np.stack([np.diff(self.chosen_offsets), np.diff(self.rejected_offsets)], axis=1)
-
-    def subset(self, indices: np.ndarray) -> TokenizedPairs:
-        """Pairs ``indices``, in that order, as a data set of their own (copies of their ids);
-        ``pair_index`` keeps each pair's position in the input."""
-        indices = np.asarray(indices, dtype=np.int64)
-        arrays = {"pair_index": self.pair_index[indices]}
-        for side in ("chosen", "rejected"):
-            ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
-            starts = offsets[indices]
-            lengths = offsets[indices + 1] - starts
-            new_offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths, dtype=np.int64)])
-            # Token t of the new flat array comes from its pair's start, shifted by its place in the pair.
-            positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
-            arrays[f"{side}_ids"] = ids[positions]
-            arrays[f"{side}_offsets"] = new_offsets
-        return TokenizedPairs(**arrays)
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays by name, contiguous, as ``safetensors.numpy.save`` wants them."""
-        return {name: np.ascontiguousarray(getattr(self, name)) for name in ARRAY_NAMES}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], stats: dict) -> TokenizedPairs:
-        """Inverse of ``to_arrays``; dtypes must match exactly so a round trip is lossless."""
-        missing = [name for name in ARRAY_NAMES if name not in arrays]
-        if missing:
-            raise ValueError(f"tokenized arrays are missing {', '.join(missing)}")
-        return cls(**{name: arrays[name] for name in ARRAY_NAMES}, stats=dict(stats))
-
-
 # --------------------------------------------------------------------------- tokenizing
 
 

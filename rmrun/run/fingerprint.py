@@ -21,6 +21,7 @@ from importlib import metadata
 from rmrun.recipe.loader import flatten, recipe_to_dict
 from rmrun.recipe.schema import NON_RESULT_KEYS, DataSection, ModelSection, Recipe, is_template_text
 from rmrun.store import keys
+from rmrun.store.streams import remote_stamp
 
 
 def _version(package: str) -> str:
@@ -108,7 +109,6 @@ def file_digest(url: str, hasher=None) -> str:
 
 # What a backend's file listing says about a file's version, most specific first: a
 # remote file whose stamp and size are unchanged is not read again.
-_REMOTE_STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "checksum", "LastModified", "mtime", "updated")
 
 
 class InputDigests:
@@ -171,10 +171,8 @@ def _stamp(url: str) -> str | None:
         info = fs.info(path)
     except Exception:  # noqa: BLE001 - no stamp: the read that follows reports the real error
         return None
-    for name in _REMOTE_STAMPS:
-        if info.get(name):
-            return f"{url}|{info.get('size')}|{name}={info[name]}"
-    return None
+    stamp = remote_stamp(info)
+    return f"{url}|{stamp}" if stamp is not None else None
 
 
 # Recipe keys that name inputs: the identity compares their contents, not their paths.

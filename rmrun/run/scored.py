@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from rmrun.store.keys import scored_piece_key, scored_prefix
 
 if TYPE_CHECKING:
-    from rmrun.run.context import RunContext
+    from collections.abc import Callable
+
+    from rmrun.train.history import RunView
     from rmrun.train.trainer import Trainer
 
 PIECE_PAIRS = 2048  # a stop loses at most this many pairs' scoring
@@ -40,9 +42,21 @@ def _decoded(stored: dict) -> dict:
     }
 
 
-def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault: str) -> dict:
+def score_in_pieces(
+    ctx: RunView,
+    trainer: Trainer,
+    data,
+    *,
+    what: str,
+    fault: str,
+    commit_single: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
     """Collective: the eval metrics of ``data``, scored piece by piece (``what``: part of the
-    pieces' keys, e.g. "stats"; ``fault``: the fault point reached before each commit)."""
+    pieces' keys, e.g. "stats"; ``fault``: the fault point reached before each commit).
+
+    ``commit_single`` False: a data set of one piece is scored without committing it (a
+    stop then loses at most that piece). ``should_stop``: see ``Trainer.eval_sums``."""
     import numpy as np
 
     from rmrun.data.pieces import piece_bounds
@@ -58,12 +72,15 @@ def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault
         committed = ctx.store.open_verified(key) if ctx.rank.is_main else None
         stored = broadcast(json.loads(committed.read_bytes("sums.json")) if committed is not None else None)
         if stored is None:
-            sums = trainer.eval_sums(data if num_pieces == 1 else data.subset(np.arange(start, stop)))
-            if ctx.rank.is_main:
+            piece = data if num_pieces == 1 else data.subset(np.arange(start, stop))
+            sums = trainer.eval_sums(piece, should_stop=should_stop)
+            if ctx.rank.is_main and (num_pieces > 1 or commit_single):
                 staged = ctx.stage(key, meta={"step": step, "piece": i, "of": num_pieces})
                 staged.write_bytes("sums.json", json.dumps(_encoded(sums)).encode())
                 fault_point(fault, step=i)
                 staged.commit()
+            elif ctx.rank.is_main:
+                fault_point(fault, step=i)  # the same moment, with nothing to commit
             if num_pieces > 1:
                 ctx.say(f"scoring {what}: piece {i + 1}/{num_pieces} scored")
         else:
@@ -73,7 +90,7 @@ def score_in_pieces(ctx: RunContext, trainer: Trainer, data, *, what: str, fault
     return trainer.eval_result(total, pairs=n)
 
 
-def forget(ctx: RunContext, what: str) -> None:
+def forget(ctx: RunView, what: str) -> None:
     """Rank 0: delete the committed pieces of ``what`` once the result they make is committed."""
     if ctx.rank.is_main:
         for key in ctx.store.committed_keys(scored_prefix(what)):

@@ -43,6 +43,8 @@ FAULT_POINTS = {
     "boosted": "model built and checkpoint loaded, before the next optimizer step",
     "step": "after an optimizer step, before its hooks",
     "eval": "inside an evaluation",
+    "eval_piece": "a piece of an evaluation scored, before its commit where the eval set has more than one piece "
+    "(its step: the piece)",
     "checkpoint_write": "checkpoint files written locally, before they are staged",
     "history_commit": "the metric lines since the last piece staged, before their commit",
     "checkpoint_upload": "a rank's checkpoint upload under way, its first file uploaded (in the background "

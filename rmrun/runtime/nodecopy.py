@@ -12,13 +12,27 @@ outcome: a verified copy on every node; or the first corruption a node found, wh
 caller (rank 0, the lease holder) quarantines before it falls back to another state; or
 a failure to read (a network or disk error), raised everywhere. The copy is removed once
 every process has left the ``with`` block.
+
+A copy asked to be kept (``keep=True``: the tokenized data, the same at every start and
+as large as the data set) stays on the node, under ``TMPDIR/rmrun-node-cache/``, named by
+the store, the key and the manifest's digest. It was verified as it was read, and it records
+the stored files' stamps (size, mtime and inode on disk; the object's ETag or the like), so
+the next start on that node whose state has the same manifest and unchanged stamps uses it
+without reading or hashing it again (one listing): a resume's start-up does not grow with
+the data. A stored file written again since, a store that gives no stamps, or a kept file
+of another size means the state is read again. Only the newest kept copy per store stays,
+and the copies of a store no start on the node has used for three days are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,18 +70,105 @@ def _read_into(store: StateStore, key: str, directory: str) -> tuple[dict | None
     return None, state.manifest["meta"]
 
 
+UNUSED_SECONDS = 3 * 24 * 3600  # a store's kept copies no start used for this long are removed
+VERIFIED = ".rmrun-verified"  # in a kept copy: the manifest digest and stored stamps it was read with
+
+
+def _private_cache(store: StateStore) -> str | None:
+    """This store's folder of kept copies, created private to this user; None when the
+    folder exists but is another user's or open to others (then nothing is kept)."""
+    root = os.path.join(tempfile.gettempdir(), "rmrun-node-cache")
+    folder = os.path.join(root, hashlib.sha256(store.root.encode()).hexdigest()[:16])
+    for path in (root, folder):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path) or os.path.islink(path):
+            return None
+    os.utime(folder)  # used now: what the three days count from
+    for name in os.listdir(root):
+        other = os.path.join(root, name)
+        with contextlib.suppress(OSError):
+            if other != folder and os.lstat(other).st_mtime < time.time() - UNUSED_SECONDS:
+                shutil.rmtree(other, ignore_errors=True)
+    return folder
+
+
+def _kept_copy(store: StateStore, key: str) -> tuple[str | None, dict | None, dict, bool]:
+    """(directory, problem, meta, kept) of the kept copy of ``key``: the node's own when its
+    manifest matches, else read (and verified) now and kept in place of the older one;
+    ``kept`` False when no folder could be kept (the directory is then removed after use)."""
+    folder = _private_cache(store)
+    state = store.open_unverified(key)
+    if state is None:
+        return (
+            None,
+            {"kind": "missing", "message": f"state {key} vanished from {store.root} while it was being read"},
+            {},
+            False,
+        )
+    if folder is None:
+        directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
+        problem, meta = _read_into(store, key, directory)
+        return directory, problem, meta, False
+    digest = hashlib.sha256(json.dumps([key, state.attempt, state.manifest], sort_keys=True).encode()).hexdigest()
+    kept = os.path.join(folder, f"{key}-{digest[:24]}")
+    stamps = state.stamps()
+    seal = json.dumps({"manifest": digest, "stamps": stamps}, sort_keys=True)
+    if None not in stamps.values() and _still_whole(kept, seal, state.manifest["files"]):
+        return kept, None, state.manifest["meta"], True
+    staging = tempfile.mkdtemp(prefix=".reading-", dir=folder)
+    try:
+        problem, meta = _read_into(store, key, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if problem is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        return None, problem, meta, False
+    with open(os.path.join(staging, VERIFIED), "w") as f:
+        f.write(seal)
+    shutil.rmtree(kept, ignore_errors=True)  # a copy whose files changed
+    try:
+        os.rename(staging, kept)
+    except OSError:  # another run on this node kept the same copy first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _still_whole(kept, seal, state.manifest["files"]):
+            raise
+    for name in os.listdir(folder):  # the older kept copies of this store
+        if name != os.path.basename(kept) and not name.startswith(".reading-"):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    return kept, None, meta, True
+
+
+def _still_whole(directory: str, seal: str, files: list[dict]) -> bool:
+    """Whether ``directory`` is a kept copy sealed with ``seal``, its files of their sizes."""
+    try:
+        with open(os.path.join(directory, VERIFIED)) as f:
+            if f.read() != seal:
+                return False
+        return all(os.path.getsize(os.path.join(directory, *e["path"].split("/"))) == e["size"] for e in files)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def node_copy(store: StateStore, key: str, *, rank: Rank) -> Iterator[NodeCopy]:
-    """Collective (every process calls it): this node's verified copy of state ``key``."""
+def node_copy(store: StateStore, key: str, *, rank: Rank, keep: bool = False) -> Iterator[NodeCopy]:
+    """Collective (every process calls it): this node's verified copy of state ``key``;
+    with ``keep``, a copy that stays on the node for the next start (see the module)."""
     reads_here = rank.is_node_leader or not node_copy_enabled()
+    keep = keep and node_copy_enabled()
     directory: str | None = None
     problem: dict | None = None
     meta: dict = {}
     error: Exception | None = None
+    kept = False
     if reads_here:
-        directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
         try:
-            problem, meta = _read_into(store, key, directory)
+            if keep:
+                directory, problem, meta, kept = _kept_copy(store, key)
+            else:
+                directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
+                problem, meta = _read_into(store, key, directory)
         except Exception as e:  # noqa: BLE001 - re-raised once every process knows
             error = e
             problem = {"kind": "failed", "message": f"{type(e).__name__}: {e}"}
@@ -78,7 +179,7 @@ def node_copy(store: StateStore, key: str, *, rank: Rank) -> Iterator[NodeCopy]:
         yield _outcome(key, reports, rank=rank, own=directory, error=error)
     finally:
         barrier()  # every process of the node is done with its copy
-        if directory is not None:
+        if directory is not None and not kept:
             shutil.rmtree(directory, ignore_errors=True)
 
 

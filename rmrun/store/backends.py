@@ -10,11 +10,11 @@ import posixpath
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Protocol
 
 from rmrun.store.errors import StoreError
-from rmrun.store.streams import copy_hashing, hash_local_file, upload_in_threads
+from rmrun.store.streams import copy_hashing, hash_local_file, remote_stamp, upload_in_threads
 
 _LOCAL_PROTOCOLS = ("file", "local")
 BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
@@ -49,6 +49,8 @@ class StorageBackend(Protocol):
     def create(self, path: str, data: bytes) -> None: ...
 
     def sizes(self, path: str) -> dict[str, int]: ...
+
+    def stamps(self, path: str) -> dict[str, str | None]: ...
 
     def sync_tree(self, path: str) -> None: ...
 
@@ -166,13 +168,18 @@ class LocalBackend:
 
     def sizes(self, path: str) -> dict[str, int]:
         """{relative '/' path: size} of every file under directory ``path``."""
-        out = {}
+        return {rel: st.st_size for rel, st in self._walk(path)}
+
+    def stamps(self, path: str) -> dict[str, str | None]:
+        """{relative '/' path: size, mtime and inode} of every file under directory ``path``."""
+        return {rel: f"{st.st_size}|{st.st_mtime_ns}|{st.st_ino}" for rel, st in self._walk(path)}
+
+    @staticmethod
+    def _walk(path: str) -> Iterator[tuple[str, os.stat_result]]:
         for dirpath, _, filenames in os.walk(path):
             for filename in filenames:
                 full = os.path.join(dirpath, filename)
-                rel = os.path.relpath(full, path).replace(os.sep, "/")
-                out[rel] = os.path.getsize(full)
-        return out
+                yield os.path.relpath(full, path).replace(os.sep, "/"), os.stat(full)
 
     def sync_tree(self, path: str) -> None:
         """fsync every directory under ``path`` and its parents up to the root."""
@@ -308,6 +315,13 @@ class FsspecBackend:
 
     def sizes(self, path: str) -> dict[str, int]:
         """{relative '/' path: size} of every file under directory ``path``."""
+        return {rel: int(info.get("size") or 0) for rel, info in self._listed(path).items()}
+
+    def stamps(self, path: str) -> dict[str, str | None]:
+        """{relative '/' path: the object's stamp (``remote_stamp``)} under ``path``; one listing."""
+        return {rel: remote_stamp(info) for rel, info in self._listed(path).items()}
+
+    def _listed(self, path: str) -> dict[str, dict]:
         self.fs.invalidate_cache(path)
         try:
             found = self.fs.find(path, detail=True)
@@ -315,7 +329,7 @@ class FsspecBackend:
             return {}
         prefix = path.rstrip("/") + "/"
         return {
-            name[len(prefix) :]: int(info.get("size") or 0)
+            name[len(prefix) :]: info
             for name, info in found.items()
             if name.startswith(prefix) and info.get("type") != "directory"
         }

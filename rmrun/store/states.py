@@ -278,6 +278,13 @@ class CommittedState:
             if sizes[name] != expected:
                 raise self._corrupt(f"size mismatch for {name}: manifest {expected}, found {sizes[name]}")
 
+    def stamps(self) -> dict[str, str | None]:
+        """{file: a stamp that changes whenever the stored file may have been written again}
+        (size, mtime and inode on local disk; the object store's ETag or the like), one
+        listing; None for a file the store gives no reliable stamp for."""
+        found = self._layout.backend.stamps(self._layout.attempt_path(self.key, self.attempt))
+        return {name: found.get(name) for name in self.files}
+
     def _entry(self, name: str) -> dict:
         """Manifest entry of ``name``."""
         if name not in self._entries:

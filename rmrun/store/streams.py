@@ -43,3 +43,16 @@ def upload_in_threads(write_stream, pairs: list[tuple[str, str]]) -> list[tuple[
 def read_chunks(fileobj) -> Iterator[bytes]:
     """Iterate over a binary file in CHUNK_SIZE pieces."""
     return iter(lambda: fileobj.read(CHUNK_SIZE), b"")
+
+
+# Fields of an object store's file info that change when the object is written again.
+REMOTE_STAMPS = ("ETag", "etag", "md5Hash", "crc32c", "checksum", "LastModified", "mtime", "updated")
+
+
+def remote_stamp(info: dict) -> str | None:
+    """A string from a file's fsspec info that changes whenever the object may have been
+    written again; None when the store gives nothing reliable."""
+    for name in REMOTE_STAMPS:
+        if info.get(name):
+            return f"{info.get('size')}|{name}={info[name]}"
+    return None

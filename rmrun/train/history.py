@@ -47,7 +47,9 @@ def write_history_piece(ctx: RunView, trainer_state: dict) -> None:
     since = _history_end_before(ctx, step)
     piece = {
         "metrics": [m for m in trainer_state["metrics"] if since < m["step"] <= step],
-        "evals": [e for e in trainer_state["evals"] if since < e["step"] <= step],
+        # An eval at ``since`` too: one a stop left unfinished is done after the resume from
+        # there (a copy of one already in the piece ending there is read once: first wins).
+        "evals": [e for e in trainer_state["evals"] if since <= e["step"] <= step],
     }
     staged = ctx.stage(key, meta={"step": step, "since": since})
     # key order kept: eval.json is compared byte for byte

@@ -149,21 +149,64 @@ class LogHook:
 
 
 class EvalHook:
-    """Evaluate every N steps and at each epoch end (when there is eval data)."""
+    """Evaluate every N steps and at each epoch end (when there is eval data).
 
-    def __init__(self, *, every: int | None, log: LogHook):
+    The eval is scored in pieces (``rmrun.run.scored``: an eval set of more than one piece
+    commits each piece's sums) and looks for a stop signal before each batch, every rank
+    agreeing: a stop leaves it at once, the checkpoint hook that runs next commits the step
+    and stops the run, and the resumed run first finishes that eval (:meth:`catch_up`),
+    scoring only the pieces not committed, so its result is the uninterrupted run's."""
+
+    def __init__(self, *, ctx: RunView, every: int | None, log: LogHook, stop: StopSignals):
+        self.ctx = ctx
         self.every = every
         self.log = log
+        self.stop = stop
 
     def after_step(self, trainer: Trainer, *, boundary: bool) -> None:
-        if trainer.eval_data is None:
-            return
-        due = boundary or (self.every is not None and trainer.state.step % self.every == 0)
-        done = trainer.state.evals and trainer.state.evals[-1]["step"] == trainer.state.step
-        if due and not done:
-            result = trainer.evaluate()
-            trainer.state.evals.append(result)
+        if self._due(trainer, boundary=boundary):
+            result = self.evaluate(trainer)
+            if result is not None:
+                self.log.log_eval(result)
+
+    def catch_up(self, trainer: Trainer) -> None:
+        """At a resume: the eval due at the checkpoint's step, when a stop left it unfinished
+        (its checkpoint is committed: stopped again, the run stops at once)."""
+        state = trainer.state
+        if state.step > 0 and self._due(trainer, boundary=state.pairs_consumed == 0 or state.finished):
+            result = self.evaluate(trainer)
+            if result is None:
+                raise Preempted(self.stop.requested, step=state.step)
             self.log.log_eval(result)
+
+    def _due(self, trainer: Trainer, *, boundary: bool) -> bool:
+        if trainer.eval_data is None:
+            return False
+        due = boundary or (self.every is not None and trainer.state.step % self.every == 0)
+        done = bool(trainer.state.evals) and trainer.state.evals[-1]["step"] == trainer.state.step
+        return due and not done
+
+    def evaluate(self, trainer: Trainer) -> dict | None:
+        """Collective: the eval of this step, appended to the history; None when a stop left it."""
+        from rmrun.run.scored import PIECE_PAIRS, forget, score_in_pieces
+        from rmrun.train.trainer import EvalStopped
+
+        data = trainer.eval_data
+        try:
+            result = score_in_pieces(
+                self.ctx, trainer, data, what="eval", fault="eval_piece", commit_single=False, should_stop=self._stopped
+            )
+        except EvalStopped as stopped:
+            self.ctx.say(f"{stopped}: its scored pieces are kept")
+            return None
+        if len(data) > PIECE_PAIRS:
+            forget(self.ctx, "eval")
+        trainer.state.evals.append(result)
+        return result
+
+    def _stopped(self) -> bool:
+        (stop,) = any_flag(self.stop.requested is not None)
+        return stop
 
 
 class CheckpointHook:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +74,10 @@ class Preempted(StopRequested):
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class EvalStopped(Exception):
+    """An evaluation left at a batch boundary because a stop was requested (on every rank)."""
 
 
 @dataclass
@@ -254,12 +258,21 @@ class Trainer:
         data = self.eval_data if data is None else data
         return self.eval_result(self.eval_sums(data), pairs=len(data))
 
-    def eval_sums(self, data) -> dict[str, torch.Tensor]:
+    def eval_sums(self, data, *, should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
         """The sums the eval metrics are made of, over all ranks (each scores its share of
-        ``data``); sums of several data sets added in a fixed order give their metrics together."""
+        ``data``); sums of several data sets added in a fixed order give their metrics together.
+
+        ``should_stop``, a collective every rank calls before each batch (every rank has the
+        same number of batches), raises :class:`EvalStopped` on every rank once it is True."""
         model = self.boosted.model
         was_training = model.training
         model.eval()
+        try:
+            return self._eval_sums(data, should_stop)
+        finally:
+            model.train(was_training)
+
+    def _eval_sums(self, data, should_stop: Callable[[], bool] | None) -> dict[str, torch.Tensor]:
         n = len(data)
         per_rank = -(-n // self.plan.dp_size)
         mine = np.arange(self.dp_rank * per_rank, min(n, (self.dp_rank + 1) * per_rank))
@@ -272,6 +285,8 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             for b in range(num_batches):
                 fault_point("eval", step=self.state.step, rank=self.rank.rank)
+                if should_stop is not None and should_stop():
+                    raise EvalStopped(f"the eval at step {self.state.step} stopped at batch {b + 1}/{num_batches}")
                 indices = mine[b * self.eval_batch_size : (b + 1) * self.eval_batch_size]
                 empty = len(indices) == 0
                 chosen, rejected, _, _ = self._forward(np.array([0]) if empty else indices, data)
@@ -282,7 +297,6 @@ class Trainer:
                 correct = (chosen > rejected).cpu().numpy()
                 buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
                 longer_wins += longer_wins_credit(lengths[indices])
-        model.train(was_training)
         return {
             "sums": sum_tensor(sums, group=self.dp_group),
             "buckets": sum_tensor(buckets, group=self.dp_group),

@@ -36,6 +36,7 @@ EVERY_POINT = [
     "boosted",
     "step",
     "eval",
+    "eval_piece",
     "checkpoint_write",
     "history_commit",
     "checkpoint_upload",

@@ -734,3 +734,27 @@ def test_sigterm_in_every_phase_outside_training_on_two_ranks(lab, request, conf
         assert lines and all("exit 75" in line for line in lines), f"{faults}: {lines}"
         assert any(re.search(where, line) for line in lines), f"{faults}: {lines}"
     finish(lab, run, reference)
+
+
+# A stop signal inside the evals of the training loop (SIGTERM at the first eval batch, on
+# every rank): a periodic eval, the one at the end of the first epoch and the last step's
+# (which the final eval reuses). The eval is left at once, the step's checkpoint committed,
+# and the next start first finishes that eval; the chain ends bit-identical, eval.json too.
+IN_LOOP_EVALS = [5, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+
+
+@pytest.mark.parametrize("config", [ONE_LOCAL, ONE_S3, TWO_LOCAL, TWO_S3], ids=str)
+def test_sigterm_inside_the_evals_of_the_training_loop(lab, request, config):
+    reference = lab.reference(config, request)
+    h = lab.harness
+    run = h.new_run(config, "term-evals")
+    for step in IN_LOOP_EVALS:
+        result = h.run(run, faults=f"term@eval:{step}:all")
+        assert result.returncode != EXIT_OK, f"eval at step {step}: {result.describe()}"
+        assert not re.search(r'File ".*/rmrun/', result.output), f"eval at step {step}: {result.describe()}"
+        lines = [line for line in result.output.splitlines() if line.startswith("rmrun: ")]
+        assert lines and all("exit 75" in line for line in lines), f"eval at step {step}: {lines}"
+        assert any(f"after committing the checkpoint at step {step}" in line for line in lines), lines
+        assert f"the eval at step {step} stopped at batch 1/" in result.output, result.describe()
+        assert committed_checkpoints(run)[-1] == step, committed_checkpoints(run)
+    finish(lab, run, reference)

@@ -18,7 +18,8 @@ a checkpoint every 2 steps (keep 2), an eval every 3. Every run is killed with
 ``kill@step:5`` (after checkpoint 4 is committed) and resumed from checkpoint 4; its
 export is compared bit for bit with an uninterrupted 2-process run's.
 
-- 1 node x 2 processes (``torchrun --nproc_per_node=2``): the node reads <= 1.05x.
+- 1 node x 2 processes (``torchrun --nproc_per_node=2``): the node reads <= 1.05x; and the
+  tokenized data not at all, since the node kept its verified copy from the killed start.
 - Negative control: the same resume with ``RMRUN_FAULTS=no-node-copy`` (every process
   reads the state itself) must read more than 1.05x, so the bound has teeth.
 - A checkpoint with one byte flipped (sizes right) passes the choice, is caught by the one
@@ -28,7 +29,8 @@ export is compared bit for bit with an uninterrupted 2-process run's.
   on 127.0.0.1, each with its own TMPDIR, HOME, working directory and copy of the recipe
   and data (nothing on local disk shared). The spot-instance case: node 1's worker is
   SIGKILLed at step 5 (its launcher's ``kill@step:5:all``), node 0's worker fails with
-  it, both launchers are started again and the run finishes bit-identical; that resume
+  it, both launchers are started again on replaced machines (empty scratch) and the run
+  finishes bit-identical; that resume
   reads <= 1.05x on each node.
 """
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import sys
 import uuid
@@ -100,6 +103,11 @@ class Node:
         if faults:
             env["RMRUN_FAULTS"] = faults
         return env
+
+    def replaced(self) -> None:
+        """The machine replaced by a new one (a spot replacement): its scratch disk empty."""
+        shutil.rmtree(self.base / "tmp")
+        (self.base / "tmp").mkdir()
 
 
 def make_node(base: Path, index: int) -> Node:
@@ -319,6 +327,8 @@ def test_one_node_with_two_processes_reads_the_state_once(killed_one_node, refer
     assert counting_s3.clients() <= {node.client}, counting_s3.clients()
     print(f"1 node x 2 processes: {describe(report, stored)}")
     assert_read_once(report, stored, "1 node x 2 processes")
+    # the same machine again: the tokenized data it kept from the killed start is not read at all
+    assert report["tokenized"] == 0 and report["checkpoint"] >= stored["checkpoint"], describe(report, stored)
     assert_identical(reference, read_export(f"{root}/export"), total_steps=TOTAL_STEPS)
 
 
@@ -384,6 +394,8 @@ def spot_run(workdir, counting_s3):
     assert checkpoints(root) == [2, 4]
     stored = resume_bytes(root)
     counting_s3.reset()
+    for node in nodes:
+        node.replaced()
     resumed = wait_all(start_two_nodes(nodes, root, counting_s3))
     reports = {node.index: read_report(counting_s3, root, node.client, stored) for node in nodes}
     return {

@@ -9,8 +9,8 @@ import os
 from safetensors.numpy import load_file
 
 from rmrun.data import read_pairs, tokenize_pairs
+from rmrun.data.arrays import ARRAY_NAMES
 from rmrun.data.pieces import AssembledFile, piece_bounds, pieces_from, tokenize_pieces
-from rmrun.data.tokenize import ARRAY_NAMES
 from tests.helpers import REPO, TINY_LLAMA, TINY_TOKENIZER
 
 

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from rmrun.data import read_pairs, tokenize_pairs
+from rmrun.data.arrays import ARRAY_NAMES
 from rmrun.data.pieces import assemble, piece_bounds, tokenize_piece
-from rmrun.data.tokenize import ARRAY_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,100 @@ def test_the_node_layout_comes_from_the_launcher_not_the_host_name(monkeypatch, 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert dist._node_place(3, int(env.get("LOCAL_RANK", "0"))) == place
+
+
+# ----------------------------------------------------------------- a copy kept on the node
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    return tmp_path / "scratch"
+
+
+def _reads(monkeypatch) -> list[str]:
+    """The names of the files read from the store from now on."""
+    from rmrun.store.states import CommittedState
+
+    read: list[str] = []
+    original = CommittedState.get_file
+
+    def counting(self, name, local_path):
+        read.append(name)
+        return original(self, name, local_path)
+
+    monkeypatch.setattr(CommittedState, "get_file", counting)
+    return read
+
+
+def test_a_kept_copy_is_used_again_without_a_read_while_the_stored_files_are_unchanged(tmp_path, scratch, monkeypatch):
+    store, state = committed(tmp_path, {"train.safetensors": b"tokens" * 100, "stats.json": b"{}"})
+    read = _reads(monkeypatch)
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as first:
+        assert first.corrupt is None and first.meta == {"step": 1}
+    assert sorted(read) == ["stats.json", "train.safetensors"]
+    assert os.path.isfile(os.path.join(first.directory, "train.safetensors")), "kept after the block"
+    assert first.directory.startswith(str(scratch / "rmrun-node-cache"))
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as second:
+        assert second.directory == first.directory and second.meta == {"step": 1}
+    assert len(read) == 2, "the second start read nothing"
+
+    # the stored file written again, same size (a flipped byte): the stamps differ, it is read and caught
+    stored = tmp_path / "store" / "states" / "ckpt-1" / state.attempt / "train.safetensors"
+    stored.write_bytes(b"tokenS" + b"tokens" * 99)
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as third:
+        assert third.directory is None and third.corrupt.reason == "sha256 mismatch for train.safetensors"
+    assert "train.safetensors" in read[2:]
+
+
+def test_a_kept_file_of_another_size_is_read_again(tmp_path, scratch, monkeypatch):
+    store, _ = committed(tmp_path, {"train.safetensors": b"tokens" * 100})
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as first:
+        pass
+    with open(os.path.join(first.directory, "train.safetensors"), "r+b") as f:
+        f.truncate(10)
+    read = _reads(monkeypatch)
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as again:
+        with open(os.path.join(again.directory, "train.safetensors"), "rb") as f:
+            assert f.read() == b"tokens" * 100
+    assert read == ["train.safetensors"]
+
+
+def test_only_the_newest_kept_copy_of_a_store_stays(tmp_path, scratch):
+    store, _ = committed(tmp_path, {"a.bin": b"one"})
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as first:
+        pass
+    lease = store.acquire_lease(holder="test-2")
+    staged = store.stage("ckpt-2", lease=lease, meta={"step": 2})
+    staged.write_bytes("a.bin", b"two")
+    staged.commit()
+    with node_copy(store, "ckpt-2", rank=ONE, keep=True) as second:
+        pass
+    assert os.path.isdir(second.directory) and not os.path.exists(first.directory)
+    assert os.listdir(os.path.dirname(second.directory)) == [os.path.basename(second.directory)]
+
+
+def test_nothing_is_kept_in_a_cache_folder_others_can_write(tmp_path, scratch):
+    store, _ = committed(tmp_path, {"a.bin": b"one"})
+    (scratch / "rmrun-node-cache").mkdir(mode=0o777)
+    os.chmod(scratch / "rmrun-node-cache", 0o777)
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as copy:
+        with open(os.path.join(copy.directory, "a.bin"), "rb") as f:
+            assert f.read() == b"one"
+    assert not os.path.exists(copy.directory), "a copy that could not be kept privately is removed"
+
+
+def test_the_copies_of_a_store_unused_for_three_days_are_removed(tmp_path, scratch):
+    old_store, _ = committed(tmp_path / "old", {"a.bin": b"old"})
+    with node_copy(old_store, "ckpt-1", rank=ONE, keep=True) as old:
+        pass
+    store, _ = committed(tmp_path, {"a.bin": b"new"})
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True) as recent:
+        pass
+    assert os.path.isdir(old.directory), "used two starts ago, not three days ago"
+    folder = os.path.dirname(old.directory)
+    os.utime(folder, (os.stat(folder).st_atime, os.stat(folder).st_mtime - 3 * 24 * 3600 - 60))
+    with node_copy(store, "ckpt-1", rank=ONE, keep=True):
+        pass
+    assert not os.path.exists(folder) and os.path.isdir(recent.directory)

@@ -37,7 +37,11 @@ class Trainer:
         self.scored: list[int] = []
         self.stop_after = stop_after
 
-    def eval_sums(self, data):
+    def eval_sums(self, data, *, should_stop=None):
+        if should_stop is not None and should_stop():  # as Trainer.eval_sums, before a batch
+            from rmrun.train.trainer import EvalStopped
+
+            raise EvalStopped("stopped")
         if self.stop_after is not None and len(self.scored) == self.stop_after:
             raise KeyboardInterrupt
         self.scored.append(len(data))
@@ -105,3 +109,31 @@ def test_one_piece_scores_the_data_itself(tmp_path, data):
     trainer = Trainer()
     result = scored.score_in_pieces(_context(str(tmp_path)), trainer, data, what="stats", fault="stats_piece")
     assert trainer.scored == [scored.PIECE_PAIRS] and result["sum"] == float(Trainer().eval_sums(data)["sums"][0])
+
+
+def test_an_eval_stopped_between_batches_keeps_its_pieces_and_one_piece_commits_nothing(tmp_path, data, monkeypatch):
+    from rmrun.train.trainer import EvalStopped
+
+    monkeypatch.setattr(scored, "PIECE_PAIRS", 1000)
+    whole = scored.score_in_pieces(_context(str(tmp_path / "a")), Trainer(), data, what="eval", fault="eval_piece")
+    ctx = _context(str(tmp_path / "b"))
+    asked = []
+
+    def stop_in_piece_three() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    with pytest.raises(EvalStopped):
+        scored.score_in_pieces(
+            ctx, Trainer(), data, what="eval", fault="eval_piece", commit_single=False, should_stop=stop_in_piece_three
+        )
+    assert len(ctx.store.committed_keys(scored.scored_prefix("eval"))) == 2
+    resumed = Trainer()
+    again = scored.score_in_pieces(ctx, resumed, data, what="eval", fault="eval_piece", commit_single=False)
+    assert resumed.scored == [1000, 1000, 1000] and again == whole
+
+    # an eval set of one piece: nothing is committed (a stop loses that piece only)
+    one = _context(str(tmp_path / "c"))
+    small = data.subset(np.arange(500))
+    result = scored.score_in_pieces(one, Trainer(), small, what="eval", fault="eval_piece", commit_single=False)
+    assert result["pairs"] == 500 and one.store.committed_keys(SCORED_PREFIX) == []

@@ -50,6 +50,51 @@ def test_shared_prefix_is_the_common_token_prefix_leaving_each_side_a_token():
     assert shared_lengths(pairs, shared_prefix_lengths(pairs)).tolist() == [6, 4, 5, 4]
 
 
+def _prefix_one_pair_at_a_time(pairs) -> list[int]:
+    """The definition, pair by pair: the reference the vectorized, stored prefixes must equal."""
+    out = []
+    for i in range(len(pairs)):
+        chosen, rejected = pairs.chosen(i).tolist(), pairs.rejected(i).tolist()
+        n = min(len(chosen), len(rejected))
+        common = next((k for k in range(n) if chosen[k] != rejected[k]), n)
+        out.append(min(common, n - 1))
+    return out
+
+
+def test_stored_prefixes_equal_the_definition_across_chunks_and_survive_files_and_subsets(monkeypatch, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    import rmrun.data.arrays as prefix_module
+    from rmrun.data.arrays import TokenizedPairs
+
+    rng = np.random.default_rng(0)
+    chosen, rejected = [], []
+    for _ in range(203):
+        prompt = rng.integers(1, 4, size=int(rng.integers(0, 6))).tolist()
+        chosen.append(prompt + rng.integers(1, 4, size=int(rng.integers(0 if prompt else 1, 5))).tolist())
+        rejected.append(prompt + rng.integers(1, 4, size=int(rng.integers(0 if prompt else 1, 5))).tolist())
+    monkeypatch.setattr(prefix_module, "PREFIX_CHUNK", 16)  # many chunks, with pairs of one token on their edges
+    pairs = pairs_of(chosen=chosen, rejected=rejected)
+    expected = _prefix_one_pair_at_a_time(pairs)
+    assert pairs.shared_prefix.dtype == np.int32 and pairs.shared_prefix.tolist() == expected
+    assert 0 in expected and max(expected) >= 5, "the sample covers nothing shared and long prompts"
+
+    indices = rng.permutation(len(pairs))[:50]
+    assert pairs.subset(indices).shared_prefix.tolist() == [expected[i] for i in indices]
+    save_file(pairs.to_arrays(), str(tmp_path / "t.safetensors"))
+    arrays = load_file(str(tmp_path / "t.safetensors"))
+    assert TokenizedPairs.from_arrays(arrays, {}).shared_prefix.tolist() == expected
+    # data tokenized before the prefixes were stored: computed on load, the same values
+    del arrays["shared_prefix"]
+    assert TokenizedPairs.from_arrays(arrays, {}).shared_prefix.tolist() == expected
+    # what is stored is what is used (no token is read again): a wrong stored value shows through
+    wrong = pairs.to_arrays()
+    wrong["shared_prefix"] = np.zeros(len(pairs), dtype=np.int32)
+    assert shared_prefix_lengths(TokenizedPairs.from_arrays(wrong, {})).tolist() != expected
+    with pytest.raises(ValueError, match="shared_prefix must have 203 entries"):
+        TokenizedPairs.from_arrays({**wrong, "shared_prefix": np.zeros(3, dtype=np.int32)}, {})
+
+
 def test_collate_shared_builds_the_block_mask_and_positions():
     pairs = pairs_of(chosen=[[1, 5, 6, 7], [1, 4]], rejected=[[1, 5, 8, 9, 10], [1, 3]])
     prefix = shared_prefix_lengths(pairs)

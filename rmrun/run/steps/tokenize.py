@@ -293,7 +293,7 @@ def _load_node_copy(ctx: RunContext, step: Step) -> dict[str, TokenizedPairs] | 
     streams; None (after rank 0 quarantined it) when a node found it corrupt."""
     from rmrun.runtime.nodecopy import node_copy
 
-    with node_copy(ctx.store, step.key, rank=ctx.rank) as copy:
+    with node_copy(ctx.store, step.key, rank=ctx.rank, keep=True) as copy:
         if copy.corrupt is None:
             assert copy.directory is not None, "a copy no node found corrupt has its directory"
             return _load(copy.directory)

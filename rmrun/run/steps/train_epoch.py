@@ -77,7 +77,7 @@ def _make_hooks(
     )
     return Hooks(
         log=log_hook,
-        eval=EvalHook(every=eval.interval_steps, log=log_hook),
+        eval=EvalHook(ctx=ctx, every=eval.interval_steps, log=log_hook, stop=STOP),
         checkpoint=CheckpointHook(
             ctx=ctx,
             every=checkpoint.interval_steps,
@@ -97,6 +97,7 @@ def _train(trainer: Trainer, epoch: int, hooks: Hooks) -> None:
     try:
         try:
             STOP.defer()  # a stop signal now waits for the next step boundary's checkpoint
+            hooks.eval.catch_up(trainer)  # the eval a stop left unfinished at the checkpoint's step
             run_epoch(trainer, epoch, hooks)
         except NonFiniteLoss:
             # Raised by every rank at the same step (the loss is all-reduced): the checkpoint in
