@@ -17,7 +17,11 @@ def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
     rng = random.Random(seed)
     reservoir: list[tuple[int, object]] = []
     pairs = read_pairs(
-        recipe.data.train, format=recipe.data.format, bad_rows=recipe.data.bad_rows, report=BadRowReport()
+        recipe.data.train,
+        format=recipe.data.format,
+        bad_rows=recipe.data.bad_rows,
+        report=BadRowReport(),
+        margins=recipe.data.margins,
     )
     for i, pair in enumerate(pairs):
         if i < num_pairs:

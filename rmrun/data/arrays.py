@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ARRAY_NAMES = ("chosen_ids", "chosen_offsets", "rejected_ids", "rejected_offsets", "pair_index", "shared_prefix")
+ARRAY_NAMES = (
+    "chosen_ids",
+    "chosen_offsets",
+    "rejected_ids",
+    "rejected_offsets",
+    "pair_index",
+    "shared_prefix",
+    "margin",
+)
 ARRAY_DTYPES = {
     "chosen_ids": np.int32,
     "chosen_offsets": np.int64,
@@ -21,7 +29,10 @@ ARRAY_DTYPES = {
     "rejected_offsets": np.int64,
     "pair_index": np.int64,
     "shared_prefix": np.int32,
+    "margin": np.float32,
 }
+# Arrays data tokenized before they were stored may lack; made from the others when absent.
+DERIVED = ("shared_prefix", "margin")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
@@ -33,6 +44,7 @@ class TokenizedPairs:
     at ``min(c, r) - 1`` (the shared-prompt forward's prompt, ``share.py``): computed when the
     pairs are tokenized and stored with them, so a run over mapped arrays never reads every
     token to find it; computed here when not given (data tokenized before it was stored).
+    ``margin[i]`` is pair ``i``'s margin from its row (``data.margins``), 0 when not asked for.
     """
 
     chosen_ids: np.ndarray
@@ -41,9 +53,12 @@ class TokenizedPairs:
     rejected_offsets: np.ndarray
     pair_index: np.ndarray
     shared_prefix: np.ndarray | None = None
+    margin: np.ndarray | None = None  # each pair's margin from the data (data.margins); 0 without
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.margin is None:
+            object.__setattr__(self, "margin", np.zeros(len(self.pair_index), dtype=np.float32))
         if self.shared_prefix is None:
             if len(self.chosen_offsets) != len(self.pair_index) + 1:
                 raise ValueError(f"chosen_offsets must have {len(self.pair_index) + 1} entries")
@@ -58,8 +73,9 @@ class TokenizedPairs:
                     f"{name} must be a 1-d {np.dtype(ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
                 )
         count = len(self.pair_index)
-        if len(self.shared_prefix) != count:  # type: ignore[arg-type]
-            raise ValueError(f"shared_prefix must have {count} entries, one per pair")
+        for name in DERIVED:
+            if len(getattr(self, name)) != count:
+                raise ValueError(f"{name} must have {count} entries, one per pair")
         for side in ("chosen", "rejected"):
             ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
             if len(offsets) != count + 1 or offsets[0] != 0 or offsets[-1] != len(ids):
@@ -84,7 +100,7 @@ class TokenizedPairs:
         """Pairs ``indices``, in that order, as a data set of their own (copies of their ids);
         ``pair_index`` keeps each pair's position in the input."""
         indices = np.asarray(indices, dtype=np.int64)
-        arrays = {"pair_index": self.pair_index[indices], "shared_prefix": self.shared_prefix[indices]}  # type: ignore[index]
+        arrays = {name: getattr(self, name)[indices] for name in ("pair_index", *DERIVED)}
         for side in ("chosen", "rejected"):
             ids, offsets = getattr(self, f"{side}_ids"), getattr(self, f"{side}_offsets")
             starts = offsets[indices]
@@ -103,7 +119,7 @@ class TokenizedPairs:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], stats: dict) -> TokenizedPairs:
         """Inverse of ``to_arrays``; dtypes must match exactly so a round trip is lossless."""
-        missing = [name for name in ARRAY_NAMES if name not in arrays and name != "shared_prefix"]
+        missing = [name for name in ARRAY_NAMES if name not in arrays and name not in DERIVED]
         if missing:
             raise ValueError(f"tokenized arrays are missing {', '.join(missing)}")
         return cls(**{name: arrays[name] for name in ARRAY_NAMES if name in arrays}, stats=dict(stats))

@@ -17,6 +17,7 @@ or ``file:row N`` (Parquet, 0-based) so the user can find it; nothing is dropped
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from rmrun.data.pairs import (
     _BadRow,
     _first_line,
     _json_type_name,
+    row_margin,
 )
 from rmrun.data.rows import _ROW_PARSERS
 
@@ -63,13 +65,15 @@ def read_pairs(
     format: str,
     bad_rows: str = "error",
     report: BadRowReport | None = None,
+    margins: str = "none",
 ) -> Iterator[PreferencePair]:
     """Yield the preference pairs of every file in ``urls``, in order.
 
     ``urls`` are local paths or fsspec URLs ending in ``.jsonl``, ``.json`` or ``.parquet``
     (optionally followed by a compression suffix such as ``.gz``). With ``bad_rows="error"``
     the first bad row raises DataError; with ``"skip"`` bad rows are counted in ``report``,
-    which is then required so that skipped rows are always accounted for.
+    which is then required so that skipped rows are always accounted for. ``margins``
+    (``data.margins``): where each pair's margin comes from (``row_margin``).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -81,7 +85,8 @@ def read_pairs(
     for url in urls:
         for source, row in _iter_raw_rows(url):
             try:
-                yield parse_row(row, source=source)
+                pair = parse_row(row, source=source)
+                yield pair if margins == "none" else dataclasses.replace(pair, margin=row_margin(row, margins))
             except _BadRow as bad:
                 message = f"{source}: {bad.detail}"
                 if bad_rows == "error":

@@ -43,12 +43,14 @@ class PreferencePair:
 
     ``prompt`` may be empty (plain-text rows with an empty prompt); ``chosen`` and ``rejected``
     each hold at least one message and end with an assistant turn. ``source`` is ``"file:line"``.
+    ``margin`` is the pair's own margin from the row (``row_margin``), 0 unless asked for.
     """
 
     prompt: tuple[Message, ...]
     chosen: tuple[Message, ...]
     rejected: tuple[Message, ...]
     source: str
+    margin: float = 0.0  # from the row, where data.margins asks for it
 
 
 class BadRowReport:
@@ -111,3 +113,24 @@ def _json_type_name(value: Any) -> str:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
+
+
+MARGIN_SOURCES = ("none", "margin", "scores")
+
+
+def row_margin(row: Any, margins: str) -> float:
+    """The pair's margin from its row: its ``margin`` field, or ``score_chosen - score_rejected``;
+    a row without them (or with a value that is not a finite number) is a bad row."""
+    import json
+    import math
+
+    fields = {"margin": ("margin",), "scores": ("score_chosen", "score_rejected")}[margins]
+    values = []
+    for name in fields:
+        value = row.get(name) if isinstance(row, dict) else None
+        if name not in (row if isinstance(row, dict) else {}):
+            raise _BadRow("margin", f'data.margins = "{margins}" needs a "{name}" field, and the row has none')
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _BadRow("margin", f'"{name}" must be a finite number, got {json.dumps(value)}')
+        values.append(float(value))
+    return values[0] if margins == "margin" else values[0] - values[1]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rmrun.data.arrays import ARRAY_DTYPES, ARRAY_NAMES, TokenizedPairs
+from rmrun.data.arrays import ARRAY_DTYPES, ARRAY_NAMES, DERIVED, TokenizedPairs
 from rmrun.data.pairs import PreferencePair
 from rmrun.data.tokenize import tokenize_pairs
 
@@ -80,7 +80,9 @@ def assemble(pieces: Sequence[TokenizedPairs], *, seconds: float | None = None) 
             [np.zeros(1, dtype=np.int64), np.cumsum(np.concatenate([np.zeros(0, dtype=np.int64), *lengths]))]
         )
     arrays["pair_index"] = np.concatenate([np.zeros(0, dtype=np.int64), *(p.pair_index for p in pieces)])
-    arrays["shared_prefix"] = np.concatenate([np.zeros(0, dtype=np.int32), *(p.shared_prefix for p in pieces)])
+    for name in DERIVED:
+        empty = np.zeros(0, dtype=ARRAY_DTYPES[name])
+        arrays[name] = np.concatenate([empty, *(getattr(p, name) for p in pieces)])
     stats = summed_stats([p.stats for p in pieces], seconds=seconds)
     assert set(arrays) == set(ARRAY_NAMES), "assemble builds every array of a TokenizedPairs"
     return TokenizedPairs.from_arrays(arrays, stats)
@@ -176,8 +178,16 @@ def tokenize_pieces(
 
 # --------------------------------------------------------------------------- assembling on disk
 
-_ASSEMBLED_ORDER = ("chosen_offsets", "pair_index", "rejected_offsets", "chosen_ids", "rejected_ids", "shared_prefix")
-_SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+_ASSEMBLED_ORDER = (
+    "chosen_offsets",
+    "pair_index",
+    "rejected_offsets",
+    "chosen_ids",
+    "margin",
+    "rejected_ids",
+    "shared_prefix",
+)
+_SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.float32): "F32"}
 
 
 class AssembledFile:
@@ -206,7 +216,8 @@ class AssembledFile:
             self._files[f"{side}_offsets"].write(shifted.tobytes())
             self._ids[side] += len(ids)
         self._files["pair_index"].write(np.ascontiguousarray(piece.pair_index, dtype=np.int64).tobytes())
-        self._files["shared_prefix"].write(np.ascontiguousarray(piece.shared_prefix, dtype=np.int32).tobytes())
+        for name in DERIVED:
+            self._files[name].write(np.ascontiguousarray(getattr(piece, name), dtype=ARRAY_DTYPES[name]).tobytes())
         self._pairs += len(piece)
         self._stats.append(dict(piece.stats))
 

@@ -56,7 +56,7 @@ def tokenize_pairs(
     for first_index, batch in _batches(pairs, batch_size):
         chosen_batch = _tokenize_side(batch, "chosen", tokenizer, rule=rule)
         rejected_batch = _tokenize_side(batch, "rejected", tokenizer, rule=rule)
-        kept_chosen, kept_rejected, kept_indices = [], [], []
+        kept_chosen, kept_rejected, kept_indices, kept_margins = [], [], [], []
         for offset, (pair, chosen, rejected) in enumerate(zip(batch, chosen_batch, rejected_batch)):
             if max(len(chosen), len(rejected)) > max_length:
                 if overflow == "error":
@@ -70,7 +70,8 @@ def tokenize_pairs(
             kept_chosen.append(chosen)
             kept_rejected.append(rejected)
             kept_indices.append(first_index + offset)
-        builder.add_batch(kept_chosen, kept_rejected, pair_indices=kept_indices)
+            kept_margins.append(pair.margin)
+        builder.add_batch(kept_chosen, kept_rejected, pair_indices=kept_indices, margins=kept_margins)
     tokenized = builder.build()
     seconds = time.perf_counter() - started
     input_pairs = len(tokenized) + counts["dropped"]
@@ -253,15 +254,19 @@ class _PairArraysBuilder:
             "rejected_ids": [],
             "rejected_lengths": [],
             "pair_index": [],
+            "margin": [],
         }
 
-    def add_batch(self, chosen: list[list[int]], rejected: list[list[int]], *, pair_indices: list[int]) -> None:
+    def add_batch(
+        self, chosen: list[list[int]], rejected: list[list[int]], *, pair_indices: list[int], margins: list[float]
+    ) -> None:
         for side, sequences in (("chosen", chosen), ("rejected", rejected)):
             lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
             flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int32, count=int(lengths.sum()))
             self._chunks[f"{side}_ids"].append(flat)
             self._chunks[f"{side}_lengths"].append(lengths)
         self._chunks["pair_index"].append(np.asarray(pair_indices, dtype=np.int64))
+        self._chunks["margin"].append(np.asarray(margins, dtype=np.float32))
 
     def build(self) -> TokenizedPairs:
         arrays = {}
@@ -276,6 +281,7 @@ class _PairArraysBuilder:
             rejected_ids=arrays["rejected_ids"],
             rejected_offsets=arrays["rejected_offsets"],
             pair_index=arrays["pair_index"],
+            margin=_concatenate(self._chunks["margin"], dtype=np.float32),
         )
 
 

@@ -137,6 +137,15 @@ class DataSection:
         "error",
     )
     tokenize_workers: int = doc("Processes per rank that tokenize; 0: the node's cores / its ranks.", 0)
+    margins: Literal["none", "margin", "scores"] = doc(
+        "Per-pair margins from the data, added to loss.margin (Llama 2's margin loss): "
+        '"margin": each row\'s numeric "margin" field; "scores": each row\'s '
+        '"score_chosen" - "score_rejected" (UltraFeedback\'s binarized rows carry both); "none": '
+        "loss.margin alone. A row without them is a bad row (data.bad_rows). Applies to the eval "
+        "files too.",
+        "none",
+    )
+    margin_scale: float = doc("What the per-pair margins from the data are multiplied by.", 1.0)
     group_by_length: bool = doc(
         "Group pairs of similar length into the same batch (less padding); the order stays a pure "
         "function of (seed, epoch).",
@@ -229,6 +238,11 @@ class LossSection:
         "log_sig: -logsigmoid(r_c - r_r - margin); log_exp: log(1 + exp(r_r - r_c + margin)).", "log_sig"
     )
     margin: float = doc("Margin the chosen reward must exceed the rejected one by.", 0.0)
+    center_coef: float = doc(
+        "Reward centering (arXiv 2312.09244; TRL's center_rewards_coefficient): adds center_coef * "
+        "mean((r_c + r_r)^2) to the loss, keeping rewards near zero for PPO; logged as center_loss. 0: off.",
+        0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -366,34 +380,3 @@ def fresh_run_hint(recipe: Recipe) -> str:
     if recipe.run.state is not None:
         return f"set a new run.state (it is set to {recipe.run.state})"
     return "use a new run.name"
-
-
-# Keys whose values do not change what the run computes: they are left out of the
-# run fingerprint, so that changing them between a stop and a resume is allowed.
-# A key here may decide whether something is written (output.reward_stats,
-# output.colossalchat), never what a written number is: output.reward_stats_pairs picks
-# the pairs the statistics are taken over, so it is a result key.
-NON_RESULT_KEYS = frozenset(
-    {
-        "run.name",
-        "run.state",
-        "run.store_retry_seconds",
-        "run.preempted_exit_code",
-        "run.collective_timeout_minutes",
-        "data.tokenize_workers",
-        "checkpoint.interval_steps",
-        "checkpoint.interval_seconds",
-        "checkpoint.keep",
-        "checkpoint.async_upload",
-        "checkpoint.stop_budget_seconds",
-        "eval.interval_steps",
-        "eval.batch_size",
-        "log.interval_steps",
-        "log.tensorboard",
-        "log.progress",
-        "output.dir",
-        "output.reward_stats",
-        "output.colossalchat",
-        "model.trust_remote_code",
-    }
-)

@@ -94,6 +94,8 @@ def _number_problems(recipe: Recipe) -> list[str]:
         ("[schedule].weight_decay", s.weight_decay),
         ("[schedule].grad_clip", s.grad_clip),
         ("[loss].margin", recipe.loss.margin),
+        ("[loss].center_coef", recipe.loss.center_coef),
+        ("[data].margin_scale", recipe.data.margin_scale),
         ("[checkpoint].interval_seconds", recipe.checkpoint.interval_seconds),
         ("[checkpoint].stop_budget_seconds", recipe.checkpoint.stop_budget_seconds),
     ]
@@ -102,6 +104,8 @@ def _number_problems(recipe: Recipe) -> list[str]:
     for key, value in floats:
         if value is not None and not math.isfinite(value):
             problems.append(f"{key}: must be a finite number, got {value}")
+    if math.isfinite(recipe.loss.center_coef) and recipe.loss.center_coef < 0:
+        problems.append(f"[loss].center_coef: must be 0 or more, got {recipe.loss.center_coef:g}")
     if lora is not None and math.isfinite(lora.dropout) and not 0 <= lora.dropout < 1:
         problems.append(f"[model.lora].dropout: must be in [0, 1), got {lora.dropout}")
     if lora is not None and math.isfinite(lora.alpha) and lora.alpha <= 0:

@@ -23,6 +23,7 @@ from rmrun.store.keys import (
 def check(recipe_path: str, *, overrides) -> int:
     from rmrun.run.graph import build_graph
     from rmrun.run.preflight import preflight
+    from rmrun.serve.exported import objective_text
 
     recipe, world, num_pairs = preflight(recipe_path, overrides=overrides)
     exact = num_pairs is not None
@@ -45,6 +46,7 @@ def check(recipe_path: str, *, overrides) -> int:
         f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step"
     )
     print(f"forward: {plan.forward}: {plan.forward_reason}")
+    print(f"objective: {objective_text(data=recipe.data, loss=recipe.loss)}".replace("`", ""))
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
     print(f"state: {plan.state}\nexport: {plan.export}")
     print("plan: " + plan.to_json())

@@ -19,7 +19,8 @@ import os
 from importlib import metadata
 
 from rmrun.recipe.loader import flatten, recipe_to_dict
-from rmrun.recipe.schema import NON_RESULT_KEYS, DataSection, ModelSection, Recipe, is_template_text
+from rmrun.recipe.results import LATER_KEYS, NON_RESULT_KEYS
+from rmrun.recipe.schema import DataSection, ModelSection, Recipe, is_template_text
 from rmrun.store import keys
 from rmrun.store.streams import remote_stamp
 
@@ -33,7 +34,11 @@ def _version(package: str) -> str:
 
 def result_keys(recipe: Recipe) -> dict:
     """The flattened recipe keys that change what a run computes, with their values."""
-    return {k: v for k, v in sorted(flatten(recipe_to_dict(recipe)).items()) if k not in NON_RESULT_KEYS}
+    return {
+        k: v
+        for k, v in sorted(flatten(recipe_to_dict(recipe)).items())
+        if k not in NON_RESULT_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+    }
 
 
 def versions() -> dict:
@@ -207,13 +212,14 @@ def _file_digest(url: str) -> str:
         raise DataError(f"{url}: cannot read: {e}") from None
 
 
-def pair_count_key(urls, *, format: str, bad_rows: str) -> str | None:
+def pair_count_key(urls, *, format: str, bad_rows: str, margins: str = "none") -> str | None:
     """The key of ``urls``' pair count in ``records/pair-counts``: their version stamps (cheap:
     no read) and the policies that decide what a pair is; None when a file has no stamp."""
     stamps = [_stamp(u) for u in urls]
     if not stamps or None in stamps:
         return None
-    return digest({"files": stamps, "format": format, "bad_rows": bad_rows})
+    policies = {"format": format, "bad_rows": bad_rows, **({"margins": margins} if margins != "none" else {})}
+    return digest({"files": stamps, **policies})
 
 
 def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:
@@ -230,6 +236,7 @@ def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDiges
             "max_length": data.max_length,
             "overflow": data.overflow,
             "bad_rows": data.bad_rows,
+            **({"margins": data.margins} if data.margins != "none" else {}),  # (keys of earlier runs kept)
             "template": _template_digest(data.chat_template, digests) if data.chat_template else None,
             "tokenizer": digests.path(model.tokenizer or model.pretrain),
             "family": backbone_family(model.pretrain),

@@ -223,11 +223,12 @@ def count_pairs(urls, *, data: DataSection, stored: dict | None = None) -> dict:
     from rmrun.data.formats import BadRowReport, read_pairs
     from rmrun.run.fingerprint import pair_count_key
 
-    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows)
+    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins)
     known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
     if known is None:
         report = BadRowReport()
-        pairs = sum(1 for _ in read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report))
+        read = read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report, margins=data.margins)
+        pairs = sum(1 for _ in read)
         known = {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
     if key:
         COUNTED[key] = known

@@ -16,6 +16,7 @@ import json
 from typing import TYPE_CHECKING
 
 from rmrun.store.keys import scored_piece_key, scored_prefix
+from rmrun.train.loss import NUM_SUMS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +72,10 @@ def score_in_pieces(
         key = scored_piece_key(what, step, i, num_pieces)
         committed = ctx.store.open_verified(key) if ctx.rank.is_main else None
         stored = broadcast(json.loads(committed.read_bytes("sums.json")) if committed is not None else None)
+        if stored is not None and stored.get("sums", {}).get("shape") != [NUM_SUMS]:
+            stored = None  # scored by a version that kept other sums: scored again
+            if ctx.rank.is_main:
+                ctx.store.delete(key, lease=ctx.held_lease)
         if stored is None:
             piece = data if num_pieces == 1 else data.subset(np.arange(start, stop))
             sums = trainer.eval_sums(piece, should_stop=should_stop)

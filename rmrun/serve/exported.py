@@ -51,9 +51,31 @@ def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
         "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
         "family": family,
         "chat_template": dataclasses.asdict(template) if template is not None else None,
-        "loss": {"name": loss.name, "margin": loss.margin},
+        "loss": {"name": loss.name, "margin": loss.margin, **objective_extras(data=data, loss=loss)},
         "reward_stats": reward_stats,
     }
+
+
+def objective_extras(*, data, loss) -> dict:
+    """The objective's options beyond the loss and its constant margin, where they are on."""
+    extras: dict = {}
+    if data.margins != "none":
+        extras.update(margins=data.margins, margin_scale=data.margin_scale)
+    if loss.center_coef > 0:
+        extras["center_coef"] = loss.center_coef
+    return extras
+
+
+def objective_text(*, data, loss) -> str:
+    """The objective in words, for the model card and the plan."""
+    text = f"`{loss.name}` pairwise loss, margin {loss.margin:g}"
+    if data.margins == "margin":
+        text += f" plus {data.margin_scale:g} x each row's `margin`"
+    elif data.margins == "scores":
+        text += f" plus {data.margin_scale:g} x (`score_chosen` - `score_rejected`) of each row"
+    if loss.center_coef > 0:
+        text += f"; reward centering, {loss.center_coef:g} x mean((r_c + r_r)^2)"
+    return text
 
 
 def _reward_stats_pairs(reward_stats: dict) -> str:
@@ -65,7 +87,7 @@ def _reward_stats_pairs(reward_stats: dict) -> str:
 
 
 def write_model_card(
-    directory: str, *, run_name: str, model, data, evaluation: dict | None, reward_stats: dict | None
+    directory: str, *, run_name: str, model, data, evaluation: dict | None, reward_stats: dict | None, loss=None
 ) -> None:
     """``README.md``: a Hugging Face model card (metadata, data, result, how to load and score)."""
     base = os.path.basename(model.pretrain.rstrip("/")) if model.init == "pretrained" else None
@@ -96,6 +118,8 @@ def write_model_card(
         + f" (max_length {data.max_length}, overflow `{data.overflow}`).",
         "",
     ]
+    if loss is not None:
+        lines += [f"Objective: {objective_text(data=data, loss=loss)}.", ""]
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
         for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):

@@ -57,4 +57,5 @@ def build_trainer(
         eval_batch_size=eval.batch_size or schedule.batch_size,
         share_prompt=plan.forward == SHARED,
         pack_pairs=data.pack_pairs,
+        margin_scale=data.margin_scale if data.margins != "none" else None,
     )

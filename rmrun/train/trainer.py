@@ -119,6 +119,7 @@ class Trainer:
         eval_batch_size: int,
         share_prompt: bool = False,
         pack_pairs: bool = False,
+        margin_scale: float | None = None,
     ):
         self.boosted = boosted
         self.data = data
@@ -138,6 +139,7 @@ class Trainer:
         self.dp_rank = _group_rank(dp_group)
         self.share_prompt = share_prompt
         self.pack_pairs = pack_pairs
+        self.margin_scale = margin_scale  # None: loss.margin alone; else each pair's margin from the data too
         self._prefixes: dict[int, tuple] = {}  # id(data) -> (data, shared prefix lengths, pair token counts)
         # What a batch is padded to: the longer side, or the shared-prompt sequence.
         self.lengths = shared_lengths(data, self._prefix(data)) if share_prompt else data.lengths().max(axis=1)
@@ -187,6 +189,15 @@ class Trainer:
         half = len(indices)
         return rewards[:half], rewards[half:], batch, int(mask.sum())
 
+    def _losses(self, chosen: torch.Tensor, rejected: torch.Tensor, indices: np.ndarray, data) -> torch.Tensor:
+        """Per-pair losses: loss.margin plus, with data.margins, each pair's own margin scaled,
+        and the centering term where loss.center_coef is on."""
+        margin: float | torch.Tensor = self.loss.margin
+        if self.margin_scale is not None:
+            own = torch.from_numpy(np.asarray(data.margin[indices], dtype=np.float32)).to(chosen.device)
+            margin = self.loss.margin + self.margin_scale * own
+        return pair_losses(self.loss.name, chosen, rejected, margin=margin, center_coef=self.loss.center_coef)
+
     def optimizer_step(self, step: OptimizerStep) -> dict:
         """Micro-batches with one concatenated chosen+rejected forward each, then one update."""
         sums = torch.zeros(len(STEP_SUM_FIELDS))
@@ -196,7 +207,7 @@ class Trainer:
             indices = np.array([0]) if empty else micro.indices
             with self.boosted.no_sync(i < len(step.micro_batches) - 1):
                 chosen, rejected, batch, n_tokens = self._forward(indices, self.data)
-                losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
+                losses = self._losses(chosen, rejected, indices, self.data)
                 self.boosted.backward(losses.sum() * (0.0 if empty else model_weight))
             if not empty:
                 sums[:NUM_SUMS] += pair_sums(chosen, rejected, losses).cpu()
@@ -225,7 +236,7 @@ class Trainer:
             "step": self.state.step + 1,
             "epoch": self.state.epoch,
             "lr": lr,
-            **metrics_from_sums(sums[:NUM_SUMS]),
+            **metrics_from_sums(sums[:NUM_SUMS], center=self.loss.center_coef > 0),
             "grad_norm": grad_norm,
             "tokens": int(sums[TOKENS_SUM]),
             "skipped": not finite,
@@ -292,7 +303,7 @@ class Trainer:
                 chosen, rejected, _, _ = self._forward(np.array([0]) if empty else indices, data)
                 if empty:
                     continue
-                losses = pair_losses(self.loss.name, chosen, rejected, margin=self.loss.margin)
+                losses = self._losses(chosen, rejected, indices, data)
                 sums += pair_sums(chosen, rejected, losses).cpu()
                 correct = (chosen > rejected).cpu().numpy()
                 buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
@@ -309,7 +320,7 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.epoch,
             "pairs": pairs,
-            **metrics_from_sums(sums["sums"]),
+            **metrics_from_sums(sums["sums"], center=self.loss.center_coef > 0),
         }
         result["longer_wins_accuracy"] = float(sums["longer_wins"]) / pairs if pairs else None
         result["accuracy_by_length"] = accuracy_by_length(sums["buckets"])

@@ -117,7 +117,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 61
+    assert len(KEYS) == 64
 
 
 # ----------------------------------------------------------- error classes, exact text

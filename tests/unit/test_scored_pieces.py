@@ -3,6 +3,7 @@ start scores only the missing ones, and the metrics equal those of one start tha
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from rmrun.run.context import RunContext
 from rmrun.runtime.dist import Rank
 from rmrun.store import StateStore
 from rmrun.store.keys import SCORED_PREFIX
+from rmrun.train.loss import NUM_SUMS
 
 
 class Data:
@@ -45,9 +47,9 @@ class Trainer:
         if self.stop_after is not None and len(self.scored) == self.stop_after:
             raise KeyboardInterrupt
         self.scored.append(len(data))
-        s = torch.zeros(1)
+        s = torch.zeros(NUM_SUMS)  # the first sum is the one checked; the rest stay 0
         for v in data.values:
-            s += torch.tensor([float(v)])
+            s[:1] += torch.tensor([float(v)])
         return {"sums": s, "buckets": torch.tensor([[float(len(data)), 1.0]])}
 
     def eval_result(self, sums, *, pairs):
@@ -137,3 +139,20 @@ def test_an_eval_stopped_between_batches_keeps_its_pieces_and_one_piece_commits_
     small = data.subset(np.arange(500))
     result = scored.score_in_pieces(one, Trainer(), small, what="eval", fault="eval_piece", commit_single=False)
     assert result["pairs"] == 500 and one.store.committed_keys(SCORED_PREFIX) == []
+
+
+def test_a_piece_stored_with_other_sums_is_scored_again(tmp_path, data, monkeypatch):
+    """A piece kept by a version that summed other fields (another shape) is not added in."""
+    monkeypatch.setattr(scored, "PIECE_PAIRS", 1000)
+    ctx = _context(str(tmp_path))
+    key = scored.scored_piece_key("stats", 7, 0, 5)
+    staged = ctx.stage(key, meta={})
+    staged.write_bytes(
+        "sums.json", json.dumps(scored._encoded({"sums": torch.zeros(3), "buckets": torch.zeros(1, 2)})).encode()
+    )
+    staged.commit()
+    trainer = Trainer()
+    result = scored.score_in_pieces(ctx, trainer, data, what="stats", fault="stats_piece")
+    assert trainer.scored == [1000] * 5 and result == scored.score_in_pieces(
+        _context(str(tmp_path / "fresh")), Trainer(), data, what="stats", fault="stats_piece"
+    )

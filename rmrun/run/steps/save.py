@@ -45,7 +45,9 @@ def _export_files(
         with open(os.path.join(directory, "eval.json"), "wb") as f:
             f.write(evaluation.read_bytes("eval.json"))
     final = json.loads(evaluation.read_bytes("eval.json"))["final"] if evaluation is not None else None
-    write_model_card(directory, run_name=run_name, model=model, data=data, evaluation=final, reward_stats=reward_stats)
+    write_model_card(
+        directory, run_name=run_name, model=model, data=data, evaluation=final, reward_stats=reward_stats, loss=loss
+    )
 
 
 def _write_model(ctx: RunContext, directory: str, boosted: Boosted, tokenizer) -> None:

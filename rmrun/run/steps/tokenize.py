@@ -90,7 +90,7 @@ def _record_count(ctx: RunContext, stored: dict, urls, *, data: DataSection, cou
     from rmrun.run.fingerprint import pair_count_key
     from rmrun.store.keys import PAIR_COUNTS_RECORD
 
-    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows)
+    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins)
     if key and stored.get(key) != counted:
         ctx.store.write_record(PAIR_COUNTS_RECORD, {**stored, key: counted}, lease=ctx.held_lease)
 
@@ -160,7 +160,7 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
         board.advance(f"{split}/done")
 
     options = {"max_length": part.data.max_length, "overflow": part.data.overflow, "template": template}
-    pairs = read_pairs(part.urls, format=part.data.format, bad_rows=part.data.bad_rows)
+    pairs = read_pairs(part.urls, format=part.data.format, bad_rows=part.data.bad_rows, margins=part.data.margins)
     tokenize_pieces(
         pieces_from(pairs, part.bounds, part.mine),
         tokenizer,
