@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rmrun.data.mapped import release_pages
+
 ARRAY_NAMES = (
     "chosen_ids",
     "chosen_offsets",
@@ -106,11 +108,23 @@ class TokenizedPairs:
             starts = offsets[indices]
             lengths = offsets[indices + 1] - starts
             new_offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths, dtype=np.int64)])
-            # Token t of the new flat array comes from its pair's start, shifted by its place in the pair.
-            positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
-            arrays[f"{side}_ids"] = ids[positions]
+            out = np.empty(int(new_offsets[-1]), dtype=ids.dtype)
+            for begin in range(0, len(indices), GATHER_CHUNK):  # a chunk of pairs, then its pages let go
+                end = min(begin + GATHER_CHUNK, len(indices))
+                lo, hi = int(new_offsets[begin]), int(new_offsets[end])
+                # Token t of the new flat array comes from its pair's start, shifted by its place in the pair.
+                shift = np.repeat(starts[begin:end] - new_offsets[begin:end], lengths[begin:end])
+                out[lo:hi] = ids[shift + np.arange(lo, hi, dtype=np.int64)]
+                release_pages(ids)
+            arrays[f"{side}_ids"] = out
             arrays[f"{side}_offsets"] = new_offsets
         return TokenizedPairs(**arrays)
+
+    def release_pages(self) -> None:
+        """Unmap from this process the pages of its mapped arrays read so far (``mapped.py``):
+        the resident memory of a pass over random pairs stays that of one step."""
+        for name in ARRAY_NAMES:
+            release_pages(getattr(self, name))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays by name, contiguous, as ``safetensors.numpy.save`` wants them."""
@@ -126,6 +140,7 @@ class TokenizedPairs:
 
 
 PREFIX_CHUNK = 8192  # pairs compared at a time
+GATHER_CHUNK = 512  # pairs a subset gathers before it lets their pages go (64 KB of mapping each, at most)
 
 
 def common_prefix_lengths(

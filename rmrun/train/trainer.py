@@ -232,6 +232,7 @@ class Trainer:
             )
         self.boosted.optimizer.zero_grad()
         self.boosted.scheduler.step()
+        self.data.release_pages()  # the pages this step read stop counting as this rank's memory
         line = {
             "step": self.state.step + 1,
             "epoch": self.state.epoch,
@@ -308,6 +309,7 @@ class Trainer:
                 correct = (chosen > rejected).cpu().numpy()
                 buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
                 longer_wins += longer_wins_credit(lengths[indices])
+                data.release_pages()
         return {
             "sums": sum_tensor(sums, group=self.dp_group),
             "buckets": sum_tensor(buckets, group=self.dp_group),

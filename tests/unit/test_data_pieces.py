@@ -100,3 +100,46 @@ def test_a_file_assembled_on_disk_reads_back_as_the_pieces_assembled(pairs_and_t
             assert read[name].dtype == expected.dtype and read[name].tobytes() == expected.tobytes(), name
     assert stats == {**in_memory.stats, "seconds": 2.0, "pairs_per_second": stats["pairs_per_second"]}
     assert os.listdir(tmp_path) == ["t.safetensors"], "the scratch files are removed"
+
+
+def _file_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("RssFile:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RssFile from /proc")
+def test_the_pages_a_pass_over_random_pairs_maps_are_let_go(tmp_path):
+    """A mapped data set read at random maps (nearly) every page it touches and their
+    neighbours; release_pages unmaps them, and a subset gathers chunk by chunk, so neither
+    a sample nor an epoch keeps the whole file resident. Negative control: the same reads
+    without the release keep it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from rmrun.data.arrays import TokenizedPairs
+    from rmrun.data.mapped import map_safetensors
+
+    rng = np.random.default_rng(0)
+    n, side = 40_000, 400  # 2 x 64 MB of token ids
+    arrays = {
+        "chosen_ids": rng.integers(1, 1000, size=n * side, dtype=np.int32),
+        "rejected_ids": rng.integers(1, 1000, size=n * side, dtype=np.int32),
+        "chosen_offsets": np.arange(0, n * side + 1, side, dtype=np.int64),
+        "rejected_offsets": np.arange(0, n * side + 1, side, dtype=np.int64),
+        "pair_index": np.arange(n, dtype=np.int64),
+    }
+    path = str(tmp_path / "big.safetensors")
+    save_file(TokenizedPairs.from_arrays(arrays, {}).to_arrays(), path)
+    del arrays
+    mapped = TokenizedPairs.from_arrays(map_safetensors(path), {})
+    before = _file_rss_mb()
+    for i in rng.permutation(n):  # an epoch's reads, one pair at a time
+        mapped.chosen(int(i))[0], mapped.rejected(int(i))[0]
+    touched = _file_rss_mb()
+    assert touched - before > 100, (before, touched)  # the negative control: all of it is resident
+    mapped.release_pages()
+    assert _file_rss_mb() - before < 10, (before, _file_rss_mb())
+    sample = np.sort(rng.choice(n, size=4000, replace=False))
+    subset = mapped.subset(sample)
+    assert _file_rss_mb() - before < 20, "a subset lets its pages go chunk by chunk"
+    assert subset.chosen(7).tolist() == mapped.chosen(int(sample[7])).tolist()
