@@ -95,6 +95,21 @@ def score_in_pieces(
     return trainer.eval_result(total, pairs=n)
 
 
+def score_eval(ctx: RunView, trainer: Trainer, *, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Collective: the eval of the trainer's step on its eval data, in pieces (an eval set of
+    one piece commits none); ``should_stop``: see ``Trainer.eval_sums``."""
+    data = trainer.eval_data
+    return score_in_pieces(
+        ctx, trainer, data, what="eval", fault="eval_piece", commit_single=False, should_stop=should_stop
+    )
+
+
+def forget_eval(ctx: RunView, trainer: Trainer) -> None:
+    """Rank 0: delete the eval's committed pieces (there are some only beyond one piece)."""
+    if len(trainer.eval_data) > PIECE_PAIRS:
+        forget(ctx, "eval")
+
+
 def forget(ctx: RunView, what: str) -> None:
     """Rank 0: delete the committed pieces of ``what`` once the result they make is committed."""
     if ctx.rank.is_main:

@@ -188,19 +188,15 @@ class EvalHook:
 
     def evaluate(self, trainer: Trainer) -> dict | None:
         """Collective: the eval of this step, appended to the history; None when a stop left it."""
-        from rmrun.run.scored import PIECE_PAIRS, forget, score_in_pieces
+        from rmrun.run.scored import forget_eval, score_eval
         from rmrun.train.trainer import EvalStopped
 
-        data = trainer.eval_data
         try:
-            result = score_in_pieces(
-                self.ctx, trainer, data, what="eval", fault="eval_piece", commit_single=False, should_stop=self._stopped
-            )
+            result = score_eval(self.ctx, trainer, should_stop=self._stopped)
         except EvalStopped as stopped:
             self.ctx.say(f"{stopped}: its scored pieces are kept")
             return None
-        if len(data) > PIECE_PAIRS:
-            forget(self.ctx, "eval")
+        forget_eval(self.ctx, trainer)
         trainer.state.evals.append(result)
         return result
 

@@ -24,7 +24,7 @@ def _say(ctx: RunContext, final: dict) -> None:
 
 
 def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: EvalSection) -> None:
-    from rmrun.run.scored import PIECE_PAIRS, forget, score_in_pieces
+    from rmrun.run.scored import forget_eval, score_eval
     from rmrun.runtime.collective import broadcast
     from rmrun.runtime.faults import fault_point
 
@@ -37,22 +37,21 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
             _say(ctx, json.loads(state.read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
-    pieces = False
+    pieces = False  # an eval scored here, whose committed pieces go once its result is committed
     if history and history[-1]["step"] == trainer.state.step:
         final = history[-1]
     else:
         # The training loop evaluates its last step; a stop left that eval unfinished (its
         # committed pieces are used): finished here, it joins the history as it would have.
-        data = trainer.eval_data
-        final = score_in_pieces(ctx, trainer, data, what="eval", fault="eval_piece", commit_single=False)
+        final = score_eval(ctx, trainer)
         history.append(final)
-        pieces = len(data) > PIECE_PAIRS
+        pieces = True
     if ctx.rank.is_main:
         staged = ctx.stage(step.key, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()
         if pieces:
-            forget(ctx, "eval")
+            forget_eval(ctx, trainer)
         _say(ctx, final)
     fault_point("eval_final_done", step=trainer.state.step, rank=ctx.rank.rank)
