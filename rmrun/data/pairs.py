@@ -115,9 +115,6 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-MARGIN_SOURCES = ("none", "margin", "scores")
-
-
 def row_margin(row: Any, margins: str) -> float:
     """The pair's margin from its row: its ``margin`` field, or ``score_chosen - score_rejected``;
     a row without them (or with a value that is not a finite number) is a bad row."""
@@ -127,9 +124,9 @@ def row_margin(row: Any, margins: str) -> float:
     fields = {"margin": ("margin",), "scores": ("score_chosen", "score_rejected")}[margins]
     values = []
     for name in fields:
-        value = row.get(name) if isinstance(row, dict) else None
-        if name not in (row if isinstance(row, dict) else {}):
+        if not isinstance(row, dict) or name not in row:
             raise _BadRow("margin", f'data.margins = "{margins}" needs a "{name}" field, and the row has none')
+        value = row[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise _BadRow("margin", f'"{name}" must be a finite number, got {json.dumps(value)}')
         values.append(float(value))

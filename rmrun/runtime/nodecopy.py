@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from rmrun.runtime.collective import barrier, gather_all
 from rmrun.runtime.dist import Rank
 from rmrun.runtime.faults import node_copy_enabled
-from rmrun.store import CorruptState, StateStore
+from rmrun.store import CommittedState, CorruptState, StateStore
 
 
 class NodeReadFailed(OSError):
@@ -57,10 +57,12 @@ class NodeCopy:
     meta: dict  # the manifest's meta, as the node's reader found it ({} when corrupt)
 
 
-def _read_into(store: StateStore, key: str, directory: str) -> tuple[dict | None, dict]:
-    """Download state ``key`` into ``directory``, hashing as it streams; (what went wrong
-    or None, the manifest's meta)."""
-    state = store.open_unverified(key)
+def _read_into(
+    store: StateStore, key: str, directory: str, state: CommittedState | None = None
+) -> tuple[dict | None, dict]:
+    """Download state ``key`` (``state``, when already opened) into ``directory``, hashing as
+    it streams; (what went wrong or None, the manifest's meta)."""
+    state = state or store.open_unverified(key)
     if state is None:
         return {"kind": "missing", "message": f"state {key} vanished from {store.root} while it was being read"}, {}
     try:
@@ -93,38 +95,35 @@ def _private_cache(store: StateStore) -> str | None:
     return folder
 
 
-def _kept_copy(store: StateStore, key: str) -> tuple[str | None, dict | None, dict, bool]:
-    """(directory, problem, meta, kept) of the kept copy of ``key``: the node's own when its
-    manifest matches, else read (and verified) now and kept in place of the older one;
-    ``kept`` False when no folder could be kept (the directory is then removed after use)."""
+def _kept_copy(store: StateStore, key: str) -> tuple[str | None, dict | None, dict] | None:
+    """(directory, problem, meta) of the kept copy of ``key``: the node's own when its
+    manifest and stamps match, else read (and verified) now and kept in place of the older
+    one; None when nothing can be kept here (no private folder: the caller reads as usual)."""
     folder = _private_cache(store)
+    if folder is None:
+        return None
     state = store.open_unverified(key)
     if state is None:
         return (
             None,
             {"kind": "missing", "message": f"state {key} vanished from {store.root} while it was being read"},
             {},
-            False,
         )
-    if folder is None:
-        directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
-        problem, meta = _read_into(store, key, directory)
-        return directory, problem, meta, False
     digest = hashlib.sha256(json.dumps([key, state.attempt, state.manifest], sort_keys=True).encode()).hexdigest()
     kept = os.path.join(folder, f"{key}-{digest[:24]}")
     stamps = state.stamps()
     seal = json.dumps({"manifest": digest, "stamps": stamps}, sort_keys=True)
     if None not in stamps.values() and _still_whole(kept, seal, state.manifest["files"]):
-        return kept, None, state.manifest["meta"], True
+        return kept, None, state.manifest["meta"]
     staging = tempfile.mkdtemp(prefix=".reading-", dir=folder)
     try:
-        problem, meta = _read_into(store, key, staging)
+        problem, meta = _read_into(store, key, staging, state)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if problem is not None:
         shutil.rmtree(staging, ignore_errors=True)
-        return None, problem, meta, False
+        return None, problem, meta
     with open(os.path.join(staging, VERIFIED), "w") as f:
         f.write(seal)
     shutil.rmtree(kept, ignore_errors=True)  # a copy whose files changed
@@ -137,7 +136,7 @@ def _kept_copy(store: StateStore, key: str) -> tuple[str | None, dict | None, di
     for name in os.listdir(folder):  # the older kept copies of this store
         if name != os.path.basename(kept) and not name.startswith(".reading-"):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-    return kept, None, meta, True
+    return kept, None, meta
 
 
 def _still_whole(directory: str, seal: str, files: list[dict]) -> bool:
@@ -164,8 +163,9 @@ def node_copy(store: StateStore, key: str, *, rank: Rank, keep: bool = False) ->
     kept = False
     if reads_here:
         try:
-            if keep:
-                directory, problem, meta, kept = _kept_copy(store, key)
+            found = _kept_copy(store, key) if keep else None
+            if found is not None:
+                (directory, problem, meta), kept = found, True
             else:
                 directory = tempfile.mkdtemp(prefix=f"rmrun-{key}-")
                 problem, meta = _read_into(store, key, directory)

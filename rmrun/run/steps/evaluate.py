@@ -37,7 +37,6 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
             _say(ctx, json.loads(state.read_bytes("eval.json"))["final"])
         return
     history = trainer.state.evals
-    pieces = False  # an eval scored here, whose committed pieces go once its result is committed
     if history and history[-1]["step"] == trainer.state.step:
         final = history[-1]
     else:
@@ -45,13 +44,11 @@ def evaluate_final(ctx: RunContext, step: Step, *, loss: LossSection, eval: Eval
         # committed pieces are used): finished here, it joins the history as it would have.
         final = score_eval(ctx, trainer)
         history.append(final)
-        pieces = True
     if ctx.rank.is_main:
         staged = ctx.stage(step.key, meta={"step": trainer.state.step})
         staged.write_bytes("eval.json", json.dumps({"final": final, "history": history}, indent=2).encode())
         fault_point("eval_final_commit", step=trainer.state.step)
         staged.commit()
-        if pieces:
-            forget_eval(ctx, trainer)
+        forget_eval(ctx, trainer)  # the pieces of an eval scored here, once its result is committed
         _say(ctx, final)
     fault_point("eval_final_done", step=trainer.state.step, rank=ctx.rank.rank)
