@@ -20,14 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-
-def doc(text: str, default=None, *, factory=None, path: bool | str = False, required: bool = False):
-    """A dataclass field with its user-facing documentation attached."""
-    metadata = {"doc": text, "path": path, "required": required}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
+from rmrun.recipe.fields import doc
+from rmrun.recipe.trackers import MlflowSection, TrackerName, WandbSection
 
 PACKAGE_PREFIX = "package:"
 
@@ -311,6 +305,15 @@ class LogSection:
     progress: Literal["auto", "bar", "lines", "off"] = doc(
         "Progress display: a bar on a terminal and plain lines otherwise (auto).", "auto"
     )
+    trackers: tuple[TrackerName, ...] = doc(
+        'Experiment trackers to send the metrics to: "wandb", "mlflow" (pip install "rmrun[wandb]" / '
+        '"rmrun[mlflow]"). Rank 0 sends from a background thread; every start of a run, on any machine, '
+        "continues the one tracker run whose id the state keeps, and a step is sent once however often "
+        "the run is preempted. A tracker that fails costs a warning, never the training.",
+        (),
+    )
+    wandb: WandbSection = doc("Weights & Biases options.", factory=WandbSection)
+    mlflow: MlflowSection = doc("MLflow options.", factory=MlflowSection)
 
 
 @dataclass(frozen=True)

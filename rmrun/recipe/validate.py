@@ -291,6 +291,31 @@ def _export_problems(recipe: Recipe) -> list[str]:
     ]
 
 
+def _tracker_problems(recipe: Recipe) -> list[str]:
+    """Each tracker named once; MLflow tags as key=value."""
+    problems = []
+    trackers = recipe.log.trackers
+    for name in sorted({t for t in trackers if trackers.count(t) > 1}):
+        problems.append(f"[log].trackers: {name!r} is named more than once")
+    for tag in recipe.log.mlflow.tags:
+        if not tag.partition("=")[0].strip() or "=" not in tag:
+            problems.append(f'[log.mlflow].tags: {tag!r} is not "key=value"')
+    return problems
+
+
+def tracker_package_problems(recipe: Recipe) -> list[str]:
+    """A tracker whose package is not installed (looked up, not imported)."""
+    import importlib.util
+
+    packages = {"wandb": "wandb", "mlflow": "mlflow"}
+    return [
+        f'[log].trackers: "{name}" needs the {packages[name]} package, which is not installed: '
+        f'pip install "rmrun[{name}]"'
+        for name in recipe.log.trackers
+        if importlib.util.find_spec(packages[name]) is None
+    ]
+
+
 def value_problems(recipe: Recipe) -> list[str]:
     """The problems of single keys, each judged by its own value, one line each."""
     return (
@@ -300,6 +325,7 @@ def value_problems(recipe: Recipe) -> list[str]:
         + _schedule_problems(recipe)
         + _checkpoint_problems(recipe)
         + _lora_problems(recipe)
+        + _tracker_problems(recipe)
     )
 
 
@@ -320,7 +346,7 @@ def static_problems(recipe: Recipe) -> list[str]:
 
 def environment_problems(recipe: Recipe, world: World) -> list[str]:
     """Checks that need the world the run is in."""
-    problems = []
+    problems = tracker_package_problems(recipe)
     p = recipe.plugin
     if not world.cuda and (problem := cuda_problem(p, cpu_bf16=world.cpu_bf16)) is not None:
         problems.append(problem)

@@ -22,6 +22,7 @@ from rmrun.store.keys import PLAN_RECORD, quarantined_record, step_record
 if TYPE_CHECKING:
     from rmrun.data import TokenizedPairs
     from rmrun.model.boost import Boosted
+    from rmrun.track import Trackers
     from rmrun.train.hooks import Hooks
     from rmrun.train.trainer import Trainer, TrainState
 
@@ -51,6 +52,9 @@ class RunContext:
     # Not a hand-off: made by the first train epoch that trains (none when every epoch is
     # done), used by the later ones, closed by the run session on every path.
     hooks: Hooks | None = None
+    # Not a hand-off: rank 0's experiment trackers (None: log.trackers names none), opened by
+    # the run session, fed by the steps, closed by the session on every path.
+    trackers: Trackers | None = None
     # Not a hand-off: where the furthest committed history piece ends, as rank 0's checkpoint
     # uploads last saw it (None: not known yet), so that each checkpoint need not list them all.
     history_end: int | None = None
@@ -68,6 +72,7 @@ class RunContext:
         self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs)
         if self.rank.is_main:
             self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.held_lease)
+            self._attach_plan()
         return self.plan
 
     def revise_plan(self, plan: Plan) -> None:
@@ -75,6 +80,13 @@ class RunContext:
         self.plan = plan
         if self.rank.is_main:
             self.store.write_record(PLAN_RECORD, plan.to_dict(), lease=self.held_lease)
+            self._attach_plan()
+
+    def _attach_plan(self) -> None:
+        if self.trackers is not None and self.plan is not None:
+            import json
+
+            self.trackers.attach("plan.json", json.dumps(self.plan.to_dict(), indent=2))
 
     def handoffs(self) -> dict[str, Any]:
         """The hand-off fields as they are now."""

@@ -14,6 +14,7 @@ The session never imports a step's code: the graph names each step's function
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -48,22 +49,27 @@ class RunSession:
 
     def run(self) -> None:
         """Run what is not done yet; close everything on every path."""
-        failing = True
+        error: BaseException | None = None
         try:
             self._check_environment()
             self.ctx = self._open()
             self._check_identity(self.ctx)
+            self._open_trackers(self.ctx)
             self._run_graph(self.ctx)
-            failing = False
+        except BaseException as e:
+            error = e
+            raise
         finally:
-            self.close(failing=failing)
+            self.close(error=error)
 
-    def close(self, *, failing: bool) -> None:
-        """Close the hooks, then give the lease back. Each is tried; when the run is
-        failing its error is the one reported, else the first error closing raised."""
+    def close(self, *, error: BaseException | None) -> None:
+        """Close the hooks and the trackers, then give the lease back. Each is tried; when the
+        run is failing (``error``) its error is the one reported, else the first error closing raised."""
         closers: list[Callable[[], None]] = []
         if self.ctx is not None and self.ctx.hooks is not None:
             closers.append(self.ctx.hooks.close)
+        if self.ctx is not None and self.ctx.trackers is not None:
+            closers.append(functools.partial(self.ctx.trackers.close, outcome=_outcome(error)))
         if self.lease is not None:
             closers.append(self._release)
         errors = []
@@ -72,7 +78,7 @@ class RunSession:
                 close()
             except Exception as e:  # noqa: BLE001 - the next one still closes
                 errors.append(e)
-        if errors and not failing:
+        if errors and error is None:
             raise errors[0]
 
     def _release(self) -> None:
@@ -152,6 +158,25 @@ class RunSession:
         if problem:
             raise RecipeError([problem])
 
+    def _open_trackers(self, ctx: RunContext) -> None:
+        """Rank 0: the experiment trackers, opening in the background (``rmrun.track``)."""
+        if not (ctx.rank.is_main and self.recipe.log.trackers):
+            return
+        import sys
+
+        from rmrun.recipe.loader import flatten, recipe_to_dict
+        from rmrun.track import open_trackers
+
+        ctx.trackers = open_trackers(
+            self.recipe.log,
+            run_name=self.recipe.run.name,
+            store=ctx.store,
+            lease=ctx.held_lease,
+            config=flatten(recipe_to_dict(self.recipe)),
+            recipe_text=ctx.recipe_text,
+            warn=lambda message: print(f"rmrun: warning: {message}", file=sys.stderr, flush=True),
+        )
+
     # ------------------------------------------------------------- the graph
 
     def _graph(self, ctx: RunContext) -> list[Step]:
@@ -187,6 +212,15 @@ class RunSession:
         if done:
             ctx.say(f"resuming run {self.recipe.run.name} from {ctx.store.root}: done {', '.join(done)}")
         walk.run(done=set(done))
+
+
+def _outcome(error: BaseException | None) -> str:
+    """How a start ended, for the trackers: finished, preempted (to be resumed) or failed."""
+    from rmrun.errors import EXIT_FAILED, EXIT_UNUSABLE, EXIT_USAGE, exit_code
+
+    if error is None:
+        return "finished"
+    return "failed" if exit_code(error) in (EXIT_FAILED, EXIT_USAGE, EXIT_UNUSABLE) else "preempted"
 
 
 def _sections(recipe: Recipe) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """The training loop's hooks: periodic work after each optimizer step, with a cadence.
 
-Logging (terminal and TensorBoard), evaluation, checkpoints and the stop signal that
+Logging (terminal, TensorBoard and the experiment trackers), evaluation, checkpoints and the stop signal that
 turns a preemption into a committed checkpoint and exit 75. :class:`Hooks` holds the
 three a run uses, in the order they run, and closes them.
 """
@@ -15,10 +15,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from rmrun.runtime.collective import any_flag
+from rmrun.track import numeric
 from rmrun.train.trainer import Hook, Preempted, Trainer
 
 if TYPE_CHECKING:
     from rmrun.runtime.process import StopSignals
+    from rmrun.track import Trackers
     from rmrun.train.checkpoint import PendingCheckpoint
     from rmrun.train.history import RunView
 
@@ -39,11 +41,13 @@ class LogHook:
         start_step: int,
         tensorboard_url: str | None = None,
         sync_steps: int | None = None,
+        trackers: Trackers | None = None,
     ):
         """``tensorboard_dir``: a local directory for the event files; ``tensorboard_url``: where
         they are copied (a state on s3://, gs://...) every minute, every ``sync_steps`` steps (the
         checkpoint interval: what a resume keeps is in the store), at epoch ends and at the end."""
         self.sync_steps = sync_steps
+        self.trackers = trackers  # rank 0's experiment trackers: each step's metrics and each eval
         self.every = every
         self.plan = plan
         self.enabled = rank.is_main
@@ -78,6 +82,8 @@ class LogHook:
         rate = self.pairs / elapsed if elapsed > 0 else 0.0
         done = trainer.state.step - self.start_step
         eta = (self.plan.total_steps - trainer.state.step) * elapsed / max(done, 1)
+        if self.trackers is not None:
+            self.trackers.log(line["step"], numeric(line, prefix="train", skip=("step",)))
         if self.writer is not None:
             for key in ("loss", "accuracy", "margin", "lr"):
                 if line.get(key) is not None:
@@ -106,6 +112,8 @@ class LogHook:
     def log_eval(self, result: dict) -> None:
         if not self.enabled:
             return
+        if self.trackers is not None:
+            self.trackers.log(result["step"], numeric(result, prefix="eval", skip=("step",)))
         if self.writer is not None:
             for key in ("loss", "accuracy", "margin"):
                 self.writer.add_scalar(f"eval/{key}", result[key], result["step"])

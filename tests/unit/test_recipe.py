@@ -114,10 +114,12 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "checkpoint",
         "eval",
         "log",
+        "log.wandb",
+        "log.mlflow",
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 64
+    assert len(KEYS) == 75
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -483,6 +485,11 @@ def valid_override(key, tp, f, current, cwd: str):
             return "some/dir", os.path.join(cwd, "some", "dir")
         return "my-run", "my-run"
     if get_origin(tp) is tuple:
+        item = get_args(tp)[0]
+        if get_origin(item) is Literal:
+            return get_args(item)[-1], (get_args(item)[-1],)
+        if key == "log.mlflow.tags":
+            return "team=rm", ("team=rm",)
         if is_path:
             return "more.jsonl", (os.path.join(cwd, "more.jsonl"),)
         return "q_proj", ("q_proj",)

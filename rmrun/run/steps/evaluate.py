@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 
 def _say(ctx: RunContext, final: dict) -> None:
+    if ctx.trackers is not None:  # rank 0; a tracker that holds this eval already is not sent it again
+        from rmrun.track import numeric
+
+        ctx.trackers.log(final["step"], numeric(final, prefix="eval", skip=("step",)))
     ctx.say(
         f"final eval: held-out accuracy {final['accuracy']:.4f} on {final['pairs']} pairs "
         f"(the longer response wins: {final['longer_wins_accuracy']:.4f}), loss {final['loss']:.4f}"

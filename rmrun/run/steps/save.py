@@ -131,6 +131,10 @@ def _publish(ctx: RunContext, step: Step, tmp: str, trainer: Trainer, *, output,
     staged.commit()
     fault_point("export_done", step=trainer.state.step)
     ctx.say(f"exported the reward model to {plan.export}")
+    if ctx.trackers is not None:
+        with open(os.path.join(tmp, "README.md"), encoding="utf-8") as f:
+            ctx.trackers.attach("model_card.md", f.read())
+        ctx.trackers.note({"export": plan.export if "://" in plan.export else os.path.abspath(plan.export)})
     forget(ctx, "stats")
     ctx.say(
         f"next: rmrun report {plan.state} (an HTML page about the run, in ./rmrun-report-{run.name}); "

@@ -74,7 +74,10 @@ def _make_hooks(
         tensorboard_url=tb_url,
         start_step=trainer.state.step,
         sync_steps=checkpoint.interval_steps,
+        trackers=ctx.trackers,
     )
+    if ctx.trackers is not None:
+        ctx.trackers.log_history(trainer.state.metrics, trainer.state.evals)
     return Hooks(
         log=log_hook,
         eval=EvalHook(ctx=ctx, every=eval.interval_steps, log=log_hook, stop=STOP),
