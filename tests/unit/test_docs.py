@@ -209,6 +209,16 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
     assert broken_links(planted, docs) == ["nowhere.md", "reference/recipe.md#schedule-lrr"]
 
 
+def test_the_readme_opens_with_the_two_commands_and_links_into_the_manual():
+    readme = (REPO / "README.md").read_text()
+    assert readme.startswith(
+        "# rmrun\n\n```bash\n"
+        "make quickstart   # creates .venv, installs rmrun, trains recipes/quickstart.toml on CPU (about a minute)\n"
+        "make test         # creates .venv, installs rmrun with its test extras, runs the test suite\n```\n"
+    )
+    assert len(readme.splitlines()) <= 90 and "docs/resume.md" in relative_links(readme)
+
+
 # ------------------------------------------------------------------ examples
 
 
