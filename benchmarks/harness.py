@@ -82,7 +82,7 @@ class WorkerPool:
 
         self.nproc = nproc
         cores = os.cpu_count() or 1
-        threads = threads_per_rank or max(1, cores // nproc)  # callers pass 1 (see README)
+        threads = threads_per_rank or max(1, cores // nproc)  # callers pass 1 (benchmarks/README.md, "Settings")
         ctx = mp.get_context("spawn")
         from rmrun.runtime.dist import free_port
 

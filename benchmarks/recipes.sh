@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The plugin comparison on the shipped recipes, as `rmrun bench` invocations: what a user
-# runs on their own recipe (see "Which plugin?" in README.md).
+# runs on their own recipe (see "Which plugin?" in docs/plugins.md).
 #
 #   benchmarks/recipes.sh [OUT]    results under OUT (default benchmarks/results/recipes/<machine>-*)
 #

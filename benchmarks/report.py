@@ -69,12 +69,12 @@ def _why_hand(entry: dict) -> str:
     elif entry["nproc"] == 1:
         why += (
             "~2/3 DDP wrapping a 1-process model (buffer broadcast, reducer, find_unused_parameters), "
-            "~1/3 Trainer bookkeeping (metric sums and all-reduces); see README"
+            "~1/3 Trainer bookkeeping (metric sums and all-reduces); see benchmarks/README.md"
         )
     else:
         why += (
             "find_unused_parameters=True and two metric all-reduces per step (cross-process syncs) that "
-            "the hand loop's DDP does not do; see README"
+            "the hand loop's DDP does not do; see benchmarks/README.md"
         )
     high = cmp["paired_median_ci95"][1]
     if high >= GOALS["rmrun_vs_hand"]:

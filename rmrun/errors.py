@@ -1,16 +1,8 @@
 """The one map from an exception to rmrun's exit code and its one-line message.
 
 Commands raise; the CLI (``rmrun.cli.main``) turns whatever reaches it into an exit code
-here, for every command. Exit codes, documented in README.md:
-
-- 0 done (also: the run was already complete; the output's reader went away);
-- 1 a bug in rmrun: a traceback was printed;
-- 2 recipe, data or usage error: fix the input, never retry as is;
-- 3 the state cannot be used (no checkpoint loads, newer format, disk full, read-only,
-  lease lost): needs a human;
-- 75 (``run.preempted_exit_code`` in a run) stopped by a signal or an unreachable store,
-  nothing committed lost: requeue;
-- 130 stopped by Ctrl-C (SIGINT).
+here, for every command. :data:`EXIT_CODES` says what each code means and what a scheduler
+should do with it; ``rmrun --help`` and the manual's exit-code table are made from it.
 
 Its top imports no other rmrun module: an exception class is looked up only in a
 module already imported (an exception of a class never imported cannot have been raised),
@@ -22,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import traceback
+from typing import NamedTuple
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -29,6 +22,62 @@ EXIT_USAGE = 2
 EXIT_UNUSABLE = 3
 EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 130
+
+
+class ExitCode(NamedTuple):
+    code: int
+    brief: str  # for ``rmrun --help``
+    meaning: str
+    scheduler: str  # what a scheduler should do on it
+
+
+EXIT_CODES = (
+    ExitCode(
+        EXIT_OK,
+        "done",
+        'done (also: "run is complete" when started again after finishing; and a command whose output\'s '
+        "reader went away, such as `rmrun status | head`)",
+        "stop",
+    ),
+    ExitCode(EXIT_FAILED, "a bug in rmrun", "a bug in rmrun (a traceback is printed)", "report it"),
+    ExitCode(
+        EXIT_USAGE,
+        "recipe, data or usage error (never retry)",
+        "user error: bad recipe, bad data row or file, empty training set, a location that cannot be written, "
+        "an unknown URL protocol, a model whose code is not trusted, a diverging loss",
+        "never retry as is",
+    ),
+    ExitCode(
+        EXIT_UNUSABLE,
+        "state unusable (needs a human)",
+        "state unusable, needs a human: every checkpoint quarantined, disk full, a read-only or vanished state "
+        "store, the lease lost to another writer, a state written by a newer rmrun (upgrade; nothing in it is "
+        "changed), local scratch (`TMPDIR`) too small for a checkpoint's snapshot",
+        "not retry; alert",
+    ),
+    ExitCode(
+        EXIT_PREEMPTED,
+        "stopped by SIGTERM or an unreachable store, nothing committed lost (requeue; run.preempted_exit_code)",
+        "stopped, nothing committed lost: by SIGTERM/SIGUSR1 (in training after committing a checkpoint; "
+        "before or after training at once), or by a state store that did not answer for "
+        "`run.store_retry_seconds`; a run exits with `run.preempted_exit_code`, 75 by default",
+        "requeue the same command",
+    ),
+    ExitCode(
+        EXIT_INTERRUPTED,
+        "stopped by Ctrl-C",
+        "stopped by Ctrl-C (SIGINT), as by SIGTERM; a second Ctrl-C stops at once",
+        "\N{EM DASH}",
+    ),
+)
+
+
+def exit_codes_markdown() -> str:
+    """:data:`EXIT_CODES` as a Markdown table, a row per code (anchors ``exit-<code>``)."""
+    rows = ["| code | meaning | the scheduler should |", "|---|---|---|"]
+    rows += [f"| **{e.code}**{{#exit-{e.code}}} | {e.meaning} | {e.scheduler} |" for e in EXIT_CODES]
+    return "\n".join(rows) + "\n"
+
 
 # "module:Class" of the errors each code stands for.
 USAGE_ERRORS = (

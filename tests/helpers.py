@@ -27,7 +27,7 @@ def child_env(**extra: str) -> dict:
     env["PYTHONWARNINGS"] = "ignore"
     # One intra-op thread in every rmrun the tests start: the tests compare runs started in
     # different processes bit for bit, and a threaded CPU kernel can still round differently
-    # from one process to the next (rmrun sets MKL_CBWR=AUTO; README "Resume, exactly").
+    # from one process to the next (rmrun sets MKL_CBWR=AUTO; docs/resume.md, "What a checkpoint holds").
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env

@@ -2,34 +2,34 @@
 
 This is the only place that calls ``sys.exit``. Each subcommand is a module of this
 package that adds its parser and sets ``func``; ``rmrun.errors`` maps whatever a command
-raises to the exit code and the ``rmrun:`` line (0 done; 2 recipe, data or usage error,
-never retry; 3 state unusable, needs a human; 75 (``run.preempted_exit_code``) stopped by
-SIGTERM/SIGUSR1 or an unreachable store with nothing committed lost, requeue me; 130
-stopped by Ctrl-C; 1 a bug).
+raises to the exit code and the ``rmrun:`` line (the codes: ``rmrun.errors.EXIT_CODES``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from rmrun.cli import bench, check, explain, init, report, run, score, status, verify_resume
 from rmrun.cli.args import recipe_keys_help
-from rmrun.errors import fail
+from rmrun.errors import EXIT_CODES, fail
 
 # In the order of `rmrun --help`; score.py adds score and eval.
 SUBCOMMANDS = (run, check, status, explain, init, verify_resume, score, report, bench)
 COMMANDS = ("run", "check", "status", "explain", "init", "verify-resume", "score", "eval", "report", "bench")
 
 
+def _exit_codes_help() -> str:
+    codes = ", ".join(f"{e.code} {e.brief}" for e in EXIT_CODES)
+    return textwrap.fill(f"Exit codes: {codes}. `rmrun explain` prints the recipe keys below.", width=100)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmrun",
         description="Train reward models for RLHF from a TOML recipe, resumable exactly after preemption.",
-        epilog="Exit codes: 0 done, 2 recipe, data or usage error (never retry), 3 state unusable (needs a\n"
-        "human), 75 stopped by SIGTERM or an unreachable store, nothing committed lost (requeue; run.preempted_exit_code),\n"
-        "130 stopped by Ctrl-C, 1 a bug in rmrun. `rmrun explain` prints the recipe keys below.\n\n"
-        + recipe_keys_help(),
+        epilog=_exit_codes_help() + "\n\n" + recipe_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)

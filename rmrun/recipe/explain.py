@@ -1,39 +1,114 @@
-"""Every recipe key with its type, default and documentation, from the schema itself."""
+"""Every recipe key with its type, default and documentation, from the schema itself.
+
+One walk over the schema (:func:`tables`) gives both ``rmrun explain``'s text and the
+manual's recipe reference (:func:`reference_markdown`), so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterator
 
 from rmrun.recipe.decode import _dataclass_in, _type_name
 from rmrun.recipe.schema import Recipe
 
+EXTENDS_DOC = "inherit another recipe; tables merge key by key."
 
-def _lines(cls, table: str) -> list[str]:
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    type: str
+    default: str  # "required", "unset" or the default's repr
+    doc: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str  # "schedule", "model.lora"
+    doc: str
+    keys: tuple[Key, ...]
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.metadata.get("required"):
+        return "required"
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        assert f.default_factory is not dataclasses.MISSING, f"{f.name} has a default"
+        default = list(f.default_factory())
+    return "unset" if default is None else repr(default)
+
+
+def _walk(cls, table: str) -> Iterator[Table]:
+    """``cls``'s table, then the tables nested in it, in schema order."""
     hints = typing.get_type_hints(cls)
-    out = [f"[{table}]  {(cls.__doc__ or '').strip().partition(':')[2].strip()}"]
-    nested = []
+    keys, nested = [], []
     for f in dataclasses.fields(cls):
         sub = _dataclass_in(hints[f.name])
         if sub is not None:
             nested.append((sub, f"{table}.{f.name}"))
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
         else:
-            assert f.default_factory is not dataclasses.MISSING, f"{cls.__name__}.{f.name} has a default"
-            default = list(f.default_factory())
-        default_text = "required" if f.metadata.get("required") else f"default {default!r}".replace("None", "unset")
-        out.append(f"  {f.name} ({_type_name(hints[f.name])}; {default_text})")
-        out.append(f"      {f.metadata.get('doc', '')}")
+            keys.append(Key(f.name, _type_name(hints[f.name]), _default(f), f.metadata.get("doc", "")))
+    yield Table(table, (cls.__doc__ or "").strip().partition(":")[2].strip(), tuple(keys))
     for sub, name in nested:
-        out += _lines(sub, name)
-    return out
+        yield from _walk(sub, name)
+
+
+def tables() -> list[Table]:
+    """Every table of a recipe, each followed by the tables nested in it."""
+    hints = typing.get_type_hints(Recipe)
+    return [t for f in dataclasses.fields(Recipe) for t in _walk(hints[f.name], f.name)]
 
 
 def explain_text() -> str:
     lines = []
-    for f in dataclasses.fields(Recipe):
-        lines += _lines(typing.get_type_hints(Recipe)[f.name], f.name)
-    lines.append('extends = "base.toml" (top level): inherit another recipe; tables merge key by key.')
+    for table in tables():
+        lines.append(f"[{table.name}]  {table.doc}")
+        for key in table.keys:
+            default = key.default if key.default == "required" else f"default {key.default}"
+            lines.append(f"  {key.name} ({key.type}; {default})")
+            lines.append(f"      {key.doc}")
+    lines.append(f'extends = "base.toml" (top level): {EXTENDS_DOC}')
     return "\n".join(lines)
+
+
+def anchor(table: str, key: str | None = None) -> str:
+    """The reference's anchor for a table or a key: ``schedule``, ``schedule-lr``, ``model-lora-r``."""
+    return "-".join([*table.split("."), *([key] if key else [])])
+
+
+# What Markdown would read as HTML, emphasis or a cell's end, outside code spans.
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "*": "\\*", "|": "\\|"})
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` for a Markdown table cell, its code spans kept as they are."""
+    parts = text.split("`")
+    parts[::2] = [part.translate(_ESCAPES) for part in parts[::2]]  # the parts outside code spans
+    return "`".join(parts)
+
+
+def reference_markdown() -> str:
+    """The recipe reference as Markdown: per table a heading, its doc and a row per key
+    (name, type, default, doc); every table and key has an anchor (:func:`anchor`)."""
+    out = [
+        "Every key a recipe may set, table by table, with its type and default. `rmrun explain` "
+        "prints the same, and so does `rmrun run --help`.",
+        "",
+    ]
+    for table in tables():
+        doc = _markdown_text(table.doc[:1].upper() + table.doc[1:])
+        out += [f"## `[{table.name}]` {{#{anchor(table.name)}}}", "", doc, ""]
+        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for key in table.keys:
+            default = key.default if key.default in ("required", "unset") else f"`{key.default}`"
+            out.append(
+                f"| `{key.name}`{{#{anchor(table.name, key.name)}}} | {_markdown_text(key.type)} "
+                f"| {default} | {_markdown_text(key.doc)} |"
+            )
+        out.append("")
+    out += ["## Top level {#top-level}", "", f'`extends = "base.toml"`{{#extends}}: {EXTENDS_DOC}', ""]
+    return "\n".join(out)

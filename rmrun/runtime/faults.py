@@ -21,8 +21,8 @@
   state from the store itself instead of once per node.
 
 :data:`FAULT_POINTS` lists every point, in the order a run reaches them; each store
-write and each step boundary of the graph has one. Unset, every function here is a
-no-op.
+write and each step boundary of the graph has one (the manual's list of fault points is
+made from it). Unset, every function here is a no-op.
 """
 
 from __future__ import annotations
@@ -60,6 +60,13 @@ FAULT_POINTS = {
     "export_commit": "export uploaded, before the export record is committed",
     "export_done": "export record committed, before the run says it is done",
 }
+
+
+def fault_points_markdown() -> str:
+    """:data:`FAULT_POINTS` as a Markdown table, in run order."""
+    rows = ["| point | where a run reaches it |", "|---|---|"]
+    rows += [f"| `{name}` | {where} |" for name, where in FAULT_POINTS.items()]
+    return "\n".join(rows) + "\n"
 
 
 def _directives() -> list[str]:

@@ -1,4 +1,4 @@
-"""ARCHITECTURE.md's "where to change what" table, followed as a newcomer would: in a copy of
+"""docs/architecture.md's "where to change what" table, followed as a newcomer would: in a copy of
 the package, a toy loss, a toy data format and a toy step are added exactly where the table
 says and nowhere else, and a real run uses all three."""
 

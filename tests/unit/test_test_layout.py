@@ -1,4 +1,4 @@
-"""How the tests are laid out (ARCHITECTURE.md, "Tests"): a unit test starts no process, and no
+"""How the tests are laid out (docs/architecture.md, "Tests"): a unit test starts no process, and no
 test module imports another (shared fixtures live in a conftest.py, helpers in tests/helpers.py)."""
 
 from __future__ import annotations
