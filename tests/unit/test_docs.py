@@ -92,7 +92,7 @@ def reference_problems(markdown: str) -> list[str]:
 
 def test_the_recipe_reference_has_every_key_with_its_default():
     markdown = reference_markdown()
-    assert len(schema_defaults()) == 64
+    assert len(schema_defaults()) == 75
     assert reference_problems(markdown) == []
     assert "| `lr`{#schedule-lr} | number | `5e-06` | Peak learning rate. |" in markdown
     assert "## `[model.lora]` {#model-lora}" in markdown and "{#extends}" in markdown
@@ -222,11 +222,25 @@ def test_the_readme_opens_with_the_two_commands_and_links_into_the_manual():
 # ------------------------------------------------------------------ examples
 
 
+def _toml_keys(data: dict, table: str = "") -> list[tuple[str, str]]:
+    """(table, key) of every value in ``data``; a nested table ([log.wandb]) named with dots."""
+    out = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _toml_keys(value, f"{table}.{key}" if table else key)
+        else:
+            out.append((table, key))
+    return out
+
+
 def test_the_toml_examples_use_only_recipe_keys():
     keys = set(schema_defaults())
     unknown = []
     for page in sorted(DOCS.rglob("*.md")):
         for block in re.findall(r"```toml\n(.*?)```", page.read_text(), flags=re.S):
-            for table, values in tomllib.loads(block).items():
-                unknown += [f"{page.name}: {table}.{key}" for key in values if (table, key) not in keys]
+            unknown += [f"{page.name}: {t}.{k}" for t, k in _toml_keys(tomllib.loads(block)) if (t, k) not in keys]
     assert unknown == []
+    assert _toml_keys({"log": {"trackers": [], "wandb": {"projct": "x"}}}) == [
+        ("log", "trackers"),
+        ("log.wandb", "projct"),
+    ]
