@@ -31,11 +31,17 @@ from rmrun.data.tokenize import tokenize_pairs
 _SUMMED_STATS = ("pairs", "truncated", "dropped", "tokens")
 PAIRS_PER_PIECE = 8192  # a kill loses at most this many pairs' tokenization
 MIN_PIECES = 4  # even a small split is cut, so that its pieces can be tokenized side by side
+# A split of more than one piece's worth is cut into a multiple of this many pieces, so that
+# 1, 2, 4 or 8 ranks (or a rank's pool of workers) share them evenly: with 13 pieces, two
+# ranks would take 7 and 6, and the one with 7 would set the pace.
+PIECE_MULTIPLE = 8
 
 
 def pieces_for(num_pairs: int) -> int:
     """How many pieces a split of ``num_pairs`` pairs is cut into: a pure function of the count."""
-    return max(1, min(num_pairs, MIN_PIECES), -(-num_pairs // PAIRS_PER_PIECE))
+    if num_pairs <= PAIRS_PER_PIECE:
+        return max(1, min(num_pairs, MIN_PIECES))
+    return -(-num_pairs // (PAIRS_PER_PIECE * PIECE_MULTIPLE)) * PIECE_MULTIPLE
 
 
 def piece_bounds(num_pairs: int, num_pieces: int) -> list[tuple[int, int]]:

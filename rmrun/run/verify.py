@@ -24,8 +24,12 @@ import random
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
-from rmrun.runtime.faults import FAULT_POINTS
+from rmrun.runtime.faults import CONDITIONAL_POINTS, FAULT_POINTS
+
+if TYPE_CHECKING:
+    from rmrun.recipe.schema import Recipe
 
 
 def _sabotage() -> list[str]:
@@ -93,10 +97,19 @@ def compare_exports(a: str, b: str) -> list[str]:
     return problems
 
 
-def parse_points(text: str) -> list[str]:
-    """``all`` or ``P[:STEP],...`` → kill directives' specs, in run order for ``all``."""
+def _reaches(recipe: Recipe, point: str) -> bool:
+    key = CONDITIONAL_POINTS.get(point)
+    if key is None:
+        return True
+    section, name = key.split(".")
+    return bool(getattr(getattr(recipe, section), name))
+
+
+def parse_points(text: str, *, recipe: Recipe | None = None) -> list[str]:
+    """``all`` or ``P[:STEP],...`` → kill directives' specs, in run order for ``all`` (without
+    the points ``recipe`` never reaches: the trackers' where it names none)."""
     if text == "all":
-        return list(FAULT_POINTS)
+        return [p for p in FAULT_POINTS if recipe is None or _reaches(recipe, p)]
     specs = [p.strip() for p in text.split(",") if p.strip()]
     for spec in specs:
         if spec.split(":")[0] not in FAULT_POINTS:
@@ -117,9 +130,9 @@ def verify_resume(
     from rmrun.errors import EXIT_UNUSABLE, EXIT_USAGE
     from rmrun.recipe import RecipeError, load_recipe
 
-    load_recipe(recipe, overrides=overrides)  # a recipe mistake is the user's (2), before any run starts
+    loaded = load_recipe(recipe, overrides=overrides)  # a recipe mistake is the user's (2), before any run starts
     try:
-        specs = parse_points(points) if points else None
+        specs = parse_points(points, recipe=loaded) if points else None
     except ValueError as e:
         raise RecipeError([str(e)]) from None
     workdir = workdir or tempfile.mkdtemp(prefix="rmrun-verify-")

@@ -41,6 +41,8 @@ FAULT_POINTS = {
     "tokenize_commit": "tokenized data staged, before its commit",
     "tokenized": "tokenized data committed, before the model is built",
     "boosted": "model built and checkpoint loaded, before the next optimizer step",
+    "trackers_open": "rank 0's experiment trackers opened, in their thread, while the run goes on (only where "
+    "log.trackers names one)",
     "step": "after an optimizer step, before its hooks",
     "eval": "inside an evaluation",
     "eval_piece": "a piece of an evaluation scored, before its commit where the eval set has more than one piece "
@@ -60,6 +62,10 @@ FAULT_POINTS = {
     "export_commit": "export uploaded, before the export record is committed",
     "export_done": "export record committed, before the run says it is done",
 }
+
+
+# Points a run reaches only where the recipe asks for what they are in: point -> the key.
+CONDITIONAL_POINTS = {"trackers_open": "log.trackers"}
 
 
 def fault_points_markdown() -> str:

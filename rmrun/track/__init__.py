@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from rmrun.runtime.faults import fault_point
+
 if TYPE_CHECKING:
     from rmrun.recipe.schema import LogSection
     from rmrun.store import Lease, StateStore
@@ -158,6 +160,7 @@ class Trackers:
             except Exception as e:  # noqa: BLE001 - a tracker never fails the run
                 self.broken.add(backend.name)
                 self._warn_once(backend, "could not be opened", e)
+        fault_point("trackers_open")
         while True:
             event = self.events.get()
             batch = [event]

@@ -2,7 +2,7 @@
 offline mode (its run folders read back with ``rmrun.track.records``) and MLflow on a SQLite
 store (read back through ``MlflowClient``). No tracker API is mocked.
 
-- A run SIGKILLed mid-epoch and resumed gives one tracker run per tracker, every optimizer
+- A run SIGKILLed mid-epoch and resumed (1 and 2 processes) gives one tracker run per tracker, every optimizer
   step in it once with the values of the export's metrics.jsonl, the evals of eval.json, the
   recipe, the plan and the model card attached; the negative control (the tracker run id the
   state keeps, deleted between the starts) gives two runs, and the same check fails.
@@ -25,7 +25,7 @@ import pytest
 
 from rmrun.track import TRACKERS_RECORD
 from rmrun.track.records import history
-from tests.resume_harness import EXIT_OK, ONE_LOCAL, TOTAL_STEPS, Harness, assert_identical, read_export
+from tests.resume_harness import EXIT_OK, ONE_LOCAL, TOTAL_STEPS, TWO_LOCAL, Harness, assert_identical, read_export
 
 pytest.importorskip("wandb", reason="the test extra installs wandb")
 pytest.importorskip("mlflow", reason="the test extra installs mlflow")
@@ -152,12 +152,13 @@ def uninterrupted(harness):
     return run
 
 
-def _killed_and_resumed(harness, label: str, *, forget_the_run_id: bool):
-    where = harness.workdir / label
+def _killed_and_resumed(harness, label: str, *, forget_the_run_id: bool, config=ONE_LOCAL):
+    where = harness.workdir / f"{label}-{config}"
     _prepare_mlflow(where)
-    run = harness.new_run(ONE_LOCAL, label)
+    run = harness.new_run(config, label)
     sets, env = _tracked(where), _env(where)
-    harness.run(run, sets=sets, env=env, faults="kill@step:10", expect="killed")
+    # the first start's trackers open before its step 1 goes on: each holds what that start sent
+    harness.run(run, sets=sets, env=env, faults="wait@step:1=trackers_open:0,kill@step:10", expect="killed")
     if forget_the_run_id:
         os.unlink(os.path.join(run.state, "records", f"{TRACKERS_RECORD}.json"))  # records/<name>.json
     result = harness.run(run, sets=sets, env=env, expect=EXIT_OK)
@@ -166,12 +167,14 @@ def _killed_and_resumed(harness, label: str, *, forget_the_run_id: bool):
     return where, run
 
 
-def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(harness, uninterrupted):
-    where, run = _killed_and_resumed(harness, "tracked", forget_the_run_id=False)
+@pytest.mark.parametrize("config", [ONE_LOCAL, TWO_LOCAL], ids=str)
+def test_a_killed_and_resumed_run_is_one_tracker_run_with_every_step_once(harness, uninterrupted, config):
+    """With 2 processes only rank 0 talks to the trackers: still one run, each step once."""
+    where, run = _killed_and_resumed(harness, "tracked", forget_the_run_id=False, config=config)
     assert wandb_problems(where / "wandb", run.export) == []
     assert mlflow_problems(where, run.export) == []
-    # the trackers changed nothing the run computes
-    assert_identical(read_export(uninterrupted.export), read_export(run.export))
+    if config == ONE_LOCAL:  # the trackers changed nothing the run computes
+        assert_identical(read_export(uninterrupted.export), read_export(run.export))
 
 
 def test_the_check_fails_when_a_resume_does_not_reuse_the_tracker_run_id(harness):
