@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
@@ -36,6 +36,9 @@ from rmrun.data.pairs import (
     row_margin,
 )
 from rmrun.data.rows import _ROW_PARSERS
+
+if TYPE_CHECKING:
+    from rmrun.data.split import PromptSplit
 
 # The pair types are re-exported: callers read pairs and handle them through this module.
 __all__ = [
@@ -66,6 +69,7 @@ def read_pairs(
     bad_rows: str = "error",
     report: BadRowReport | None = None,
     margins: str = "none",
+    split: PromptSplit | None = None,
 ) -> Iterator[PreferencePair]:
     """Yield the preference pairs of every file in ``urls``, in order.
 
@@ -73,7 +77,8 @@ def read_pairs(
     (optionally followed by a compression suffix such as ``.gz``). With ``bad_rows="error"``
     the first bad row raises DataError; with ``"skip"`` bad rows are counted in ``report``,
     which is then required so that skipped rows are always accounted for. ``margins``
-    (``data.margins``): where each pair's margin comes from (``row_margin``).
+    (``data.margins``): where each pair's margin comes from (``row_margin``). ``split``: only the
+    pairs on its side of a cut of the prompts (``data.eval_split``); a bad row is bad on either side.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -86,7 +91,10 @@ def read_pairs(
         for source, row in _iter_raw_rows(url):
             try:
                 pair = parse_row(row, source=source)
-                yield pair if margins == "none" else dataclasses.replace(pair, margin=row_margin(row, margins))
+                if margins != "none":
+                    pair = dataclasses.replace(pair, margin=row_margin(row, margins))
+                if split is None or split.keeps(pair):
+                    yield pair
             except _BadRow as bad:
                 message = f"{source}: {bad.detail}"
                 if bad_rows == "error":

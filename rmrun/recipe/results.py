@@ -47,4 +47,10 @@ NON_RESULT_KEYS = frozenset(
 
 # Result keys added after runs were first stored: at these values (their defaults, which give
 # what the runs before them computed) they are left out, so such a run keeps its identity.
-LATER_KEYS = {"data.margins": "none", "data.margin_scale": 1.0, "loss.center_coef": 0.0}
+LATER_KEYS = {
+    "data.margins": "none",
+    "data.margin_scale": 1.0,
+    "loss.center_coef": 0.0,
+    "data.eval_split": None,
+    "data.eval_split_seed": 0,
+}

@@ -140,6 +140,14 @@ class DataSection:
         "none",
     )
     margin_scale: float = doc("What the per-pair margins from the data are multiplied by.", 1.0)
+    eval_split: Optional[float] = doc(
+        "Carve the eval set out of data.train when there are no held-out files: a fraction of the prompts "
+        "(between 0 and 1) or a number of pairs (a whole number, reached with whole prompts). Every pair of "
+        "a prompt lands on the same side, drawn from data.eval_split_seed and the prompt alone (not the row "
+        "order, the world size or the number of pieces). Leave data.eval out with it.",
+        None,
+    )
+    eval_split_seed: int = doc("The seed of the prompts' draw for data.eval_split.", 0)
     group_by_length: bool = doc(
         "Group pairs of similar length into the same batch (less padding); the order stays a pure "
         "function of (seed, epoch).",

@@ -265,13 +265,23 @@ def _inside(child: tuple[str, str], parent: tuple[str, str]) -> bool:
 
 
 def _data_file_problems(recipe: Recipe) -> list[str]:
-    """No eval file that is also a training file: its pairs would not be held out."""
+    """No eval file that is also a training file: its pairs would not be held out; an eval set
+    from files or carved from the training files, not both."""
     train = {_location_key(url) for url in recipe.data.train if url}
-    return [
+    problems = [
         f"[data].eval: {url} is also a training file ([data].train); evaluate on held-out pairs"
         for url in recipe.data.eval
         if url and _location_key(url) in train
     ]
+    split = recipe.data.eval_split
+    if split is not None:
+        if recipe.data.eval:
+            problems.append("[data].eval_split: carves the eval set out of data.train; leave data.eval out with it")
+        if not (0 < split < 1 or (split >= 1 and float(split).is_integer())):
+            problems.append(
+                f"[data].eval_split: a fraction of the prompts between 0 and 1, or a whole number of pairs; got {split:g}"
+            )
+    return problems
 
 
 def _export_problems(recipe: Recipe) -> list[str]:

@@ -30,7 +30,9 @@ def check(recipe_path: str, *, overrides) -> int:
     num_pairs = num_pairs or 0
     plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
     steps = build_graph(
-        num_epochs=plan.num_epochs, tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>", has_eval=bool(recipe.data.eval)
+        num_epochs=plan.num_epochs,
+        tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>",
+        has_eval=bool(recipe.data.eval or recipe.data.eval_split),
     )
     print(f"recipe {recipe_path}: ok")
     print("steps: " + " -> ".join(s.name for s in steps))
@@ -41,6 +43,8 @@ def check(recipe_path: str, *, overrides) -> int:
     if plan.find_unused_reason:
         print(f"find_unused_parameters={plan.plugin_args['find_unused_parameters']}: {plan.find_unused_reason}")
     counted = f"{num_pairs} pairs read" if exact else "pair count unknown until tokenize"
+    if exact and recipe.data.eval_split is not None:
+        counted = f"{num_pairs} training pairs read, {_split_pairs(recipe)} more held out for eval (data.eval_split)"
     print(
         f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
         f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step"
@@ -214,3 +218,11 @@ def _worded(e: BaseException, requeue: int) -> BaseException | None:
         # Stopping: a peer that stopped first broke the collective this process was in.
         return Worded(Stopped(STOP.requested, STOP.where), requeue=requeue)
     return None
+
+
+def _split_pairs(recipe) -> int:
+    """The pairs ``data.eval_split`` holds out of the training files (counted in preflight)."""
+    from rmrun.run.preflight import count_pairs, split_sources
+
+    _, urls, prompts = split_sources(recipe.data)[1]
+    return count_pairs(urls, data=recipe.data, split=prompts)["pairs"]

@@ -212,14 +212,15 @@ def _file_digest(url: str) -> str:
         raise DataError(f"{url}: cannot read: {e}") from None
 
 
-def pair_count_key(urls, *, format: str, bad_rows: str, margins: str = "none") -> str | None:
+def pair_count_key(urls, *, format: str, bad_rows: str, margins: str = "none", extra: dict | None = None) -> str | None:
     """The key of ``urls``' pair count in ``records/pair-counts``: their version stamps (cheap:
-    no read) and the policies that decide what a pair is; None when a file has no stamp."""
+    no read) and the policies that decide what a pair is (``extra``: which side of a prompt
+    split, say); None when a file has no stamp."""
     stamps = [_stamp(u) for u in urls]
     if not stamps or None in stamps:
         return None
     policies = {"format": format, "bad_rows": bad_rows, **({"margins": margins} if margins != "none" else {})}
-    return digest({"files": stamps, **policies})
+    return digest({"files": stamps, **policies, **(extra or {})})
 
 
 def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:
@@ -237,6 +238,7 @@ def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDiges
             "overflow": data.overflow,
             "bad_rows": data.bad_rows,
             **({"margins": data.margins} if data.margins != "none" else {}),  # (keys of earlier runs kept)
+            **({"eval_split": [data.eval_split, data.eval_split_seed]} if data.eval_split is not None else {}),
             "template": _template_digest(data.chat_template, digests) if data.chat_template else None,
             "tokenizer": digests.path(model.tokenizer or model.pretrain),
             "family": backbone_family(model.pretrain),

@@ -20,11 +20,15 @@ import importlib.util
 import os
 import posixpath
 import secrets
+from typing import TYPE_CHECKING
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
 from rmrun.recipe.plan import warmup_problem
 from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, Recipe, is_template_text
 from rmrun.recipe.validate import URL_RE, model_parallel_size
+
+if TYPE_CHECKING:
+    from rmrun.data.split import PromptSplit
 
 PROBE_PREFIX = ".rmrun-probe-"
 
@@ -216,23 +220,67 @@ def stored_pair_counts(recipe: Recipe) -> dict:
         return {}
 
 
-def count_pairs(urls, *, data: DataSection, stored: dict | None = None) -> dict:
+def count_pairs(urls, *, data: DataSection, stored: dict | None = None, split: PromptSplit | None = None) -> dict:
     """``{"pairs", "skipped", "summary"}`` of ``urls`` (pairs read, bad rows skipped and what
-    they were), read once per version of the files (their stamps: ``COUNTED``, then ``stored``);
-    DataError on a bad row under "error"."""
+    they were; only the pairs on ``split``'s side), read once per version of the files (their
+    stamps: ``COUNTED``, then ``stored``); DataError on a bad row under "error"."""
     from rmrun.data.formats import BadRowReport, read_pairs
-    from rmrun.run.fingerprint import pair_count_key
 
-    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins)
+    key = _count_key(urls, data=data, split=split)
     known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
     if known is None:
         report = BadRowReport()
-        read = read_pairs(urls, format=data.format, bad_rows=data.bad_rows, report=report, margins=data.margins)
+        read = read_pairs(
+            urls, format=data.format, bad_rows=data.bad_rows, report=report, margins=data.margins, split=split
+        )
         pairs = sum(1 for _ in read)
         known = {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
     if key:
         COUNTED[key] = known
     return known
+
+
+def _count_key(urls, *, data: DataSection, split: PromptSplit | None = None, what: dict | None = None) -> str | None:
+    from rmrun.run.fingerprint import pair_count_key
+
+    extra = {**(split.describe() if split else {}), **(what or {})}
+    return pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins, extra=extra)
+
+
+def split_sources(data: DataSection, *, stored: dict | None = None) -> list[tuple[str, tuple, PromptSplit | None]]:
+    """``(split, urls, prompt split)`` of the train and eval sets: the eval files, or with
+    ``data.eval_split`` both sides of a cut of the training files' prompts."""
+    from rmrun.data.split import PromptSplit
+
+    if data.eval_split is None:
+        files: list[tuple[str, tuple, PromptSplit | None]] = [("train", data.train, None)]
+        return files + ([("eval", data.eval, None)] if data.eval else [])
+    threshold = eval_split_threshold(data, stored=stored)
+    seed = data.eval_split_seed
+    return [
+        ("train", data.train, PromptSplit(seed=seed, threshold=threshold, side="train")),
+        ("eval", data.train, PromptSplit(seed=seed, threshold=threshold, side="eval")),
+    ]
+
+
+def eval_split_threshold(data: DataSection, *, stored: dict | None = None) -> float:
+    """``data.eval_split``'s threshold: the fraction itself, or for a number of pairs the one
+    :func:`rmrun.data.split.count_threshold` finds (a pass over the prompts, once per version of
+    the files, kept with the pair counts)."""
+    from rmrun.data.formats import BadRowReport, read_pairs
+    from rmrun.data.split import count_threshold
+
+    assert data.eval_split is not None
+    if data.eval_split < 1:
+        return float(data.eval_split)
+    key = _count_key(data.train, data=data, what={"eval_pairs": int(data.eval_split), "seed": data.eval_split_seed})
+    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
+    if known is None:
+        pairs = read_pairs(data.train, format=data.format, bad_rows=data.bad_rows, report=BadRowReport())
+        known = {"threshold": count_threshold(pairs, seed=data.eval_split_seed, num_pairs=int(data.eval_split))}
+    if key:
+        COUNTED[key] = known
+    return float(known["threshold"])
 
 
 def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
@@ -241,22 +289,37 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
 
     problems, num_pairs = [], None
     stored = stored_pair_counts(recipe)
-    for key, urls in (("[data].train", recipe.data.train), ("[data].eval", recipe.data.eval)):
+    urls = recipe.data.train
+    sources: list[tuple[str, tuple, PromptSplit | None]] = []
+    if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
+        if recipe.data.eval_split is None:
+            sources = [("eval", recipe.data.eval, None)]
+        # remote training files are read by the tokenize step; missing ones are reported above
+    else:
+        try:
+            sources = split_sources(recipe.data, stored=stored)
+        except DataError as e:
+            return [str(e).splitlines()[0]], None
+    for split, urls, prompts in sources:
+        key = "[data].train" if split == "train" else "[data].eval" if prompts is None else "[data].eval_split"
         if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
             continue  # remote files are read by the tokenize step; missing ones are reported above
         try:
-            counted = count_pairs(urls, data=recipe.data, stored=stored)
+            counted = count_pairs(urls, data=recipe.data, stored=stored, split=prompts)
             pairs, skipped = counted["pairs"], counted["skipped"]
         except DataError as e:
             problems.append(str(e).splitlines()[0])
             continue
         if pairs == 0:
-            problems.append(
-                f"{key}: no preference pairs in {', '.join(urls)} "
-                f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
-                f"{'train on' if key == '[data].train' else 'evaluate'}"
+            where = (
+                f"in {', '.join(urls)}" if prompts is None else f"on the {split} side of the split of {', '.join(urls)}"
             )
-        if key == "[data].train":
+            problems.append(
+                f"{key}: no preference pairs {where} "
+                f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
+                f"{'train on' if split == 'train' else 'evaluate'}"
+            )
+        if split == "train":
             num_pairs = pairs
     s = recipe.schedule
     dp_size = max(1, world.size // model_parallel_size(recipe.plugin))

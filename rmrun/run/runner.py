@@ -194,7 +194,9 @@ class RunSession:
         # stored plan (when there is one) has it, else the recipe's max_epochs.
         stored = ctx.store.read_record(PLAN_RECORD)
         num_epochs = stored["num_epochs"] if stored else recipe.schedule.max_epochs
-        return build_graph(num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval))
+        return build_graph(
+            num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval or recipe.data.eval_split)
+        )
 
     def _is_done(self, ctx: RunContext, step: Step) -> bool:
         # The tokenized data is read whole by every run that resumes, and hashed on that

@@ -66,6 +66,12 @@ def objective_extras(*, data, loss) -> dict:
     return extras
 
 
+def _split_text(split: float) -> str:
+    """``data.eval_split`` in words."""
+    held = f"{split:.0%} of the prompts" if split < 1 else f"{int(split)} pairs, whole prompts"
+    return f"{held}, held out of the training files (`data.eval_split`), disjoint by prompt"
+
+
 def objective_text(*, data, loss) -> str:
     """The objective in words, for the model card and the plan."""
     text = f"`{loss.name}` pairwise loss, margin {loss.margin:g}"
@@ -115,6 +121,7 @@ def write_model_card(
         "Training data: "
         + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
         + ("; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval) if data.eval else "")
+        + (f"; evaluation data: {_split_text(data.eval_split)}" if data.eval_split is not None else "")
         + f" (max_length {data.max_length}, overflow `{data.overflow}`).",
         "",
     ]

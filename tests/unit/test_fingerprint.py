@@ -76,6 +76,7 @@ RESULT_CHANGES = {
     "data.margins=scores": "data.margins: None -> 'scores'",
     "data.margin_scale=2": "data.margin_scale: None -> 2.0",
     "loss.center_coef=0.01": "loss.center_coef: None -> 0.01",
+    "data.eval_split_seed=3": "data.eval_split_seed: None -> 3",
 }
 
 
@@ -212,6 +213,12 @@ def test_a_key_that_changes_results_changes_the_identity_and_is_named(override):
     base, changed = identity(), identity(override)
     assert digest(changed) != digest(base)
     assert changed_keys(base, changed) == [RESULT_CHANGES[override]]
+
+
+def test_an_eval_split_carved_from_the_training_files_changes_the_identity():
+    base, changed = identity("data.eval=[]"), identity("data.eval=[]", "data.eval_split=0.2")
+    assert digest(changed) != digest(base)
+    assert changed_keys(base, changed) == ["data.eval_split: None -> 0.2"]
 
 
 def test_lora_turned_on_names_each_of_its_keys():

@@ -119,7 +119,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 75
+    assert len(KEYS) == 77
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -451,7 +451,7 @@ name = "3d"
 sp_mode = "all_to_all"
 """
 # Keys whose new value needs a companion override to stay valid.
-COMPANIONS = {"plugin.zero_cpu_offload": ["plugin.zero_stage=1"]}
+COMPANIONS = {"plugin.zero_cpu_offload": ["plugin.zero_stage=1"], "data.eval_split": ["data.eval=[]"]}
 # Keys whose only valid value is the default (reward models have no pipeline parallelism).
 ONLY_DEFAULT = {"plugin.pp": ("1", 1)}
 

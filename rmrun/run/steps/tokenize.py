@@ -56,17 +56,14 @@ def share(missing: list[int], *, rank: int, world_size: int) -> list[int]:
 class _Split:
     """One split's pieces in this start: what is missing, who tokenizes what, what is committed."""
 
-    def __init__(self, ctx: RunContext, step: Step, split: str, urls, *, data: DataSection):
+    def __init__(self, ctx: RunContext, step: Step, split: str, urls, *, data: DataSection, prompts, stored: dict):
         from rmrun.data.pieces import piece_bounds, pieces_for
         from rmrun.run.preflight import count_pairs
         from rmrun.runtime.collective import broadcast
-        from rmrun.store.keys import PAIR_COUNTS_RECORD
 
-        self.ctx, self.split, self.urls, self.data = ctx, split, urls, data
-        stored = broadcast(ctx.store.read_record(PAIR_COUNTS_RECORD) or {} if ctx.rank.is_main else None)
-        self.counted = count_pairs(urls, data=data, stored=stored)  # every rank, side by side, if not known
-        if ctx.rank.is_main:
-            _record_count(ctx, stored, urls, data=data, counted=self.counted)
+        self.ctx, self.split, self.urls, self.data, self.prompts = ctx, split, urls, data, prompts
+        # every rank, side by side, if not known
+        self.counted = count_pairs(urls, data=data, stored=stored, split=prompts)
         self.num_pairs = self.counted["pairs"]
         self.num_pieces = pieces_for(self.num_pairs)
         self.bounds = piece_bounds(self.num_pairs, self.num_pieces)
@@ -86,13 +83,15 @@ class _Split:
         return sum(self.bounds[i][1] - self.bounds[i][0] for i in pieces)
 
 
-def _record_count(ctx: RunContext, stored: dict, urls, *, data: DataSection, counted: dict) -> None:
-    from rmrun.run.fingerprint import pair_count_key
+def _record_counts(ctx: RunContext, stored: dict) -> None:
+    """Rank 0: the pair counts (and split thresholds) this process knows, kept in the state for
+    the next start (a cache, by the files' version stamps)."""
+    from rmrun.run.preflight import COUNTED
     from rmrun.store.keys import PAIR_COUNTS_RECORD
 
-    key = pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins)
-    if key and stored.get(key) != counted:
-        ctx.store.write_record(PAIR_COUNTS_RECORD, {**stored, key: counted}, lease=ctx.held_lease)
+    merged = {**stored, **COUNTED}
+    if merged != stored:
+        ctx.store.write_record(PAIR_COUNTS_RECORD, merged, lease=ctx.held_lease)
 
 
 def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template, family, workers: int) -> None:
@@ -160,7 +159,8 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
         board.advance(f"{split}/done")
 
     options = {"max_length": part.data.max_length, "overflow": part.data.overflow, "template": template}
-    pairs = read_pairs(part.urls, format=part.data.format, bad_rows=part.data.bad_rows, margins=part.data.margins)
+    d = part.data
+    pairs = read_pairs(part.urls, format=d.format, bad_rows=d.bad_rows, margins=d.margins, split=part.prompts)
     tokenize_pieces(
         pieces_from(pairs, part.bounds, part.mine),
         tokenizer,
@@ -256,15 +256,23 @@ def _tokenize_and_assemble(
 ) -> None:
     import time
 
+    from rmrun.run.preflight import split_sources
+    from rmrun.runtime.collective import broadcast
+    from rmrun.store.keys import PAIR_COUNTS_RECORD
+
     started = time.perf_counter()
-    parts = []
-    for split, urls in (("train", data.train), ("eval", data.eval)):
-        if urls:
-            part = _Split(ctx, step, split, urls, data=data)
-            if part.counted["skipped"]:
-                ctx.say(f"skipped {part.counted['skipped']} bad rows: {part.counted['summary']}")
-            _tokenize_split(ctx, part, board, tokenizer=tokenizer, template=template, family=family, workers=workers)
-            parts.append(part)
+    stored = broadcast(ctx.store.read_record(PAIR_COUNTS_RECORD) or {} if ctx.rank.is_main else None)
+    parts = [
+        _Split(ctx, step, split, urls, data=data, prompts=prompts, stored=stored)
+        for split, urls, prompts in split_sources(data, stored=stored)
+        if urls
+    ]
+    if ctx.rank.is_main:
+        _record_counts(ctx, stored)  # before tokenizing: a kill keeps the counts
+    for part in parts:
+        if part.counted["skipped"] and not (part.prompts is not None and part.split == "eval"):  # said once
+            ctx.say(f"skipped {part.counted['skipped']} bad rows: {part.counted['summary']}")
+        _tokenize_split(ctx, part, board, tokenizer=tokenizer, template=template, family=family, workers=workers)
     if ctx.rank.is_main:
         _assemble(ctx, step, parts, board, seconds=time.perf_counter() - started)
         board.post("assembled-done", True)
