@@ -100,3 +100,35 @@ def test_the_reward_stats_sample_is_uniform():
     for seed in range(2000):
         hits[reward_stats_sample(seed=seed, num_pairs=50, num_samples=5)] += 1
     assert np.all(np.abs(hits - 200) < 70), hits  # binomial(2000, 0.1): std ~13
+
+
+def _order_by_blocks(*, seed, epoch, lengths, batch_size):
+    """The length-grouped order by its definition, block by block (what the vectorized one must equal:
+    a checkpoint's position in an epoch means the same pairs for every version)."""
+    from rmrun.train.sampler import MEGA_CHUNK_BLOCKS
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * MEGA_CHUNK_BLOCKS
+    blocks = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        blocks += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    full = [b for b in blocks if len(b) == batch_size]
+    short = [b for b in blocks if len(b) < batch_size]
+    shuffled = [full[i] for i in rng.permutation(len(full))]
+    return np.concatenate(shuffled + short) if blocks else order
+
+
+@pytest.mark.parametrize("num_pairs", [0, 1, 7, 8, 9, 511, 512, 513, 4097, 10_007])
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_the_length_grouped_order_is_the_block_by_block_definition(num_pairs, batch_size):
+    lengths = np.random.default_rng(num_pairs).integers(1, 50, size=num_pairs)  # many ties: the sort is stable
+    for seed, epoch in ((0, 0), (42, 3)):
+        got = epoch_order(seed=seed, epoch=epoch, lengths=lengths, batch_size=batch_size, group_by_length=True)
+        expected = _order_by_blocks(seed=seed, epoch=epoch, lengths=lengths, batch_size=batch_size)
+        assert np.array_equal(got, expected)
+    if num_pairs > 1000:  # the negative control: another epoch is another order (of several mega-chunks)
+        other = epoch_order(seed=0, epoch=1, lengths=lengths, batch_size=batch_size, group_by_length=True)
+        assert not np.array_equal(other, _order_by_blocks(seed=0, epoch=0, lengths=lengths, batch_size=batch_size))
