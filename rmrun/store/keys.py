@@ -30,6 +30,7 @@ START_RECORDS = "starts/"  # + the lease generation: where each start resumed fr
 PAIR_COUNTS_RECORD = "pair-counts"  # pairs and bad rows of each set of data files, by version stamps (a cache)
 INPUT_DIGESTS_RECORD = "input-digests"  # content digests of the input files, by version stamp (a cache)
 QUARANTINED_RECORDS = "quarantined/"  # + key and attempt: notes of quarantined states since replaced
+TRACKERS_RECORD = "trackers"  # {"run_id": ...}: the experiment tracker run every start of this run continues
 
 
 def tokenize_key(fingerprint: str) -> str:

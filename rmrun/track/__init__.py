@@ -29,12 +29,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from rmrun.runtime.faults import fault_point
+from rmrun.store.keys import TRACKERS_RECORD
 
 if TYPE_CHECKING:
     from rmrun.recipe.schema import LogSection
     from rmrun.store import Lease, StateStore
-
-TRACKERS_RECORD = "trackers"  # {"run_id": ...}: the tracker run every start of this run continues
 
 # name -> the module whose ``Backend(options, run_name=...)`` speaks to that tracker
 BACKENDS = {"wandb": "rmrun.track.wandb", "mlflow": "rmrun.track.mlflow"}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from rmrun.track import TRACKERS_RECORD
+from rmrun.store.keys import TRACKERS_RECORD
 from rmrun.track.records import history
 from tests.resume_harness import EXIT_OK, ONE_LOCAL, TOTAL_STEPS, TWO_LOCAL, Harness, assert_identical, read_export
 

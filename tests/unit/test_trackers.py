@@ -15,7 +15,8 @@ import pytest
 from rmrun.recipe import RecipeError, load_recipe
 from rmrun.recipe.validate import tracker_package_problems
 from rmrun.store import StateStore
-from rmrun.track import TRACKERS_RECORD, Trackers, tracker_run_id
+from rmrun.store.keys import TRACKERS_RECORD
+from rmrun.track import Trackers, tracker_run_id
 from tests.helpers import small_recipe
 
 
