@@ -37,8 +37,8 @@ chromium: $(CHROMIUM)
 
 # ruff's lint and format check over the code, mypy over the package (configured in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check rmrun tests benchmarks
-	$(BIN)/ruff format --check rmrun tests benchmarks
+	$(BIN)/ruff check rmrun tests benchmarks docs/hooks
+	$(BIN)/ruff format --check rmrun tests benchmarks docs/hooks
 	$(BIN)/mypy
 
 test: $(STAMP) $(CHROMIUM) lint
