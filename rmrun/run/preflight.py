@@ -226,15 +226,23 @@ def count_pairs(urls, *, data: DataSection, stored: dict | None = None, split: P
     stamps: ``COUNTED``, then ``stored``); DataError on a bad row under "error"."""
     from rmrun.data.formats import BadRowReport, read_pairs
 
-    key = _count_key(urls, data=data, split=split)
-    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
-    if known is None:
+    def count() -> dict:
         report = BadRowReport()
         read = read_pairs(
             urls, format=data.format, bad_rows=data.bad_rows, report=report, margins=data.margins, split=split
         )
         pairs = sum(1 for _ in read)
-        known = {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
+        return {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
+
+    return _once(_count_key(urls, data=data, split=split), stored, count)
+
+
+def _once(key: str | None, stored: dict | None, compute) -> dict:
+    """What ``compute()`` gives for the files' version ``key``: made once per version (``COUNTED``
+    in this process, ``stored`` from an earlier start), every time when the files have no stamp."""
+    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
+    if known is None:
+        known = compute()
     if key:
         COUNTED[key] = known
     return known
@@ -273,14 +281,19 @@ def eval_split_threshold(data: DataSection, *, stored: dict | None = None) -> fl
     assert data.eval_split is not None
     if data.eval_split < 1:
         return float(data.eval_split)
-    key = _count_key(data.train, data=data, what={"eval_pairs": int(data.eval_split), "seed": data.eval_split_seed})
-    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
-    if known is None:
+    num_pairs, seed = int(data.eval_split), data.eval_split_seed
+
+    def find() -> dict:
         pairs = read_pairs(data.train, format=data.format, bad_rows=data.bad_rows, report=BadRowReport())
-        known = {"threshold": count_threshold(pairs, seed=data.eval_split_seed, num_pairs=int(data.eval_split))}
-    if key:
-        COUNTED[key] = known
-    return float(known["threshold"])
+        return {"threshold": count_threshold(pairs, seed=seed, num_pairs=num_pairs)}
+
+    key = _count_key(data.train, data=data, what={"eval_pairs": num_pairs, "seed": seed})
+    return float(_once(key, stored, find)["threshold"])
+
+
+def _read_here(urls) -> bool:
+    """Files the check reads itself: local and present (remote ones wait for the tokenize step)."""
+    return bool(urls) and not any("://" in u for u in urls) and all(os.path.exists(u) for u in urls)
 
 
 def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
@@ -289,9 +302,8 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
 
     problems, num_pairs = [], None
     stored = stored_pair_counts(recipe)
-    urls = recipe.data.train
     sources: list[tuple[str, tuple, PromptSplit | None]] = []
-    if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
+    if not _read_here(recipe.data.train):
         if recipe.data.eval_split is None:
             sources = [("eval", recipe.data.eval, None)]
         # remote training files are read by the tokenize step; missing ones are reported above
@@ -302,7 +314,7 @@ def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
             return [str(e).splitlines()[0]], None
     for split, urls, prompts in sources:
         key = "[data].train" if split == "train" else "[data].eval" if prompts is None else "[data].eval_split"
-        if not urls or any("://" in u for u in urls) or not all(os.path.exists(u) for u in urls):
+        if not _read_here(urls):
             continue  # remote files are read by the tokenize step; missing ones are reported above
         try:
             counted = count_pairs(urls, data=recipe.data, stored=stored, split=prompts)
