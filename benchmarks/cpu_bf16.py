@@ -51,7 +51,7 @@ def precision_job(
     for variant in VARIANTS:
         plugin = dataclasses.replace(base_recipe.plugin, mixed_precision=variant)
         recipe = dataclasses.replace(base_recipe, plugin=plugin)
-        plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
+        plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data), cuda=ranked.cuda)
         trainers[variant] = _build_rmrun_trainer(ranked, copy.deepcopy(base), recipe, plan, data)
         autocast[variant] = plan.autocast
     del base

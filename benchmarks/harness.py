@@ -11,7 +11,7 @@ The ``train`` job builds, on the same model init and the same tokenized data:
 
 - ``rmrun``: rmrun's :class:`~rmrun.train.trainer.Trainer` on a ddp-boosted model, batches from
   rmrun's sampler (length-grouped), padded to the longest sequence of the batch;
-- ``hand``: a hand-written PyTorch loop (plain AdamW, same collate, one concatenated
+- ``hand``: a hand-written PyTorch loop (AdamW, fused on a CPU as rmrun's, same collate, one concatenated
   chosen+rejected forward, loss, backward, clip, step) on exactly the batches ``rmrun`` takes;
 - ``colossalchat``: rmrun's Trainer with ColossalChat's batching: random batches (no
   length grouping) and every sequence padded to ``max_length``, as ColossalChat's
@@ -320,7 +320,15 @@ def model_dir(size: str) -> str:
 
 
 def _sections(
-    size: str, *, plugin: str, batch_size: int, max_length: int, group_by_length: bool, seed: int, cuda: bool = False
+    size: str,
+    *,
+    plugin: str,
+    batch_size: int,
+    max_length: int,
+    group_by_length: bool,
+    seed: int,
+    cuda: bool = False,
+    mixed_precision: str | None = None,
 ):
     from benchmarks.data import TOKENIZER_DIR
     from rmrun.recipe.schema import (
@@ -337,9 +345,10 @@ def _sections(
         run=RunSection(name="bench", seed=seed),
         data=DataSection(train=("synthetic.jsonl",), max_length=max_length, group_by_length=group_by_length),
         model=ModelSection(pretrain=model_dir(size), tokenizer=str(TOKENIZER_DIR), init="random"),
-        # CPU: ddp in fp32 (what the CPU can do well); GPU: every plugin in bf16.
+        # By default: on a CPU ddp in fp32, on a GPU every plugin in bf16.
         plugin=PluginSection(
-            name=plugin, mixed_precision="fp32" if not PLUGINS[plugin].needs_cuda and not cuda else "bf16"
+            name=plugin,
+            mixed_precision=mixed_precision or ("fp32" if not PLUGINS[plugin].needs_cuda and not cuda else "bf16"),
         ),
         loss=LossSection(name="log_sig"),
         # The quickstart's optimisation settings; clipping on, as by default.
@@ -408,7 +417,9 @@ class HandLoop:
             {"params": decay, "weight_decay": schedule.weight_decay},
             {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
         ]
-        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.95), eps=1e-8)
+        # fused on the CPU, as rmrun's: the same arithmetic, so the losses can be compared exactly
+        fused = True if device.type == "cpu" else None
+        self.optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
         # Clip what the optimizer steps, in its order (the global norm's summation order, and so
         # the last bits of the clipped gradients, follow it): rmrun does the same, so both
         # trajectories stay bit-identical and every later step is still like for like.
@@ -488,6 +499,7 @@ def train_job(
     max_length: int = 512,
     seed: int = 0,
     checkpoint_rounds: int = 0,
+    mixed_precision: str | None = None,
 ) -> dict:
     """Round-robin optimizer steps of each variant, then checkpoint save/load timings.
 
@@ -522,8 +534,9 @@ def train_job(
         group_by_length=True,
         seed=seed,
         cuda=ranked.cuda,
+        mixed_precision=mixed_precision,
     )
-    plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data))
+    plan = make_plan(recipe, world_size=ranked.world_size, num_pairs=len(data), cuda=ranked.cuda)
     base = build_reward_model(recipe.model, tokenizer=tokenizer, seed=seed)
     num_params = sum(p.numel() for p in base.parameters())
     runners, schedules = _build_variants(
@@ -574,6 +587,7 @@ def train_job(
         "memory": memory,
         "peak_reset": can_reset,
         "measure_seconds": measure_seconds,
+        "autocast": plan.autocast,
         "profile": profile,
         "sequence_lengths": {
             "mean": float(lengths.mean()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -33,7 +34,12 @@ def main(source: str, target: str) -> None:
     model = AutoModelForSequenceClassification.from_config(config, torch_dtype=torch.float32)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(job["tokenizer_dir"])
     tokenizer.pad_token_id = job["pad_token_id"]
-    dataset = Dataset.from_dict({"chosen_ids": job["chosen"], "rejected_ids": job["rejected"]})
+    columns = {"chosen_ids": job["chosen"], "rejected_ids": job["rejected"]}
+    if job["sampling"] == "group_by_length":
+        # TRL's reward trainer cannot infer a pair's length (no input_ids column): a user who groups
+        # by length gives it one. The longer side, since the collator pads both sides to it.
+        columns["length"] = [max(len(c), len(r)) for c, r in zip(job["chosen"], job["rejected"])]
+    dataset = Dataset.from_dict(columns)
 
     class StepClock(TrainerCallback):
         """Wall and process CPU time of each optimizer step (data loading included, as for rmrun)."""
@@ -75,9 +81,11 @@ def main(source: str, target: str) -> None:
             save_strategy="no",
             logging_steps=10**9,
             disable_tqdm=True,
-            # TRL's defaults are bf16 and gradient checkpointing; rmrun here runs fp32, no recomputation.
-            bf16=False,
-            gradient_checkpointing=False,
+            train_sampling_strategy=job["sampling"],
+            # the length column must survive to the sampler
+            remove_unused_columns=job["sampling"] != "group_by_length",
+            # None: TRL's own defaults (bf16 on, gradient checkpointing on)
+            **{k: job[k] for k in ("bf16", "gradient_checkpointing") if job.get(k) is not None},
         )
         trainer = RewardTrainer(
             model=model,
@@ -88,6 +96,10 @@ def main(source: str, target: str) -> None:
             callbacks=[clock],
         )
         trainer.train()
+        precision = {
+            "bf16": bool(trainer.args.bf16),
+            "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        }
     import transformers
     import trl
 
@@ -96,6 +108,8 @@ def main(source: str, target: str) -> None:
             {
                 "steps": clock.steps,
                 "batches": collated,
+                "settings": precision,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "versions": {
                     "trl": trl.__version__,
                     "transformers": transformers.__version__,

@@ -188,7 +188,7 @@ def _build(job: dict, rank):
     tokenizer = load_tokenizer(recipe.model)
     with open(job["data_stats"]) as f:
         data = TokenizedPairs.from_arrays(map_safetensors(job["data"]), json.load(f))
-    plan = make_plan(recipe, world_size=rank.world_size, num_pairs=len(data))
+    plan = make_plan(recipe, world_size=rank.world_size, num_pairs=len(data), cuda=rank.cuda)
     seed_everything(recipe.run.seed + rank.rank)
     plugin = recipe.plugin
     net = build_reward_model(

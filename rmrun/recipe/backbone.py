@@ -207,26 +207,27 @@ class Forward:
     reason: str
 
 
-# "auto" shares the prompt where it was measured faster: on CPU (fp32) 1.4-1.6x the standard
-# forward; on an H200 in bf16 (156M Llama) one pair per row ran at 0.66-0.75x of it, packed
-# rows at 1.3-1.4x over a whole run (benchmarks/results/shared-prompt-nvidia-h200.md). CPU bf16
-# (autocast) has not been measured with it.
+# "auto" shares the prompt where it was measured faster: on CPU 1.4-1.6x the standard forward in
+# fp32, and 1.27x (long-tailed) and 1.46x (prompt-heavy) in bf16 (the small Llama, whole epochs,
+# benchmarks/results/trl-side-by-side-intel-xeon-2c-nogpu-*-small.md); on an H200 in bf16 (156M
+# Llama) one pair per row ran at 0.66-0.75x of it, packed rows at 1.3-1.4x over a whole run
+# (benchmarks/results/shared-prompt-nvidia-h200.md).
 NOT_MEASURED_FASTER = (
-    'data.share_prompt = "auto" keeps the standard forward in bf16/fp16: the shared-prompt forward was '
-    'measured faster only in fp32; "on" uses it (equal rewards within bf16 rounding)'
+    'data.share_prompt = "auto" keeps the standard forward in bf16/fp16 on CUDA: the shared-prompt forward '
+    'was measured faster there only in fp32; "on" uses it (equal rewards within bf16 rounding)'
 )
 
 
-def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection) -> Forward:
-    """``data.share_prompt`` resolved against the model and plugin: "on" and "auto" share the
-    prompt where it is supported, "auto" falls back to the standard forward elsewhere (and
-    ``shared_prompt_problem`` refuses "on" there)."""
+def choose_forward(data: DataSection, model: ModelSection, plugin: PluginSection, *, cuda: bool = True) -> Forward:
+    """``data.share_prompt`` resolved against the model and plugin (and, for "auto" in bf16/fp16,
+    whether the run is on CUDA): "on" and "auto" share the prompt where it is supported, "auto"
+    falls back to the standard forward elsewhere (and ``shared_prompt_problem`` refuses "on" there)."""
     if data.share_prompt == "off":
         return Forward(STANDARD, 'data.share_prompt = "off"')
     blocker = _shared_prompt_blocker(model, plugin)
     if blocker is not None:
         return Forward(STANDARD, blocker)
-    if data.share_prompt == "auto" and plugin.mixed_precision != "fp32":
+    if data.share_prompt == "auto" and plugin.mixed_precision != "fp32" and cuda:
         return Forward(STANDARD, NOT_MEASURED_FASTER)
     packed = ", several pairs per row (data.pack_pairs)" if data.pack_pairs else ""
     return Forward(

@@ -128,7 +128,11 @@ def find_unused(recipe: Recipe) -> tuple[bool, str]:
     return False, ALL_REACH_REWARD
 
 
-def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True) -> Plan:
+def make_plan(
+    recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True, cuda: bool = True
+) -> Plan:
+    """The run's resolved plan. ``cuda``: whether it runs on CUDA (the forward ``data.share_prompt =
+    "auto"`` picks in bf16 depends on it; where unknown, True keeps the standard forward)."""
     from rmrun.recipe.backbone import choose_forward
 
     p, s = recipe.plugin, recipe.schedule
@@ -142,7 +146,7 @@ def make_plan(recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exac
     unused_reason = ""
     if PLUGINS[p.name].finds_unused_parameters:
         args["find_unused_parameters"], unused_reason = find_unused(recipe)
-    forward = choose_forward(recipe.data, recipe.model, p)
+    forward = choose_forward(recipe.data, recipe.model, p, cuda=cuda)
     return Plan(
         world_size=world_size,
         dp_size=dp_size,

@@ -158,7 +158,7 @@ class DataSection:
         "rejected response masked from the chosen one, rewards read at the end of each (the same rewards as "
         'two sequences, up to float rounding, for a fraction of the compute). "auto": wherever it is '
         "supported (decoders checked with a block mask, Llama and Qwen2, with sdpa or eager attention, on the "
-        'ddp plugin in fp32), the standard forward elsewhere; "on": refuse to run where it is not supported; '
+        'ddp plugin in fp32, and in bf16 on a CPU), the standard forward elsewhere; "on": refuse to run where it is not supported; '
         '"off": always two sequences per pair. `rmrun check` prints which forward runs and why.',
         "auto",
     )

@@ -28,7 +28,7 @@ def check(recipe_path: str, *, overrides) -> int:
     recipe, world, num_pairs = preflight(recipe_path, overrides=overrides)
     exact = num_pairs is not None
     num_pairs = num_pairs or 0
-    plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False)
+    plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False, cuda=world.cuda)
     steps = build_graph(
         num_epochs=plan.num_epochs,
         tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>",

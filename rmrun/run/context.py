@@ -69,7 +69,7 @@ class RunContext:
     def set_plan(self, *, num_pairs: int) -> Plan:
         """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
         assert self.recipe is not None, "a context that makes a plan holds the recipe"
-        self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs)
+        self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs, cuda=self.rank.cuda)
         if self.rank.is_main:
             self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.held_lease)
             self._attach_plan()

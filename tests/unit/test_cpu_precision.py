@@ -136,3 +136,75 @@ def test_the_forward_context_autocasts_on_the_cpu():
     assert out.dtype == torch.bfloat16 and weight.dtype == torch.float32
     with Boosted(**{**boosted.__dict__, "autocast": None}).forward_context():
         assert torch.nn.functional.linear(torch.ones(2, 4), weight).dtype == torch.float32
+
+
+def _attention_inputs(mixed: bool):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 48, 32, generator=generator) for _ in range(3))
+    mask = torch.ones(48, 48, dtype=torch.bool).tril().expand(2, 1, 48, 48).clone()
+    mask[0, :, :, 30:] = False  # a padded row
+    mask[..., 0] = True
+    # Llama's rotary embedding (fp32 cos/sin) promotes queries and keys to fp32; values stay bf16
+    low = (2,) if mixed else (0, 1, 2)
+    q, k, v = ((t.bfloat16() if i in low else t).requires_grad_() for i, t in enumerate((q, k, v)))
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["all-bf16", "fp32-queries-and-keys"])
+def test_attention_under_cpu_autocast_runs_in_fp32(mixed):
+    """Under rmrun's CPU autocast SDPA computes in fp32 (torch 2.5's CPU flash kernel is slower in
+    bf16 and in mixed dtypes) and hands back bf16; gradients reach the inputs in their own dtypes.
+    Negative control: torch's autocast alone runs the bf16 kernel, which rounds differently."""
+    import torch
+    import torch.nn.functional as F
+
+    from rmrun.model.boost import autocast_context
+
+    q, k, v, mask = _attention_inputs(mixed)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).bfloat16()
+    with autocast_context(torch.bfloat16, device="cpu"):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+    out.float().sum().backward()
+    assert [t.grad.dtype for t in (q, k, v)] == [t.dtype for t in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert not torch.equal(plain.to(expected.dtype), expected)
+
+
+def test_attention_of_fp32_inputs_under_cpu_autocast_runs_in_fp32_too():
+    import torch
+    import torch.nn.functional as F
+
+    from rmrun.model.boost import autocast_context
+
+    q, k, v, mask = (t.detach().float() for t in _attention_inputs(False))
+    outside = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with autocast_context(torch.bfloat16, device="cpu"):
+        inside = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert F.linear(q, torch.ones(32, 32)).dtype == torch.bfloat16  # autocast itself still on
+    # torch's autocast alone would cast these fp32 inputs to bf16 for the bf16 kernel
+    assert inside.dtype == torch.bfloat16 and torch.equal(inside, outside.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert not torch.equal(plain, outside.bfloat16())
+    with autocast_context(None, device="cpu"):
+        assert not torch.is_autocast_cpu_enabled()
+
+
+def test_ddp_on_a_cpu_steps_with_torchs_fused_adamw():
+    import torch
+
+    from rmrun.model.boost import _optimizer
+    from rmrun.recipe.schema import ScheduleSection
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = _optimizer(model, plugin=PluginSection(name="ddp"), schedule=ScheduleSection(), cuda=False)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
