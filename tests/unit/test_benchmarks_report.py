@@ -6,26 +6,41 @@ from __future__ import annotations
 def test_trl_side_by_side_rates_and_goal_line():
     from benchmarks.trl_side_by_side import markdown, summarize
 
-    trl = summarize(
-        [{"seconds": 0.5, "cpu_seconds": 0.25}] * 4, pairs_per_step=8, tokens=1000, padded=2000, peak_rss_mib=800
-    )
+    steps = [{"seconds": 0.5, "cpu_seconds": 0.25, "tokens": 250, "padded": 500}] * 4
+    trl = summarize(steps, peak_rss_mib=800)
     assert trl["pairs_per_second"] == 16 and trl["pairs_per_cpu_second"] == 32 and trl["padding_fraction"] == 0.5
     assert trl["tokens_per_second"] == 500 and trl["median_step_ms"] == 500
-    fast = dict(trl, pairs_per_second=48.0, pairs_per_cpu_second=96.0)
-    slow = dict(trl, pairs_per_second=32.0, pairs_per_cpu_second=64.0)
+
+    def rate(tokens_per_second):
+        return dict(trl, tokens_per_second=tokens_per_second)
+
     result = {
         "machine": {"label": "m", "cpu_model": "cpu", "cores": 2, "torch": "t", "transformers": "x"},
         "profile": "long-tailed",
-        "size": "tiny",
+        "size": "small",
         "chunks": 1,
-        "steps_per_chunk": 4,
+        "pairs": 40,
+        "steps_per_epoch": 5,
+        "epoch_tokens": 1250,
         "seconds": 1.0,
         "trl_versions": {"trl": "1", "transformers": "5", "torch": "2"},
-        "systems": {"trl": trl, "rmrun": slow, "shared": fast},
+        "systems": {
+            "trl-tuned": rate(500),
+            "trl-defaults": rate(250),
+            "rmrun-bf16": rate(600),
+            "shared-bf16": rate(700),
+        },
+        "default": "shared-bf16",
+        "default_reason": "why",
     }
     text = markdown(result)
-    assert "standard forward / TRL: 2.00× pairs/s, 2.00× pairs/CPU-s (goal ≥ 2.5× on long-tailed data: MISSED" in text
-    assert "(the default) / TRL: 3.00× pairs/s, 3.00× pairs/CPU-s (goal ≥ 2.5× on long-tailed data: MET" in text
+    assert "shared-prompt forward, bf16 (the recipe defaults) / TRL tuned: 1.40× non-padding tokens/s" in text
+    assert "(goal ≥ 1.3×: **MET**)" in text
+    assert "standard forward, bf16 / TRL tuned: 1.20× non-padding tokens/s, 1.00× pairs/CPU-s\n" in text
+    assert "/ TRL with its defaults: 2.80×" in text
+    result["systems"]["shared-bf16"] = rate(600)
+    assert "(goal ≥ 1.3×: **MISSED**)" in markdown(result)
+    assert "goal" not in markdown(dict(result, size="tiny")).split("| steps |")[1].split("Same pairs")[0]
 
 
 def _checkpoint_ranks(**extra) -> list[dict]:
