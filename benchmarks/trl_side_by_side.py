@@ -32,6 +32,7 @@ Writes ``trl-side-by-side-<machine>-<profile>-<size>.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -119,9 +120,9 @@ def default_rmrun_variant(precisions) -> tuple[str, str]:
     from rmrun.recipe.backbone import SHARED, choose_forward
     from rmrun.recipe.schema import DataSection, ModelSection, PluginSection
 
-    plugin = PluginSection(name="ddp")
-    precision = plugin.mixed_precision if plugin.mixed_precision in precisions else "fp32"
-    plugin = PluginSection(name="ddp", mixed_precision=precision)
+    default = PluginSection(name="ddp")
+    precision = default.mixed_precision if default.mixed_precision in precisions else "fp32"
+    plugin = dataclasses.replace(default, mixed_precision=precision)
     forward = choose_forward(
         DataSection(train=("x.jsonl",)), ModelSection(pretrain=str(TINY_MODEL_DIR)), plugin, cuda=False
     )
