@@ -13,6 +13,7 @@ from rmrun.recipe.schema import Recipe
 def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
     """A uniform reservoir sample, in file order: the lengths keep the data's distribution."""
     from rmrun.data import BadRowReport, read_pairs
+    from rmrun.data.rated import PairRule
 
     rng = random.Random(seed)
     reservoir: list[tuple[int, object]] = []
@@ -22,6 +23,7 @@ def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
         bad_rows=recipe.data.bad_rows,
         report=BadRowReport(),
         margins=recipe.data.margins,
+        rule=PairRule.of(recipe.data),
     )
     for i, pair in enumerate(pairs):
         if i < num_pairs:

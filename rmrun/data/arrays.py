@@ -23,6 +23,8 @@ ARRAY_NAMES = (
     "pair_index",
     "shared_prefix",
     "margin",
+    "group",
+    "subset_id",
 )
 ARRAY_DTYPES = {
     "chosen_ids": np.int32,
@@ -32,9 +34,11 @@ ARRAY_DTYPES = {
     "pair_index": np.int64,
     "shared_prefix": np.int32,
     "margin": np.float32,
+    "group": np.int64,
+    "subset_id": np.int32,
 }
 # Arrays data tokenized before they were stored may lack; made from the others when absent.
-DERIVED = ("shared_prefix", "margin")
+DERIVED = ("shared_prefix", "margin", "group", "subset_id")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
@@ -47,6 +51,9 @@ class TokenizedPairs:
     pairs are tokenized and stored with them, so a run over mapped arrays never reads every
     token to find it; computed here when not given (data tokenized before it was stored).
     ``margin[i]`` is pair ``i``'s margin from its row (``data.margins``), 0 when not asked for.
+    ``group[i]`` numbers pair ``i``'s row (pairs of a row with several responses share it; -1:
+    not numbered) and ``subset_id[i]`` is its row's subset name as :func:`subset_id_of` (the names are
+    ``stats["subsets"]``, ``{id: name}``; 0 is no subset).
     """
 
     chosen_ids: np.ndarray
@@ -56,11 +63,15 @@ class TokenizedPairs:
     pair_index: np.ndarray
     shared_prefix: np.ndarray | None = None
     margin: np.ndarray | None = None  # each pair's margin from the data (data.margins); 0 without
+    group: np.ndarray | None = None  # the row each pair came from; -1 without
+    subset_id: np.ndarray | None = None  # each pair's subset, as subset_id_of its name; 0 without
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.margin is None:
-            object.__setattr__(self, "margin", np.zeros(len(self.pair_index), dtype=np.float32))
+        count = len(self.pair_index)
+        for name, fill in (("margin", 0), ("group", -1), ("subset_id", 0)):
+            if getattr(self, name) is None:  # frozen: set once, here
+                object.__setattr__(self, name, np.full(count, fill, dtype=ARRAY_DTYPES[name]))
         if self.shared_prefix is None:
             if len(self.chosen_offsets) != len(self.pair_index) + 1:
                 raise ValueError(f"chosen_offsets must have {len(self.pair_index) + 1} entries")
@@ -74,7 +85,6 @@ class TokenizedPairs:
                 raise ValueError(
                     f"{name} must be a 1-d {np.dtype(ARRAY_DTYPES[name])} array, got {array.dtype} {array.shape}"
                 )
-        count = len(self.pair_index)
         for name in DERIVED:
             if len(getattr(self, name)) != count:
                 raise ValueError(f"{name} must have {count} entries, one per pair")
@@ -137,6 +147,26 @@ class TokenizedPairs:
         if missing:
             raise ValueError(f"tokenized arrays are missing {', '.join(missing)}")
         return cls(**{name: arrays[name] for name in ARRAY_NAMES if name in arrays}, stats=dict(stats))
+
+
+def subset_id_of(name: str) -> int:
+    """A subset name's id in the ``subset_id`` array: a hash, so pieces tokenized apart agree on it
+    without a shared table (a clash of two names is refused by ``subset_names``); "" is 0."""
+    import zlib
+
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF if name else 0
+
+
+def subset_names(tables) -> dict[str, str]:
+    """The union of pieces' ``stats["subsets"]`` tables (``{str(id): name}``)."""
+    from rmrun.data.pairs import DataError
+
+    out: dict[str, str] = {}
+    for table in tables:
+        for key, name in (table or {}).items():
+            if out.setdefault(key, name) != name:
+                raise DataError(f"the subset names {out[key]!r} and {name!r} hash alike; rename one of them")
+    return dict(sorted(out.items(), key=lambda item: item[1]))
 
 
 PREFIX_CHUNK = 8192  # pairs compared at a time

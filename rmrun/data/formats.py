@@ -34,8 +34,10 @@ from rmrun.data.pairs import (
     _first_line,
     _json_type_name,
     row_margin,
+    row_subset,
 )
-from rmrun.data.rows import _ROW_PARSERS
+from rmrun.data.rated import RATED_FORMATS, TIED, PairRule, helpsteer2_prompts, parse_rated_row
+from rmrun.data.rows import _ROW_PARSERS, pairs_of
 
 if TYPE_CHECKING:
     from rmrun.data.split import PromptSplit
@@ -51,7 +53,7 @@ __all__ = [
     "read_pairs",
 ]
 
-FORMATS = ("colossalchat", "pairwise", "hh")
+FORMATS = ("colossalchat", "pairwise", "hh", *RATED_FORMATS)
 BAD_ROW_POLICIES = ("error", "skip")
 
 # Compression suffixes fsspec can undo on the fly ("compression='infer'").
@@ -70,6 +72,7 @@ def read_pairs(
     report: BadRowReport | None = None,
     margins: str = "none",
     split: PromptSplit | None = None,
+    rule: PairRule | None = None,
 ) -> Iterator[PreferencePair]:
     """Yield the preference pairs of every file in ``urls``, in order.
 
@@ -79,6 +82,13 @@ def read_pairs(
     which is then required so that skipped rows are always accounted for. ``margins``
     (``data.margins``): where each pair's margin comes from (``row_margin``). ``split``: only the
     pairs on its side of a cut of the prompts (``data.eval_split``); a bad row is bad on either side.
+
+    Each pair's ``group`` is the number of its row among the rows read (bad rows count too), so a
+    row with several chosen or rejected responses gives pairs of one group; ``subset`` is the
+    row's subset field (``row_subset``). The rated formats (``rated.py``) make their pairs by
+    ``rule`` (``data.pair_rule``, ``data.rating``, ``data.pair_seed``; the defaults without
+    one), each pair's margin their ratings' gap under ``margins="scores"``; a row whose
+    responses are all rated alike gives none and is recorded in ``report`` (never an error).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -86,15 +96,29 @@ def read_pairs(
         raise ValueError(f"unknown bad_rows policy {bad_rows!r}; expected one of {', '.join(BAD_ROW_POLICIES)}")
     if bad_rows == "skip" and report is None:
         raise ValueError('bad_rows="skip" needs a BadRowReport so skipped rows are not lost silently')
-    parse_row = _ROW_PARSERS[format]
+    rated = format in RATED_FORMATS
+    rule = dataclasses.replace(rule or PairRule(), margins=margins)
+    group = -1
     for url in urls:
-        for source, row in _iter_raw_rows(url):
+        rows = _iter_raw_rows(url)
+        if format == "helpsteer2":
+            rows = helpsteer2_prompts(rows)
+        for source, row in rows:
+            group += 1
             try:
-                pair = parse_row(row, source=source)
-                if margins != "none":
-                    pair = dataclasses.replace(pair, margin=row_margin(row, margins))
-                if split is None or split.keeps(pair):
-                    yield pair
+                if rated:
+                    pairs = parse_rated_row(row, source=source, format=format, rule=rule)
+                    if not pairs and report is not None:
+                        report.record(TIED, message=f"{source}: {TIED}: no pair")
+                else:
+                    pairs = pairs_of(_ROW_PARSERS[format](row, source=source))
+                extra: dict = {"group": group, "subset": row_subset(row)}
+                if margins != "none" and not rated:
+                    extra["margin"] = row_margin(row, margins)
+                for pair in pairs:
+                    pair = dataclasses.replace(pair, **extra)
+                    if split is None or split.keeps(pair):
+                        yield pair
             except _BadRow as bad:
                 message = f"{source}: {bad.detail}"
                 if bad_rows == "error":

@@ -24,6 +24,7 @@ BAD_ROLES = "bad roles"
 IDENTICAL_RESPONSES = "chosen identical to rejected"
 NOT_A_TRANSCRIPT = "not an HH transcript"
 DIFFERENT_PROMPTS = "different prompts"
+SUBSET_KEYS = ("subset", "category")  # a row's subset (RewardBench's "subset", others' "category")
 
 
 class DataError(ValueError):
@@ -44,6 +45,9 @@ class PreferencePair:
     ``prompt`` may be empty (plain-text rows with an empty prompt); ``chosen`` and ``rejected``
     each hold at least one message and end with an assistant turn. ``source`` is ``"file:line"``.
     ``margin`` is the pair's own margin from the row (``row_margin``), 0 unless asked for.
+    ``group`` numbers the row the pair came from (``read_pairs``: a row with one chosen and
+    several rejected responses gives a pair for each, all of one group, -1 until numbered);
+    ``subset`` is the row's ``"subset"`` (or ``"category"``) field, "" without one.
     """
 
     prompt: tuple[Message, ...]
@@ -51,6 +55,8 @@ class PreferencePair:
     rejected: tuple[Message, ...]
     source: str
     margin: float = 0.0  # from the row, where data.margins asks for it
+    group: int = -1
+    subset: str = ""
 
 
 class BadRowReport:
@@ -131,3 +137,10 @@ def row_margin(row: Any, margins: str) -> float:
             raise _BadRow("margin", f'"{name}" must be a finite number, got {json.dumps(value)}')
         values.append(float(value))
     return values[0] if margins == "margin" else values[0] - values[1]
+
+
+def row_subset(row: Any) -> str:
+    """A row's subset name (its first ``SUBSET_KEYS`` field that is set), "" without one."""
+    if not isinstance(row, dict):
+        return ""
+    return next((str(row[key]) for key in SUBSET_KEYS if row.get(key) is not None), "")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rmrun.data.arrays import ARRAY_DTYPES, ARRAY_NAMES, DERIVED, TokenizedPairs
+from rmrun.data.arrays import ARRAY_DTYPES, ARRAY_NAMES, DERIVED, TokenizedPairs, subset_names
 from rmrun.data.pairs import PreferencePair
 from rmrun.data.tokenize import tokenize_pairs
 
@@ -186,12 +186,14 @@ def tokenize_pieces(
 
 _ASSEMBLED_ORDER = (
     "chosen_offsets",
+    "group",
     "pair_index",
     "rejected_offsets",
     "chosen_ids",
     "margin",
     "rejected_ids",
     "shared_prefix",
+    "subset_id",
 )
 _SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.float32): "F32"}
 
@@ -265,4 +267,7 @@ def summed_stats(stats: Sequence[dict], *, seconds: float | None = None) -> dict
     out["seconds"] = seconds if seconds is not None else sum(float(s.get("seconds", 0.0)) for s in stats)
     input_pairs = out["pairs"] + out["dropped"]
     out["pairs_per_second"] = input_pairs / out["seconds"] if out["seconds"] > 0 else 0.0
+    subsets = subset_names(s.get("subsets") for s in stats)
+    if subsets:
+        out["subsets"] = subsets
     return out

@@ -34,25 +34,57 @@ def _parse_colossalchat_row(row: Any, *, source: str) -> PreferencePair:
     return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="context", allow_empty_prompt=False)
 
 
-def _parse_pairwise_row(row: Any, *, source: str) -> PreferencePair:
-    """TRL's preference formats: explicit prompt (text or messages) or implicit prompt."""
+def _parse_pairwise_row(row: Any, *, source: str) -> PreferencePair | tuple[PreferencePair, ...]:
+    """TRL's preference formats: explicit prompt (text or messages) or implicit prompt.
+
+    With an explicit prompt, ``"chosen"`` and ``"rejected"`` may each hold several responses
+    (RewardBench 2's best-of-4 rows: a list of texts, or a list of message lists): the row
+    gives a pair for every chosen and rejected response, one group (``read_pairs``)."""
     row = _require_object(row)
     chosen_value = _require_key(row, "chosen")
     rejected_value = _require_key(row, "rejected")
     prompt_value = row.get("prompt")  # optional: absent means the implicit-prompt form
     if prompt_value is None:
+        if _several(chosen_value, str) or _several(rejected_value, str) or _several(chosen_value, list):
+            raise _BadRow(MISSING_KEY, 'a row with several chosen or rejected responses needs a "prompt"')
         return _parse_implicit_prompt(chosen_value, rejected_value, source=source)
+    prompt: tuple[Message, ...]
     if isinstance(prompt_value, str):
-        chosen: tuple[Message, ...] = (Message("assistant", _require_str(chosen_value, field="chosen")),)
-        rejected: tuple[Message, ...] = (Message("assistant", _require_str(rejected_value, field="rejected")),)
-        prompt: tuple[Message, ...] = (Message("user", prompt_value),) if prompt_value != "" else ()
-        return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
-    if isinstance(prompt_value, list):
+        prompt = (Message("user", prompt_value),) if prompt_value != "" else ()
+
+        def responses(value: Any, field: str) -> list[tuple[Message, ...]]:
+            texts = value if _several(value, str) else [_require_str(value, field=field)]
+            return [(Message("assistant", text),) for text in texts]
+
+    elif isinstance(prompt_value, list):
         prompt = _parse_messages(prompt_value, field="prompt", role_key="role")
-        chosen = _parse_messages(chosen_value, field="chosen", role_key="role")
-        rejected = _parse_messages(rejected_value, field="rejected", role_key="role")
-        return _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
-    raise _BadRow(WRONG_TYPE, f'"prompt" must be a string or a list of messages, got {_json_type_name(prompt_value)}')
+
+        def responses(value: Any, field: str) -> list[tuple[Message, ...]]:
+            if not _several(value, list):
+                return [_parse_messages(value, field=field, role_key="role")]
+            return [_parse_messages(v, field=f"{field}[{k}]", role_key="role") for k, v in enumerate(value)]
+
+    else:
+        raise _BadRow(
+            WRONG_TYPE, f'"prompt" must be a string or a list of messages, got {_json_type_name(prompt_value)}'
+        )
+    pairs = tuple(
+        _checked_pair(prompt, chosen, rejected, source=source, prompt_field="prompt", allow_empty_prompt=True)
+        for chosen in responses(chosen_value, "chosen")
+        for rejected in responses(rejected_value, "rejected")
+    )
+    return pairs[0] if len(pairs) == 1 else pairs
+
+
+def _several(value: Any, kind: type) -> bool:
+    """Whether a response field holds several responses: a non-empty list of ``kind`` (texts, or
+    message lists); a list of message objects is one conversational response."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, kind) for item in value)
+
+
+def pairs_of(parsed: PreferencePair | tuple[PreferencePair, ...]) -> tuple[PreferencePair, ...]:
+    """A row parser's result as pairs: one, or the several of a row with several responses."""
+    return parsed if isinstance(parsed, tuple) else (parsed,)
 
 
 def _parse_implicit_prompt(chosen_value: Any, rejected_value: Any, *, source: str) -> PreferencePair:
@@ -152,7 +184,7 @@ def is_hh_row(row: Any) -> bool:
     )
 
 
-_ROW_PARSERS: dict[str, Callable[..., PreferencePair]] = {
+_ROW_PARSERS: dict[str, Callable[..., PreferencePair | tuple[PreferencePair, ...]]] = {
     "colossalchat": _parse_colossalchat_row,
     "pairwise": _parse_pairwise_row,
     "hh": _parse_hh_row,

@@ -17,11 +17,11 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rmrun.data.arrays import TokenizedPairs
+from rmrun.data.arrays import TokenizedPairs, subset_id_of, subset_names
 from rmrun.data.pairs import DataError, PreferencePair
 from rmrun.data.template import ChatTemplate, end_of_assistant_token, render_conversations, resolve_chat_template
 
@@ -52,11 +52,12 @@ def tokenize_pairs(
     rule = ScoringRule.of(tokenizer, template, family=family)
     builder = _PairArraysBuilder()
     counts = {"truncated": 0, "dropped": 0}
+    subsets: dict[str, str] = {}
     started = time.perf_counter()
     for first_index, batch in _batches(pairs, batch_size):
         chosen_batch = _tokenize_side(batch, "chosen", tokenizer, rule=rule)
         rejected_batch = _tokenize_side(batch, "rejected", tokenizer, rule=rule)
-        kept_chosen, kept_rejected, kept_indices, kept_margins = [], [], [], []
+        kept_chosen, kept_rejected, kept_indices, kept = [], [], [], []
         for offset, (pair, chosen, rejected) in enumerate(zip(batch, chosen_batch, rejected_batch)):
             if max(len(chosen), len(rejected)) > max_length:
                 if overflow == "error":
@@ -70,12 +71,14 @@ def tokenize_pairs(
             kept_chosen.append(chosen)
             kept_rejected.append(rejected)
             kept_indices.append(first_index + offset)
-            kept_margins.append(pair.margin)
-        builder.add_batch(kept_chosen, kept_rejected, pair_indices=kept_indices, margins=kept_margins)
+            kept.append(pair)
+            if pair.subset:
+                subsets[str(subset_id_of(pair.subset))] = pair.subset
+        builder.add_batch(kept_chosen, kept_rejected, pair_indices=kept_indices, pairs=kept)
     tokenized = builder.build()
     seconds = time.perf_counter() - started
     input_pairs = len(tokenized) + counts["dropped"]
-    stats = {
+    stats: dict[str, Any] = {
         "pairs": len(tokenized),
         "truncated": counts["truncated"],
         "dropped": counts["dropped"],
@@ -83,6 +86,8 @@ def tokenize_pairs(
         "seconds": seconds,
         "pairs_per_second": input_pairs / seconds if seconds > 0 else 0.0,
     }
+    if subsets:
+        stats["subsets"] = subset_names([subsets])
     return dataclasses.replace(tokenized, stats=stats)
 
 
@@ -255,10 +260,17 @@ class _PairArraysBuilder:
             "rejected_lengths": [],
             "pair_index": [],
             "margin": [],
+            "group": [],
+            "subset_id": [],
         }
 
     def add_batch(
-        self, chosen: list[list[int]], rejected: list[list[int]], *, pair_indices: list[int], margins: list[float]
+        self,
+        chosen: list[list[int]],
+        rejected: list[list[int]],
+        *,
+        pair_indices: list[int],
+        pairs: Sequence[PreferencePair],
     ) -> None:
         for side, sequences in (("chosen", chosen), ("rejected", rejected)):
             lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
@@ -266,7 +278,9 @@ class _PairArraysBuilder:
             self._chunks[f"{side}_ids"].append(flat)
             self._chunks[f"{side}_lengths"].append(lengths)
         self._chunks["pair_index"].append(np.asarray(pair_indices, dtype=np.int64))
-        self._chunks["margin"].append(np.asarray(margins, dtype=np.float32))
+        self._chunks["margin"].append(np.asarray([p.margin for p in pairs], dtype=np.float32))
+        self._chunks["group"].append(np.asarray([p.group for p in pairs], dtype=np.int64))
+        self._chunks["subset_id"].append(np.asarray([subset_id_of(p.subset) for p in pairs], dtype=np.int32))
 
     def build(self) -> TokenizedPairs:
         arrays = {}
@@ -282,6 +296,8 @@ class _PairArraysBuilder:
             rejected_offsets=arrays["rejected_offsets"],
             pair_index=arrays["pair_index"],
             margin=_concatenate(self._chunks["margin"], dtype=np.float32),
+            group=_concatenate(self._chunks["group"], dtype=np.int64),
+            subset_id=_concatenate(self._chunks["subset_id"], dtype=np.int32),
         )
 
 

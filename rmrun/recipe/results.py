@@ -53,4 +53,7 @@ LATER_KEYS = {
     "loss.center_coef": 0.0,
     "data.eval_split": None,
     "data.eval_split_seed": 0,
+    "data.pair_rule": "best_vs_worst",
+    "data.rating": None,
+    "data.pair_seed": 0,
 }

@@ -21,32 +21,16 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from rmrun.recipe.fields import doc
+from rmrun.recipe.names import (  # noqa: F401
+    COMPRESSION_SUFFIXES,
+    DATA_FILE_SUFFIXES,
+    DEFAULT_RATING,
+    PACKAGE_PREFIX,
+    RATED_FORMATS,
+    is_data_file_name,
+    is_template_text,
+)
 from rmrun.recipe.trackers import MlflowSection, TrackerName, WandbSection
-
-PACKAGE_PREFIX = "package:"
-
-
-def is_template_text(value: str) -> bool:
-    """A Jinja template given inline rather than a file name: it has Jinja delimiters."""
-    return "{{" in value or "{%" in value
-
-
-# The data files rmrun reads (rmrun.data.formats picks the reader by these), and the
-# compression suffixes fsspec undoes on the fly; a directory or glob in data.train or
-# data.eval expands to the files whose names end so.
-DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
-
-
-def is_data_file_name(name: str) -> bool:
-    """A file name rmrun reads as data: ``.jsonl``, ``.json`` or ``.parquet``, maybe compressed."""
-    lower = name.lower()
-    for suffix in COMPRESSION_SUFFIXES:
-        if lower.endswith(suffix):
-            lower = lower[: -len(suffix)]
-            break
-    return lower.endswith(DATA_FILE_SUFFIXES)
-
 
 PluginName = Literal["ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d"]
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -104,11 +88,17 @@ class DataSection:
         factory=tuple,
         path="files",
     )
-    format: Literal["colossalchat", "pairwise", "hh"] = doc(
+    format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2"] = doc(
         '"colossalchat": {context, chosen, rejected} message lists with "from"/"content"; '
-        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists; '
+        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists (with a '
+        "prompt, each side may hold several responses: a pair for each, scored best-of-N in evals); "
         '"hh": Anthropic HH-RLHF {chosen, rejected} transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") '
-        "sharing every turn before the last Assistant turn, which is each side's response.",
+        "sharing every turn before the last Assistant turn, which is each side's response; rated responses, "
+        "made into pairs by data.pair_rule: "
+        '"rated": {prompt, responses: [{text or messages, score or scores: {attribute: n}}]}; '
+        '"ultrafeedback": UltraFeedback\'s {instruction, completions: [{response, overall_score, ...}]}; '
+        '"helpsteer2": HelpSteer2\'s one-response rows {prompt, response, helpfulness, correctness, '
+        "coherence, complexity, verbosity}, consecutive rows of one prompt being its responses.",
         "colossalchat",
     )
     max_length: int = doc("Longest sequence (prompt + response) in tokens.", 512)
@@ -134,7 +124,8 @@ class DataSection:
     margins: Literal["none", "margin", "scores"] = doc(
         "Per-pair margins from the data, added to loss.margin (Llama 2's margin loss): "
         '"margin": each row\'s numeric "margin" field; "scores": each row\'s '
-        '"score_chosen" - "score_rejected" (UltraFeedback\'s binarized rows carry both); "none": '
+        '"score_chosen" - "score_rejected" (UltraFeedback\'s binarized rows carry both; in the rated '
+        "formats, the chosen response's rating minus the rejected one's); \"none\": "
         "loss.margin alone. A row without them is a bad row (data.bad_rows). Applies to the eval "
         "files too.",
         "none",
@@ -148,6 +139,20 @@ class DataSection:
         None,
     )
     eval_split_seed: int = doc("The seed of the prompts' draw for data.eval_split.", 0)
+    pair_rule: Literal["best_vs_worst", "best_vs_random", "all_pairs"] = doc(
+        "The rated formats: which pairs a prompt's rated responses give. best_vs_worst: the highest-rated "
+        "against the lowest-rated; best_vs_random: the highest-rated against one rated lower, drawn from "
+        "data.pair_seed and the row's text; all_pairs: every two rated differently. Ties never make a pair "
+        '(a row rated all alike gives none, and is counted). data.margins = "scores" makes each pair\'s '
+        "margin the gap of its two ratings.",
+        "best_vs_worst",
+    )
+    rating: Optional[str] = doc(
+        'The rated formats: the rating that ranks responses (an attribute of "scores", an UltraFeedback '
+        'score or aspect). Default: "score" (rated), "overall_score" (ultrafeedback), "helpfulness" (helpsteer2).',
+        None,
+    )
+    pair_seed: int = doc('The seed of data.pair_rule = "best_vs_random"\'s draw.', 0)
     group_by_length: bool = doc(
         "Group pairs of similar length into the same batch (less padding); the order stays a pure "
         "function of (seed, epoch).",

@@ -273,6 +273,7 @@ def _data_file_problems(recipe: Recipe) -> list[str]:
         for url in recipe.data.eval
         if url and _location_key(url) in train
     ]
+    problems += _rated_problems(recipe.data)
     split = recipe.data.eval_split
     if split is not None:
         if recipe.data.eval:
@@ -282,6 +283,23 @@ def _data_file_problems(recipe: Recipe) -> list[str]:
                 f"[data].eval_split: a fraction of the prompts between 0 and 1, or a whole number of pairs; got {split:g}"
             )
     return problems
+
+
+def _rated_problems(data) -> list[str]:
+    """The pair-forming keys belong to the rated formats, and rated rows have no "margin" field."""
+    from rmrun.recipe.schema import RATED_FORMATS
+
+    if data.format in RATED_FORMATS:
+        if data.margins == "margin":
+            return [
+                f'[data].margins: "margin" reads a row\'s "margin" field; {data.format} rows have ratings: use "scores"'
+            ]
+        return []
+    return [
+        f"[data].{key}: applies to the rated formats ({', '.join(RATED_FORMATS)}); data.format is {data.format!r}"
+        for key, default in (("pair_rule", "best_vs_worst"), ("rating", None), ("pair_seed", 0))
+        if getattr(data, key) != default
+    ]
 
 
 def _export_problems(recipe: Recipe) -> list[str]:

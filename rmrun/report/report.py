@@ -15,6 +15,7 @@ import os
 import tempfile
 
 from rmrun.report.data import ReportError
+from rmrun.serve.exported import EVAL_KEYS
 
 MAX_CPU_SCORING_BYTES = 2 * 2**30  # "auto" scores the eval pairs on CPU up to this much weights
 
@@ -173,9 +174,13 @@ def _summary(record, scored) -> list:
         ("resumes", len(record.resumes)),
         ("committed checkpoints (kept)", ", ".join(map(str, record.checkpoints)) or "none"),
     ]
-    for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):
+    for key in EVAL_KEYS:
         if key in final:
             rows.append((f"final eval {key}", _fmt(final[key])))
+    for name, entry in final.get("subsets", {}).items():
+        for key in ("accuracy", "best_of_n_accuracy"):
+            if entry.get(key) is not None:
+                rows.append((f"final eval {key}, subset {name} ({entry['pairs']} pairs)", _fmt(entry[key])))
     if scored is not None:
         rows += [("ECE", _fmt(scored.calibration["ece"])), ("Brier", _fmt(scored.calibration["brier"]))]
     return rows

@@ -225,11 +225,18 @@ def count_pairs(urls, *, data: DataSection, stored: dict | None = None, split: P
     they were; only the pairs on ``split``'s side), read once per version of the files (their
     stamps: ``COUNTED``, then ``stored``); DataError on a bad row under "error"."""
     from rmrun.data.formats import BadRowReport, read_pairs
+    from rmrun.data.rated import PairRule
 
     def count() -> dict:
         report = BadRowReport()
         read = read_pairs(
-            urls, format=data.format, bad_rows=data.bad_rows, report=report, margins=data.margins, split=split
+            urls,
+            format=data.format,
+            bad_rows=data.bad_rows,
+            report=report,
+            margins=data.margins,
+            split=split,
+            rule=PairRule.of(data),
         )
         pairs = sum(1 for _ in read)
         return {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
@@ -249,9 +256,12 @@ def _once(key: str | None, stored: dict | None, compute) -> dict:
 
 
 def _count_key(urls, *, data: DataSection, split: PromptSplit | None = None, what: dict | None = None) -> str | None:
+    from rmrun.recipe.schema import RATED_FORMATS
     from rmrun.run.fingerprint import pair_count_key
 
     extra = {**(split.describe() if split else {}), **(what or {})}
+    if data.format in RATED_FORMATS:
+        extra.update(pair_rule=data.pair_rule, rating=data.rating, pair_seed=data.pair_seed)
     return pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins, extra=extra)
 
 
@@ -276,6 +286,7 @@ def eval_split_threshold(data: DataSection, *, stored: dict | None = None) -> fl
     :func:`rmrun.data.split.count_threshold` finds (a pass over the prompts, once per version of
     the files, kept with the pair counts)."""
     from rmrun.data.formats import BadRowReport, read_pairs
+    from rmrun.data.rated import PairRule
     from rmrun.data.split import count_threshold
 
     assert data.eval_split is not None
@@ -284,7 +295,9 @@ def eval_split_threshold(data: DataSection, *, stored: dict | None = None) -> fl
     num_pairs, seed = int(data.eval_split), data.eval_split_seed
 
     def find() -> dict:
-        pairs = read_pairs(data.train, format=data.format, bad_rows=data.bad_rows, report=BadRowReport())
+        pairs = read_pairs(
+            data.train, format=data.format, bad_rows=data.bad_rows, report=BadRowReport(), rule=PairRule.of(data)
+        )
         return {"threshold": count_threshold(pairs, seed=seed, num_pairs=num_pairs)}
 
     key = _count_key(data.train, data=data, what={"eval_pairs": num_pairs, "seed": seed})

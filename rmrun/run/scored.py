@@ -72,7 +72,7 @@ def score_in_pieces(
         key = scored_piece_key(what, step, i, num_pieces)
         committed = ctx.store.open_verified(key) if ctx.rank.is_main else None
         stored = broadcast(json.loads(committed.read_bytes("sums.json")) if committed is not None else None)
-        if stored is not None and stored.get("sums", {}).get("shape") != [NUM_SUMS]:
+        if stored is not None and (stored.get("sums", {}).get("shape") != [NUM_SUMS] or "correct" not in stored):
             stored = None  # scored by a version that kept other sums: scored again
             if ctx.rank.is_main:
                 ctx.store.delete(key, lease=ctx.held_lease)
@@ -90,9 +90,16 @@ def score_in_pieces(
                 ctx.say(f"scoring {what}: piece {i + 1}/{num_pieces} scored")
         else:
             sums = _decoded(stored)
-        total = sums if total is None else {name: total[name] + sums[name] for name in total}
+        total = sums if total is None else {name: _joined(name, total[name], sums[name]) for name in total}
     assert total is not None
-    return trainer.eval_result(total, pairs=n)
+    return trainer.eval_result(total, pairs=n, data=data)
+
+
+def _joined(name: str, before, piece):
+    """Two pieces' sums as one: added, except each pair's correctness, which is laid end to end."""
+    import torch
+
+    return torch.cat([before, piece]) if name == "correct" else before + piece
 
 
 def score_eval(ctx: RunView, trainer: Trainer, *, should_stop: Callable[[], bool] | None = None) -> dict:

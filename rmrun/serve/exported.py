@@ -14,6 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+# An eval's headline numbers, as the model card and the report list them.
+EVAL_KEYS = ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy", "groups", "best_of_n_accuracy")
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
@@ -48,12 +51,22 @@ def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
     template = load_chat_template(data.chat_template)
     return {
         "version": CONTRACT_VERSION,
-        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow},
+        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow, **_rated(data)},
         "family": family,
         "chat_template": dataclasses.asdict(template) if template is not None else None,
         "loss": {"name": loss.name, "margin": loss.margin, **objective_extras(data=data, loss=loss)},
         "reward_stats": reward_stats,
     }
+
+
+def _rated(data) -> dict:
+    """How the rated formats made pairs (``rmrun eval`` makes them the same way)."""
+    from rmrun.recipe.schema import DEFAULT_RATING
+
+    if data.format not in DEFAULT_RATING:
+        return {}
+    rating = data.rating or DEFAULT_RATING[data.format]
+    return {"pair_rule": data.pair_rule, "rating": rating, "pair_seed": data.pair_seed, "margins": data.margins}
 
 
 def objective_extras(*, data, loss) -> dict:
@@ -77,8 +90,12 @@ def objective_text(*, data, loss) -> str:
     text = f"`{loss.name}` pairwise loss, margin {loss.margin:g}"
     if data.margins == "margin":
         text += f" plus {data.margin_scale:g} x each row's `margin`"
+    elif data.margins == "scores" and _rated(data):
+        text += f" plus {data.margin_scale:g} x the gap of the two responses' `{_rated(data)['rating']}` ratings"
     elif data.margins == "scores":
         text += f" plus {data.margin_scale:g} x (`score_chosen` - `score_rejected`) of each row"
+    if _rated(data):
+        text += f"; pairs from rated responses, `{data.pair_rule}` by `{_rated(data)['rating']}`"
     if loss.center_coef > 0:
         text += f"; reward centering, {loss.center_coef:g} x mean((r_c + r_r)^2)"
     return text
@@ -129,10 +146,14 @@ def write_model_card(
         lines += [f"Objective: {objective_text(data=data, loss=loss)}.", ""]
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---:|"]
-        for key in ("pairs", "accuracy", "loss", "margin", "longer_wins_accuracy"):
+        for key in EVAL_KEYS:
             if evaluation.get(key) is not None:
                 value = evaluation[key]
                 lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+        for name, entry in evaluation.get("subsets", {}).items():
+            for key in ("accuracy", "best_of_n_accuracy"):
+                if entry.get(key) is not None:
+                    lines.append(f"| {name}: {key} ({entry['pairs']} pairs) | {entry[key]:.4f} |")
         lines.append("")
     if reward_stats:
         lines += [

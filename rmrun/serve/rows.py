@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rmrun.serve.exported import ScoreError
 
-SUBSET_KEYS = ("subset", "category")
-
 
 @dataclass(frozen=True)
 class Row:
-    """One input row: a preference pair, or a single response (``single``: chosen is that response),
-    or a bad row skipped with ``--bad-rows skip`` (``pair`` None, ``error`` says why)."""
+    """One input row's pair: a preference pair, or a single response (``single``: chosen is that
+    response), or a bad row skipped with ``--bad-rows skip`` (``pair`` None, ``error`` says why).
+    A row with several chosen or rejected responses is a Row per pair, all of one ``number``
+    (the row's place in the input)."""
 
     pair: object | None  # PreferencePair
     single: bool
@@ -21,27 +22,34 @@ class Row:
     subset: str | None
     row_id: object
     error: str | None = None
+    number: int = -1
 
 
 BAD_ROW_POLICIES = ("skip", "error")
 
 
-def read_rows(urls, *, format: str, bad_rows: str = "error") -> list[Row]:
+def read_rows(urls, *, format: str, bad_rows: str = "error", rated: dict | None = None) -> list[Row]:
     """Pairs in any format ``[data]`` accepts (``context`` rows are ColossalChat's, HH-RLHF
     transcripts hh's, others pairwise), and single responses: ``{"prompt": ..., "response": "..."}``.
 
     A bad row raises DataError (``bad_rows="error"``) or, with ``"skip"``, stays in the list as a
-    Row with its ``error``, so the output still has one line per input row.
+    Row with its ``error``, so the output still has one line per input row. Rows of the rated
+    formats ``rated`` and ``ultrafeedback`` give the pairs training made of them (``rated``: the
+    export's ``pair_rule``, ``rating``, ``pair_seed``, and ``margins``, which also gives each
+    pair of the other formats the row's own margin where it has one).
     """
     from rmrun.data.formats import _iter_raw_rows
-    from rmrun.data.pairs import DataError, Message, PreferencePair, _BadRow
-    from rmrun.data.rows import _ROW_PARSERS, _check_prompt_roles, _parse_messages
+    from rmrun.data.pairs import DataError, Message, PreferencePair, _BadRow, row_margin
+    from rmrun.data.rated import TIED, PairRule, parse_rated_row
+    from rmrun.data.rows import _ROW_PARSERS, _check_prompt_roles, _parse_messages, pairs_of
 
     if bad_rows not in BAD_ROW_POLICIES:
         raise ValueError(f"unknown bad_rows policy {bad_rows!r}; expected one of {', '.join(BAD_ROW_POLICIES)}")
-    rows = []
+    rows: list[Row] = []
+    number = -1
     for url in urls:
         for source, raw in _iter_raw_rows(url):
+            number += 1
             subset, row_id = _subset_and_id(raw)
             try:
                 if isinstance(raw, _BadRow):
@@ -49,6 +57,7 @@ def read_rows(urls, *, format: str, bad_rows: str = "error") -> list[Row]:
                 if not isinstance(raw, dict):
                     raise _BadRow("not an object", f"expected a JSON object, got {type(raw).__name__}")
                 kind = _row_kind(raw, format=format)
+                pairs: tuple[PreferencePair, ...]
                 if kind == "single":
                     prompt = raw.get("prompt", "")
                     response = raw["response"]
@@ -61,15 +70,46 @@ def read_rows(urls, *, format: str, bad_rows: str = "error") -> list[Row]:
                         messages = _parse_messages(prompt, field="prompt", role_key="role")
                     _check_prompt_roles(messages, field="prompt", allow_empty=True)
                     side = (Message("assistant", response),)
-                    pair, single = PreferencePair(prompt=messages, chosen=side, rejected=side, source=source), True
+                    pairs, single = (PreferencePair(prompt=messages, chosen=side, rejected=side, source=source),), True
+                elif kind in ("rated", "ultrafeedback"):
+                    settings = dict(rated or {})
+                    rule = PairRule(
+                        rule=settings.get("pair_rule", "best_vs_worst"),
+                        rating=settings.get("rating"),
+                        seed=settings.get("pair_seed", 0),
+                        margins=settings.get("margins", "none"),
+                    )
+                    pairs, single = parse_rated_row(raw, source=source, format=kind, rule=rule), False
+                    if not pairs:
+                        raise _BadRow(TIED, f"{TIED}: no pair")
                 else:
-                    pair, single = _ROW_PARSERS[kind](raw, source=source), False
+                    pairs, single = pairs_of(_ROW_PARSERS[kind](raw, source=source)), False
+                    margins = (rated or {}).get("margins", "none")
+                    if margins != "none":  # the row's own margin where it has one, as in training; else 0
+                        try:
+                            margin = row_margin(raw, margins)
+                        except _BadRow:
+                            margin = 0.0
+                        pairs = tuple(dataclasses.replace(pair, margin=margin) for pair in pairs)
             except _BadRow as bad:
                 if bad_rows == "error":
                     raise DataError(f"{source}: {bad.detail}") from None
-                rows.append(Row(pair=None, single=False, source=source, subset=subset, row_id=row_id, error=bad.detail))
+                rows.append(
+                    Row(
+                        pair=None,
+                        single=False,
+                        source=source,
+                        subset=subset,
+                        row_id=row_id,
+                        error=bad.detail,
+                        number=number,
+                    )
+                )
                 continue
-            rows.append(Row(pair=pair, single=single, source=source, subset=subset, row_id=row_id))
+            rows.extend(
+                Row(pair=pair, single=single, source=source, subset=subset, row_id=row_id, number=number)
+                for pair in pairs
+            )
     if not rows:
         raise ScoreError(f"{', '.join(urls)}: no rows")
     if all(row.error is not None for row in rows):
@@ -86,6 +126,10 @@ def _row_kind(raw: dict, *, format: str) -> str:
     """
     from rmrun.data.rows import is_hh_row
 
+    if "responses" in raw and "chosen" not in raw:
+        return "rated"
+    if "completions" in raw and "chosen" not in raw:
+        return "ultrafeedback"
     if "response" in raw and "chosen" not in raw:
         return "single"
     if "context" in raw:
@@ -100,7 +144,8 @@ def _row_kind(raw: dict, *, format: str) -> str:
 
 
 def _subset_and_id(raw) -> tuple[str | None, object]:
+    from rmrun.data.pairs import row_subset
+
     if not isinstance(raw, dict):
         return None, None
-    subset = next((str(raw[k]) for k in SUBSET_KEYS if raw.get(k) is not None), None)
-    return subset, raw.get("id")
+    return row_subset(raw) or None, raw.get("id")

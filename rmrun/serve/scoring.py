@@ -90,25 +90,47 @@ def score_tokenized(export: Export, tokenized, *, batch_size: int = 16, progress
 
 
 def score_lines(rows: list[Row], scores: dict) -> list[dict]:
-    """One JSON-able record per input row, in input order."""
+    """One JSON-able record per input row, in input order. A row with several chosen or rejected
+    responses has ``pairs``, a record per pair, and ``chosen_beats_all``."""
     lines = []
-    for i, row in enumerate(rows):
-        record = {"row": i, "source": row.source}
+    for number, members in _input_rows(rows):
+        row = rows[members[0]]
+        record: dict[str, Any] = {"row": number, "source": row.source}
         if row.row_id is not None:
             record["id"] = row.row_id
         if row.subset is not None:
             record["subset"] = row.subset
-        if row.error is not None:
-            record["error"] = row.error
-        elif i not in scores:
-            record["dropped"] = 'longer than max_length (overflow = "drop")'
-        elif row.single:
-            record["reward"] = scores[i][0]
+        if len(members) > 1:
+            record["pairs"] = [_pair_record(rows[i], i, scores) for i in members]
+            scored = [p for p in record["pairs"] if "margin" in p]
+            if scored:
+                record["chosen_beats_all"] = all(p["margin"] > 0 for p in scored)
         else:
-            chosen, rejected = scores[i][0], scores[i][1]
-            record.update({"chosen": chosen, "rejected": rejected, "margin": chosen - rejected})
+            record.update(_pair_record(row, members[0], scores))
         lines.append(record)
     return lines
+
+
+def _input_rows(rows: list[Row]) -> list[tuple[int, list[int]]]:
+    """``(input row number, indices of its Rows)`` in input order."""
+    out: list[tuple[int, list[int]]] = []
+    for i, row in enumerate(rows):
+        if out and row.number >= 0 and rows[out[-1][1][0]].number == row.number:
+            out[-1][1].append(i)
+        else:
+            out.append((row.number if row.number >= 0 else i, [i]))
+    return out
+
+
+def _pair_record(row: Row, i: int, scores: dict) -> dict:
+    if row.error is not None:
+        return {"error": row.error}
+    if i not in scores:
+        return {"dropped": 'longer than max_length (overflow = "drop")'}
+    if row.single:
+        return {"reward": scores[i][0]}
+    chosen, rejected = scores[i][0], scores[i][1]
+    return {"chosen": chosen, "rejected": rejected, "margin": chosen - rejected}
 
 
 # ------------------------------------------------------------------ evaluation
@@ -128,11 +150,18 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     chosen = torch.tensor([scores[i][0] for i in kept], dtype=torch.float32)
     rejected = torch.tensor([scores[i][1] for i in kept], dtype=torch.float32)
     lengths = np.array([[scores[i][2], scores[i][3]] for i in kept], dtype=np.int64)
-    losses = pair_losses(loss["name"], chosen, rejected, margin=loss["margin"])
+    # The training objective: loss.margin, plus each pair's own margin scaled where the run used
+    # data.margins, and the centering term.
+    margin: float | torch.Tensor = loss["margin"]
+    if loss.get("margins", "none") != "none":
+        own = torch.tensor([getattr(rows[i].pair, "margin", 0.0) for i in kept], dtype=torch.float32)
+        margin = loss["margin"] + loss.get("margin_scale", 1.0) * own
+    center_coef = loss.get("center_coef", 0.0)
+    losses = pair_losses(loss["name"], chosen, rejected, margin=margin, center_coef=center_coef)
     report: dict[str, Any] = {
         "pairs": len(kept),
         "dropped": sum(1 for i, r in enumerate(rows) if i not in scores and r.error is None),
-        **metrics_from_sums(pair_sums(chosen, rejected, losses)),
+        **metrics_from_sums(pair_sums(chosen, rejected, losses), center=center_coef > 0),
     }
     report["ties"] = int((chosen == rejected).sum())
     report["longer_wins_accuracy"] = longer_wins_credit(lengths) / len(kept)
@@ -148,9 +177,33 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
             entry[1] += float(correct[k])
     if subsets:
         report["subsets"] = {name: {"pairs": n, "accuracy": c / n} for name, (n, c) in sorted(subsets.items())}
+    report.update(_best_of_n(rows, kept, correct))
     both = np.concatenate([chosen.numpy(), rejected.numpy()]).astype(np.float64)
     report["reward_stats"] = {"mean": float(both.mean()), "std": float(both.std()), "pairs": len(kept)}
     return report
+
+
+def _best_of_n(rows: list[Row], kept: list[int], correct: np.ndarray) -> dict:
+    """Where some input row gave several pairs (one chosen against several rejected): the share
+    of input rows whose every scored pair is right, overall and per subset (``group_metrics``)."""
+    from types import SimpleNamespace
+
+    from rmrun.data.arrays import subset_id_of
+    from rmrun.train.trainer import group_metrics
+
+    numbers = np.array([rows[i].number for i in kept], dtype=np.int64)
+    if len(np.unique(numbers)) == len(numbers):
+        return {}
+    names = {name for name in (rows[i].subset for i in kept) if name}
+
+    pairs = SimpleNamespace(  # what group_metrics reads of a data set
+        group=numbers,
+        subset_id=np.array([subset_id_of(rows[i].subset or "") for i in kept], dtype=np.int32),
+        stats={"subsets": {str(subset_id_of(name)): name for name in names}},
+    )
+    out = group_metrics(correct, pairs)
+    subsets = out.pop("subsets", {})
+    return {**out, "best_of_n_subsets": {name: subsets[name] for name in sorted(subsets)}} if subsets else out
 
 
 def calibration(margins: np.ndarray, *, bins: int = CALIBRATION_BINS) -> dict:
@@ -201,6 +254,15 @@ def report_table(report: dict) -> str:
         lines.append("per subset:")
         for name, s in report["subsets"].items():
             lines.append(f"  {name:<{width}} {s['pairs']:>7} pairs  {s['accuracy']:.4f}")
+    if "best_of_n_accuracy" in report:
+        lines.append(
+            f"best of N (the chosen response beats every rejected one): {report['best_of_n_accuracy']:.4f} "
+            f"on {report['groups']} rows"
+        )
+        by_subset = report.get("best_of_n_subsets", {})
+        width = max((len(name) for name in by_subset), default=0)
+        for name, s in by_subset.items():
+            lines.append(f"  {name:<{width}} {s['groups']:>7} rows   {s['best_of_n_accuracy']:.4f}")
     return "\n".join(lines)
 
 
@@ -261,7 +323,9 @@ def _score_everything(model: str, data: list[str], *, batch_size: int, bad_rows:
     rank, world_size, device = _world()
     try:
         export = open_export(model, device=device)
-        rows = read_rows(data, format=export.contract["data"]["format"], bad_rows=bad_rows)
+        rows = read_rows(
+            data, format=export.contract["data"]["format"], bad_rows=bad_rows, rated=export.contract["data"]
+        )
         if rank == 0:
             for row in rows:
                 if row.error is not None:

@@ -25,6 +25,22 @@ if TYPE_CHECKING:
     from rmrun.train.history import RunView
 
 
+def eval_scalars(result: dict) -> dict[str, float]:
+    """An eval's numbers as trackers take them: ``eval/<metric>``, and ``eval/subset/<name>/<metric>``
+    for each subset."""
+    scalars = numeric(result, prefix="eval", skip=("step",))
+    for name, entry in result.get("subsets", {}).items():
+        scalars.update(numeric(entry, prefix=f"eval/subset/{name}"))
+    return scalars
+
+
+def best_of_n_words(result: dict) -> str:
+    """ ", best of N 0.612 on 250 rows" where the eval has rows of several pairs, else ""."""
+    if result.get("best_of_n_accuracy") is None:
+        return ""
+    return f", best of N {result['best_of_n_accuracy']:.3f} on {result['groups']} rows"
+
+
 class LogHook:
     """metrics to the terminal: a progress bar on a TTY, plain lines every N steps otherwise."""
 
@@ -112,14 +128,19 @@ class LogHook:
     def log_eval(self, result: dict) -> None:
         if not self.enabled:
             return
+        scalars = eval_scalars(result)
         if self.trackers is not None:
-            self.trackers.log(result["step"], numeric(result, prefix="eval", skip=("step",)))
+            self.trackers.log(result["step"], scalars)
         if self.writer is not None:
-            for key in ("loss", "accuracy", "margin"):
-                self.writer.add_scalar(f"eval/{key}", result[key], result["step"])
+            for key in ("loss", "accuracy", "margin", "best_of_n_accuracy"):
+                if f"eval/{key}" in scalars:
+                    self.writer.add_scalar(f"eval/{key}", scalars[f"eval/{key}"], result["step"])
+            for key, value in scalars.items():
+                if key.startswith("eval/subset/"):
+                    self.writer.add_scalar(key, value, result["step"])
         message = (
             f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
-            f"(longer-wins baseline {result['longer_wins_accuracy']:.3f})"
+            f"(longer-wins baseline {result['longer_wins_accuracy']:.3f}){best_of_n_words(result)}"
         )
         if self.bar is not None:
             self.bar.write(message)

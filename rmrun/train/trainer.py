@@ -268,7 +268,7 @@ class Trainer:
         """Eval metrics over all ranks (on ``data``, default the eval files); never touches the
         training RNG streams or data order."""
         data = self.eval_data if data is None else data
-        return self.eval_result(self.eval_sums(data), pairs=len(data))
+        return self.eval_result(self.eval_sums(data), pairs=len(data), data=data)
 
     def eval_sums(self, data, *, should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
         """The sums the eval metrics are made of, over all ranks (each scores its share of
@@ -292,6 +292,7 @@ class Trainer:
         sums = torch.zeros(NUM_SUMS)
         buckets = torch.zeros(len(LENGTH_BUCKETS) + 1, 2)  # (pairs, correct)
         longer_wins = torch.zeros(1)
+        correct_pairs = torch.zeros(n)  # 1 where the chosen reward is above the rejected one
         lengths = data.lengths()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -307,6 +308,7 @@ class Trainer:
                 losses = self._losses(chosen, rejected, indices, data)
                 sums += pair_sums(chosen, rejected, losses).cpu()
                 correct = (chosen > rejected).cpu().numpy()
+                correct_pairs[torch.from_numpy(indices)] = torch.from_numpy(correct).float()
                 buckets += torch.from_numpy(length_bucket_counts(lengths[indices], correct)).float()
                 longer_wins += longer_wins_credit(lengths[indices])
                 data.release_pages()
@@ -314,10 +316,12 @@ class Trainer:
             "sums": sum_tensor(sums, group=self.dp_group),
             "buckets": sum_tensor(buckets, group=self.dp_group),
             "longer_wins": sum_tensor(longer_wins, group=self.dp_group),
+            "correct": sum_tensor(correct_pairs, group=self.dp_group),
         }
 
-    def eval_result(self, sums: dict[str, torch.Tensor], *, pairs: int) -> dict:
-        """The eval metrics of ``pairs`` pairs from their :meth:`eval_sums`."""
+    def eval_result(self, sums: dict[str, torch.Tensor], *, pairs: int, data=None) -> dict:
+        """The eval metrics of ``pairs`` pairs from their :meth:`eval_sums` (``data``: the pairs,
+        for the accuracy per subset and per group of a row's pairs: :func:`group_metrics`)."""
         result: dict[str, Any] = {
             "step": self.state.step,
             "epoch": self.state.epoch,
@@ -326,7 +330,45 @@ class Trainer:
         }
         result["longer_wins_accuracy"] = float(sums["longer_wins"]) / pairs if pairs else None
         result["accuracy_by_length"] = accuracy_by_length(sums["buckets"])
+        if data is not None and "correct" in sums:
+            result.update(group_metrics(sums["correct"].numpy() > 0.5, data))
         return result
+
+
+def group_metrics(correct: np.ndarray, data) -> dict:
+    """Best-of-N accuracy and accuracy per subset from each pair's correctness.
+
+    ``best_of_n_accuracy``, where some row gave several pairs (one chosen against several
+    rejected: RewardBench 2's best-of-4): the share of rows whose chosen response beat every
+    rejected one (a pair that is not numbered is a row of its own); with ``groups`` the number
+    of rows. ``subsets``: per subset name (``data.stats["subsets"]``), its pairs and accuracy,
+    and its rows and best-of-N accuracy where it has grouped rows."""
+    out: dict[str, Any] = {}
+    group = np.asarray(data.group, dtype=np.int64)
+    # Pairs not numbered (-1) are rows of their own: ids below every row number.
+    group = np.where(group < 0, -2 - np.arange(len(group), dtype=np.int64), group)
+    names = (data.stats or {}).get("subsets", {})
+
+    def rows(mask: np.ndarray) -> dict:
+        ids, inverse = np.unique(group[mask], return_inverse=True)
+        wrong = np.bincount(inverse, weights=(~correct[mask]).astype(np.float64), minlength=len(ids))
+        return {"groups": len(ids), "best_of_n_accuracy": float((wrong == 0).mean()) if len(ids) else None}
+
+    grouped = len(np.unique(group)) < len(group)
+    if grouped:
+        out.update(rows(np.ones(len(group), dtype=bool)))
+    if names:
+        subset = np.asarray(data.subset_id)
+        table = {}
+        for key, name in names.items():
+            mask = subset == int(key)
+            if mask.any():
+                entry: dict[str, Any] = {"pairs": int(mask.sum()), "accuracy": float(correct[mask].mean())}
+                if grouped:
+                    entry.update(rows(mask))
+                table[name] = entry
+        out["subsets"] = table
+    return out
 
 
 def _group_rank(group) -> int:

@@ -50,7 +50,7 @@ def test_explain_lists_every_key_with_its_doc(capsys):
     assert main(["explain"]) == 0
     out = capsys.readouterr().out
     keys = schema_keys()
-    assert len(keys) == 77 and ("model.lora", "target_modules") in keys
+    assert len(keys) == 80 and ("model.lora", "target_modules") in keys
     assert documented_keys(out) == keys
     assert 'extends = "base.toml"' in out
     assert "      Clip the global gradient norm to this value (0 turns clipping off)." in out

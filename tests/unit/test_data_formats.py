@@ -369,6 +369,6 @@ def test_every_format_has_a_row_parser_and_a_recipe_choice():
 
     from rmrun.data.formats import FORMATS
     from rmrun.data.rows import _ROW_PARSERS
-    from rmrun.recipe.schema import DataSection
+    from rmrun.recipe.schema import RATED_FORMATS, DataSection
 
-    assert tuple(_ROW_PARSERS) == FORMATS == get_args(get_type_hints(DataSection)["format"])
+    assert (*_ROW_PARSERS, *RATED_FORMATS) == FORMATS == get_args(get_type_hints(DataSection)["format"])

@@ -92,7 +92,7 @@ def reference_problems(markdown: str) -> list[str]:
 
 def test_the_recipe_reference_has_every_key_with_its_default():
     markdown = reference_markdown()
-    assert len(schema_defaults()) == 77
+    assert len(schema_defaults()) == 80
     assert reference_problems(markdown) == []
     assert "| `lr`{#schedule-lr} | number | `5e-06` | Peak learning rate. |" in markdown
     assert "## `[model.lora]` {#model-lora}" in markdown and "{#extends}" in markdown

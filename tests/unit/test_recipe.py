@@ -119,7 +119,7 @@ def test_the_key_enumeration_sees_every_table_including_lora():
         "output",
     }
     assert {"model.lora.r", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules"} <= set(KEY_PATHS)
-    assert len(KEYS) == 77
+    assert len(KEYS) == 80
 
 
 # ----------------------------------------------------------- error classes, exact text
@@ -190,7 +190,7 @@ def test_a_table_written_as_a_key(tmp_path):
         ),
         (
             '[data]\ntrain = ["p.jsonl"]\nformat = "sharegpt"',
-            "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise', 'hh'",
+            "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise', 'hh', 'rated', 'ultrafeedback', 'helpsteer2'",
         ),
     ],
 )
@@ -451,7 +451,11 @@ name = "3d"
 sp_mode = "all_to_all"
 """
 # Keys whose new value needs a companion override to stay valid.
-COMPANIONS = {"plugin.zero_cpu_offload": ["plugin.zero_stage=1"], "data.eval_split": ["data.eval=[]"]}
+COMPANIONS = {
+    "plugin.zero_cpu_offload": ["plugin.zero_stage=1"],
+    "data.eval_split": ["data.eval=[]"],
+    **{f"data.{key}": ["data.format=rated"] for key in ("pair_rule", "rating", "pair_seed")},
+}
 # Keys whose only valid value is the default (reward models have no pipeline parallelism).
 ONLY_DEFAULT = {"plugin.pp": ("1", 1)}
 

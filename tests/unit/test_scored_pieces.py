@@ -50,10 +50,17 @@ class Trainer:
         s = torch.zeros(NUM_SUMS)  # the first sum is the one checked; the rest stay 0
         for v in data.values:
             s[:1] += torch.tensor([float(v)])
-        return {"sums": s, "buckets": torch.tensor([[float(len(data)), 1.0]])}
+        correct = torch.tensor([float(v % 2) for v in data.values])  # each pair's own, laid end to end
+        return {"sums": s, "buckets": torch.tensor([[float(len(data)), 1.0]]), "correct": correct}
 
-    def eval_result(self, sums, *, pairs):
-        return {"pairs": pairs, "sum": float(sums["sums"][0]), "buckets": sums["buckets"].tolist()}
+    def eval_result(self, sums, *, pairs, data=None):
+        assert len(sums["correct"]) == pairs == len(data)
+        return {
+            "pairs": pairs,
+            "sum": float(sums["sums"][0]),
+            "buckets": sums["buckets"].tolist(),
+            "correct": sums["correct"].tolist(),
+        }
 
 
 def _context(root: str) -> RunContext:

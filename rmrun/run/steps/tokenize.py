@@ -105,6 +105,7 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
 
     from rmrun.data import read_pairs
     from rmrun.data.pieces import pieces_from, tokenize_pieces
+    from rmrun.data.rated import PairRule
     from rmrun.runtime.faults import fault_point
 
     split, rank = part.split, ctx.rank
@@ -160,7 +161,9 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
 
     options = {"max_length": part.data.max_length, "overflow": part.data.overflow, "template": template}
     d = part.data
-    pairs = read_pairs(part.urls, format=d.format, bad_rows=d.bad_rows, margins=d.margins, split=part.prompts)
+    pairs = read_pairs(
+        part.urls, format=d.format, bad_rows=d.bad_rows, margins=d.margins, split=part.prompts, rule=PairRule.of(d)
+    )
     tokenize_pieces(
         pieces_from(pairs, part.bounds, part.mine),
         tokenizer,
