@@ -80,6 +80,24 @@ def small_recipe(tmp_path, *, train_pairs: int = 64, eval_pairs: int = 16, extra
     return slice_recipe(tmp_path, base=QUICKSTART, train_pairs=train_pairs, eval_pairs=eval_pairs, body=body)
 
 
+def train_on_files(root, *, train: str, eval: str, data: str) -> dict:
+    """Train the quickstart for one epoch on ``train`` (evaluated on ``eval``), ``data`` more
+    ``[data]`` lines; the recipe, export, final eval and stdout of the finished run."""
+    import json
+
+    recipe = root / "recipe.toml"
+    recipe.write_text(
+        f'extends = "{QUICKSTART}"\n[run]\nstate = "{root / "state"}"\n'
+        f'[data]\n{data}\ntrain = ["{train}"]\neval = ["{eval}"]\n'
+        '[schedule]\nmax_epochs = 1\nbatch_size = 8\n[log]\nprogress = "lines"\n'
+    )
+    done = rmrun("run", str(recipe))
+    assert done.returncode == 0, done.stderr[-3000:]
+    export = root / "state" / "export"
+    final = json.loads((export / "eval.json").read_text())["final"]
+    return {"root": root, "recipe": str(recipe), "export": str(export), "final": final, "stdout": done.stdout}
+
+
 def recipe_problems(path: str, *, overrides=()) -> list[str]:
     """The problem lines ``load_recipe`` refuses ``path`` with (fails the test if it loads)."""
     from rmrun.recipe import RecipeError, load_recipe

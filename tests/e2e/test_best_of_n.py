@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA, rmrun
+from tests.helpers import EVAL_DATA, TRAIN_DATA, rmrun, train_on_files
 
 ROWS = 12  # eval rows, 3 rejected responses each
 TOLERANCE = 1e-5
@@ -63,22 +63,8 @@ def trained(tmp_path_factory):
                 )
                 + "\n"
             )
-    recipe = root / "recipe.toml"
-    recipe.write_text(
-        f'extends = "{QUICKSTART}"\n[run]\nstate = "{root / "state"}"\n'
-        f'[data]\nformat = "pairwise"\ntrain = ["{train}"]\neval = ["{bench}"]\n'
-        '[schedule]\nmax_epochs = 1\nbatch_size = 8\n[log]\nprogress = "lines"\n'
-    )
-    done = rmrun("run", str(recipe))
-    assert done.returncode == 0, done.stderr[-3000:]
-    export = root / "state" / "export"
-    return {
-        "root": root,
-        "export": str(export),
-        "bench": str(bench),
-        "final": json.loads((export / "eval.json").read_text())["final"],
-        "stdout": done.stdout,
-    }
+    trained = train_on_files(root, train=str(train), eval=str(bench), data='format = "pairwise"')
+    return {**trained, "bench": str(bench)}
 
 
 def _scored(trained) -> list[dict]:

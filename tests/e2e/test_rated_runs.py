@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tests.helpers import EVAL_DATA, QUICKSTART, TRAIN_DATA, rmrun
+from tests.helpers import EVAL_DATA, TRAIN_DATA, rmrun, train_on_files
 
 TRAIN_ROWS, EVAL_ROWS = 40, 10
 
@@ -40,24 +40,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rated")
     train = _rated(TRAIN_DATA, TRAIN_ROWS, root / "train.jsonl")
     evaluation = _rated(EVAL_DATA, EVAL_ROWS, root / "eval.jsonl")
-    recipe = root / "recipe.toml"
-    recipe.write_text(
-        f'extends = "{QUICKSTART}"\n[run]\nstate = "{root / "state"}"\n'
-        f'[data]\nformat = "rated"\npair_rule = "all_pairs"\nmargins = "scores"\nmargin_scale = 0.25\n'
-        f'train = ["{train}"]\neval = ["{evaluation}"]\n'
-        '[schedule]\nmax_epochs = 1\nbatch_size = 8\n[log]\nprogress = "lines"\n'
-    )
-    done = rmrun("run", str(recipe))
-    assert done.returncode == 0, done.stderr[-3000:]
-    export = root / "state" / "export"
-    return {
-        "root": root,
-        "recipe": str(recipe),
-        "export": str(export),
-        "eval_file": evaluation,
-        "final": json.loads((export / "eval.json").read_text())["final"],
-        "stdout": done.stdout,
-    }
+    rule = 'format = "rated"\npair_rule = "all_pairs"\nmargins = "scores"\nmargin_scale = 0.25'
+    return {**train_on_files(root, train=train, eval=evaluation, data=rule), "eval_file": evaluation}
 
 
 def test_every_two_responses_rated_apart_are_a_pair(trained):
