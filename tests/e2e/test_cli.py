@@ -51,7 +51,9 @@ EXPECTED = {
     "wrong_type_list.toml": ["[data].train: expected a list, got int"],
     "scalar_for_table.toml": ["[loss]: expected a table, got str"],
     "bad_enum_close.toml": [f"[plugin].name: 'zero3' is not one of {PLUGINS} (did you mean \"zero2\"?)"],
-    "bad_enum_far.toml": ["[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise', 'hh'"],
+    "bad_enum_far.toml": [
+        "[data].format: 'sharegpt' is not one of 'colossalchat', 'pairwise', 'hh', 'rated', 'ultrafeedback', 'helpsteer2'"
+    ],
     "lora_with_gemini.toml": ['[model.lora]: LoRA is not supported with plugin "gemini"; use zero2, ddp or 3d'],
     "gemini_auto_accumulation.toml": [GEMINI_AUTO],
     "tp_without_3d.toml": ['[plugin].tp: only the "3d" plugin shards models; got tp=2'],
