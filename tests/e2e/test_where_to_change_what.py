@@ -71,13 +71,13 @@ def _toy_package(root: Path) -> Path:
     (package / "data" / "rows.py").write_text((package / "data" / "rows.py").read_text() + TOY_FORMAT)
     _edit(
         package / "data" / "formats.py",
-        'FORMATS = ("colossalchat", "pairwise", "hh")',
-        'FORMATS = ("colossalchat", "pairwise", "hh", "toy")',
+        'FORMATS = ("colossalchat", "pairwise", "hh", *RATED_FORMATS)',
+        'FORMATS = ("colossalchat", "pairwise", "hh", *RATED_FORMATS, "toy")',
     )
     _edit(
         package / "recipe" / "schema.py",
-        'format: Literal["colossalchat", "pairwise", "hh"]',
-        'format: Literal["colossalchat", "pairwise", "hh", "toy"]',
+        'format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2"]',
+        'format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2", "toy"]',
     )
     # a step: a module in run/steps/ named for its kind, its STEP_KINDS entry, a Step in build_graph
     (package / "run" / "steps" / "toy.py").write_text(TOY_STEP)
