@@ -45,6 +45,13 @@ def read_rows(urls, *, format: str, bad_rows: str = "error", rated: dict | None 
 
     if bad_rows not in BAD_ROW_POLICIES:
         raise ValueError(f"unknown bad_rows policy {bad_rows!r}; expected one of {', '.join(BAD_ROW_POLICIES)}")
+    settings = rated or {}
+    rule = PairRule(
+        rule=settings.get("pair_rule", "best_vs_worst"),
+        rating=settings.get("rating"),
+        seed=settings.get("pair_seed", 0),
+        margins=settings.get("margins", "none"),
+    )
     rows: list[Row] = []
     number = -1
     for url in urls:
@@ -72,22 +79,14 @@ def read_rows(urls, *, format: str, bad_rows: str = "error", rated: dict | None 
                     side = (Message("assistant", response),)
                     pairs, single = (PreferencePair(prompt=messages, chosen=side, rejected=side, source=source),), True
                 elif kind in ("rated", "ultrafeedback"):
-                    settings = dict(rated or {})
-                    rule = PairRule(
-                        rule=settings.get("pair_rule", "best_vs_worst"),
-                        rating=settings.get("rating"),
-                        seed=settings.get("pair_seed", 0),
-                        margins=settings.get("margins", "none"),
-                    )
                     pairs, single = parse_rated_row(raw, source=source, format=kind, rule=rule), False
                     if not pairs:
                         raise _BadRow(TIED, f"{TIED}: no pair")
                 else:
                     pairs, single = pairs_of(_ROW_PARSERS[kind](raw, source=source)), False
-                    margins = (rated or {}).get("margins", "none")
-                    if margins != "none":  # the row's own margin where it has one, as in training; else 0
+                    if rule.margins != "none":  # the row's own margin where it has one, as in training; else 0
                         try:
-                            margin = row_margin(raw, margins)
+                            margin = row_margin(raw, rule.margins)
                         except _BadRow:
                             margin = 0.0
                         pairs = tuple(dataclasses.replace(pair, margin=margin) for pair in pairs)

@@ -168,42 +168,28 @@ def evaluate_scores(rows: list[Row], scores: dict, *, loss: dict) -> dict:
     correct = (chosen > rejected).numpy()
     report["accuracy_by_length"] = accuracy_by_length(length_bucket_counts(lengths, correct))
     report.update(calibration(chosen.numpy().astype(np.float64) - rejected.numpy().astype(np.float64)))
-    subsets: dict[str, list[float]] = {}  # subset: [pairs, correct]
-    for k, i in enumerate(kept):
-        subset = rows[i].subset
-        if subset is not None:
-            entry = subsets.setdefault(subset, [0, 0.0])
-            entry[0] += 1
-            entry[1] += float(correct[k])
-    if subsets:
-        report["subsets"] = {name: {"pairs": n, "accuracy": c / n} for name, (n, c) in sorted(subsets.items())}
-    report.update(_best_of_n(rows, kept, correct))
+    report.update(_groups_and_subsets(rows, kept, correct))
     both = np.concatenate([chosen.numpy(), rejected.numpy()]).astype(np.float64)
     report["reward_stats"] = {"mean": float(both.mean()), "std": float(both.std()), "pairs": len(kept)}
     return report
 
 
-def _best_of_n(rows: list[Row], kept: list[int], correct: np.ndarray) -> dict:
-    """Where some input row gave several pairs (one chosen against several rejected): the share
-    of input rows whose every scored pair is right, overall and per subset (``group_metrics``)."""
+def _groups_and_subsets(rows: list[Row], kept: list[int], correct: np.ndarray) -> dict:
+    """The training-time eval's ``group_metrics`` on the scored pairs: accuracy per subset where
+    rows carry one, and where some input row gave several pairs (one chosen against several
+    rejected) the share of input rows whose every scored pair is right, overall and per subset."""
     from types import SimpleNamespace
 
-    from rmrun.data.arrays import subset_id_of
+    from rmrun.data.arrays import subset_id_of, subset_names
     from rmrun.train.trainer import group_metrics
 
-    numbers = np.array([rows[i].number for i in kept], dtype=np.int64)
-    if len(np.unique(numbers)) == len(numbers):
-        return {}
     names = {name for name in (rows[i].subset for i in kept) if name}
-
     pairs = SimpleNamespace(  # what group_metrics reads of a data set
-        group=numbers,
+        group=np.array([rows[i].number for i in kept], dtype=np.int64),
         subset_id=np.array([subset_id_of(rows[i].subset or "") for i in kept], dtype=np.int32),
-        stats={"subsets": {str(subset_id_of(name)): name for name in names}},
+        stats={"subsets": subset_names([{str(subset_id_of(name)): name for name in names}])},
     )
-    out = group_metrics(correct, pairs)
-    subsets = out.pop("subsets", {})
-    return {**out, "best_of_n_subsets": {name: subsets[name] for name in sorted(subsets)}} if subsets else out
+    return group_metrics(correct, pairs)
 
 
 def calibration(margins: np.ndarray, *, bins: int = CALIBRATION_BINS) -> dict:
@@ -259,7 +245,7 @@ def report_table(report: dict) -> str:
             f"best of N (the chosen response beats every rejected one): {report['best_of_n_accuracy']:.4f} "
             f"on {report['groups']} rows"
         )
-        by_subset = report.get("best_of_n_subsets", {})
+        by_subset = {name: s for name, s in report.get("subsets", {}).items() if "best_of_n_accuracy" in s}
         width = max((len(name) for name in by_subset), default=0)
         for name, s in by_subset.items():
             lines.append(f"  {name:<{width}} {s['groups']:>7} rows   {s['best_of_n_accuracy']:.4f}")

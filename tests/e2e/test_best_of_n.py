@@ -115,7 +115,9 @@ def test_rmrun_eval_reports_what_the_run_committed(trained):
     for key in ("accuracy", "best_of_n_accuracy", "loss"):
         assert math.isclose(report[key], final[key], abs_tol=TOLERANCE), key
     for name, entry in final["subsets"].items():
-        assert math.isclose(report["best_of_n_subsets"][name]["best_of_n_accuracy"], entry["best_of_n_accuracy"])
+        mine = report["subsets"][name]
+        assert (mine["pairs"], mine["groups"]) == (entry["pairs"], entry["groups"])
+        assert math.isclose(mine["best_of_n_accuracy"], entry["best_of_n_accuracy"])
     assert "best of N" in done.stdout
 
 
