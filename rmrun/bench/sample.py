@@ -12,14 +12,14 @@ from rmrun.recipe.schema import Recipe
 
 def _sample_pairs(recipe: Recipe, *, num_pairs: int, seed: int) -> list:
     """A uniform reservoir sample, in file order: the lengths keep the data's distribution."""
-    from rmrun.data import BadRowReport, read_pairs
+    from rmrun.data import BadRowReport, read_sources
     from rmrun.data.rated import PairRule
+    from rmrun.recipe.data_section import train_sources
 
     rng = random.Random(seed)
     reservoir: list[tuple[int, object]] = []
-    pairs = read_pairs(
-        recipe.data.train,
-        format=recipe.data.format,
+    pairs = read_sources(
+        train_sources(recipe.data),
         bad_rows=recipe.data.bad_rows,
         report=BadRowReport(),
         margins=recipe.data.margins,

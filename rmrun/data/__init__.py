@@ -1,7 +1,7 @@
 """Preference data: reading pairs from files, chat templates, tokenizing and collating."""
 
 from rmrun.data.arrays import TokenizedPairs
-from rmrun.data.formats import BadRowReport, DataError, Message, PreferencePair, read_pairs
+from rmrun.data.formats import BadRowReport, DataError, Message, PreferencePair, read_pairs, read_sources
 from rmrun.data.template import (
     ChatTemplate,
     end_of_assistant_token,
@@ -23,6 +23,7 @@ __all__ = [
     "end_of_assistant_token",
     "load_chat_template",
     "read_pairs",
+    "read_sources",
     "render_conversations",
     "resolve_chat_template",
     "scored_texts",

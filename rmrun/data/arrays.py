@@ -25,6 +25,7 @@ ARRAY_NAMES = (
     "margin",
     "group",
     "subset_id",
+    "source_id",
 )
 ARRAY_DTYPES = {
     "chosen_ids": np.int32,
@@ -36,9 +37,10 @@ ARRAY_DTYPES = {
     "margin": np.float32,
     "group": np.int64,
     "subset_id": np.int32,
+    "source_id": np.int32,
 }
 # Arrays data tokenized before they were stored may lack; made from the others when absent.
-DERIVED = ("shared_prefix", "margin", "group", "subset_id")
+DERIVED = ("shared_prefix", "margin", "group", "subset_id", "source_id")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays do not compare to a single bool
@@ -53,7 +55,9 @@ class TokenizedPairs:
     ``margin[i]`` is pair ``i``'s margin from its row (``data.margins``), 0 when not asked for.
     ``group[i]`` numbers pair ``i``'s row (pairs of a row with several responses share it; -1:
     not numbered) and ``subset_id[i]`` is its row's subset name as :func:`subset_id_of` (the names are
-    ``stats["subsets"]``, ``{id: name}``; 0 is no subset).
+    ``stats["subsets"]``, ``{id: name}``; 0 is no subset). ``source_id[i]`` is the place of pair
+    ``i``'s source in ``data.sources`` (names: ``stats["sources"]``, ``{id: name}``; 0 without
+    sources, -1 for data.eval's pairs beside them).
     """
 
     chosen_ids: np.ndarray
@@ -65,11 +69,12 @@ class TokenizedPairs:
     margin: np.ndarray | None = None  # each pair's margin from the data (data.margins); 0 without
     group: np.ndarray | None = None  # the row each pair came from; -1 without
     subset_id: np.ndarray | None = None  # each pair's subset, as subset_id_of its name; 0 without
+    source_id: np.ndarray | None = None  # each pair's place in data.sources; 0 without
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         count = len(self.pair_index)
-        for name, fill in (("margin", 0), ("group", -1), ("subset_id", 0)):
+        for name, fill in (("margin", 0), ("group", -1), ("subset_id", 0), ("source_id", 0)):
             if getattr(self, name) is None:  # frozen: set once, here
                 object.__setattr__(self, name, np.full(count, fill, dtype=ARRAY_DTYPES[name]))
         if self.shared_prefix is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -41,6 +41,7 @@ from rmrun.data.rows import _ROW_PARSERS, pairs_of
 
 if TYPE_CHECKING:
     from rmrun.data.split import PromptSplit
+    from rmrun.recipe.data_section import Source
 
 # The pair types are re-exported: callers read pairs and handle them through this module.
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "Message",
     "PreferencePair",
     "read_pairs",
+    "read_sources",
 ]
 
 FORMATS = ("colossalchat", "pairwise", "hh", *RATED_FORMATS)
@@ -73,8 +75,10 @@ def read_pairs(
     margins: str = "none",
     split: PromptSplit | None = None,
     rule: PairRule | None = None,
-) -> Iterator[PreferencePair]:
-    """Yield the preference pairs of every file in ``urls``, in order.
+    source_id: int = 0,
+    first_group: int = 0,
+) -> Generator[PreferencePair, None, int]:
+    """Yield the preference pairs of every file in ``urls``, in order; return the number of rows read.
 
     ``urls`` are local paths or fsspec URLs ending in ``.jsonl``, ``.json`` or ``.parquet``
     (optionally followed by a compression suffix such as ``.gz``). With ``bad_rows="error"``
@@ -89,6 +93,7 @@ def read_pairs(
     ``rule`` (``data.pair_rule``, ``data.rating``, ``data.pair_seed``; the defaults without
     one), each pair's margin their ratings' gap under ``margins="scores"``; a row whose
     responses are all rated alike gives none and is recorded in ``report`` (never an error).
+    Every pair gets ``source_id``, and the rows are numbered from ``first_group`` (``read_sources``).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -98,7 +103,7 @@ def read_pairs(
         raise ValueError('bad_rows="skip" needs a BadRowReport so skipped rows are not lost silently')
     rated = format in RATED_FORMATS
     rule = dataclasses.replace(rule or PairRule(), margins=margins)
-    group = -1
+    group = first_group - 1
     for url in urls:
         rows = _iter_raw_rows(url)
         if format == "helpsteer2":
@@ -112,7 +117,7 @@ def read_pairs(
                         report.record(TIED, message=f"{source}: {TIED}: no pair")
                 else:
                     pairs = pairs_of(_ROW_PARSERS[format](row, source=source))
-                extra: dict = {"group": group, "subset": row_subset(row)}
+                extra: dict = {"group": group, "subset": row_subset(row), "source_id": source_id}
                 if margins != "none" and not rated:
                     extra["margin"] = row_margin(row, margins)
                 for pair in pairs:
@@ -125,6 +130,34 @@ def read_pairs(
                     raise DataError(message) from None
                 assert report is not None  # "skip" without a report was refused above
                 report.record(bad.reason, message=message)
+    return group + 1 - first_group
+
+
+def read_sources(
+    sources: Sequence[Source],
+    *,
+    bad_rows: str = "error",
+    report: BadRowReport | None = None,
+    margins: str = "none",
+    split: PromptSplit | None = None,
+    rule: PairRule | None = None,
+) -> Iterator[PreferencePair]:
+    """The pairs of each source (``rmrun.recipe.data_section.Source``: files, format, id) in
+    turn, as :func:`read_pairs` reads them; rows are numbered across the sources, so a group
+    never spans two."""
+    rows = 0
+    for source in sources:
+        rows += yield from read_pairs(
+            source.urls,
+            format=source.format,
+            bad_rows=bad_rows,
+            report=report,
+            margins=margins,
+            split=split,
+            rule=rule,
+            source_id=source.id,
+            first_group=rows,
+        )
 
 
 def _iter_raw_rows(url: str) -> Iterator[tuple[str, Any]]:

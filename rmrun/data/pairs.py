@@ -47,7 +47,8 @@ class PreferencePair:
     ``margin`` is the pair's own margin from the row (``row_margin``), 0 unless asked for.
     ``group`` numbers the row the pair came from (``read_pairs``: a row with one chosen and
     several rejected responses gives a pair for each, all of one group, -1 until numbered);
-    ``subset`` is the row's ``"subset"`` (or ``"category"``) field, "" without one.
+    ``subset`` is the row's ``"subset"`` (or ``"category"``) field, "" without one; ``source_id``
+    the place of its source in ``data.sources`` (``rmrun.recipe.data_section.Source``), 0 without.
     """
 
     prompt: tuple[Message, ...]
@@ -57,6 +58,7 @@ class PreferencePair:
     margin: float = 0.0  # from the row, where data.margins asks for it
     group: int = -1
     subset: str = ""
+    source_id: int = 0
 
 
 class BadRowReport:

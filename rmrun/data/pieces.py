@@ -193,6 +193,7 @@ _ASSEMBLED_ORDER = (
     "margin",
     "rejected_ids",
     "shared_prefix",
+    "source_id",
     "subset_id",
 )
 _SAFETENSORS_DTYPES = {np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.float32): "F32"}

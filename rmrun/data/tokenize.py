@@ -262,6 +262,7 @@ class _PairArraysBuilder:
             "margin": [],
             "group": [],
             "subset_id": [],
+            "source_id": [],
         }
 
     def add_batch(
@@ -281,6 +282,7 @@ class _PairArraysBuilder:
         self._chunks["margin"].append(np.asarray([p.margin for p in pairs], dtype=np.float32))
         self._chunks["group"].append(np.asarray([p.group for p in pairs], dtype=np.int64))
         self._chunks["subset_id"].append(np.asarray([subset_id_of(p.subset) for p in pairs], dtype=np.int32))
+        self._chunks["source_id"].append(np.asarray([p.source_id for p in pairs], dtype=np.int32))
 
     def build(self) -> TokenizedPairs:
         arrays = {}
@@ -298,6 +300,7 @@ class _PairArraysBuilder:
             margin=_concatenate(self._chunks["margin"], dtype=np.float32),
             group=_concatenate(self._chunks["group"], dtype=np.int64),
             subset_id=_concatenate(self._chunks["subset_id"], dtype=np.int32),
+            source_id=_concatenate(self._chunks["source_id"], dtype=np.int32),
         )
 
 

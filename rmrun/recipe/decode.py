@@ -35,6 +35,13 @@ def _dataclass_in(tp) -> type | None:
     return None
 
 
+def _table_list_in(tp) -> type | None:
+    """The dataclass of an array of tables (``tuple[X, ...]``: ``[[data.sources]]``), if ``tp`` is one."""
+    if get_origin(tp) is tuple:
+        return _dataclass_in(get_args(tp)[0])
+    return None
+
+
 def _type_name(tp) -> str:
     origin = get_origin(tp)
     if origin is Literal:

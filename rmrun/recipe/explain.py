@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from collections.abc import Iterator
 
-from rmrun.recipe.decode import _dataclass_in, _type_name
+from rmrun.recipe.decode import _dataclass_in, _table_list_in, _type_name
 from rmrun.recipe.schema import Recipe
 
 EXTENDS_DOC = "inherit another recipe; tables merge key by key."
@@ -29,6 +29,11 @@ class Table:
     name: str  # "schedule", "model.lora"
     doc: str
     keys: tuple[Key, ...]
+    many: bool = False  # an array of tables, [[data.sources]]
+
+    @property
+    def header(self) -> str:
+        return f"[[{self.name}]]" if self.many else f"[{self.name}]"
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -42,19 +47,19 @@ def _default(f: dataclasses.Field) -> str:
     return "unset" if default is None else repr(default)
 
 
-def _walk(cls, table: str) -> Iterator[Table]:
+def _walk(cls, table: str, *, many: bool = False) -> Iterator[Table]:
     """``cls``'s table, then the tables nested in it, in schema order."""
     hints = typing.get_type_hints(cls)
     keys, nested = [], []
     for f in dataclasses.fields(cls):
-        sub = _dataclass_in(hints[f.name])
-        if sub is not None:
-            nested.append((sub, f"{table}.{f.name}"))
+        sub, listed = _dataclass_in(hints[f.name]), _table_list_in(hints[f.name])
+        if sub is not None or listed is not None:
+            nested.append((sub or listed, f"{table}.{f.name}", listed is not None))
         else:
             keys.append(Key(f.name, _type_name(hints[f.name]), _default(f), f.metadata.get("doc", "")))
-    yield Table(table, (cls.__doc__ or "").strip().partition(":")[2].strip(), tuple(keys))
-    for sub, name in nested:
-        yield from _walk(sub, name)
+    yield Table(table, (cls.__doc__ or "").strip().partition(":")[2].strip(), tuple(keys), many)
+    for nested_cls, name, many_of in nested:
+        yield from _walk(nested_cls, name, many=many_of)
 
 
 def tables() -> list[Table]:
@@ -66,7 +71,7 @@ def tables() -> list[Table]:
 def explain_text() -> str:
     lines = []
     for table in tables():
-        lines.append(f"[{table.name}]  {table.doc}")
+        lines.append(f"{table.header}  {table.doc}")
         for key in table.keys:
             default = key.default if key.default == "required" else f"default {key.default}"
             lines.append(f"  {key.name} ({key.type}; {default})")
@@ -101,7 +106,7 @@ def reference_markdown() -> str:
     ]
     for table in tables():
         doc = _markdown_text(table.doc[:1].upper() + table.doc[1:])
-        out += [f"## `[{table.name}]` {{#{anchor(table.name)}}}", "", doc, ""]
+        out += [f"## `{table.header}` {{#{anchor(table.name)}}}", "", doc, ""]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key in table.keys:
             default = key.default if key.default in ("required", "unset") else f"`{key.default}`"

@@ -21,7 +21,15 @@ import sys
 import typing
 from typing import Any, get_args, get_origin
 
-from rmrun.recipe.decode import _dataclass_in, _Decoder, _did_you_mean, _field_type, _label, _section_fields
+from rmrun.recipe.decode import (
+    _dataclass_in,
+    _Decoder,
+    _did_you_mean,
+    _field_type,
+    _label,
+    _section_fields,
+    _table_list_in,
+)
 from rmrun.recipe.schema import DATA_FILE_SUFFIXES, PACKAGE_PREFIX, Recipe, is_data_file_name, is_template_text
 
 if sys.version_info >= (3, 11):
@@ -145,8 +153,14 @@ def _resolve_paths_in(raw: dict, cls, base_dir: str, expansions: list[tuple[str,
             out[key] = value
             continue
         sub = _dataclass_in(f.type if not isinstance(f.type, str) else _field_type(cls, key))
+        listed = _table_list_in(f.type if not isinstance(f.type, str) else _field_type(cls, key))
         if sub is not None and isinstance(value, dict):
             out[key] = _resolve_paths_in(value, sub, base_dir, expansions, path)
+        elif listed is not None and isinstance(value, list):
+            out[key] = [
+                _resolve_paths_in(v, listed, base_dir, expansions, f"{path}[{i}]") if isinstance(v, dict) else v
+                for i, v in enumerate(value)
+            ]
         elif f.metadata.get("path") == "files" and isinstance(value, (str, list)):
             values = [value] if isinstance(value, str) else value
             out[key], problems = _expand_files(values, base_dir, label=_label(path))
@@ -250,6 +264,11 @@ def _apply_override(raw: dict, parts: list[str], value, problems: list[str], tex
                 return
             if get_origin(tp) is tuple and isinstance(value, str) and fields[part].metadata.get("path"):
                 value = [value]
+            listed = _table_list_in(tp)
+            if listed is not None and isinstance(value, list):  # --set data.sources=[{...}, ...]
+                expansions: list[tuple[str, str]] = []
+                value = _resolve_paths_in({part: value}, cls, os.getcwd(), expansions, ".".join(parts[:-1]))[part]
+                problems += [f"--set {text}: {problem}" for _, problem in expansions]
             if fields[part].metadata.get("path") == "files" and isinstance(value, list):
                 value, expanded = _expand_files(value, os.getcwd(), label=_label(".".join(parts)))
                 problems += [f"--set {text}: {problem}" for problem in expanded]

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from rmrun.recipe.data_section import epoch_pairs_of, source_quotas
 from rmrun.recipe.plugins import PLUGINS, autocast_dtype, booster_mixed_precision, plugin_call
 from rmrun.recipe.schema import Recipe
 
@@ -46,6 +47,8 @@ class Plan:
     forward: str = "standard"  # "shared-prompt" or "standard" (rmrun.recipe.backbone.choose_forward)
     forward_reason: str = ""
     find_unused_reason: str = ""  # why DDP's find_unused_parameters is on or off (ddp only)
+    epoch_pairs: int = 0  # the pairs an epoch trains on (data.sources' draw); 0 in plans before it: num_pairs
+    sources: tuple = ()  # per source of data.sources: {name, weight, pairs, per_epoch} (pairs: -1 unknown)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,7 +91,7 @@ def _steps(recipe: Recipe, *, world_size: int, num_pairs: int) -> _Steps:
     dp_size = max(1, world_size // model_parallel_size(recipe.plugin))
     per_micro = s.batch_size * dp_size
     per_step = per_micro * s.accumulation_steps
-    per_epoch = steps_per_epoch(num_pairs, pairs_per_step=per_step)
+    per_epoch = steps_per_epoch(epoch_pairs_of(recipe.data, num_pairs), pairs_per_step=per_step)
     total = per_epoch * s.max_epochs
     if s.max_steps is not None:
         total = min(total, s.max_steps)
@@ -129,10 +132,17 @@ def find_unused(recipe: Recipe) -> tuple[bool, str]:
 
 
 def make_plan(
-    recipe: Recipe, *, world_size: int, num_pairs: int, num_pairs_exact: bool = True, cuda: bool = True
+    recipe: Recipe,
+    *,
+    world_size: int,
+    num_pairs: int,
+    num_pairs_exact: bool = True,
+    cuda: bool = True,
+    source_pairs=None,
 ) -> Plan:
     """The run's resolved plan. ``cuda``: whether it runs on CUDA (the forward ``data.share_prompt =
-    "auto"`` picks in bf16 depends on it; where unknown, True keeps the standard forward)."""
+    "auto"`` picks in bf16 depends on it; where unknown, True keeps the standard forward).
+    ``source_pairs``: the training pairs of each of data.sources, where known."""
     from rmrun.recipe.backbone import choose_forward
 
     p, s = recipe.plugin, recipe.schedule
@@ -167,4 +177,17 @@ def make_plan(
         forward=forward.name,
         forward_reason=forward.reason,
         find_unused_reason=unused_reason,
+        epoch_pairs=epoch_pairs_of(recipe.data, num_pairs),
+        sources=_mixture(recipe, num_pairs=num_pairs, source_pairs=source_pairs),
+    )
+
+
+def _mixture(recipe: Recipe, *, num_pairs: int, source_pairs) -> tuple:
+    """Per source of data.sources: its weight, its pairs (-1: not known yet) and what an epoch draws."""
+    sources = recipe.data.sources
+    quotas = source_quotas([s.weight for s in sources], epoch_pairs_of(recipe.data, num_pairs)) if sources else []
+    counts = list(source_pairs) if source_pairs is not None else [-1] * len(sources)
+    return tuple(
+        {"name": s.name, "weight": s.weight, "pairs": int(n), "per_epoch": q}
+        for s, n, q in zip(sources, counts, quotas)
     )

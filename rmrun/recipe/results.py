@@ -56,4 +56,6 @@ LATER_KEYS = {
     "data.pair_rule": "best_vs_worst",
     "data.rating": None,
     "data.pair_seed": 0,
+    "data.sources": [],
+    "data.epoch_pairs": None,
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from rmrun.recipe.data_section import DataFormat, DataSection, SourceSection  # noqa: F401
 from rmrun.recipe.fields import doc
 from rmrun.recipe.names import (  # noqa: F401
     COMPRESSION_SUFFIXES,
@@ -68,110 +69,6 @@ class RunSection:
         "NCCL, 30 for gloo) kills a run whose data takes longer than that to tokenize; a rank that truly "
         "hangs is still caught, after this long. Does not change results.",
         60.0,
-    )
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """[data]: preference pairs and how they become token ids."""
-
-    train: tuple[str, ...] = doc(
-        "Training files (.jsonl, .json, .parquet), local paths or fsspec URLs. A local directory or glob "
-        "(data/*.jsonl, data/**/*.parquet) stands for the data files it holds, sorted by name.",
-        factory=tuple,
-        path="files",
-        required=True,
-    )
-    eval: tuple[str, ...] = doc(
-        "Held-out files evaluated at each epoch end (directories and globs as for train); none of them "
-        "may be a training file.",
-        factory=tuple,
-        path="files",
-    )
-    format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2"] = doc(
-        '"colossalchat": {context, chosen, rejected} message lists with "from"/"content"; '
-        '"pairwise": {prompt, chosen, rejected} as strings or {"role","content"} message lists (with a '
-        "prompt, each side may hold several responses: a pair for each, scored best-of-N in evals); "
-        '"hh": Anthropic HH-RLHF {chosen, rejected} transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") '
-        "sharing every turn before the last Assistant turn, which is each side's response; rated responses, "
-        "made into pairs by data.pair_rule: "
-        '"rated": {prompt, responses: [{text or messages, score or scores: {attribute: n}}]}; '
-        '"ultrafeedback": UltraFeedback\'s {instruction, completions: [{response, overall_score, ...}]}; '
-        '"helpsteer2": HelpSteer2\'s one-response rows {prompt, response, helpfulness, correctness, '
-        "coherence, complexity, verbosity}, consecutive rows of one prompt being its responses.",
-        "colossalchat",
-    )
-    max_length: int = doc("Longest sequence (prompt + response) in tokens.", 512)
-    overflow: Literal["truncate", "drop", "error"] = doc(
-        "A pair longer than max_length: truncate (drop prompt tokens from the start, keep the end of "
-        "each response where the reward is read), drop it, or stop with an error.",
-        "truncate",
-    )
-    chat_template: Optional[str] = doc(
-        "Chat template: a ColossalChat template JSON file, a .jinja file, or the Jinja template text "
-        "itself (any value with {{ or {%). Default: the tokenizer's own chat_template; for an encoder "
-        'backbone whose tokenizer has none, one "role: content" line per message. Decoders read the '
-        "reward at the end-of-assistant token (the template's end_of_assistant, else the tokenizer's eos; "
-        "with neither, the last token of the rendered conversation); encoders pool with their own head.",
-        None,
-        path="or-template",
-    )
-    bad_rows: Literal["error", "skip"] = doc(
-        "A malformed row: stop with an error naming file and line, or skip it and report the count.",
-        "error",
-    )
-    tokenize_workers: int = doc("Processes per rank that tokenize; 0: the node's cores / its ranks.", 0)
-    margins: Literal["none", "margin", "scores"] = doc(
-        "Per-pair margins from the data, added to loss.margin (Llama 2's margin loss): "
-        '"margin": each row\'s numeric "margin" field; "scores": each row\'s '
-        '"score_chosen" - "score_rejected" (UltraFeedback\'s binarized rows carry both; in the rated '
-        "formats, the chosen response's rating minus the rejected one's); \"none\": "
-        "loss.margin alone. A row without them is a bad row (data.bad_rows). Applies to the eval "
-        "files too.",
-        "none",
-    )
-    margin_scale: float = doc("What the per-pair margins from the data are multiplied by.", 1.0)
-    eval_split: Optional[float] = doc(
-        "Carve the eval set out of data.train when there are no held-out files: a fraction of the prompts "
-        "(between 0 and 1) or a number of pairs (a whole number, reached with whole prompts). Every pair of "
-        "a prompt lands on the same side, drawn from data.eval_split_seed and the prompt alone (not the row "
-        "order, the world size or the number of pieces). Leave data.eval out with it.",
-        None,
-    )
-    eval_split_seed: int = doc("The seed of the prompts' draw for data.eval_split.", 0)
-    pair_rule: Literal["best_vs_worst", "best_vs_random", "all_pairs"] = doc(
-        "The rated formats: which pairs a prompt's rated responses give. best_vs_worst: the highest-rated "
-        "against the lowest-rated; best_vs_random: the highest-rated against one rated lower, drawn from "
-        "data.pair_seed and the row's text; all_pairs: every two rated differently. Ties never make a pair "
-        '(a row rated all alike gives none, and is counted). data.margins = "scores" makes each pair\'s '
-        "margin the gap of its two ratings.",
-        "best_vs_worst",
-    )
-    rating: Optional[str] = doc(
-        'The rated formats: the rating that ranks responses (an attribute of "scores", an UltraFeedback '
-        'score or aspect). Default: "score" (rated), "overall_score" (ultrafeedback), "helpfulness" (helpsteer2).',
-        None,
-    )
-    pair_seed: int = doc('The seed of data.pair_rule = "best_vs_random"\'s draw.', 0)
-    group_by_length: bool = doc(
-        "Group pairs of similar length into the same batch (less padding); the order stays a pure "
-        "function of (seed, epoch).",
-        True,
-    )
-    share_prompt: Literal["auto", "on", "off"] = doc(
-        "Run each pair's prompt through the model once: prompt + chosen + rejected in one sequence, the "
-        "rejected response masked from the chosen one, rewards read at the end of each (the same rewards as "
-        'two sequences, up to float rounding, for a fraction of the compute). "auto": wherever it is '
-        "supported (decoders checked with a block mask, Llama and Qwen2, with sdpa or eager attention, on the "
-        'ddp plugin in fp32, and in bf16 on a CPU), the standard forward elsewhere; "on": refuse to run where it is not supported; '
-        '"off": always two sequences per pair. `rmrun check` prints which forward runs and why.',
-        "auto",
-    )
-    pack_pairs: bool = doc(
-        "With the shared-prompt forward, put as many pairs in a row as fit in the batch's longest pair "
-        "sequence (each in its own block of the attention mask, positions from 0), so short pairs fill the "
-        "padding of long ones: fewer rows, same rewards. The packing is a pure function of the batch.",
-        True,
     )
 
 

@@ -20,6 +20,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from rmrun.recipe.data_checks import data_problems
 from rmrun.recipe.plugins import cuda_problem, plugin_problems
 from rmrun.recipe.schema import PluginSection, Recipe
 
@@ -161,8 +162,6 @@ def _size_problems(recipe: Recipe) -> list[str]:
     """Counts and sizes at their lower bounds; optional intervals at least 1 where given."""
     problems = []
     p, s = recipe.plugin, recipe.schedule
-    if not recipe.data.train:
-        problems.append("[data].train: needs at least one file")
     for key, value, low in (
         ("[data].max_length", recipe.data.max_length, 8),
         ("[schedule].max_epochs", s.max_epochs, 1),
@@ -264,44 +263,6 @@ def _inside(child: tuple[str, str], parent: tuple[str, str]) -> bool:
     return child[1] == parent[1] or child[1].startswith(parent[1].rstrip("/") + "/")
 
 
-def _data_file_problems(recipe: Recipe) -> list[str]:
-    """No eval file that is also a training file: its pairs would not be held out; an eval set
-    from files or carved from the training files, not both."""
-    train = {_location_key(url) for url in recipe.data.train if url}
-    problems = [
-        f"[data].eval: {url} is also a training file ([data].train); evaluate on held-out pairs"
-        for url in recipe.data.eval
-        if url and _location_key(url) in train
-    ]
-    problems += _rated_problems(recipe.data)
-    split = recipe.data.eval_split
-    if split is not None:
-        if recipe.data.eval:
-            problems.append("[data].eval_split: carves the eval set out of data.train; leave data.eval out with it")
-        if not (0 < split < 1 or (split >= 1 and float(split).is_integer())):
-            problems.append(
-                f"[data].eval_split: a fraction of the prompts between 0 and 1, or a whole number of pairs; got {split:g}"
-            )
-    return problems
-
-
-def _rated_problems(data) -> list[str]:
-    """The pair-forming keys belong to the rated formats, and rated rows have no "margin" field."""
-    from rmrun.recipe.schema import RATED_FORMATS
-
-    if data.format in RATED_FORMATS:
-        if data.margins == "margin":
-            return [
-                f'[data].margins: "margin" reads a row\'s "margin" field; {data.format} rows have ratings: use "scores"'
-            ]
-        return []
-    return [
-        f"[data].{key}: applies to the rated formats ({', '.join(RATED_FORMATS)}); data.format is {data.format!r}"
-        for key, default in (("pair_rule", "best_vs_worst"), ("rating", None), ("pair_seed", 0))
-        if getattr(data, key) != default
-    ]
-
-
 def _export_problems(recipe: Recipe) -> list[str]:
     """The export outside the state root, whose folders the store manages; its default place,
     <state>/export (the same as leaving output.dir out), excepted."""
@@ -362,7 +323,7 @@ def cross_field_problems(recipe: Recipe) -> list[str]:
     return (
         plugin_problems(recipe.plugin, recipe.schedule, lora=recipe.model.lora is not None)
         + _warmup_problems(recipe)
-        + _data_file_problems(recipe)
+        + data_problems(recipe.data, location_key=_location_key)
         + _export_problems(recipe)
     )
 

@@ -177,10 +177,11 @@ def _summary(record, scored) -> list:
     for key in EVAL_KEYS:
         if key in final:
             rows.append((f"final eval {key}", _fmt(final[key])))
-    for name, entry in final.get("subsets", {}).items():
-        for key in ("accuracy", "best_of_n_accuracy"):
-            if entry.get(key) is not None:
-                rows.append((f"final eval {key}, subset {name} ({entry['pairs']} pairs)", _fmt(entry[key])))
+    for table, what in (("sources", "source"), ("subsets", "subset")):
+        for name, entry in final.get(table, {}).items():
+            for key in ("accuracy", "best_of_n_accuracy"):
+                if entry.get(key) is not None:
+                    rows.append((f"final eval {key}, {what} {name} ({entry['pairs']} pairs)", _fmt(entry[key])))
     if scored is not None:
         rows += [("ECE", _fmt(scored.calibration["ece"])), ("Brier", _fmt(scored.calibration["brier"]))]
     return rows

@@ -7,6 +7,8 @@ import os
 
 from rmrun.errors import EXIT_FAILED, EXIT_OK, StateUnusable, StoppedBeforeStart, UsageError, Worded, exit_code
 from rmrun.recipe import RecipeError, load_recipe, make_plan
+from rmrun.recipe.data_section import has_eval
+from rmrun.recipe.plan import Plan
 from rmrun.recipe.plugins import cpu_precision_note
 from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
@@ -28,11 +30,19 @@ def check(recipe_path: str, *, overrides) -> int:
     recipe, world, num_pairs = preflight(recipe_path, overrides=overrides)
     exact = num_pairs is not None
     num_pairs = num_pairs or 0
-    plan = make_plan(recipe, world_size=world.size, num_pairs=max(num_pairs, 1), num_pairs_exact=False, cuda=world.cuda)
+    by_source = _source_pairs(recipe) if exact and recipe.data.sources else None
+    plan = make_plan(
+        recipe,
+        world_size=world.size,
+        num_pairs=max(num_pairs, 1),
+        num_pairs_exact=False,
+        cuda=world.cuda,
+        source_pairs=by_source,
+    )
     steps = build_graph(
         num_epochs=plan.num_epochs,
         tokenize_key=f"{TOKENIZE_PREFIX}<data fingerprint>",
-        has_eval=bool(recipe.data.eval or recipe.data.eval_split),
+        has_eval=has_eval(recipe.data),
     )
     print(f"recipe {recipe_path}: ok")
     print("steps: " + " -> ".join(s.name for s in steps))
@@ -49,6 +59,8 @@ def check(recipe_path: str, *, overrides) -> int:
         f"data: {counted}; per-rank batch {recipe.schedule.batch_size} pairs x {recipe.schedule.accumulation_steps} "
         f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step"
     )
+    if plan.sources:
+        print(f"mixture: {mixture_text(plan)}")
     print(f"forward: {plan.forward}: {plan.forward_reason}")
     print(f"objective: {objective_text(data=recipe.data, loss=recipe.loss)}".replace("`", ""))
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
@@ -220,9 +232,27 @@ def _worded(e: BaseException, requeue: int) -> BaseException | None:
     return None
 
 
+def _source_pairs(recipe) -> list[int]:
+    """The training pairs of each of data.sources (counted in preflight)."""
+    from rmrun.run.counts import count_pairs, split_sources
+
+    _, sources, prompts = split_sources(recipe.data)[0]
+    return count_pairs(sources, data=recipe.data, split=prompts)["by_source"]
+
+
+def mixture_text(plan: Plan) -> str:
+    """Each source's pairs, weight and draw per epoch, as the plan has them."""
+    parts = []
+    for s in plan.sources:
+        pairs = f"{s['pairs']} pairs" if s["pairs"] >= 0 else "pairs not counted yet"
+        times = f" ({s['per_epoch'] / s['pairs']:.2f}x)" if s["pairs"] > 0 else ""
+        parts.append(f"{s['name']}: {pairs}, weight {s['weight']:g}, {s['per_epoch']} per epoch{times}")
+    return f"{plan.epoch_pairs} pairs per epoch; " + "; ".join(parts)
+
+
 def _split_pairs(recipe) -> int:
     """The pairs ``data.eval_split`` holds out of the training files (counted in preflight)."""
-    from rmrun.run.preflight import count_pairs, split_sources
+    from rmrun.run.counts import count_pairs, split_sources
 
-    _, urls, prompts = split_sources(recipe.data)[1]
-    return count_pairs(urls, data=recipe.data, split=prompts)["pairs"]
+    _, sources, prompts = split_sources(recipe.data)[1]
+    return count_pairs(sources, data=recipe.data, split=prompts)["pairs"]

@@ -66,10 +66,17 @@ class RunContext:
             raise RuntimeError(f"rank {self.rank.rank} holds no lease: only rank 0 writes to the store")
         return self.lease
 
-    def set_plan(self, *, num_pairs: int) -> Plan:
-        """Resolve the plan for the tokenized pair count; rank 0 records it for status."""
+    def set_plan(self, *, num_pairs: int, source_pairs=None) -> Plan:
+        """Resolve the plan for the tokenized pair count (and each source's, with data.sources);
+        rank 0 records it for status."""
         assert self.recipe is not None, "a context that makes a plan holds the recipe"
-        self.plan = make_plan(self.recipe, world_size=self.rank.world_size, num_pairs=num_pairs, cuda=self.rank.cuda)
+        self.plan = make_plan(
+            self.recipe,
+            world_size=self.rank.world_size,
+            num_pairs=num_pairs,
+            cuda=self.rank.cuda,
+            source_pairs=source_pairs,
+        )
         if self.rank.is_main:
             self.store.write_record(PLAN_RECORD, self.plan.to_dict(), lease=self.held_lease)
             self._attach_plan()

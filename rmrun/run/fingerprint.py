@@ -54,9 +54,24 @@ def run_identity(recipe: Recipe, digests: InputDigests | None = None) -> dict:
         "versions": versions(),
         "inputs": input_contents(recipe, digests or InputDigests()),
     }
-    compared = {**identity, "keys": {k: v for k, v in identity["keys"].items() if k not in INPUT_KEYS}}
+    compared = {**identity, "keys": _without_paths(identity["keys"])}
     identity["fingerprint"] = digest(compared)
     return identity
+
+
+def _without_paths(keys: dict) -> dict:
+    """Result keys less the inputs' paths (the identity holds their contents): the input keys
+    left out, and each of data.sources without its files."""
+    out = {k: v for k, v in keys.items() if k not in INPUT_KEYS}
+    if out.get("data.sources"):
+        out["data.sources"] = [{k: v for k, v in s.items() if k not in SOURCE_FILE_KEYS} for s in out["data.sources"]]
+    return out
+
+
+def _source_paths(keys: dict) -> dict:
+    """The paths of the data.sources input keys (INPUT_KEYS), from the result keys."""
+    sources = keys.get("data.sources") or []
+    return {f"data.sources.{k}": [u for s in sources for u in s.get(k, [])] for k in SOURCE_FILE_KEYS}
 
 
 def digest(data) -> str:
@@ -70,13 +85,15 @@ def changed_keys(stored: dict, current: dict) -> list[str]:
     out = []
     for group in ("keys", "versions"):
         old, new = stored.get(group, {}), current.get(group, {})
+        if by_content and group == "keys":
+            old, new = _without_paths(old), _without_paths(new)
         for key in sorted(set(old) | set(new)):
             if by_content and group == "keys" and key in INPUT_KEYS:
                 continue
             if old.get(key) != new.get(key):
                 out.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if by_content:
-        paths = current.get("keys", {})
+        paths = {**current.get("keys", {}), **_source_paths(current.get("keys", {}))}
         for key in INPUT_KEYS:
             out += _changed_input(key, stored["inputs"].get(key), current["inputs"].get(key), paths.get(key))
     return out
@@ -181,7 +198,16 @@ def _stamp(url: str) -> str | None:
 
 
 # Recipe keys that name inputs: the identity compares their contents, not their paths.
-INPUT_KEYS = ("data.train", "data.eval", "data.chat_template", "model.pretrain", "model.tokenizer")
+INPUT_KEYS = (
+    "data.train",
+    "data.eval",
+    "data.sources.files",
+    "data.sources.eval",
+    "data.chat_template",
+    "model.pretrain",
+    "model.tokenizer",
+)
+SOURCE_FILE_KEYS = ("files", "eval")  # the keys of a data.sources table that name files
 
 
 def input_contents(recipe: Recipe, digests: InputDigests) -> dict:
@@ -192,6 +218,9 @@ def input_contents(recipe: Recipe, digests: InputDigests) -> dict:
         "model.pretrain": digests.path(recipe.model.pretrain),
         "model.tokenizer": digests.path(recipe.model.tokenizer) if recipe.model.tokenizer else None,
     }
+    if recipe.data.sources:  # (absent without: the inputs of earlier runs kept)
+        for k in SOURCE_FILE_KEYS:
+            out[f"data.sources.{k}"] = [digests.file(u) for source in recipe.data.sources for u in getattr(source, k)]
     template = recipe.data.chat_template
     out["data.chat_template"] = _template_digest(template, digests) if template is not None else None
     return out
@@ -232,6 +261,7 @@ def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDiges
             "train": [digests.file(u) for u in data.train],
             "eval": [digests.file(u) for u in data.eval],
             "format": data.format,
+            **({"sources": _sources_digest(data, digests)} if data.sources else {}),
             # How rendered text becomes ids; a new rule must not reuse data tokenized by an old one.
             "rule": "scored-text-2",
             "max_length": data.max_length,
@@ -244,6 +274,19 @@ def data_fingerprint(data: DataSection, model: ModelSection, digests: InputDiges
             "family": backbone_family(model.pretrain),
         }
     )
+
+
+def _sources_digest(data: DataSection, digests: InputDigests) -> list:
+    """What of data.sources the tokenized pairs depend on (not the weights: they pick pairs, later)."""
+    return [
+        {
+            "name": s.name,
+            "format": s.format or data.format,
+            "files": [digests.file(u) for u in s.files],
+            "eval": [digests.file(u) for u in s.eval],
+        }
+        for s in data.sources
+    ]
 
 
 def tokenize_key(data: DataSection, model: ModelSection, digests: InputDigests | None = None) -> str:

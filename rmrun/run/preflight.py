@@ -23,6 +23,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from rmrun.recipe import RecipeError, World, environment_problems, load_recipe
+from rmrun.recipe.data_section import all_files, eval_sources, train_sources
 from rmrun.recipe.plan import warmup_problem
 from rmrun.recipe.schema import PACKAGE_PREFIX, DataSection, Recipe, is_template_text
 from rmrun.recipe.validate import URL_RE, model_parallel_size
@@ -119,9 +120,7 @@ def location_problems(recipe: Recipe) -> list[str]:
     named = [("[run].state", recipe.state_url, True)]
     if recipe.output.dir is not None:  # the default export folder lies under the state root
         named.append(("[output].dir", recipe.output.dir, True))
-    named += [("[data].train", u, False) for u in recipe.data.train] + [
-        ("[data].eval", u, False) for u in recipe.data.eval
-    ]
+    named += [(key, u, False) for key, u in data_files(recipe.data)]
     if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template, False))
     for key, url, written in named:
@@ -138,7 +137,7 @@ def location_problems(recipe: Recipe) -> list[str]:
 def input_problems(recipe: Recipe) -> list[str]:
     """Local data, template and model paths named by the recipe exist; a local model is a
     backbone rmrun can read a reward from."""
-    named = [("[data].train", u) for u in recipe.data.train] + [("[data].eval", u) for u in recipe.data.eval]
+    named = data_files(recipe.data)
     if recipe.data.chat_template and not is_template_text(recipe.data.chat_template):
         named.append(("[data].chat_template", recipe.data.chat_template))
     problems = []
@@ -203,105 +202,31 @@ def backbone_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-# Pair counts this process made or read, by ``pair_count_key``: the tokenize step of the same
-# start reuses them instead of reading every row again.
-COUNTED: dict[str, dict] = {}
+def data_files(data: DataSection) -> list[tuple[str, str]]:
+    """(recipe key, url) of every data file the recipe names."""
+    named = [("[data].train", u) for u in data.train] + [("[data].eval", u) for u in data.eval]
+    for i, source in enumerate(data.sources):
+        named += [(f"[data].sources[{i}].files", u) for u in source.files]
+        named += [(f"[data].sources[{i}].eval", u) for u in source.eval]
+    return named
 
 
-def stored_pair_counts(recipe: Recipe) -> dict:
-    """The pair counts an earlier start recorded in the state (``records/pair-counts``); a
-    cache: a state that cannot be read yet (a first start) has none."""
-    from rmrun.store import StateStore
-    from rmrun.store.keys import PAIR_COUNTS_RECORD
-
-    try:
-        return StateStore(recipe.state_url).read_record(PAIR_COUNTS_RECORD) or {}
-    except Exception:  # noqa: BLE001 - a cache; location_problems reports an unusable state
-        return {}
-
-
-def count_pairs(urls, *, data: DataSection, stored: dict | None = None, split: PromptSplit | None = None) -> dict:
-    """``{"pairs", "skipped", "summary"}`` of ``urls`` (pairs read, bad rows skipped and what
-    they were; only the pairs on ``split``'s side), read once per version of the files (their
-    stamps: ``COUNTED``, then ``stored``); DataError on a bad row under "error"."""
-    from rmrun.data.formats import BadRowReport, read_pairs
-    from rmrun.data.rated import PairRule
-
-    def count() -> dict:
-        report = BadRowReport()
-        read = read_pairs(
-            urls,
-            format=data.format,
-            bad_rows=data.bad_rows,
-            report=report,
-            margins=data.margins,
-            split=split,
-            rule=PairRule.of(data),
+def _empty_sources(data: DataSection, split: str, sources, counted: dict) -> list[str]:
+    """A source (or the training or eval files) that gives no pair: nothing to train on there."""
+    out = []
+    for source, pairs, skipped in zip(sources, counted["by_source"], counted["skipped_by_source"]):
+        if pairs:
+            continue
+        if source.id < 0 or not data.sources:
+            key = f"[data].{split}"
+        else:
+            key = f"[data].sources[{source.id}].{'files' if split == 'train' else 'eval'} ({source.name})"
+        out.append(
+            f"{key}: no preference pairs in {', '.join(source.urls)} ({pairs} pairs read, {skipped} bad rows "
+            f"skipped); nothing to "
+            f"{'train on' if split == 'train' else 'evaluate'}"
         )
-        pairs = sum(1 for _ in read)
-        return {"pairs": pairs, "skipped": report.total, "summary": report.summary() if report.total else ""}
-
-    return _once(_count_key(urls, data=data, split=split), stored, count)
-
-
-def _once(key: str | None, stored: dict | None, compute) -> dict:
-    """What ``compute()`` gives for the files' version ``key``: made once per version (``COUNTED``
-    in this process, ``stored`` from an earlier start), every time when the files have no stamp."""
-    known = (COUNTED.get(key) or (stored or {}).get(key)) if key else None
-    if known is None:
-        known = compute()
-    if key:
-        COUNTED[key] = known
-    return known
-
-
-def _count_key(urls, *, data: DataSection, split: PromptSplit | None = None, what: dict | None = None) -> str | None:
-    from rmrun.recipe.schema import RATED_FORMATS
-    from rmrun.run.fingerprint import pair_count_key
-
-    extra = {**(split.describe() if split else {}), **(what or {})}
-    if data.format in RATED_FORMATS:
-        extra.update(pair_rule=data.pair_rule, rating=data.rating, pair_seed=data.pair_seed)
-    return pair_count_key(urls, format=data.format, bad_rows=data.bad_rows, margins=data.margins, extra=extra)
-
-
-def split_sources(data: DataSection, *, stored: dict | None = None) -> list[tuple[str, tuple, PromptSplit | None]]:
-    """``(split, urls, prompt split)`` of the train and eval sets: the eval files, or with
-    ``data.eval_split`` both sides of a cut of the training files' prompts."""
-    from rmrun.data.split import PromptSplit
-
-    if data.eval_split is None:
-        files: list[tuple[str, tuple, PromptSplit | None]] = [("train", data.train, None)]
-        return files + ([("eval", data.eval, None)] if data.eval else [])
-    threshold = eval_split_threshold(data, stored=stored)
-    seed = data.eval_split_seed
-    return [
-        ("train", data.train, PromptSplit(seed=seed, threshold=threshold, side="train")),
-        ("eval", data.train, PromptSplit(seed=seed, threshold=threshold, side="eval")),
-    ]
-
-
-def eval_split_threshold(data: DataSection, *, stored: dict | None = None) -> float:
-    """``data.eval_split``'s threshold: the fraction itself, or for a number of pairs the one
-    :func:`rmrun.data.split.count_threshold` finds (a pass over the prompts, once per version of
-    the files, kept with the pair counts)."""
-    from rmrun.data.formats import BadRowReport, read_pairs
-    from rmrun.data.rated import PairRule
-    from rmrun.data.split import count_threshold
-
-    assert data.eval_split is not None
-    if data.eval_split < 1:
-        return float(data.eval_split)
-    num_pairs, seed = int(data.eval_split), data.eval_split_seed
-
-    def find() -> dict:
-        pairs = read_pairs(
-            data.train, format=data.format, bad_rows=data.bad_rows, report=BadRowReport(), rule=PairRule.of(data)
-        )
-        return {"threshold": count_threshold(pairs, seed=seed, num_pairs=num_pairs)}
-
-    key = _count_key(data.train, data=data, what={"eval_pairs": num_pairs, "seed": seed})
-    return float(_once(key, stored, find)["threshold"])
+    return out
 
 
 def _read_here(urls) -> bool:
@@ -312,40 +237,38 @@ def _read_here(urls) -> bool:
 def data_problems(recipe: Recipe, world: World) -> tuple[list[str], int | None]:
     """Problems with the training and eval files, and the training pair count (None if remote)."""
     from rmrun.data.formats import DataError
+    from rmrun.run.counts import count_pairs, split_sources, stored_pair_counts
 
     problems, num_pairs = [], None
     stored = stored_pair_counts(recipe)
-    sources: list[tuple[str, tuple, PromptSplit | None]] = []
-    if not _read_here(recipe.data.train):
+    splits: list[tuple[str, tuple, PromptSplit | None]] = []
+    if not _read_here(all_files(train_sources(recipe.data))):
         if recipe.data.eval_split is None:
-            sources = [("eval", recipe.data.eval, None)]
+            splits = [("eval", eval_sources(recipe.data), None)]
         # remote training files are read by the tokenize step; missing ones are reported above
     else:
         try:
-            sources = split_sources(recipe.data, stored=stored)
+            splits = split_sources(recipe.data, stored=stored)
         except DataError as e:
             return [str(e).splitlines()[0]], None
-    for split, urls, prompts in sources:
-        key = "[data].train" if split == "train" else "[data].eval" if prompts is None else "[data].eval_split"
-        if not _read_here(urls):
+    for split, sources, prompts in splits:
+        if not _read_here(all_files(sources)):
             continue  # remote files are read by the tokenize step; missing ones are reported above
         try:
-            counted = count_pairs(urls, data=recipe.data, stored=stored, split=prompts)
-            pairs, skipped = counted["pairs"], counted["skipped"]
+            counted = count_pairs(sources, data=recipe.data, stored=stored, split=prompts)
         except DataError as e:
             problems.append(str(e).splitlines()[0])
             continue
-        if pairs == 0:
-            where = (
-                f"in {', '.join(urls)}" if prompts is None else f"on the {split} side of the split of {', '.join(urls)}"
-            )
+        if prompts is None:
+            problems += _empty_sources(recipe.data, split, sources, counted)
+        elif counted["pairs"] == 0:
             problems.append(
-                f"{key}: no preference pairs {where} "
-                f"({pairs} pairs read, {skipped} bad rows skipped); nothing to "
-                f"{'train on' if split == 'train' else 'evaluate'}"
+                f"{'[data].train' if split == 'train' else '[data].eval_split'}: no preference pairs on the {split} "
+                f"side of the split of {', '.join(all_files(sources))} ({counted['pairs']} pairs read, "
+                f"{counted['skipped']} bad rows skipped); nothing to {'train on' if split == 'train' else 'evaluate'}"
             )
         if split == "train":
-            num_pairs = pairs
+            num_pairs = counted["pairs"]
     s = recipe.schedule
     dp_size = max(1, world.size // model_parallel_size(recipe.plugin))
     per_step = s.batch_size * s.accumulation_steps * dp_size

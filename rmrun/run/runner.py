@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rmrun.recipe import RecipeError, environment_problems
+from rmrun.recipe.data_section import has_eval
 from rmrun.recipe.schema import Recipe
 from rmrun.run.context import HANDOFFS, RunContext
 from rmrun.run.graph import GraphError, Step, build_graph, pending_steps, step_function
@@ -194,9 +195,7 @@ class RunSession:
         # stored plan (when there is one) has it, else the recipe's max_epochs.
         stored = ctx.store.read_record(PLAN_RECORD)
         num_epochs = stored["num_epochs"] if stored else recipe.schedule.max_epochs
-        return build_graph(
-            num_epochs=num_epochs, tokenize_key=key, has_eval=bool(recipe.data.eval or recipe.data.eval_split)
-        )
+        return build_graph(num_epochs=num_epochs, tokenize_key=key, has_eval=has_eval(recipe.data))
 
     def _is_done(self, ctx: RunContext, step: Step) -> bool:
         # The tokenized data is read whole by every run that resumes, and hashed on that

@@ -51,12 +51,26 @@ def contract_for(*, data, loss, family: str, reward_stats: dict | None) -> dict:
     template = load_chat_template(data.chat_template)
     return {
         "version": CONTRACT_VERSION,
-        "data": {"format": data.format, "max_length": data.max_length, "overflow": data.overflow, **_rated(data)},
+        "data": {
+            "format": data.format,
+            "max_length": data.max_length,
+            "overflow": data.overflow,
+            **_rated(data),
+            **_mixture(data),
+        },
         "family": family,
         "chat_template": dataclasses.asdict(template) if template is not None else None,
         "loss": {"name": loss.name, "margin": loss.margin, **objective_extras(data=data, loss=loss)},
         "reward_stats": reward_stats,
     }
+
+
+def _mixture(data) -> dict:
+    """A mixture's sources, for the record (``rmrun eval`` reads one file in one format)."""
+    if not data.sources:
+        return {}
+    sources = [{"name": s.name, "format": s.format or data.format, "weight": s.weight} for s in data.sources]
+    return {"sources": sources, "epoch_pairs": data.epoch_pairs}
 
 
 def _rated(data) -> dict:
@@ -101,6 +115,25 @@ def objective_text(*, data, loss) -> str:
     return text
 
 
+def _files_text(urls) -> str:
+    return ", ".join(f"`{os.path.basename(u)}`" for u in urls)
+
+
+def _data_text(data) -> str:
+    """The training files, or each source of a mixture with its weight (and its own eval files)."""
+    if not data.sources:
+        return _files_text(data.train)
+    total = sum(s.weight for s in data.sources)
+    parts = [
+        f"{s.name} ({_files_text(s.files)}, weight {s.weight:g} = {s.weight / total:.0%} of each epoch"
+        + (f"; evaluation data {_files_text(s.eval)}" if s.eval else "")
+        + ")"
+        for s in data.sources
+    ]
+    epoch = f"{data.epoch_pairs} pairs per epoch" if data.epoch_pairs else "as many pairs per epoch as they hold"
+    return f"a mixture of {len(data.sources)} sources, {epoch}: " + ", ".join(parts)
+
+
 def _reward_stats_pairs(reward_stats: dict) -> str:
     """Which training pairs the statistics are over, for the model card."""
     pairs, total = reward_stats["pairs"], reward_stats["of"]
@@ -136,8 +169,8 @@ def write_model_card(
         "`recipe.toml`, the resolved plan `plan.json`, every step's metrics `metrics.jsonl`.",
         "",
         "Training data: "
-        + ", ".join(f"`{os.path.basename(u)}`" for u in data.train)
-        + ("; evaluation data: " + ", ".join(f"`{os.path.basename(u)}`" for u in data.eval) if data.eval else "")
+        + _data_text(data)
+        + ("; evaluation data: " + _files_text(data.eval) if data.eval else "")
         + (f"; evaluation data: {_split_text(data.eval_split)}" if data.eval_split is not None else "")
         + f" (max_length {data.max_length}, overflow `{data.overflow}`).",
         "",
@@ -150,10 +183,11 @@ def write_model_card(
             if evaluation.get(key) is not None:
                 value = evaluation[key]
                 lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-        for name, entry in evaluation.get("subsets", {}).items():
-            for key in ("accuracy", "best_of_n_accuracy"):
-                if entry.get(key) is not None:
-                    lines.append(f"| {name}: {key} ({entry['pairs']} pairs) | {entry[key]:.4f} |")
+        for table, what in (("sources", "source "), ("subsets", "")):
+            for name, entry in evaluation.get(table, {}).items():
+                for key in ("accuracy", "best_of_n_accuracy"):
+                    if entry.get(key) is not None:
+                        lines.append(f"| {what}{name}: {key} ({entry['pairs']} pairs) | {entry[key]:.4f} |")
         lines.append("")
     if reward_stats:
         lines += [

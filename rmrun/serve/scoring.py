@@ -181,7 +181,7 @@ def _groups_and_subsets(rows: list[Row], kept: list[int], correct: np.ndarray) -
     from types import SimpleNamespace
 
     from rmrun.data.arrays import subset_id_of, subset_names
-    from rmrun.train.trainer import group_metrics
+    from rmrun.train.groups import group_metrics
 
     names = {name for name in (rows[i].subset for i in kept) if name}
     pairs = SimpleNamespace(  # what group_metrics reads of a data set

@@ -17,6 +17,7 @@ from rmrun.recipe.schema import DataSection, EvalSection, LossSection, ScheduleS
 if TYPE_CHECKING:
     from rmrun.model.boost import Boosted
     from rmrun.recipe.plan import Plan
+    from rmrun.train.sampler import Mixture
     from rmrun.train.trainer import Trainer, TrainState
 
 
@@ -58,4 +59,35 @@ def build_trainer(
         share_prompt=plan.forward == SHARED,
         pack_pairs=data.pack_pairs,
         margin_scale=data.margin_scale if data.margins != "none" else None,
+        mixture=mixture_of(data, num_pairs=len(pairs)),
     )
+
+
+def mixture_of(data: DataSection, *, num_pairs: int) -> Mixture | None:
+    """The epoch's draw from data.sources (``data.epoch_pairs``, default ``num_pairs``: all the
+    sources hold); None without sources."""
+    from rmrun.train.sampler import Mixture
+
+    if not data.sources:
+        return None
+    return Mixture(weights=tuple(s.weight for s in data.sources), epoch_pairs=data.epoch_pairs or num_pairs)
+
+
+def source_pairs(pairs, *, data: DataSection) -> list[int] | None:
+    """The training pairs of each of data.sources (None without them); DataError for a source
+    none of whose pairs is left (all dropped as too long, say): an epoch could not draw from it."""
+    import numpy as np
+
+    from rmrun.data import DataError
+
+    if not data.sources:
+        return None
+    ids = np.asarray(pairs.source_id)
+    counts = np.bincount(ids[ids >= 0], minlength=len(data.sources)).tolist()
+    for i, (source, n) in enumerate(zip(data.sources, counts)):
+        if n == 0 and source.weight > 0:
+            raise DataError(
+                f"[data].sources[{i}] ({source.name}): no preference pairs left after tokenizing "
+                f"{', '.join(source.files)} (bad rows skipped, or too long for data.max_length {data.max_length})"
+            )
+    return counts

@@ -26,12 +26,19 @@ if TYPE_CHECKING:
 
 
 def eval_scalars(result: dict) -> dict[str, float]:
-    """An eval's numbers as trackers take them: ``eval/<metric>``, and ``eval/subset/<name>/<metric>``
-    for each subset."""
+    """An eval's numbers as trackers take them: ``eval/<metric>``, ``eval/subset/<name>/<metric>``
+    for each subset and ``eval/source/<name>/<metric>`` for each source of a mixture."""
     scalars = numeric(result, prefix="eval", skip=("step",))
-    for name, entry in result.get("subsets", {}).items():
-        scalars.update(numeric(entry, prefix=f"eval/subset/{name}"))
+    for table, prefix in (("subsets", "subset"), ("sources", "source")):
+        for name, entry in result.get(table, {}).items():
+            scalars.update(numeric(entry, prefix=f"eval/{prefix}/{name}"))
     return scalars
+
+
+def source_words(result: dict) -> str:
+    """ "; by source: alpha 0.712, beta 0.650" where the eval has pairs of a mixture's sources, else ""."""
+    sources = result.get("sources") or {}
+    return "; by source: " + ", ".join(f"{n} {e['accuracy']:.3f}" for n, e in sources.items()) if sources else ""
 
 
 def best_of_n_words(result: dict) -> str:
@@ -136,11 +143,11 @@ class LogHook:
                 if f"eval/{key}" in scalars:
                     self.writer.add_scalar(f"eval/{key}", scalars[f"eval/{key}"], result["step"])
             for key, value in scalars.items():
-                if key.startswith("eval/subset/"):
+                if key.startswith(("eval/subset/", "eval/source/")):
                     self.writer.add_scalar(key, value, result["step"])
         message = (
             f"eval step {result['step']}: loss {result['loss']:.4f} accuracy {result['accuracy']:.3f} "
-            f"(longer-wins baseline {result['longer_wins_accuracy']:.3f}){best_of_n_words(result)}"
+            f"(longer-wins baseline {result['longer_wins_accuracy']:.3f}){best_of_n_words(result)}{source_words(result)}"
         )
         if self.bar is not None:
             self.bar.write(message)

@@ -5,6 +5,10 @@ it does not depend on the number of processes. A run's position is the absolute
 number of pairs of the epoch already consumed, so a resume, even with a different
 number of processes, continues with exactly the pairs not yet seen.
 
+A mixture of sources (``data.sources``) first draws the epoch's pairs: each source its
+quota of ``data.epoch_pairs`` by weight, without repeats until all its pairs were drawn
+(:class:`Mixture`); the drawn pairs are then ordered as a data set of their own.
+
 With length grouping, pairs are shuffled, cut into mega-chunks, sorted by length
 inside each chunk, cut into blocks of ``batch_size`` and the blocks shuffled: each
 rank's micro-batch is one block of pairs of similar length, so padding stays small.
@@ -21,6 +25,7 @@ MEGA_CHUNK_BLOCKS = 64
 # Tags the reward statistics' random stream apart from every epoch's, [seed, epoch] (an epoch
 # is at most 10**6, so no [seed, epoch] spells [seed, this]).
 REWARD_STATS_STREAM = 0x5EED_57A7
+MIXTURE_STREAM = 0x313C_5EED  # and the mixture's draws, [seed, this, epoch, source]
 
 
 def epoch_order(*, seed: int, epoch: int, lengths: np.ndarray, batch_size: int, group_by_length: bool) -> np.ndarray:
@@ -45,6 +50,62 @@ def epoch_order(*, seed: int, epoch: int, lengths: np.ndarray, batch_size: int, 
     num_full = len(pairs) // batch_size
     full = pairs[: num_full * batch_size].reshape(num_full, batch_size)
     return np.concatenate([full[rng.permutation(num_full)].ravel(), pairs[num_full * batch_size :]])
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A weighted mixture of sources: each epoch draws ``epoch_pairs`` pairs, source ``s`` its
+    quota (``epoch_pairs * weights[s] / sum(weights)``, rounded by largest remainder, ties to the
+    earlier source), the pairs of each source taken from seeded permutations of them, one after
+    another: a source smaller than its quota repeats each pair as evenly as it can, a larger one
+    gives a sample without repeats, a new one every epoch."""
+
+    weights: tuple[float, ...]
+    epoch_pairs: int
+
+    def quotas(self) -> list[int]:
+        from rmrun.recipe.data_section import source_quotas
+
+        return source_quotas(self.weights, self.epoch_pairs)
+
+    def draw(self, *, seed: int, epoch: int, source_ids: np.ndarray) -> np.ndarray:
+        """The indices of the pairs epoch ``epoch`` trains on, source by source (``source_ids``:
+        each pair's source); a pure function of its arguments, as the epoch order is."""
+        parts = [np.zeros(0, dtype=np.int64)]
+        for source, quota in enumerate(self.quotas()):
+            members = np.flatnonzero(source_ids == source)
+            if quota == 0:
+                continue
+            if len(members) == 0:
+                raise ValueError(f"source {source} has no pairs to draw {quota} from")
+            rng = np.random.default_rng([seed, MIXTURE_STREAM, epoch, source])
+            cycles = -(-int(quota) // len(members))
+            parts += [members[rng.permutation(len(members))] for _ in range(cycles)]
+            parts[-1] = parts[-1][: int(quota) - (cycles - 1) * len(members)]
+        return np.concatenate(parts)
+
+
+def mixture_order(
+    *,
+    seed: int,
+    epoch: int,
+    lengths: np.ndarray,
+    batch_size: int,
+    group_by_length: bool,
+    mixture: Mixture | None,
+    source_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`epoch_order` of the pairs ``mixture`` draws this epoch (every pair once without one)."""
+    if mixture is None:
+        return epoch_order(
+            seed=seed, epoch=epoch, lengths=lengths, batch_size=batch_size, group_by_length=group_by_length
+        )
+    assert source_ids is not None, "a mixture draws by the pairs' sources"
+    drawn = mixture.draw(seed=seed, epoch=epoch, source_ids=source_ids)
+    order = epoch_order(
+        seed=seed, epoch=epoch, lengths=lengths[drawn], batch_size=batch_size, group_by_length=group_by_length
+    )
+    return drawn[order]
 
 
 def reward_stats_sample(*, seed: int, num_pairs: int, num_samples: int) -> np.ndarray:

@@ -22,8 +22,9 @@ from rmrun.model.model import RewardReader
 from rmrun.runtime.collective import sum_tensor
 from rmrun.runtime.faults import fault_point, trace_pairs
 from rmrun.runtime.process import StopRequested
+from rmrun.train.groups import group_metrics
 from rmrun.train.loss import NUM_SUMS, SUM_FIELDS, metrics_from_sums, pair_losses, pair_sums
-from rmrun.train.sampler import OptimizerStep, epoch_order, optimizer_steps
+from rmrun.train.sampler import Mixture, OptimizerStep, mixture_order, optimizer_steps
 
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024)
 
@@ -120,8 +121,10 @@ class Trainer:
         share_prompt: bool = False,
         pack_pairs: bool = False,
         margin_scale: float | None = None,
+        mixture: Mixture | None = None,
     ):
         self.boosted = boosted
+        self.mixture = mixture  # None: each epoch is every pair once
         self.data = data
         self.eval_data = eval_data
         self.pad_id = tokenizer.pad_token_id
@@ -146,12 +149,14 @@ class Trainer:
 
     # ------------------------------------------------------------- training
     def steps_of_epoch(self, epoch: int):
-        order = epoch_order(
+        order = mixture_order(
             seed=self.state.seed,
             epoch=epoch,
             lengths=self.lengths,
             batch_size=self.schedule.batch_size,
             group_by_length=self.group_by_length,
+            mixture=self.mixture,
+            source_ids=self.data.source_id,
         )
         return optimizer_steps(
             order,
@@ -251,7 +256,7 @@ class Trainer:
         s.pairs_consumed += step.pairs
         line["pairs_consumed"] = s.pairs_consumed
         s.metrics.append(line)
-        epoch_end = s.pairs_consumed >= len(self.data)
+        epoch_end = s.pairs_consumed >= (self.mixture.epoch_pairs if self.mixture else len(self.data))
         if epoch_end:
             s.epoch += 1
             s.pairs_consumed = 0
@@ -333,42 +338,6 @@ class Trainer:
         if data is not None and "correct" in sums:
             result.update(group_metrics(sums["correct"].numpy() > 0.5, data))
         return result
-
-
-def group_metrics(correct: np.ndarray, data) -> dict:
-    """Best-of-N accuracy and accuracy per subset from each pair's correctness.
-
-    ``best_of_n_accuracy``, where some row gave several pairs (one chosen against several
-    rejected: RewardBench 2's best-of-4): the share of rows whose chosen response beat every
-    rejected one (a pair that is not numbered is a row of its own); with ``groups`` the number
-    of rows. ``subsets``: per subset name (``data.stats["subsets"]``), its pairs and accuracy,
-    and its rows and best-of-N accuracy where it has grouped rows."""
-    out: dict[str, Any] = {}
-    group = np.asarray(data.group, dtype=np.int64)
-    # Pairs not numbered (-1) are rows of their own: ids below every row number.
-    group = np.where(group < 0, -2 - np.arange(len(group), dtype=np.int64), group)
-    names = (data.stats or {}).get("subsets", {})
-
-    def rows(mask: np.ndarray) -> dict:
-        ids, inverse = np.unique(group[mask], return_inverse=True)
-        wrong = np.bincount(inverse, weights=(~correct[mask]).astype(np.float64), minlength=len(ids))
-        return {"groups": len(ids), "best_of_n_accuracy": float((wrong == 0).mean()) if len(ids) else None}
-
-    grouped = len(np.unique(group)) < len(group)
-    if grouped:
-        out.update(rows(np.ones(len(group), dtype=bool)))
-    if names:
-        subset = np.asarray(data.subset_id)
-        table = {}
-        for key, name in names.items():
-            mask = subset == int(key)
-            if mask.any():
-                entry: dict[str, Any] = {"pairs": int(mask.sum()), "accuracy": float(correct[mask].mean())}
-                if grouped:
-                    entry.update(rows(mask))
-                table[name] = entry
-        out["subsets"] = table
-    return out
 
 
 def _group_rank(group) -> int:

@@ -13,7 +13,7 @@ import pytest
 from rmrun.data import read_pairs
 from rmrun.data.arrays import ARRAY_NAMES, subset_id_of, subset_names
 from rmrun.data.formats import BadRowReport, DataError, Message
-from rmrun.train.trainer import group_metrics
+from rmrun.train.groups import group_metrics
 
 BEST_OF_4 = {"prompt": "Name a prime.", "chosen": ["7"], "rejected": ["8", "9", "10"], "subset": "math"}
 

@@ -32,8 +32,8 @@ def documented_keys(text: str) -> set[tuple[str, str]]:
     """(table, key) for every ``  key (type; default)`` line under a ``[table]`` header."""
     keys, table = set(), None
     for line in text.splitlines():
-        if line.startswith("[") and "]" in line:
-            table = line[1 : line.index("]")]
+        if line.startswith("[") and "]" in line:  # [table], or [[table]] for an array of tables
+            table = line.lstrip("[")[: line.lstrip("[").index("]")]
         elif table and line.startswith("  ") and not line.startswith("   ") and " (" in line:
             keys.add((table, line.strip().split(" (")[0]))
     return keys
@@ -50,7 +50,8 @@ def test_explain_lists_every_key_with_its_doc(capsys):
     assert main(["explain"]) == 0
     out = capsys.readouterr().out
     keys = schema_keys()
-    assert len(keys) == 80 and ("model.lora", "target_modules") in keys
+    assert len(keys) == 86 and ("model.lora", "target_modules") in keys and ("data.sources", "weight") in keys
+    assert "[[data.sources]]" in out
     assert documented_keys(out) == keys
     assert 'extends = "base.toml"' in out
     assert "      Clip the global gradient norm to this value (0 turns clipping off)." in out

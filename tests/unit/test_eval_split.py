@@ -15,7 +15,7 @@ from rmrun.data.formats import read_pairs
 from rmrun.data.pairs import Message, PreferencePair
 from rmrun.data.split import PromptSplit, count_threshold, prompt_draw
 from rmrun.recipe import RecipeError, load_recipe
-from rmrun.run.preflight import count_pairs, eval_split_threshold, split_sources
+from rmrun.run.counts import count_pairs, eval_split_threshold, split_sources
 from tests.helpers import TRAIN_DATA, small_recipe
 
 
@@ -91,7 +91,8 @@ def test_another_seed_holds_out_other_prompts(tmp_path):
 def test_a_recipe_with_a_split_counts_each_side_and_draws_the_same_for_a_count(tmp_path):
     recipe = load_recipe(small_recipe(tmp_path, train_pairs=200), overrides=["data.eval_split=0.2", "data.eval=[]"])
     (train, train_urls, train_split), (eval_name, eval_urls, eval_split) = split_sources(recipe.data)
-    assert (train, eval_name) == ("train", "eval") and train_urls == eval_urls == recipe.data.train
+    assert (train, eval_name) == ("train", "eval") and train_urls == eval_urls
+    assert [s.urls for s in train_urls] == [recipe.data.train]
     assert train_split.threshold == eval_split.threshold == 0.2
     counts = [count_pairs(train_urls, data=recipe.data, split=s)["pairs"] for s in (train_split, eval_split)]
     assert sum(counts) == 200 and 0 < counts[1] < 80

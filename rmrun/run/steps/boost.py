@@ -124,11 +124,14 @@ def build_model(
     from rmrun.recipe.backbone import model_attention
     from rmrun.recipe.plugins import cpu_precision_note
     from rmrun.runtime.faults import fault_point, restore_enabled
+    from rmrun.train.build import source_pairs
     from rmrun.train.checkpoint import seed_everything
     from rmrun.train.trainer import TrainState
 
-    assert ctx.data is not None
-    plan = ctx.set_plan(num_pairs=len(ctx.data["train"]))
+    assert ctx.data is not None and ctx.recipe is not None
+    plan = ctx.set_plan(
+        num_pairs=len(ctx.data["train"]), source_pairs=source_pairs(ctx.data["train"], data=ctx.recipe.data)
+    )
     seed_everything(run.seed + ctx.rank.rank)
     net = build_reward_model(
         model,

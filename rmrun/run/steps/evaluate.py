@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 
 def _say(ctx: RunContext, final: dict) -> None:
-    from rmrun.train.hooks import best_of_n_words, eval_scalars
+    from rmrun.train.hooks import best_of_n_words, eval_scalars, source_words
 
     if ctx.trackers is not None:  # rank 0; a tracker that holds this eval already is not sent it again
         ctx.trackers.log(final["step"], eval_scalars(final))
     ctx.say(
         f"final eval: held-out accuracy {final['accuracy']:.4f} on {final['pairs']} pairs "
         f"(the longer response wins: {final['longer_wins_accuracy']:.4f}), loss {final['loss']:.4f}"
-        f"{best_of_n_words(final)}"
+        f"{best_of_n_words(final)}{source_words(final)}"
     )
 
 

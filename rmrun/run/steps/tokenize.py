@@ -56,14 +56,16 @@ def share(missing: list[int], *, rank: int, world_size: int) -> list[int]:
 class _Split:
     """One split's pieces in this start: what is missing, who tokenizes what, what is committed."""
 
-    def __init__(self, ctx: RunContext, step: Step, split: str, urls, *, data: DataSection, prompts, stored: dict):
+    def __init__(self, ctx: RunContext, step: Step, split: str, sources, *, data: DataSection, prompts, stored: dict):
         from rmrun.data.pieces import piece_bounds, pieces_for
-        from rmrun.run.preflight import count_pairs
+        from rmrun.recipe.data_section import all_files
+        from rmrun.run.counts import count_pairs
         from rmrun.runtime.collective import broadcast
 
-        self.ctx, self.split, self.urls, self.data, self.prompts = ctx, split, urls, data, prompts
+        self.ctx, self.split, self.sources, self.data, self.prompts = ctx, split, sources, data, prompts
+        self.urls = all_files(sources)
         # every rank, side by side, if not known
-        self.counted = count_pairs(urls, data=data, stored=stored, split=prompts)
+        self.counted = count_pairs(sources, data=data, stored=stored, split=prompts)
         self.num_pairs = self.counted["pairs"]
         self.num_pieces = pieces_for(self.num_pairs)
         self.bounds = piece_bounds(self.num_pairs, self.num_pieces)
@@ -86,7 +88,7 @@ class _Split:
 def _record_counts(ctx: RunContext, stored: dict) -> None:
     """Rank 0: the pair counts (and split thresholds) this process knows, kept in the state for
     the next start (a cache, by the files' version stamps)."""
-    from rmrun.run.preflight import COUNTED
+    from rmrun.run.counts import COUNTED
     from rmrun.store.keys import PAIR_COUNTS_RECORD
 
     merged = {**stored, **COUNTED}
@@ -103,7 +105,7 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
 
     from safetensors.numpy import save
 
-    from rmrun.data import read_pairs
+    from rmrun.data import read_sources
     from rmrun.data.pieces import pieces_from, tokenize_pieces
     from rmrun.data.rated import PairRule
     from rmrun.runtime.faults import fault_point
@@ -161,9 +163,7 @@ def _tokenize_split(ctx: RunContext, part: _Split, board, *, tokenizer, template
 
     options = {"max_length": part.data.max_length, "overflow": part.data.overflow, "template": template}
     d = part.data
-    pairs = read_pairs(
-        part.urls, format=d.format, bad_rows=d.bad_rows, margins=d.margins, split=part.prompts, rule=PairRule.of(d)
-    )
+    pairs = read_sources(part.sources, bad_rows=d.bad_rows, margins=d.margins, split=part.prompts, rule=PairRule.of(d))
     tokenize_pieces(
         pieces_from(pairs, part.bounds, part.mine),
         tokenizer,
@@ -208,6 +208,8 @@ def _assemble(ctx: RunContext, step: Step, parts: list[_Split], board, *, second
             s = stats[part.split] = dict(
                 assembled.finish(path, seconds=seconds), bad_rows_skipped=part.counted["skipped"]
             )
+            if part.data.sources:  # the names of the pairs' source ids
+                s["sources"] = {str(source.id): source.name for source in part.sources if source.id >= 0}
             if s["pairs"] == 0:
                 raise DataError(
                     f"[data].{part.split}: no preference pairs left in {', '.join(part.urls)} ({s['bad_rows_skipped']} "
@@ -259,16 +261,16 @@ def _tokenize_and_assemble(
 ) -> None:
     import time
 
-    from rmrun.run.preflight import split_sources
+    from rmrun.run.counts import split_sources
     from rmrun.runtime.collective import broadcast
     from rmrun.store.keys import PAIR_COUNTS_RECORD
 
     started = time.perf_counter()
     stored = broadcast(ctx.store.read_record(PAIR_COUNTS_RECORD) or {} if ctx.rank.is_main else None)
     parts = [
-        _Split(ctx, step, split, urls, data=data, prompts=prompts, stored=stored)
-        for split, urls, prompts in split_sources(data, stored=stored)
-        if urls
+        _Split(ctx, step, split, sources, data=data, prompts=prompts, stored=stored)
+        for split, sources, prompts in split_sources(data, stored=stored)
+        if sources
     ]
     if ctx.rank.is_main:
         _record_counts(ctx, stored)  # before tokenizing: a kill keeps the counts
