@@ -72,7 +72,7 @@ def read_pairs(
     format: str,
     bad_rows: str = "error",
     report: BadRowReport | None = None,
-    margins: str = "none",
+    margins: str | None = None,
     split: PromptSplit | None = None,
     rule: PairRule | None = None,
     source_id: int = 0,
@@ -84,7 +84,7 @@ def read_pairs(
     (optionally followed by a compression suffix such as ``.gz``). With ``bad_rows="error"``
     the first bad row raises DataError; with ``"skip"`` bad rows are counted in ``report``,
     which is then required so that skipped rows are always accounted for. ``margins``
-    (``data.margins``): where each pair's margin comes from (``row_margin``). ``split``: only the
+    (``data.margins``): where each pair's margin comes from (``row_margin``; default: ``rule``'s). ``split``: only the
     pairs on its side of a cut of the prompts (``data.eval_split``); a bad row is bad on either side.
 
     Each pair's ``group`` is the number of its row among the rows read (bad rows count too), so a
@@ -102,6 +102,8 @@ def read_pairs(
     if bad_rows == "skip" and report is None:
         raise ValueError('bad_rows="skip" needs a BadRowReport so skipped rows are not lost silently')
     rated = format in RATED_FORMATS
+    if margins is None:  # the rule's, else none
+        margins = rule.margins if rule is not None else "none"
     rule = dataclasses.replace(rule or PairRule(), margins=margins)
     group = first_group - 1
     for url in urls:
@@ -138,7 +140,7 @@ def read_sources(
     *,
     bad_rows: str = "error",
     report: BadRowReport | None = None,
-    margins: str = "none",
+    margins: str | None = None,
     split: PromptSplit | None = None,
     rule: PairRule | None = None,
 ) -> Iterator[PreferencePair]:

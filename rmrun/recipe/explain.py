@@ -68,16 +68,35 @@ def tables() -> list[Table]:
     return [t for f in dataclasses.fields(Recipe) for t in _walk(hints[f.name], f.name)]
 
 
-def explain_text() -> str:
+def explain_text(names=()) -> str:
+    """Every table and key, or only those ``names`` name (a table, "data.sources", or a key,
+    "data.pair_rule"); ValueError naming one that is neither, with the nearest key."""
     lines = []
+    chosen = _chosen(names)
     for table in tables():
+        keys = [k for k in table.keys if not names or table.name in chosen or f"{table.name}.{k.name}" in chosen]
+        if not keys:
+            continue
         lines.append(f"{table.header}  {table.doc}")
-        for key in table.keys:
+        for key in keys:
             default = key.default if key.default == "required" else f"default {key.default}"
             lines.append(f"  {key.name} ({key.type}; {default})")
             lines.append(f"      {key.doc}")
-    lines.append(f'extends = "base.toml" (top level): {EXTENDS_DOC}')
+    if not names or "extends" in chosen:
+        lines.append(f'extends = "base.toml" (top level): {EXTENDS_DOC}')
     return "\n".join(lines)
+
+
+def _chosen(names) -> set[str]:
+    import difflib
+
+    known = {"extends"} | {t.name for t in tables()} | {f"{t.name}.{k.name}" for t in tables() for k in t.keys}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise ValueError(f"{name}: not a recipe table or key{hint}; `rmrun explain` lists them all")
+    return set(names)
 
 
 def anchor(table: str, key: str | None = None) -> str:

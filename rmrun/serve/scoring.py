@@ -337,11 +337,18 @@ def score(model: str, data: list[str], *, out: str | None, batch_size: int, bad_
     written as a line with its ``error`` instead of rewards (``"error"``: the first one stops it)."""
 
     def write_lines(export, rows, scores):
-        _write("".join(json.dumps(line) + "\n" for line in score_lines(rows, scores)), out)
+        lines = list(score_lines(rows, scores))
+        _write("".join(json.dumps(line) + "\n" for line in lines), out)
         if out not in (None, "-"):
             skipped = sum(1 for row in rows if row.error is not None)
             bad = f", skipped {skipped} bad" if skipped else ""
-            print(f"scored {len(scores)} of {len(rows)} rows{bad}; wrote {out}", file=sys.stderr)
+            if len(lines) == len(rows):
+                print(f"scored {len(scores)} of {len(rows)} rows{bad}; wrote {out}", file=sys.stderr)
+            else:  # rows of several pairs (best of N, rated responses): a line per input row
+                print(
+                    f"scored {len(scores)} pairs{bad}; wrote {len(lines)} lines, one per input row, to {out}",
+                    file=sys.stderr,
+                )
 
     return _score_everything(model, data, batch_size=batch_size, bad_rows=bad_rows, then=write_lines)
 

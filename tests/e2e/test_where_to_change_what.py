@@ -67,7 +67,7 @@ def _toy_package(root: Path) -> Path:
         'name: Literal["log_sig", "log_exp"]',
         'name: Literal["log_sig", "log_exp", "toy_hinge"]',
     )
-    # a data format: a parser in _ROW_PARSERS, its name in FORMATS and in DataSection.format
+    # a data format: a parser in _ROW_PARSERS, its name in FORMATS and in DataFormat
     (package / "data" / "rows.py").write_text((package / "data" / "rows.py").read_text() + TOY_FORMAT)
     _edit(
         package / "data" / "formats.py",
@@ -75,9 +75,9 @@ def _toy_package(root: Path) -> Path:
         'FORMATS = ("colossalchat", "pairwise", "hh", *RATED_FORMATS, "toy")',
     )
     _edit(
-        package / "recipe" / "schema.py",
-        'format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2"]',
-        'format: Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2", "toy"]',
+        package / "recipe" / "data_section.py",
+        'DataFormat = Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2"]',
+        'DataFormat = Literal["colossalchat", "pairwise", "hh", "rated", "ultrafeedback", "helpsteer2", "toy"]',
     )
     # a step: a module in run/steps/ named for its kind, its STEP_KINDS entry, a Step in build_graph
     (package / "run" / "steps" / "toy.py").write_text(TOY_STEP)

@@ -72,3 +72,13 @@ def test_help_documents_every_recipe_key(capsys, argv):
     ):
         assert needle in out
     assert explain_text() in out
+
+
+def test_explain_names_a_key_or_a_table_and_refuses_a_typo_with_the_nearest(capsys):
+    assert main(["explain", "data.pair_rule", "data.sources"]) == 0
+    out = capsys.readouterr().out
+    assert documented_keys(out) == {("data", "pair_rule")} | {k for k in schema_keys() if k[0] == "data.sources"}
+    assert "extends" not in out
+    assert main(["explain", "data.pair_rul"]) == 2
+    err = capsys.readouterr().err
+    assert 'data.pair_rul: not a recipe table or key (did you mean "data.pair_rule"?)' in err

@@ -205,3 +205,15 @@ def test_accuracy_per_source_by_hand():
     }
     data.stats = {}
     assert group_metrics(correct, data) == {}  # without a mixture: no table
+
+
+def test_read_pairs_takes_the_margins_from_its_rule_unless_told(tmp_path):
+    from rmrun.data import read_pairs
+    from rmrun.data.rated import PairRule
+
+    row = {"prompt": "p", "responses": [{"text": "a", "score": 3}, {"text": "b", "score": 1}]}
+    (tmp_path / "r.jsonl").write_text(json.dumps(row) + "\n")
+    url = [str(tmp_path / "r.jsonl")]
+    rule = PairRule(margins="scores")
+    assert [p.margin for p in read_pairs(url, format="rated", rule=rule)] == [2.0]
+    assert [p.margin for p in read_pairs(url, format="rated", rule=rule, margins="none")] == [0.0]  # told
