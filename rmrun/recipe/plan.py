@@ -66,6 +66,15 @@ class Plan:
             find_unused_reason=f"{len(names)} trainable parameter(s) get no gradient from the reward: {shown}",
         )
 
+    def mixture_text(self) -> str:
+        """Each source's pairs, weight and draw per epoch ("" without data.sources)."""
+        parts = []
+        for s in self.sources:
+            pairs = f"{s['pairs']} pairs" if s["pairs"] >= 0 else "pairs not counted yet"
+            times = f" ({s['per_epoch'] / s['pairs']:.2f}x)" if s["pairs"] > 0 else ""
+            parts.append(f"{s['name']}: {pairs}, weight {s['weight']:g}, {s['per_epoch']} per epoch{times}")
+        return f"{self.epoch_pairs} pairs per epoch; " + "; ".join(parts) if parts else ""
+
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         return cls(**data)

@@ -174,6 +174,10 @@ def _summary(record, scored) -> list:
         ("resumes", len(record.resumes)),
         ("committed checkpoints (kept)", ", ".join(map(str, record.checkpoints)) or "none"),
     ]
+    if (record.plan or {}).get("sources"):
+        from rmrun.recipe.plan import Plan
+
+        rows.append(("mixture of sources", Plan.from_dict(record.plan).mixture_text()))
     for key in EVAL_KEYS:
         if key in final:
             rows.append((f"final eval {key}", _fmt(final[key])))

@@ -8,7 +8,6 @@ import os
 from rmrun.errors import EXIT_FAILED, EXIT_OK, StateUnusable, StoppedBeforeStart, UsageError, Worded, exit_code
 from rmrun.recipe import RecipeError, load_recipe, make_plan
 from rmrun.recipe.data_section import has_eval
-from rmrun.recipe.plan import Plan
 from rmrun.recipe.plugins import cpu_precision_note
 from rmrun.store.keys import (
     CHECKPOINT_PREFIX,
@@ -60,7 +59,7 @@ def check(recipe_path: str, *, overrides) -> int:
         f"accumulation x {plan.dp_size} data-parallel = {plan.pairs_per_step} pairs per optimizer step"
     )
     if plan.sources:
-        print(f"mixture: {mixture_text(plan)}")
+        print(f"mixture: {plan.mixture_text()}")
     print(f"forward: {plan.forward}: {plan.forward_reason}")
     print(f"objective: {objective_text(data=recipe.data, loss=recipe.loss)}".replace("`", ""))
     print(f"optimizer steps: {plan.steps_per_epoch} per epoch, {plan.total_steps} in all, {plan.warmup_steps} warmup")
@@ -238,16 +237,6 @@ def _source_pairs(recipe) -> list[int]:
 
     _, sources, prompts = split_sources(recipe.data)[0]
     return count_pairs(sources, data=recipe.data, split=prompts)["by_source"]
-
-
-def mixture_text(plan: Plan) -> str:
-    """Each source's pairs, weight and draw per epoch, as the plan has them."""
-    parts = []
-    for s in plan.sources:
-        pairs = f"{s['pairs']} pairs" if s["pairs"] >= 0 else "pairs not counted yet"
-        times = f" ({s['per_epoch'] / s['pairs']:.2f}x)" if s["pairs"] > 0 else ""
-        parts.append(f"{s['name']}: {pairs}, weight {s['weight']:g}, {s['per_epoch']} per epoch{times}")
-    return f"{plan.epoch_pairs} pairs per epoch; " + "; ".join(parts)
 
 
 def _split_pairs(recipe) -> int:

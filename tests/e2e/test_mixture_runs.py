@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from rmrun.train.sampler import Mixture
+from tests.helpers import rmrun
 from tests.resume_harness import (
     EXIT_OK,
     ONE_LOCAL,
@@ -72,6 +73,12 @@ def test_the_plan_and_the_eval_hold_each_source(lab):
     assert "by source: small" in result.output
     card = Path(reference.export, "README.md").read_text()
     assert "a mixture of 2 sources" in card and "big (`big.jsonl`, weight 3 = 75% of each epoch" in card
+    page = harness.workdir / "report"
+    done = rmrun("report", reference.state, "--out", str(page))
+    assert done.returncode == 0, done.stderr
+    text = (page / "index.html").read_text()
+    assert "100 pairs per epoch; big: 60 pairs, weight 3, 75 per epoch (1.25x); small: 40 pairs" in text
+    assert "source small" in text
 
 
 def test_a_mixture_killed_mid_epoch_resumes_bit_identical_and_the_control_differs(lab):
