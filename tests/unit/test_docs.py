@@ -229,6 +229,9 @@ def _toml_keys(data: dict, table: str = "") -> list[tuple[str, str]]:
     for key, value in data.items():
         if isinstance(value, dict):
             out += _toml_keys(value, f"{table}.{key}" if table else key)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # [[data.sources]]
+            for item in value:
+                out += _toml_keys(item, f"{table}.{key}" if table else key)
         else:
             out.append((table, key))
     return out
@@ -241,7 +244,8 @@ def test_the_toml_examples_use_only_recipe_keys():
         for block in re.findall(r"```toml\n(.*?)```", page.read_text(), flags=re.S):
             unknown += [f"{page.name}: {t}.{k}" for t, k in _toml_keys(tomllib.loads(block)) if (t, k) not in keys]
     assert unknown == []
-    assert _toml_keys({"log": {"trackers": [], "wandb": {"projct": "x"}}}) == [
+    assert _toml_keys({"log": {"trackers": [], "wandb": {"projct": "x"}}, "data": {"sources": [{"nme": "a"}]}}) == [
         ("log", "trackers"),
         ("log.wandb", "projct"),
+        ("data.sources", "nme"),
     ]
