@@ -119,7 +119,10 @@ def test_a_mixture_recipe_resolves_each_source_against_the_recipe_file(tmp_path)
     a, b = recipe.data.sources
     assert a.files == (str(sub / "parts" / "a1.jsonl"), str(sub / "parts" / "a2.jsonl")) and a.weight == 3.0
     assert b.files == (str(sub / "b.jsonl"),) and b.format is None and recipe.data.train == ()
-    assert [(s.id, s.name, s.format) for s in train_sources(recipe.data)] == [(0, "a", "pairwise"), (1, "b", "pairwise")]
+    assert [(s.id, s.name, s.format) for s in train_sources(recipe.data)] == [
+        (0, "a", "pairwise"),
+        (1, "b", "pairwise"),
+    ]
 
 
 @pytest.mark.parametrize(
