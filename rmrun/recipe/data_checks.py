@@ -30,7 +30,7 @@ def data_problems(data: DataSection, *, location_key: Callable[[str], tuple[str,
         if held_out:
             problems.append(
                 f"[data].eval_split: carves the eval set out of {'the sources' if data.sources else 'data.train'}; "
-                f"leave {held_out[0][0][1:].replace('].', '.')} out with it"
+                f"leave {held_out[0][0].replace('[data].', 'data.', 1)} out with it"
             )
         if not (0 < split < 1 or (split >= 1 and float(split).is_integer())):
             problems.append(

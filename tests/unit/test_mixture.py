@@ -220,3 +220,22 @@ def test_read_pairs_takes_the_margins_from_its_rule_unless_told(tmp_path):
     rule = PairRule(margins="scores")
     assert [p.margin for p in read_pairs(url, format="rated", rule=rule)] == [2.0]
     assert [p.margin for p in read_pairs(url, format="rated", rule=rule, margins="none")] == [0.0]  # told
+
+
+def test_an_eval_split_of_a_mixture_carves_every_source_and_keeps_each_pair_s_source(tmp_path):
+    from rmrun.data.split import PromptSplit
+    from rmrun.run.counts import count_pairs, split_sources
+
+    _rows(tmp_path / "a.jsonl", 40, "a")
+    _rows(tmp_path / "b.jsonl", 30, "b")
+    _rows(tmp_path / "c.jsonl", 5, "c")
+    recipe = load_recipe(_recipe(tmp_path, TWO, "eval_split = 0.3\neval_split_seed = 4"))
+    (train, sources, kept), (held, same, out) = split_sources(recipe.data)
+    assert (train, held) == ("train", "eval") and sources == same == train_sources(recipe.data)
+    counts = [count_pairs(sources, data=recipe.data, split=side) for side in (kept, out)]
+    assert [a + b for a, b in zip(counts[0]["by_source"], counts[1]["by_source"])] == [40, 30]
+    assert all(n > 0 for c in counts for n in c["by_source"])  # both sides hold pairs of both sources
+    evaluated = list(read_sources(sources, split=PromptSplit(seed=4, threshold=0.3, side="eval")))
+    assert {p.source_id for p in evaluated} == {0, 1} and len(evaluated) == counts[1]["pairs"]
+    with pytest.raises(RecipeError, match=r"carves the eval set out of the sources; leave data.sources\[1\].eval out"):
+        load_recipe(_recipe(tmp_path, TWO + 'eval = ["c.jsonl"]\n', "eval_split = 0.3", name="bad.toml"))
