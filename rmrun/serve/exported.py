@@ -75,11 +75,13 @@ def _mixture(data) -> dict:
 
 def _rated(data) -> dict:
     """How the rated formats made pairs (``rmrun eval`` makes them the same way)."""
+    from rmrun.recipe.data_section import data_formats
     from rmrun.recipe.schema import DEFAULT_RATING
 
-    if data.format not in DEFAULT_RATING:
+    rated = [f for f in data_formats(data) if f in DEFAULT_RATING]  # data.format's, or a source's
+    if not rated:
         return {}
-    rating = data.rating or DEFAULT_RATING[data.format]
+    rating = data.rating or DEFAULT_RATING[rated[0]]
     return {"pair_rule": data.pair_rule, "rating": rating, "pair_seed": data.pair_seed, "margins": data.margins}
 
 

@@ -239,3 +239,21 @@ def test_an_eval_split_of_a_mixture_carves_every_source_and_keeps_each_pair_s_so
     assert {p.source_id for p in evaluated} == {0, 1} and len(evaluated) == counts[1]["pairs"]
     with pytest.raises(RecipeError, match=r"carves the eval set out of the sources; leave data.sources\[1\].eval out"):
         load_recipe(_recipe(tmp_path, TWO + 'eval = ["c.jsonl"]\n', "eval_split = 0.3", name="bad.toml"))
+
+
+def test_the_export_contract_keeps_the_pair_rule_of_a_rated_source(tmp_path):
+    from rmrun.recipe.schema import LossSection
+    from rmrun.serve.exported import contract_for
+
+    for name in ("a", "b"):
+        _rows(tmp_path / f"{name}.jsonl", 2, name)
+    rated = TWO.replace('files = ["b.jsonl"]', 'files = ["b.jsonl"]\nformat = "rated"')
+    recipe = load_recipe(_recipe(tmp_path, rated, 'pair_rule = "all_pairs"'))
+    data = contract_for(data=recipe.data, loss=LossSection(), family="decoder", reward_stats=None)["data"]
+    assert (data["format"], data["pair_rule"], data["rating"]) == ("pairwise", "all_pairs", "score")
+    assert [s["format"] for s in data["sources"]] == ["pairwise", "rated"]
+    plain = load_recipe(_recipe(tmp_path, TWO, name="plain.toml"))
+    assert (
+        "pair_rule"
+        not in contract_for(data=plain.data, loss=LossSection(), family="decoder", reward_stats=None)["data"]
+    )
