@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -257,3 +258,28 @@ def test_the_export_contract_keeps_the_pair_rule_of_a_rated_source(tmp_path):
         "pair_rule"
         not in contract_for(data=plain.data, loss=LossSection(), family="decoder", reward_stats=None)["data"]
     )
+
+
+def test_rmrun_check_prints_each_source_s_pairs_and_draw(tmp_path, capsys, monkeypatch):
+    from rmrun.cli.main import main
+    from tests.helpers import REPO
+
+    monkeypatch.chdir(tmp_path)
+    _rows(tmp_path / "a.jsonl", 40, "a")
+    _rows(tmp_path / "b.jsonl", 100, "b")
+    assets = os.path.join(REPO, "recipes", "assets")
+    model = f'\n[model]\npretrain = "{assets}/tiny-llama"\ntokenizer = "{assets}/tiny-tokenizer"\ninit = "random"\n'
+    path = _recipe(tmp_path, TWO, "epoch_pairs = 80")
+    Path(path).write_text(Path(path).read_text().replace('\n[model]\npretrain = "model"\n', model))
+    recipe = load_recipe(path)
+    from rmrun.recipe.plan import make_plan
+
+    plan = make_plan(recipe, world_size=1, num_pairs=140, source_pairs=[40, 100])
+    assert (plan.epoch_pairs, plan.steps_per_epoch) == (80, 10)  # 80 pairs at 8 a step
+    assert plan.mixture_text() == (
+        "80 pairs per epoch; a: 40 pairs, weight 3, 60 per epoch (1.50x); b: 100 pairs, weight 1, 20 per epoch (0.20x)"
+    )
+    assert make_plan(recipe, world_size=1, num_pairs=140).sources[0]["pairs"] == -1  # not counted yet
+    assert main(["check", path]) == 0
+    out = capsys.readouterr().out
+    assert f"mixture: {plan.mixture_text()}" in out and "optimizer steps: 10 per epoch, 10 in all" in out
