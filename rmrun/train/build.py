@@ -66,11 +66,12 @@ def build_trainer(
 def mixture_of(data: DataSection, *, num_pairs: int) -> Mixture | None:
     """The epoch's draw from data.sources (``data.epoch_pairs``, default ``num_pairs``: all the
     sources hold); None without sources."""
+    from rmrun.recipe.data_section import epoch_pairs_of
     from rmrun.train.sampler import Mixture
 
     if not data.sources:
         return None
-    return Mixture(weights=tuple(s.weight for s in data.sources), epoch_pairs=data.epoch_pairs or num_pairs)
+    return Mixture(weights=tuple(s.weight for s in data.sources), epoch_pairs=epoch_pairs_of(data, num_pairs))
 
 
 def source_pairs(pairs, *, data: DataSection) -> list[int] | None:

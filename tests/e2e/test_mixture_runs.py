@@ -7,6 +7,8 @@ of "small" (a sample), 13 optimizer steps of 8 pairs, 26 in all. "small" has its
 
 * Killed mid-epoch and resumed, the run is bit-identical to the uninterrupted one (weights,
   metrics.jsonl, eval.json); with the data position not restored (the negative control) it is not.
+* Killed while tokenizing its sources, then stopped by SIGTERM mid-epoch (exit 75), the same
+  command finishes bit-identical too.
 * On 2 processes, then 1, then 2 again, every epoch trains on exactly the pairs
   :class:`rmrun.train.sampler.Mixture` draws for it, each as often as drawn: the sources 3:1.
 * The plan, ``rmrun check`` and eval.json hold the per-source counts and accuracy.
@@ -25,6 +27,7 @@ from rmrun.train.sampler import Mixture
 from tests.helpers import rmrun
 from tests.resume_harness import (
     EXIT_OK,
+    EXIT_PREEMPTED,
     ONE_LOCAL,
     TWO_LOCAL,
     Harness,
@@ -123,3 +126,14 @@ def test_a_world_size_change_trains_on_the_draw_of_each_epoch(lab):
         assert set(range(BIG)) <= set(counts)  # the source below its share: every pair, some twice
         assert max(n for pair, n in counts.items() if pair >= BIG) == 1  # the one above it: a sample
     assert per_epoch[0] != per_epoch[1], "every epoch draws anew"
+
+
+def test_a_mixture_killed_while_tokenizing_then_stopped_by_sigterm_finishes_bit_identical(lab):
+    harness, sets, reference, _ = lab
+    run = harness.new_run(ONE_LOCAL, "tokenize-term")
+    harness.run(run, sets=sets, faults="kill@tokenize_piece:1", expect="killed")
+    result = harness.run(run, sets=sets, faults="term@step:9", expect=EXIT_PREEMPTED)
+    assert "kept from an earlier start" in result.output, result.describe()
+    result = harness.run(run, sets=sets, expect=EXIT_OK)
+    assert result.resumed_from()[1] >= 9, result.describe()
+    assert_identical(read_export(reference.export), read_export(run.export))
